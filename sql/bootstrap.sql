@@ -1,0 +1,69 @@
+-- sql/bootstrap.sql — roles and tables of nile_tenancy. Runs first, before any function is created.
+--
+-- Roles are cluster-wide, so they are created only when missing and are not members of the extension: DROP EXTENSION
+-- leaves them (and the grants users gave them) in place.
+
+DO $roles$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nile_app') THEN
+        CREATE ROLE nile_app NOLOGIN;
+        COMMENT ON ROLE nile_app IS 'nile_tenancy: may put its sessions into a tenant''s context with nile.set_tenant()';
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nile_admin') THEN
+        CREATE ROLE nile_admin NOLOGIN;
+        COMMENT ON ROLE nile_admin IS 'nile_tenancy: manages tenants and tenant tables, may enter nile.admin_context()';
+    END IF;
+    -- An administrator can do everything an application role can.
+    IF NOT pg_catalog.pg_has_role('nile_admin', 'nile_app', 'MEMBER') THEN
+        GRANT nile_app TO nile_admin;
+    END IF;
+END
+$roles$;
+
+GRANT USAGE ON SCHEMA nile TO PUBLIC;
+
+-- The tenants. Column order matters to src/tenant_cache.rs only through the names it looks up.
+CREATE TABLE nile.tenants (
+    id          uuid        NOT NULL,
+    name        text        NOT NULL,
+    status      text        NOT NULL DEFAULT 'active',
+    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    deleted_at  timestamptz,
+    metadata    jsonb       NOT NULL DEFAULT '{}',
+    CONSTRAINT tenants_pkey PRIMARY KEY (id),
+    CONSTRAINT tenants_name_not_blank CHECK (pg_catalog.btrim(name) <> ''),
+    CONSTRAINT tenants_status_valid CHECK (status IN ('active', 'inactive', 'deleted')),
+    CONSTRAINT tenants_deleted_at_matches_status CHECK ((status = 'deleted') = (deleted_at IS NOT NULL)),
+    CONSTRAINT tenants_metadata_is_object CHECK (pg_catalog.jsonb_typeof(metadata) = 'object')
+);
+COMMENT ON TABLE nile.tenants IS 'nile_tenancy: one row per tenant. A tenant session sees its own row only; nile.admin_context() sees all.';
+
+-- The registry of tables whose rows are isolated per tenant (partitions are listed with their parent).
+CREATE TABLE nile.tenant_tables (
+    relid          regclass    NOT NULL PRIMARY KEY,
+    tenant_column  name        NOT NULL,
+    parent         regclass,
+    enabled_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    enabled_by     name        NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE nile.tenant_tables IS 'nile_tenancy: tables enrolled with nile.enable_tenancy(); parent is set for partitions';
+
+-- Every use of nile.admin_context(). Rows are written in the caller's transaction; a server log line is written too,
+-- which survives a rollback.
+CREATE TABLE nile.admin_audit (
+    id            bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at            timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    session_role  name        NOT NULL DEFAULT SESSION_USER,
+    acting_role   name        NOT NULL DEFAULT CURRENT_USER,
+    reason        text        NOT NULL,
+    backend_pid   integer     NOT NULL DEFAULT pg_catalog.pg_backend_pid(),
+    xact_id       xid8        NOT NULL DEFAULT pg_catalog.pg_current_xact_id()
+);
+COMMENT ON TABLE nile.admin_audit IS 'nile_tenancy: who entered nile.admin_context(), when, and why';
+
+-- Privileges: every write goes through the extension's functions, which check the caller's role first.
+REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.admin_audit FROM PUBLIC;
+GRANT SELECT ON nile.tenants TO PUBLIC;               -- row-level security limits it to the session's own tenant
+GRANT SELECT ON nile.tenant_tables TO PUBLIC;
+GRANT SELECT ON nile.admin_audit TO nile_admin;

@@ -1,0 +1,67 @@
+-- sql/finalize.sql — everything that needs both the tables (bootstrap.sql) and the Rust functions: defaults, the row
+-- level security of nile.tenants, the cache-invalidation trigger, the user-facing SQL signatures, and privileges.
+
+ALTER TABLE nile.tenants ALTER COLUMN id SET DEFAULT nile.uuidv7();
+
+-- A tenant session sees its own tenant only; the admin context sees all (see src/admin.rs).
+ALTER TABLE nile.tenants ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+CREATE POLICY nile_tenant_select ON nile.tenants FOR SELECT TO PUBLIC USING (id = nile.policy_read_tenant());
+
+-- Any change to a tenant empties every backend's tenant cache (src/tenant_cache.rs).
+CREATE TRIGGER nile_tenants_changed
+    AFTER UPDATE OR DELETE OR TRUNCATE ON nile.tenants
+    FOR EACH STATEMENT EXECUTE FUNCTION nile.tenants_changed();
+
+-- update_tenant(tenant_id, changes): apply {"name": ..., "status": ..., "metadata": ...} and return the new row.
+CREATE FUNCTION nile.update_tenant(tenant_id uuid, changes jsonb) RETURNS nile.tenants
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        -- In FROM, so that _update_tenant runs once (a (row).* in the select list would run it once per column).
+        SELECT r.* FROM pg_catalog.jsonb_populate_record(NULL::nile.tenants, nile._update_tenant(tenant_id, changes)) AS r;
+    END;
+
+-- deactivate_tenant(tenant_id): the tenant keeps read access to its rows; every write is refused.
+CREATE FUNCTION nile.deactivate_tenant(tenant_id uuid) RETURNS nile.tenants
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        SELECT * FROM nile.update_tenant(tenant_id, '{"status": "inactive"}');
+    END;
+
+-- reactivate_tenant(tenant_id): back to active, from inactive or from a soft delete.
+CREATE FUNCTION nile.reactivate_tenant(tenant_id uuid) RETURNS nile.tenants
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        SELECT * FROM nile.update_tenant(tenant_id, '{"status": "active"}');
+    END;
+
+-- enable_tenancy(tbl, tenant_column, backfill_tenant): enroll a table (see src/tenancy.rs).
+CREATE FUNCTION nile.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id', backfill_tenant uuid DEFAULT NULL)
+    RETURNS void
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        SELECT nile._enable_tenancy(tbl::oid, tenant_column::text, backfill_tenant);
+    END;
+
+-- disable_tenancy(tbl): the deliberate way out; columns and rows stay.
+CREATE FUNCTION nile.disable_tenancy(tbl regclass) RETURNS void
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        SELECT nile._disable_tenancy(tbl::oid);
+    END;
+
+-- Privileges. Nothing is executable by PUBLIC unless listed here.
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA nile FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+    nile.current_tenant(), nile.clear_tenant(), nile.uuidv7(),
+    nile.policy_read_tenant(), nile.policy_write_tenant()
+    TO PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.set_tenant(uuid, boolean) TO nile_app;
+GRANT EXECUTE ON FUNCTION
+    nile.create_tenant(text, uuid, jsonb),
+    nile.update_tenant(uuid, jsonb), nile._update_tenant(uuid, jsonb),
+    nile.deactivate_tenant(uuid), nile.reactivate_tenant(uuid),
+    nile.delete_tenant(uuid, boolean),
+    nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid),
+    nile.disable_tenancy(regclass), nile._disable_tenancy(oid),
+    nile.admin_context(text)
+    TO nile_admin;

@@ -1,0 +1,122 @@
+//! admin — `nile.admin_context(reason)`: cross-tenant work for members of `nile_admin`, audited.
+//!
+//! The admin context must cost the tenant path nothing, so it is not an `OR is_admin()` in the generated policies
+//! (that would stop the tenant comparison from being an index condition). Instead, while `nile.admin_active` is on,
+//! a row-security hook adds one permissive policy `USING (true) WITH CHECK (true)` to tables that carry
+//! `nile_tenant_*` policies; the planner folds `(tenant_id = ...) OR true` to `true`. Outside the admin context the
+//! hook adds nothing. Since the hook changes what a query is rewritten to, every switch of `nile.admin_active`
+//! resets this backend's plan cache (see gucs.rs), so no plan crosses the boundary.
+
+use crate::errors::{raise, OrInternal, Problem};
+use crate::gucs;
+use crate::privilege::{as_extension_owner, in_transaction_block, require_role};
+use crate::tenancy::POLICY_PREFIX;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+
+static mut PREV_ROW_SECURITY_PERMISSIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
+
+pub fn init() {
+    // SAFETY: _PG_init runs once per backend before any query; we save the previous hook and chain to it.
+    unsafe {
+        PREV_ROW_SECURITY_PERMISSIVE_HOOK = pg_sys::row_security_policy_hook_permissive;
+        pg_sys::row_security_policy_hook_permissive = Some(admin_policy_hook);
+    }
+}
+
+/// `nile.admin_context(reason text) RETURNS void`
+#[pg_extern(volatile, parallel_unsafe)]
+fn admin_context(reason: Option<&str>) {
+    require_role("nile_admin", "nile.admin_context()");
+    let Some(reason) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "nile.admin_context() needs a reason",
+            "Say why cross-tenant access is needed, e.g. nile.admin_context('monthly usage report').",
+        );
+    };
+    if !in_transaction_block() {
+        raise(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "nile.admin_context() must be called inside a transaction block",
+            "Run BEGIN first; the admin context lasts until the end of that transaction.",
+        );
+    }
+    let (session_role, acting_role): (Option<String>, Option<String>) =
+        Spi::get_two("SELECT session_user::text, current_user::text").or_internal("reading the caller's roles");
+    as_extension_owner(|| {
+        Spi::run_with_args(
+            "INSERT INTO nile.admin_audit (session_role, acting_role, reason) VALUES ($1, $2, $3)",
+            &[session_role.clone().into(), acting_role.clone().into(), reason.into()],
+        )
+        .or_internal("recording the admin context in nile.admin_audit");
+    });
+    // The audit row is transactional; this line in the server log is not, so a ROLLBACK cannot hide the access.
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+        format!(
+            "nile_tenancy: admin context entered by {} (as {}): {reason}",
+            session_role.unwrap_or_default(),
+            acting_role.unwrap_or_default()
+        ),
+    )
+    .log();
+    gucs::set_admin_context();
+}
+
+/// Does the relation carry the extension's generated policies?
+unsafe fn has_tenant_policies(relation: pg_sys::Relation) -> bool {
+    // SAFETY: the rewriter passes an open relation; rd_rsdesc is NULL or a valid descriptor whose policies list holds
+    // RowSecurityPolicy pointers with NUL-terminated names.
+    unsafe {
+        let rsdesc = (*relation).rd_rsdesc;
+        if rsdesc.is_null() {
+            return false;
+        }
+        let policies = pgrx::PgList::<pg_sys::RowSecurityPolicy>::from_pg((*rsdesc).policies);
+        let found = policies.iter_ptr().any(|policy| {
+            let name = (*policy).policy_name;
+            !name.is_null() && CStr::from_ptr(name).to_bytes().starts_with(POLICY_PREFIX.as_bytes())
+        });
+        found
+    }
+}
+
+/// A permissive policy for every role that lets every row through, for reads and writes.
+unsafe fn allow_all_policy() -> *mut pg_sys::RowSecurityPolicy {
+    // SAFETY: everything is palloc'd in the current (query) memory context, which outlives the rewrite.
+    unsafe {
+        let policy = pg_sys::palloc0(std::mem::size_of::<pg_sys::RowSecurityPolicy>()) as *mut pg_sys::RowSecurityPolicy;
+        (*policy).policy_name = pg_sys::pstrdup(c"nile_admin_context".as_ptr());
+        (*policy).polcmd = b'*' as std::ffi::c_char;
+        let mut public = pg_sys::Datum::from(pg_sys::InvalidOid); // ACL_ID_PUBLIC
+        (*policy).roles = pg_sys::construct_array(
+            &mut public,
+            1,
+            pg_sys::OIDOID,
+            std::mem::size_of::<pg_sys::Oid>() as i32,
+            true,
+            pg_sys::TYPALIGN_INT as std::ffi::c_char,
+        );
+        (*policy).qual = pg_sys::makeBoolConst(true, false) as *mut pg_sys::Expr;
+        (*policy).with_check_qual = pg_sys::makeBoolConst(true, false) as *mut pg_sys::Expr;
+        (*policy).hassublinks = false;
+        policy
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn admin_policy_hook(cmd: pg_sys::CmdType::Type, relation: pg_sys::Relation) -> *mut pg_sys::List {
+    // SAFETY: the previous hook (if any) was installed by another library with this same signature.
+    let mut policies = match unsafe { PREV_ROW_SECURITY_PERMISSIVE_HOOK } {
+        Some(prev) => unsafe { prev(cmd, relation) },
+        None => std::ptr::null_mut(),
+    };
+    // SAFETY: see has_tenant_policies and allow_all_policy; lappend accepts NIL.
+    unsafe {
+        if gucs::admin_in_force() && has_tenant_policies(relation) {
+            policies = pg_sys::lappend(policies, allow_all_policy().cast());
+        }
+    }
+    policies
+}

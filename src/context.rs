@@ -1,0 +1,114 @@
+//! context — putting a session into a tenant's context, and the functions the generated policies call.
+//!
+//! `nile.set_tenant()` validates the tenant and applies it through the guarded `nile.tenant_id` setting (see gucs.rs).
+//! The policies compare the tenant column with `nile.policy_read_tenant()` or `nile.policy_write_tenant()`: STABLE,
+//! PARALLEL SAFE functions returning `uuid`, so the comparison becomes an index condition evaluated once per scan.
+//! They are also where fail-closed behaviour lives: no context means an error (or, with `nile.missing_tenant =
+//! 'deny'`, NULL, which matches no row and fails every WITH CHECK); a deleted tenant means an error; an inactive
+//! tenant may read but not write.
+
+use crate::errors::{raise, Problem};
+use crate::gucs::{self, MissingTenant, MISSING_TENANT};
+use crate::privilege::in_transaction_block;
+use crate::tenant_cache::{self, TenantStatus};
+use crate::uuid_text::format_uuid;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+
+/// `nile.set_tenant(tenant_id uuid, is_local boolean DEFAULT true) RETURNS uuid`
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -> Uuid {
+    let Some(tenant_id) = tenant_id else {
+        Problem::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tenant_id must not be NULL")
+            .hint("To leave the tenant context, call nile.clear_tenant().")
+            .raise();
+    };
+    let Some(is_local) = is_local else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "is_local must not be NULL", "Pass true (the default) or false.");
+    };
+    let id: [u8; 16] = *tenant_id.as_bytes();
+    if is_local && !in_transaction_block() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "nile.set_tenant() with is_local => true must be called inside a transaction block",
+        )
+        .detail("Outside BEGIN ... COMMIT the tenant context would end with this statement and protect nothing.")
+        .hint(format!(
+            "Run BEGIN first, or use SELECT nile.set_tenant('{}', is_local => false) for the whole session \
+             (not behind a transaction-mode connection pooler).",
+            format_uuid(&id)
+        ))
+        .raise();
+    }
+    match tenant_cache::status_of(&id) {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("tenant {} does not exist", format_uuid(&id)),
+            "Create it with nile.create_tenant(name, id => ...), or check the id.",
+        ),
+        Some(TenantStatus::Deleted) => raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("tenant {} has been deleted", tenant_cache::describe(&id)),
+            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
+        ),
+        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
+    }
+    gucs::set_tenant_context(Some(id), is_local);
+    tenant_id
+}
+
+/// `nile.clear_tenant() RETURNS void`: leave the tenant context (for the session, or until ROLLBACK undoes it).
+#[pg_extern(volatile, parallel_unsafe)]
+fn clear_tenant() {
+    gucs::set_tenant_context(None, false);
+}
+
+/// `nile.current_tenant() RETURNS uuid`: the session's tenant, or NULL when it has none.
+#[pg_extern(stable, parallel_safe)]
+fn current_tenant() -> Option<Uuid> {
+    gucs::current_tenant().map(Uuid::from_bytes)
+}
+
+/// The tenant whose rows a statement may read: used by the generated `nile_tenant_select` policies.
+#[pg_extern(stable, parallel_safe)]
+fn policy_read_tenant() -> Option<Uuid> {
+    let id = gucs::current_tenant().or_else(missing_context)?;
+    match tenant_cache::status_of(&id) {
+        Some(TenantStatus::Active | TenantStatus::Inactive) => Some(Uuid::from_bytes(id)),
+        _ => tenant_gone(&id),
+    }
+}
+
+/// The tenant whose rows a statement may write: used by the generated insert, update and delete policies.
+#[pg_extern(stable, parallel_safe)]
+fn policy_write_tenant() -> Option<Uuid> {
+    let id = gucs::current_tenant().or_else(missing_context)?;
+    match tenant_cache::status_of(&id) {
+        Some(TenantStatus::Active) => Some(Uuid::from_bytes(id)),
+        Some(TenantStatus::Inactive) => Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("tenant {} is inactive: its rows can be read but not written", tenant_cache::describe(&id)),
+        )
+        .hint("An administrator can reactivate it with nile.reactivate_tenant().")
+        .raise(),
+        _ => tenant_gone(&id),
+    }
+}
+
+fn missing_context() -> Option<[u8; 16]> {
+    match MISSING_TENANT.get() {
+        MissingTenant::Deny => None,
+        MissingTenant::Error => Problem::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "no tenant context is set")
+            .detail("Tables enrolled with nile.enable_tenancy() are only accessible in a tenant's context.")
+            .hint("Call SELECT nile.set_tenant('<tenant uuid>') inside the transaction first (members of nile_admin may use nile.admin_context('<reason>') for cross-tenant work).")
+            .raise(),
+    }
+}
+
+fn tenant_gone(id: &[u8; 16]) -> ! {
+    raise(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!("tenant {} has been deleted: its rows are no longer accessible", tenant_cache::describe(id)),
+        "Call nile.clear_tenant() or switch to another tenant with nile.set_tenant().",
+    )
+}

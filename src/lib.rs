@@ -1,0 +1,54 @@
+//! nile_tenancy — a multi-tenant PostgreSQL: tenants, an unforgeable tenant context and row-level isolation that the
+//! database manages for you.
+//!
+//! Modules, one concern each:
+//! - `gucs`: every `nile.*` setting, and the guard that lets only the extension set the tenant and admin contexts
+//! - `context`: `nile.set_tenant()`, `nile.clear_tenant()`, `nile.current_tenant()` and the policy functions
+//! - `tenant_cache`: per-backend cache of tenant status, read from `nile.tenants` by index, invalidated on change
+//! - `tenants`: the tenant lifecycle (create, update, soft delete, purge)
+//! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
+//! - `admin`: `nile.admin_context()`, its audit and its row-security hook
+//! - `privilege`: role checks and running the extension's own SQL with its rights
+//! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
+//! - `uuid_text`: canonical UUID text and UUIDv7 generation
+//! - `errors`: raising errors with a SQLSTATE, detail and hint
+
+use pgrx::prelude::*;
+
+mod admin;
+mod context;
+mod errors;
+mod gucs;
+mod privilege;
+mod spi_util;
+mod tenancy;
+mod tenant_cache;
+mod tenants;
+mod uuid_text;
+
+pgrx::pg_module_magic!(name, version);
+
+// Roles and tables first; then pgrx creates the functions; then the SQL that needs both.
+pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+
+#[pg_guard]
+pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
+    tenant_cache::init();
+    admin::init();
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests;
+
+/// Used by `cargo pgrx test`.
+#[cfg(test)]
+pub mod pg_test {
+    pub fn setup(_options: Vec<&str>) {}
+
+    pub fn postgresql_conf_options() -> Vec<&'static str> {
+        vec!["shared_preload_libraries = 'nile_tenancy'"]
+    }
+}

@@ -1,0 +1,87 @@
+//! privilege — who may call what, and running the extension's own SQL with the extension's rights.
+//!
+//! Functions that write the extension's tables or change other tables' security run their SQL as the bootstrap
+//! superuser with a safe `search_path`, after checking the caller's rights themselves. Nothing here is SECURITY
+//! DEFINER: a function's `SET` clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
+
+use crate::errors::Problem;
+use pgrx::prelude::*;
+use std::ffi::CString;
+
+/// Does the current user have the privileges of `role` (superusers have every role's privileges)?
+pub fn has_privileges_of(role: &str) -> bool {
+    let Ok(name) = CString::new(role) else { return false };
+    // SAFETY: plain catalog lookups with a valid NUL-terminated name; missing_ok = true returns InvalidOid instead of
+    // raising an error.
+    unsafe {
+        let role_oid = pg_sys::get_role_oid(name.as_ptr(), true);
+        role_oid != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role_oid)
+    }
+}
+
+/// Raise 42501 unless the current user has the privileges of `role`.
+#[track_caller]
+pub fn require_role(role: &str, what: &str) {
+    if !has_privileges_of(role) {
+        Problem::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied: {what} requires membership in role {role}"))
+            .hint(format!("A superuser can run GRANT {role} TO <role>."))
+            .raise();
+    }
+}
+
+/// Is this backend inside an explicit transaction block (BEGIN ... COMMIT)?
+pub fn in_transaction_block() -> bool {
+    // SAFETY: reads transaction state; valid in any backend.
+    unsafe { pg_sys::IsTransactionBlock() }
+}
+
+/// Run `f` as the bootstrap superuser with `search_path = pg_catalog, pg_temp`, the way a SECURITY DEFINER function
+/// would. The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
+/// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
+pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: GetUserIdAndSecContext writes through two valid pointers; NewGUCNestLevel opens a GUC nesting level that
+    // `Restore::drop` (or abort) closes; SetUserIdAndSecContext switches to a role that always exists.
+    let nest_level = unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        let nest_level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        pg_sys::SetUserIdAndSecContext(
+            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        nest_level
+    };
+    let _restore = Restore { saved_user, saved_context, nest_level };
+    f()
+}
+
+struct Restore {
+    saved_user: pg_sys::Oid,
+    saved_context: i32,
+    nest_level: i32,
+}
+
+impl Drop for Restore {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            // An ERROR is on its way to Postgres; (sub)transaction abort restores the user and the GUC nest level.
+            return;
+        }
+        // SAFETY: closes exactly the nesting level opened in as_extension_owner and restores the saved identity.
+        unsafe {
+            pg_sys::AtEOXact_GUC(true, self.nest_level);
+            pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);
+        }
+    }
+}

@@ -1,0 +1,408 @@
+//! tenancy — enrolling tables: `nile.enable_tenancy()` and `nile.disable_tenancy()` (SQL signatures in
+//! sql/finalize.sql).
+//!
+//! Enrolling a table makes it look exactly like a hand-built, well-indexed multi-tenant table: a `uuid NOT NULL`
+//! tenant column defaulting to the session's tenant with a foreign key to `nile.tenants`, an index leading with that
+//! column, `ENABLE` + `FORCE ROW LEVEL SECURITY`, and one policy per command named `nile_tenant_<command>`. A
+//! partitioned table gets the same on every partition, so that querying a partition directly is as isolated as going
+//! through the parent. All checks happen before the first change, and everything runs in the caller's transaction:
+//! an error leaves nothing half-applied. Running it again repairs whatever drifted.
+
+use crate::errors::{raise, OrInternal, Problem};
+use crate::privilege::{as_extension_owner, require_role};
+use crate::spi_util::{execute, first_value};
+use crate::tenant_cache::{self, TenantStatus};
+use crate::uuid_text::format_uuid;
+use pgrx::prelude::*;
+use pgrx::spi::{quote_identifier, quote_literal, SpiClient};
+use pgrx::Uuid;
+
+/// Prefix of every policy the extension generates; `nile.verify()` and the admin context recognise tables by it.
+pub const POLICY_PREFIX: &str = "nile_tenant_";
+
+/// (policy suffix, command, USING expression function, WITH CHECK expression function)
+const POLICIES: [(&str, &str, Option<&str>, Option<&str>); 4] = [
+    ("select", "SELECT", Some("nile.policy_read_tenant()"), None),
+    ("insert", "INSERT", None, Some("nile.policy_write_tenant()")),
+    ("update", "UPDATE", Some("nile.policy_write_tenant()"), Some("nile.policy_write_tenant()")),
+    ("delete", "DELETE", Some("nile.policy_write_tenant()"), None),
+];
+
+/// What the catalogs say about the table being enrolled.
+struct TableFacts {
+    qualified: String,
+    relname: String,
+    relkind: String,
+    owned_by_caller: bool,
+    schema: String,
+    temporary: bool,
+    partition_of: Option<String>,
+}
+
+fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
+    let mut rows = client
+        .select(
+            "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text, c.relkind::text,
+                    pg_has_role(c.relowner, 'USAGE'), n.nspname::text, c.relpersistence = 't',
+                    (SELECT format('%I.%I', pn.nspname, p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+                      JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = $1",
+            Some(1),
+            &[relid.into()],
+        )
+        .or_internal("reading the table's catalog entry");
+    let Some(row) = rows.next() else {
+        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", relid.to_u32()), "Pass an existing table, e.g. 'public.projects'.");
+    };
+    let text = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
+    TableFacts {
+        qualified: text(1),
+        relname: text(2),
+        relkind: text(3),
+        owned_by_caller: row.get::<bool>(4).ok().flatten().unwrap_or(false),
+        schema: text(5),
+        temporary: row.get::<bool>(6).ok().flatten().unwrap_or(false),
+        partition_of: row.get::<String>(7).ok().flatten(),
+    }
+}
+
+/// Refuse everything that is not an ordinary or partitioned table the caller owns, outside system and nile schemas.
+fn check_can_enroll(facts: &TableFacts, action: &str) {
+    let wrong_type = |what: &str, hint: &str| -> ! {
+        raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("cannot {action} tenancy on {}: it is {what}", facts.qualified), hint)
+    };
+    if facts.schema == "pg_catalog" || facts.schema == "information_schema" || facts.schema.starts_with("pg_toast") {
+        wrong_type("a system catalog", "Only user tables can be tenant tables.");
+    }
+    if facts.schema == "nile" {
+        wrong_type("one of nile_tenancy's own tables", "nile.tenants is already isolated; enroll your own tables.");
+    }
+    if facts.temporary {
+        wrong_type("a temporary table", "Temporary tables are private to one session already; enroll permanent tables.");
+    }
+    match facts.relkind.as_str() {
+        "r" | "p" => {}
+        "v" => wrong_type("a view", "Enroll the tables the view reads, and create the view WITH (security_invoker = true)."),
+        "m" => wrong_type("a materialized view", "Materialized views cannot have row-level security; query the underlying tenant tables instead."),
+        "f" => wrong_type("a foreign table", "Row-level security cannot protect foreign tables; enroll the table on the server that holds it."),
+        _ => wrong_type("not a table", "Pass an ordinary or partitioned table."),
+    }
+    if let Some(parent) = &facts.partition_of {
+        wrong_type(
+            &format!("a partition of {parent}"),
+            &format!("Run nile.{action}_tenancy('{parent}'): it covers every partition."),
+        );
+    }
+    if !facts.owned_by_caller {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("must be owner of table {} to {action} tenancy on it", facts.qualified),
+            "Run it as the table's owner (a member of nile_admin), or as a superuser.",
+        );
+    }
+}
+
+/// The tenant column as it exists today.
+struct ColumnFacts {
+    attnum: i16,
+    type_name: String,
+    is_uuid: bool,
+}
+
+fn column_facts(client: &SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Option<ColumnFacts> {
+    let mut rows = client
+        .select(
+            "SELECT attnum, format_type(atttypid, atttypmod), atttypid = 'uuid'::regtype
+             FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+            Some(1),
+            &[relid.into(), column.into()],
+        )
+        .or_internal("reading the tenant column");
+    rows.next().map(|row| ColumnFacts {
+        attnum: row.get::<i16>(1).ok().flatten().unwrap_or(0),
+        type_name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
+        is_uuid: row.get::<bool>(3).ok().flatten().unwrap_or(false),
+    })
+}
+
+fn query_bool(client: &SpiClient<'_>, sql: &str, args: &[pgrx::datum::DatumWithOid<'_>]) -> bool {
+    first_value::<bool>(client, sql, args).unwrap_or(false)
+}
+
+fn run(client: &mut SpiClient<'_>, sql: &str) {
+    execute(client, sql, &[]);
+}
+
+/// The table and every partition below it (ordinary and partitioned), the table first.
+fn partition_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<(pg_sys::Oid, String, String)> {
+    client
+        .select(
+            "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text
+             FROM (SELECT $1::oid AS relid, 0 AS level UNION SELECT relid, level FROM pg_partition_tree($1)) t
+             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY t.level, 2",
+            None,
+            &[relid.into()],
+        )
+        .or_internal("listing partitions")
+        .map(|row| {
+            (
+                row.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                row.get::<String>(2).ok().flatten().unwrap_or_default(),
+                row.get::<String>(3).ok().flatten().unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+/// Implementation of `nile.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id',
+/// backfill_tenant uuid DEFAULT NULL) RETURNS void`.
+#[pg_extern(volatile, parallel_unsafe, name = "_enable_tenancy")]
+fn enable_tenancy(tbl: Option<pg_sys::Oid>, tenant_column: Option<&str>, backfill_tenant: Option<Uuid>) {
+    require_role("nile_admin", "nile.enable_tenancy()");
+    let Some(relid) = tbl else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tbl must not be NULL", "Pass a table, e.g. 'public.projects'.");
+    };
+    let Some(column) = tenant_column.filter(|c| !c.is_empty()) else {
+        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "tenant_column must be a column name", "Omit it to use tenant_id.");
+    };
+    if let Some(backfill) = &backfill_tenant {
+        match tenant_cache::status_of(backfill.as_bytes()) {
+            Some(TenantStatus::Active | TenantStatus::Inactive) => {}
+            Some(TenantStatus::Deleted) => raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!("backfill tenant {} has been deleted", format_uuid(backfill.as_bytes())),
+                "Backfill existing rows into an active tenant.",
+            ),
+            None => raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+                format!("backfill tenant {} does not exist", format_uuid(backfill.as_bytes())),
+                "Create it first with nile.create_tenant().",
+            ),
+        }
+    }
+    let facts = Spi::connect(|client| table_facts(&client, relid));
+    check_can_enroll(&facts, "enable");
+
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            // Block concurrent writes while we look at the data and change the table.
+            run(client, &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified));
+            let tree = partition_tree(client, relid);
+            if let Some((_, name, _)) = tree.iter().find(|(_, _, kind)| kind == "f") {
+                raise(
+                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+                    format!("cannot enable tenancy on {}: its partition {name} is a foreign table", facts.qualified),
+                    "Row-level security cannot protect foreign tables; detach that partition first.",
+                );
+            }
+            let table = &facts.qualified;
+            let col = quote_identifier(column);
+            let attnum = ensure_tenant_column(client, relid, table, column, &col, backfill_tenant.as_ref());
+            ensure_foreign_key(client, relid, table, &col, attnum);
+            ensure_index(client, relid, table, &facts, column, &col, attnum);
+            for (member_oid, member, kind) in &tree {
+                if kind == "r" || kind == "p" {
+                    protect(client, *member_oid, member, &col);
+                }
+            }
+            register(client, relid, &tree, column);
+        });
+    });
+}
+
+/// Make sure the tenant column exists as `uuid NOT NULL DEFAULT nile.current_tenant()`; returns its attnum.
+fn ensure_tenant_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, column: &str, col: &str, backfill: Option<&Uuid>) -> i16 {
+    let backfill_literal = backfill.map(|b| quote_literal(format_uuid(b.as_bytes())));
+    match column_facts(client, relid, column) {
+        Some(existing) if !existing.is_uuid => Problem::new(
+            PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
+            format!("column {column} of table {table} is of type {}, not uuid", existing.type_name),
+        )
+        .hint(format!("Convert it first: ALTER TABLE {table} ALTER COLUMN {col} TYPE uuid USING {col}::uuid"))
+        .raise(),
+        Some(existing) => {
+            if query_bool(client, &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} IS NULL)"), &[]) {
+                match &backfill_literal {
+                    Some(lit) => run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL")),
+                    None => raise(
+                        PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
+                        format!("column {column} of table {table} has rows with no tenant"),
+                        "Pass backfill_tenant => '<tenant uuid>' to assign those rows to one tenant.",
+                    ),
+                }
+            }
+            run(client, &format!("ALTER TABLE {table} ALTER COLUMN {col} SET NOT NULL, ALTER COLUMN {col} SET DEFAULT nile.current_tenant()"));
+            existing.attnum
+        }
+        None => {
+            let has_rows = query_bool(client, &format!("SELECT EXISTS (SELECT 1 FROM {table})"), &[]);
+            match (&backfill_literal, has_rows) {
+                (Some(lit), _) => {
+                    // A constant default fills existing rows without rewriting the table; then switch the default.
+                    run(client, &format!("ALTER TABLE {table} ADD COLUMN {col} uuid NOT NULL DEFAULT {lit}"));
+                    run(client, &format!("ALTER TABLE {table} ALTER COLUMN {col} SET DEFAULT nile.current_tenant()"));
+                }
+                (None, false) => run(client, &format!("ALTER TABLE {table} ADD COLUMN {col} uuid NOT NULL DEFAULT nile.current_tenant()")),
+                (None, true) => raise(
+                    PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                    format!("table {table} has rows but no column {column}"),
+                    format!("Name the tenant that owns the existing rows: SELECT nile.enable_tenancy('{table}', backfill_tenant => '<tenant uuid>')"),
+                ),
+            }
+            column_facts(client, relid, column).map(|c| c.attnum).unwrap_or(0)
+        }
+    }
+}
+
+fn ensure_foreign_key(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &str, attnum: i16) {
+    let has_fk = query_bool(
+        client,
+        "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1 AND contype = 'f'
+                          AND confrelid = 'nile.tenants'::regclass AND conkey = ARRAY[$2]::int2[])",
+        &[relid.into(), attnum.into()],
+    );
+    if has_fk {
+        return;
+    }
+    // Name the first missing tenant instead of letting the constraint fail with a row dump.
+    let orphan = first_value::<String>(
+        client,
+        &format!("SELECT {col}::text FROM {table} x WHERE NOT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = x.{col}) LIMIT 1"),
+        &[],
+    );
+    if let Some(orphan) = orphan {
+        raise(
+            PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
+            format!("table {table} has rows for tenant {orphan}, which is not in nile.tenants"),
+            format!("Create that tenant first: SELECT nile.create_tenant('<name>', id => '{orphan}')"),
+        );
+    }
+    run(client, &format!("ALTER TABLE {table} ADD CONSTRAINT nile_tenant_fk FOREIGN KEY ({col}) REFERENCES nile.tenants (id)"));
+}
+
+fn ensure_index(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, facts: &TableFacts, column: &str, col: &str, attnum: i16) {
+    let has_index = query_bool(
+        client,
+        "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1 AND indkey[0] = $2)",
+        &[relid.into(), attnum.into()],
+    );
+    if has_index {
+        return;
+    }
+    let name = generated_index_name(&facts.relname, column);
+    // If that name is taken (or cannot be formed), let Postgres choose a free one.
+    let taken = name.as_deref().is_none_or(|name| {
+        query_bool(
+            client,
+            "SELECT EXISTS (SELECT 1 FROM pg_class WHERE relname = $1 AND relnamespace = (SELECT relnamespace FROM pg_class WHERE oid = $2))",
+            &[name.into(), relid.into()],
+        )
+    });
+    let name_clause = match (&name, taken) {
+        (Some(name), false) => quote_identifier(name),
+        _ => String::new(),
+    };
+    run(client, &format!("CREATE INDEX {name_clause} ON {table} ({col})"));
+}
+
+/// `nile_<table>_<column>_idx`, with the table part shortened to fit Postgres' 63-byte identifier limit.
+fn generated_index_name(relname: &str, column: &str) -> Option<String> {
+    let room = 63usize.checked_sub("nile__".len() + column.len() + "_idx".len())?;
+    let mut table_part = String::new();
+    for ch in relname.chars() {
+        if table_part.len() + ch.len_utf8() > room {
+            break;
+        }
+        table_part.push(ch);
+    }
+    (!table_part.is_empty()).then(|| format!("nile_{table_part}_{column}_idx"))
+}
+
+/// ENABLE + FORCE row-level security and (re)create the four nile_tenant_* policies on one table.
+fn protect(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &str) {
+    run(client, &format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"));
+    drop_generated_policies(client, relid, table);
+    for (suffix, command, using, check) in POLICIES {
+        let mut sql = format!("CREATE POLICY {POLICY_PREFIX}{suffix} ON {table} AS PERMISSIVE FOR {command} TO PUBLIC");
+        if let Some(f) = using {
+            sql.push_str(&format!(" USING ({col} = {f})"));
+        }
+        if let Some(f) = check {
+            sql.push_str(&format!(" WITH CHECK ({col} = {f})"));
+        }
+        run(client, &sql);
+    }
+}
+
+/// Drop every nile_tenant_* policy on the table (the generated ones, and any look-alike that would confuse them).
+fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str) {
+    let existing: Vec<String> = client
+        .select(
+            "SELECT polname::text FROM pg_policy WHERE polrelid = $1 AND starts_with(polname::text, $2)",
+            None,
+            &[relid.into(), POLICY_PREFIX.into()],
+        )
+        .or_internal("listing policies")
+        .filter_map(|row| row.get::<String>(1).ok().flatten())
+        .collect();
+    for name in existing {
+        run(client, &format!("DROP POLICY {} ON {table}", quote_identifier(&name)));
+    }
+}
+
+fn register(client: &mut SpiClient<'_>, root: pg_sys::Oid, tree: &[(pg_sys::Oid, String, String)], column: &str) {
+    for (member, _, kind) in tree {
+        if kind != "r" && kind != "p" {
+            continue;
+        }
+        let parent = if *member == root { None } else { Some(root) };
+        execute(
+            client,
+            "INSERT INTO nile.tenant_tables (relid, tenant_column, parent, enabled_by)
+             VALUES ($1::oid::regclass, $2, $3::oid::regclass, session_user)
+             ON CONFLICT (relid) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, parent = EXCLUDED.parent",
+            &[(*member).into(), column.into(), parent.into()],
+        );
+    }
+}
+
+/// Implementation of `nile.disable_tenancy(tbl regclass) RETURNS void`: removes the nile_tenant_* policies (and row
+/// level security, unless other policies remain) from the table and its partitions, and drops them from the
+/// registry. The tenant column, its foreign key, its index and all rows stay.
+#[pg_extern(volatile, parallel_unsafe, name = "_disable_tenancy")]
+fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
+    require_role("nile_admin", "nile.disable_tenancy()");
+    let Some(relid) = tbl else {
+        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tbl must not be NULL", "Pass a table, e.g. 'public.projects'.");
+    };
+    let facts = Spi::connect(|client| table_facts(&client, relid));
+    check_can_enroll(&facts, "disable");
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            let enrolled = query_bool(client, "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass)", &[relid.into()]);
+            if !enrolled {
+                Problem::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, format!("table {} is not a tenant table; nothing to do", facts.qualified)).notice();
+                return;
+            }
+            for (member, name, kind) in partition_tree(client, relid) {
+                if kind != "r" && kind != "p" {
+                    continue;
+                }
+                drop_generated_policies(client, member, &name);
+                let other_policies = query_bool(client, "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)", &[member.into()]);
+                if other_policies {
+                    Problem::new(
+                        PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                        format!("row-level security stays enabled on {name}: it has policies of its own"),
+                    )
+                    .notice();
+                } else {
+                    run(client, &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"));
+                }
+                execute(client, "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass", &[member.into()]);
+            }
+        });
+    });
+}

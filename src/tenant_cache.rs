@@ -1,0 +1,197 @@
+//! tenant_cache — what this backend knows about each tenant's status, read straight from `nile.tenants`.
+//!
+//! The policy functions run once per scan (and per row for filters), so they must not run SQL. They ask this cache,
+//! which reads a missing tenant through the primary-key index of `nile.tenants` directly (no SPI, no row-level
+//! security, works inside parallel workers) and keeps it until `nile.tenants` changes: a statement trigger on that
+//! table (see sql/finalize.sql) sends a relcache invalidation, which every backend processes before its next
+//! statement, and the callback registered here empties the cache.
+
+use crate::uuid_text::format_uuid;
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum TenantStatus {
+    Active,
+    Inactive,
+    Deleted,
+}
+
+impl TenantStatus {
+    fn parse(text: &str) -> Option<Self> {
+        match text {
+            "active" => Some(TenantStatus::Active),
+            "inactive" => Some(TenantStatus::Inactive),
+            "deleted" => Some(TenantStatus::Deleted),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TenantInfo {
+    pub status: TenantStatus,
+    pub name: String,
+}
+
+/// Where `nile.tenants` lives in this database, looked up once per invalidation.
+#[derive(Clone, Copy)]
+struct TenantsRelation {
+    relid: pg_sys::Oid,
+    pkey: pg_sys::Oid,
+    name_attnum: i16,
+    status_attnum: i16,
+}
+
+thread_local! {
+    static CACHE: RefCell<HashMap<[u8; 16], TenantInfo>> = RefCell::new(HashMap::new());
+    static RELATION: Cell<Option<TenantsRelation>> = const { Cell::new(None) };
+}
+
+pub fn init() {
+    // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.
+    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0)) };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let ours = RELATION.with(|r| r.get().map(|r| r.relid));
+    if relid == pg_sys::InvalidOid || ours.is_none() || ours == Some(relid) {
+        forget_everything();
+    }
+}
+
+fn forget_everything() {
+    CACHE.with(|c| c.borrow_mut().clear());
+    RELATION.with(|r| r.set(None));
+}
+
+/// The tenant's status, or `None` if no such tenant exists. Cheap after the first call for a tenant.
+#[inline]
+pub fn status_of(id: &[u8; 16]) -> Option<TenantStatus> {
+    if let Some(status) = CACHE.with(|c| c.borrow().get(id).map(|t| t.status)) {
+        return Some(status);
+    }
+    lookup(id).map(|t| t.status)
+}
+
+/// Everything the cache knows about the tenant (reading it if needed).
+pub fn info_of(id: &[u8; 16]) -> Option<TenantInfo> {
+    if let Some(info) = CACHE.with(|c| c.borrow().get(id).cloned()) {
+        return Some(info);
+    }
+    lookup(id)
+}
+
+/// `"name" (uuid)` for messages, or just the uuid if the tenant is unknown.
+pub fn describe(id: &[u8; 16]) -> String {
+    match info_of(id) {
+        Some(info) => format!("\"{}\" ({})", info.name, format_uuid(id)),
+        None => format_uuid(id),
+    }
+}
+
+fn lookup(id: &[u8; 16]) -> Option<TenantInfo> {
+    let found = read_from_table(id);
+    if let Some(info) = &found {
+        CACHE.with(|c| c.borrow_mut().insert(*id, info.clone()));
+    }
+    found
+}
+
+fn tenants_relation() -> TenantsRelation {
+    if let Some(rel) = RELATION.with(Cell::get) {
+        return rel;
+    }
+    // SAFETY: syscache lookups with valid NUL-terminated names; missing_ok lookups return InvalidOid.
+    let rel = unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"nile".as_ptr(), true);
+        let relid = if nsp == pg_sys::InvalidOid { nsp } else { pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp) };
+        if relid == pg_sys::InvalidOid {
+            crate::errors::raise(
+                PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+                "nile.tenants does not exist in this database",
+                "Run CREATE EXTENSION nile_tenancy in this database.",
+            );
+        }
+        TenantsRelation {
+            relid,
+            pkey: pg_sys::get_relname_relid(c"tenants_pkey".as_ptr(), nsp),
+            name_attnum: pg_sys::get_attnum(relid, c"name".as_ptr()),
+            status_attnum: pg_sys::get_attnum(relid, c"status".as_ptr()),
+        }
+    };
+    if rel.pkey == pg_sys::InvalidOid || rel.name_attnum <= 0 || rel.status_attnum <= 0 {
+        crate::errors::raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "nile.tenants has been altered: its primary key, name or status column is missing",
+            "Reinstall the extension (DROP EXTENSION nile_tenancy CASCADE; CREATE EXTENSION nile_tenancy).",
+        );
+    }
+    RELATION.with(|r| r.set(Some(rel)));
+    rel
+}
+
+/// One index probe of `nile.tenants_pkey`, bypassing row-level security (this is the extension reading its own table).
+fn read_from_table(id: &[u8; 16]) -> Option<TenantInfo> {
+    let rel_info = tenants_relation();
+    // The key must stay at a fixed address for the whole scan.
+    let key_bytes: [u8; 16] = *id;
+    // SAFETY: the relation and index oids were just looked up; the scan key points at `key_bytes`, which outlives the
+    // scan; the tuple is only read before systable_endscan; every opened object is closed on the normal path, and on
+    // an ERROR the resource owner releases the lock, the relation and the scan.
+    unsafe {
+        let rel = pg_sys::table_open(rel_info.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
+        pg_sys::ScanKeyInit(
+            &mut key,
+            1,
+            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
+            pg_sys::RegProcedure::from(pg_sys::F_UUID_EQ),
+            pg_sys::Datum::from(key_bytes.as_ptr()),
+        );
+        // Read the newest committed state (and this transaction's own changes) so that a tenant deleted a moment ago
+        // is seen as deleted; a parallel operation may not take new snapshots, so it uses the statement's one.
+        let (snapshot, registered) = if pg_sys::IsInParallelMode() {
+            (pg_sys::GetActiveSnapshot(), false)
+        } else {
+            (pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()), true)
+        };
+        let scan = pg_sys::systable_beginscan(rel, rel_info.pkey, true, snapshot, 1, &mut key);
+        let tuple = pg_sys::systable_getnext(scan);
+        let found = if tuple.is_null() {
+            None
+        } else {
+            let tupdesc = (*rel).rd_att;
+            let natts = (*tupdesc).natts as usize;
+            let mut values = vec![pg_sys::Datum::from(0); natts];
+            let mut nulls = vec![true; natts];
+            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let text_at = |attnum: i16| -> Option<String> {
+                let i = attnum as usize - 1;
+                if nulls[i] { None } else { String::from_datum(values[i], false) }
+            };
+            let status = text_at(rel_info.status_attnum).as_deref().and_then(TenantStatus::parse);
+            // A status outside the CHECK constraint cannot be stored; if it somehow is, deny access.
+            Some(TenantInfo { status: status.unwrap_or(TenantStatus::Deleted), name: text_at(rel_info.name_attnum).unwrap_or_default() })
+        };
+        pg_sys::systable_endscan(scan);
+        if registered {
+            pg_sys::UnregisterSnapshot(snapshot);
+        }
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        found
+    }
+}
+
+/// Trigger function on `nile.tenants`: any change to a tenant invalidates every backend's cache at commit (and this
+/// backend's at the next command).
+#[pg_trigger]
+fn tenants_changed<'a>(
+    trigger: &'a pgrx::PgTrigger<'a>,
+) -> Result<Option<PgHeapTuple<'a, pgrx::AllocatedByPostgres>>, pgrx::PgTriggerError> {
+    // SAFETY: the relation of a firing trigger is open and valid.
+    unsafe { pg_sys::CacheInvalidateRelcacheByRelid(trigger.relation()?.oid()) };
+    Ok(None)
+}
