@@ -118,11 +118,9 @@ pg_config_17() {
   echo "$prefix/bin/pg_config"
 }
 
-init_args=()
 for m in "${MAJORS[@]}"; do
   pgc=$("pg_config_$m")
   [ -x "$pgc" ] || { echo "setup: no pg_config for PostgreSQL $m at $pgc" >&2; exit 1; }
-  init_args+=("--pg$m" "$pgc")
 done
 
 # The test clusters run as `postgres`: every install must be readable and executable by it.
@@ -130,14 +128,23 @@ as_root chmod a+rx "$NILE_CACHE"
 as_root chmod -R a+rX "$NILE_CACHE"
 
 # --------------------------------------------------------------------------------------------------------------------
-# 4. cargo pgrx init (only when the configuration differs from what is recorded)
+# 4. cargo pgrx init, for every major set up so far (so that `make test` after `make test-all` does not drop the
+#    others and force pgrx to rebuild its bindings). Re-run only when that set changes.
 # --------------------------------------------------------------------------------------------------------------------
 PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
-want_config=$(printf '%s\n' "${init_args[@]}")
-if [ ! -f "$PGRX_HOME/config.toml" ] || [ "$(cat "$NILE_CACHE/pgrx-init.args" 2>/dev/null)" != "$want_config" ]; then
+known=$(cat "$NILE_CACHE/pgrx-init.majors" 2>/dev/null || true)
+all=$(printf '%s\n' $known "${MAJORS[@]}" | sort -un)
+init_args=()
+for m in $all; do
+  pgc=$("pg_config_$m" 2>/dev/null) || continue
+  [ -x "$pgc" ] && init_args+=("--pg$m" "$pgc")
+done
+want=$(printf '%s ' "${init_args[@]}")
+if [ ! -f "$PGRX_HOME/config.toml" ] || [ "$(cat "$NILE_CACHE/pgrx-init.args" 2>/dev/null)" != "$want" ]; then
   log "cargo pgrx init ${init_args[*]}"
   cargo pgrx init "${init_args[@]}" >&2
-  printf '%s' "$want_config" > "$NILE_CACHE/pgrx-init.args"
+  printf '%s' "$want" > "$NILE_CACHE/pgrx-init.args"
+  printf '%s\n' $all > "$NILE_CACHE/pgrx-init.majors"
 fi
 
 for m in "${MAJORS[@]}"; do echo "pg$m $("pg_config_$m")"; done

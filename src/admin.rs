@@ -43,11 +43,16 @@ fn admin_context(reason: Option<&str>) {
         );
     }
     let (session_role, acting_role): (Option<String>, Option<String>) =
-        Spi::get_two("SELECT session_user::text, current_user::text").or_internal("reading the caller's roles");
+        Spi::get_two("SELECT session_user::text, current_user::text")
+            .or_internal("reading the caller's roles");
     as_extension_owner(|| {
         Spi::run_with_args(
             "INSERT INTO nile.admin_audit (session_role, acting_role, reason) VALUES ($1, $2, $3)",
-            &[session_role.clone().into(), acting_role.clone().into(), reason.into()],
+            &[
+                session_role.clone().into(),
+                acting_role.clone().into(),
+                reason.into(),
+            ],
         )
         .or_internal("recording the admin context in nile.admin_audit");
     });
@@ -76,7 +81,10 @@ unsafe fn has_tenant_policies(relation: pg_sys::Relation) -> bool {
         let policies = pgrx::PgList::<pg_sys::RowSecurityPolicy>::from_pg((*rsdesc).policies);
         let found = policies.iter_ptr().any(|policy| {
             let name = (*policy).policy_name;
-            !name.is_null() && CStr::from_ptr(name).to_bytes().starts_with(POLICY_PREFIX.as_bytes())
+            !name.is_null()
+                && CStr::from_ptr(name)
+                    .to_bytes()
+                    .starts_with(POLICY_PREFIX.as_bytes())
         });
         found
     }
@@ -86,7 +94,8 @@ unsafe fn has_tenant_policies(relation: pg_sys::Relation) -> bool {
 unsafe fn allow_all_policy() -> *mut pg_sys::RowSecurityPolicy {
     // SAFETY: everything is palloc'd in the current (query) memory context, which outlives the rewrite.
     unsafe {
-        let policy = pg_sys::palloc0(std::mem::size_of::<pg_sys::RowSecurityPolicy>()) as *mut pg_sys::RowSecurityPolicy;
+        let policy = pg_sys::palloc0(std::mem::size_of::<pg_sys::RowSecurityPolicy>())
+            as *mut pg_sys::RowSecurityPolicy;
         (*policy).policy_name = pg_sys::pstrdup(c"nile_admin_context".as_ptr());
         (*policy).polcmd = b'*' as std::ffi::c_char;
         let mut public = pg_sys::Datum::from(pg_sys::InvalidOid); // ACL_ID_PUBLIC
@@ -106,7 +115,10 @@ unsafe fn allow_all_policy() -> *mut pg_sys::RowSecurityPolicy {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn admin_policy_hook(cmd: pg_sys::CmdType::Type, relation: pg_sys::Relation) -> *mut pg_sys::List {
+unsafe extern "C-unwind" fn admin_policy_hook(
+    cmd: pg_sys::CmdType::Type,
+    relation: pg_sys::Relation,
+) -> *mut pg_sys::List {
     // SAFETY: the previous hook (if any) was installed by another library with this same signature.
     let mut policies = match unsafe { PREV_ROW_SECURITY_PERMISSIVE_HOOK } {
         Some(prev) => unsafe { prev(cmd, relation) },

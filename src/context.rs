@@ -19,12 +19,19 @@ use pgrx::Uuid;
 #[pg_extern(volatile, parallel_unsafe)]
 fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -> Uuid {
     let Some(tenant_id) = tenant_id else {
-        Problem::new(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tenant_id must not be NULL")
-            .hint("To leave the tenant context, call nile.clear_tenant().")
-            .raise();
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "tenant_id must not be NULL",
+        )
+        .hint("To leave the tenant context, call nile.clear_tenant().")
+        .raise();
     };
     let Some(is_local) = is_local else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "is_local must not be NULL", "Pass true (the default) or false.");
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "is_local must not be NULL",
+            "Pass true (the default) or false.",
+        );
     };
     let id: [u8; 16] = *tenant_id.as_bytes();
     if is_local && !in_transaction_block() {
@@ -87,7 +94,10 @@ fn policy_write_tenant() -> Option<Uuid> {
         Some(TenantStatus::Active) => Some(Uuid::from_bytes(id)),
         Some(TenantStatus::Inactive) => Problem::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tenant {} is inactive: its rows can be read but not written", tenant_cache::describe(&id)),
+            format!(
+                "tenant {} is inactive: its rows can be read but not written",
+                tenant_cache::describe(&id)
+            ),
         )
         .hint("An administrator can reactivate it with nile.reactivate_tenant().")
         .raise(),
@@ -108,7 +118,10 @@ fn missing_context() -> Option<[u8; 16]> {
 fn tenant_gone(id: &[u8; 16]) -> ! {
     raise(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-        format!("tenant {} has been deleted: its rows are no longer accessible", tenant_cache::describe(id)),
+        format!(
+            "tenant {} has been deleted: its rows are no longer accessible",
+            tenant_cache::describe(id)
+        ),
         "Call nile.clear_tenant() or switch to another tenant with nile.set_tenant().",
     )
 }

@@ -55,7 +55,11 @@ impl<T> OrInternal<T> for Result<T, pgrx::spi::SpiError> {
     fn or_internal(self, what: &str) -> T {
         match self {
             Ok(value) => value,
-            Err(e) => Problem::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("nile_tenancy: {what} failed: {e}")).raise(),
+            Err(e) => Problem::new(
+                PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+                format!("nile_tenancy: {what} failed: {e}"),
+            )
+            .raise(),
         }
     }
 }

@@ -34,7 +34,8 @@ pub enum MissingTenant {
 }
 
 /// `nile.missing_tenant`: fail-closed behaviour without a tenant context (`error` or `deny`). Never "all rows".
-pub static MISSING_TENANT: GucSetting<MissingTenant> = GucSetting::<MissingTenant>::new(MissingTenant::Error);
+pub static MISSING_TENANT: GucSetting<MissingTenant> =
+    GucSetting::<MissingTenant>::new(MissingTenant::Error);
 
 /// `nile.tenant_id`: the tenant this session works for (empty: none). Written only through `nile.set_tenant()`.
 static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
@@ -75,7 +76,8 @@ pub fn init() {
             c"Only nile.admin_context() can turn it on, for the rest of the transaction.",
             &ADMIN_ACTIVE,
             GucContext::Userset,
-            GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32) | GucFlags::DISALLOW_IN_FILE,
+            GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32)
+                | GucFlags::DISALLOW_IN_FILE,
             Some(check_admin_active),
             Some(assign_admin_active),
             None,
@@ -135,7 +137,11 @@ pub fn set_admin_context() {
 }
 
 fn apply(name: &CStr, value: &CStr, is_local: bool) {
-    let action = if is_local { pg_sys::GucAction::GUC_ACTION_LOCAL } else { pg_sys::GucAction::GUC_ACTION_SET };
+    let action = if is_local {
+        pg_sys::GucAction::GUC_ACTION_LOCAL
+    } else {
+        pg_sys::GucAction::GUC_ACTION_SET
+    };
     // SAFETY: both strings are valid NUL-terminated C strings that outlive the call; set_config_option copies them.
     // An ERROR inside it unwinds through the authorization guards, which withdraw the authorization.
     unsafe {
@@ -205,13 +211,19 @@ unsafe extern "C-unwind" fn check_tenant_id(
     // SAFETY: Postgres passes a valid pointer to the proposed value, which is NULL or a NUL-terminated string.
     let proposed = unsafe {
         let value = *newval;
-        if value.is_null() { c"" } else { CStr::from_ptr(value) }
+        if value.is_null() {
+            c""
+        } else {
+            CStr::from_ptr(value)
+        }
     };
     if proposed.is_empty() {
         return true;
     }
     let authorized = AUTHORIZED_TENANT.with(|a| a.borrow().as_deref() == Some(proposed));
-    if (authorized || restoring_parallel_worker_state()) && parse_canonical_uuid(proposed.to_bytes()).is_some() {
+    if (authorized || restoring_parallel_worker_state())
+        && parse_canonical_uuid(proposed.to_bytes()).is_some()
+    {
         return true;
     }
     // SAFETY: see `refuse`.
@@ -226,7 +238,11 @@ unsafe extern "C-unwind" fn check_tenant_id(
 #[pg_guard]
 unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut c_void) {
     // SAFETY: Postgres passes NULL or a NUL-terminated string that the check hook accepted earlier.
-    let value = if newval.is_null() { None } else { Some(unsafe { CStr::from_ptr(newval) }) };
+    let value = if newval.is_null() {
+        None
+    } else {
+        Some(unsafe { CStr::from_ptr(newval) })
+    };
     // A value that does not parse can only be the empty one; treating it as "no tenant" fails closed.
     let parsed = value.and_then(|v| parse_canonical_uuid(v.to_bytes()));
     CURRENT_TENANT.with(|c| c.set(parsed));

@@ -10,7 +10,9 @@ use std::ffi::CString;
 
 /// Does the current user have the privileges of `role` (superusers have every role's privileges)?
 pub fn has_privileges_of(role: &str) -> bool {
-    let Ok(name) = CString::new(role) else { return false };
+    let Ok(name) = CString::new(role) else {
+        return false;
+    };
     // SAFETY: plain catalog lookups with a valid NUL-terminated name; missing_ok = true returns InvalidOid instead of
     // raising an error.
     unsafe {
@@ -23,9 +25,12 @@ pub fn has_privileges_of(role: &str) -> bool {
 #[track_caller]
 pub fn require_role(role: &str, what: &str) {
     if !has_privileges_of(role) {
-        Problem::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, format!("permission denied: {what} requires membership in role {role}"))
-            .hint(format!("A superuser can run GRANT {role} TO <role>."))
-            .raise();
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("permission denied: {what} requires membership in role {role}"),
+        )
+        .hint(format!("A superuser can run GRANT {role} TO <role>."))
+        .raise();
     }
 }
 
@@ -62,7 +67,11 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
         );
         nest_level
     };
-    let _restore = Restore { saved_user, saved_context, nest_level };
+    let _restore = Restore {
+        saved_user,
+        saved_context,
+        nest_level,
+    };
     f()
 }
 

@@ -9,22 +9,38 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
 /// The first column of the first row a read-only query returns, or `None` (no row, or NULL).
-pub fn first_value<T: FromDatum + IntoDatum>(client: &SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
-    let mut rows = client.select(sql, None, args).or_internal("reading the catalogs");
-    rows.next().and_then(|row| row.get::<T>(1).or_internal("reading a query result"))
+pub fn first_value<T: FromDatum + IntoDatum>(
+    client: &SpiClient<'_>,
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> Option<T> {
+    let mut rows = client
+        .select(sql, None, args)
+        .or_internal("reading the catalogs");
+    rows.next()
+        .and_then(|row| row.get::<T>(1).or_internal("reading a query result"))
 }
 
 /// Run a data-changing statement to completion and return the first column of the first row it returns (RETURNING).
-pub fn write_returning<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
+pub fn write_returning<T: FromDatum + IntoDatum>(
+    sql: &str,
+    args: &[DatumWithOid<'_>],
+) -> Option<T> {
     Spi::connect_mut(|client| {
-        let mut rows = client.update(sql, None, args).or_internal("changing nile_tenancy's tables");
-        rows.next().and_then(|row| row.get::<T>(1).or_internal("reading a RETURNING result"))
+        let mut rows = client
+            .update(sql, None, args)
+            .or_internal("changing nile_tenancy's tables");
+        rows.next()
+            .and_then(|row| row.get::<T>(1).or_internal("reading a RETURNING result"))
     })
 }
 
 /// Run a statement to completion for its effect; returns how many rows it processed.
 pub fn execute(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> usize {
-    client.update(sql, None, args).or_internal("changing a table").len()
+    client
+        .update(sql, None, args)
+        .or_internal("changing a table")
+        .len()
 }
 
 /// `first_value` in a connection of its own.

@@ -24,7 +24,12 @@ pub const POLICY_PREFIX: &str = "nile_tenant_";
 const POLICIES: [(&str, &str, Option<&str>, Option<&str>); 4] = [
     ("select", "SELECT", Some("nile.policy_read_tenant()"), None),
     ("insert", "INSERT", None, Some("nile.policy_write_tenant()")),
-    ("update", "UPDATE", Some("nile.policy_write_tenant()"), Some("nile.policy_write_tenant()")),
+    (
+        "update",
+        "UPDATE",
+        Some("nile.policy_write_tenant()"),
+        Some("nile.policy_write_tenant()"),
+    ),
     ("delete", "DELETE", Some("nile.policy_write_tenant()"), None),
 ];
 
@@ -53,7 +58,11 @@ fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
         )
         .or_internal("reading the table's catalog entry");
     let Some(row) = rows.next() else {
-        raise(PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE, format!("relation with OID {} does not exist", relid.to_u32()), "Pass an existing table, e.g. 'public.projects'.");
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
+            format!("relation with OID {} does not exist", relid.to_u32()),
+            "Pass an existing table, e.g. 'public.projects'.",
+        );
     };
     let text = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
     TableFacts {
@@ -70,16 +79,32 @@ fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
 /// Refuse everything that is not an ordinary or partitioned table the caller owns, outside system and nile schemas.
 fn check_can_enroll(facts: &TableFacts, action: &str) {
     let wrong_type = |what: &str, hint: &str| -> ! {
-        raise(PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE, format!("cannot {action} tenancy on {}: it is {what}", facts.qualified), hint)
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "cannot {action} tenancy on {}: it is {what}",
+                facts.qualified
+            ),
+            hint,
+        )
     };
-    if facts.schema == "pg_catalog" || facts.schema == "information_schema" || facts.schema.starts_with("pg_toast") {
+    if facts.schema == "pg_catalog"
+        || facts.schema == "information_schema"
+        || facts.schema.starts_with("pg_toast")
+    {
         wrong_type("a system catalog", "Only user tables can be tenant tables.");
     }
     if facts.schema == "nile" {
-        wrong_type("one of nile_tenancy's own tables", "nile.tenants is already isolated; enroll your own tables.");
+        wrong_type(
+            "one of nile_tenancy's own tables",
+            "nile.tenants is already isolated; enroll your own tables.",
+        );
     }
     if facts.temporary {
-        wrong_type("a temporary table", "Temporary tables are private to one session already; enroll permanent tables.");
+        wrong_type(
+            "a temporary table",
+            "Temporary tables are private to one session already; enroll permanent tables.",
+        );
     }
     match facts.relkind.as_str() {
         "r" | "p" => {}
@@ -97,7 +122,10 @@ fn check_can_enroll(facts: &TableFacts, action: &str) {
     if !facts.owned_by_caller {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("must be owner of table {} to {action} tenancy on it", facts.qualified),
+            format!(
+                "must be owner of table {} to {action} tenancy on it",
+                facts.qualified
+            ),
             "Run it as the table's owner (a member of nile_admin), or as a superuser.",
         );
     }
@@ -135,7 +163,10 @@ fn run(client: &mut SpiClient<'_>, sql: &str) {
 }
 
 /// The table and every partition below it (ordinary and partitioned), the table first.
-fn partition_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<(pg_sys::Oid, String, String)> {
+fn partition_tree(
+    client: &SpiClient<'_>,
+    relid: pg_sys::Oid,
+) -> Vec<(pg_sys::Oid, String, String)> {
     client
         .select(
             "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text
@@ -159,25 +190,43 @@ fn partition_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Vec<(pg_sys::Oi
 /// Implementation of `nile.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id',
 /// backfill_tenant uuid DEFAULT NULL) RETURNS void`.
 #[pg_extern(volatile, parallel_unsafe, name = "_enable_tenancy")]
-fn enable_tenancy(tbl: Option<pg_sys::Oid>, tenant_column: Option<&str>, backfill_tenant: Option<Uuid>) {
+fn enable_tenancy(
+    tbl: Option<pg_sys::Oid>,
+    tenant_column: Option<&str>,
+    backfill_tenant: Option<Uuid>,
+) {
     require_role("nile_admin", "nile.enable_tenancy()");
     let Some(relid) = tbl else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tbl must not be NULL", "Pass a table, e.g. 'public.projects'.");
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "tbl must not be NULL",
+            "Pass a table, e.g. 'public.projects'.",
+        );
     };
     let Some(column) = tenant_column.filter(|c| !c.is_empty()) else {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "tenant_column must be a column name", "Omit it to use tenant_id.");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "tenant_column must be a column name",
+            "Omit it to use tenant_id.",
+        );
     };
     if let Some(backfill) = &backfill_tenant {
         match tenant_cache::status_of(backfill.as_bytes()) {
             Some(TenantStatus::Active | TenantStatus::Inactive) => {}
             Some(TenantStatus::Deleted) => raise(
                 PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-                format!("backfill tenant {} has been deleted", format_uuid(backfill.as_bytes())),
+                format!(
+                    "backfill tenant {} has been deleted",
+                    format_uuid(backfill.as_bytes())
+                ),
                 "Backfill existing rows into an active tenant.",
             ),
             None => raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-                format!("backfill tenant {} does not exist", format_uuid(backfill.as_bytes())),
+                format!(
+                    "backfill tenant {} does not exist",
+                    format_uuid(backfill.as_bytes())
+                ),
                 "Create it first with nile.create_tenant().",
             ),
         }
@@ -188,7 +237,10 @@ fn enable_tenancy(tbl: Option<pg_sys::Oid>, tenant_column: Option<&str>, backfil
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             // Block concurrent writes while we look at the data and change the table.
-            run(client, &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified));
+            run(
+                client,
+                &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified),
+            );
             let tree = partition_tree(client, relid);
             if let Some((_, name, _)) = tree.iter().find(|(_, _, kind)| kind == "f") {
                 raise(
@@ -199,7 +251,8 @@ fn enable_tenancy(tbl: Option<pg_sys::Oid>, tenant_column: Option<&str>, backfil
             }
             let table = &facts.qualified;
             let col = quote_identifier(column);
-            let attnum = ensure_tenant_column(client, relid, table, column, &col, backfill_tenant.as_ref());
+            let attnum =
+                ensure_tenant_column(client, relid, table, column, &col, backfill_tenant.as_ref());
             ensure_foreign_key(client, relid, table, &col, attnum);
             ensure_index(client, relid, table, &facts, column, &col, attnum);
             for (member_oid, member, kind) in &tree {
@@ -213,17 +266,33 @@ fn enable_tenancy(tbl: Option<pg_sys::Oid>, tenant_column: Option<&str>, backfil
 }
 
 /// Make sure the tenant column exists as `uuid NOT NULL DEFAULT nile.current_tenant()`; returns its attnum.
-fn ensure_tenant_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, column: &str, col: &str, backfill: Option<&Uuid>) -> i16 {
+fn ensure_tenant_column(
+    client: &mut SpiClient<'_>,
+    relid: pg_sys::Oid,
+    table: &str,
+    column: &str,
+    col: &str,
+    backfill: Option<&Uuid>,
+) -> i16 {
     let backfill_literal = backfill.map(|b| quote_literal(format_uuid(b.as_bytes())));
     match column_facts(client, relid, column) {
         Some(existing) if !existing.is_uuid => Problem::new(
             PgSqlErrorCode::ERRCODE_DATATYPE_MISMATCH,
-            format!("column {column} of table {table} is of type {}, not uuid", existing.type_name),
+            format!(
+                "column {column} of table {table} is of type {}, not uuid",
+                existing.type_name
+            ),
         )
-        .hint(format!("Convert it first: ALTER TABLE {table} ALTER COLUMN {col} TYPE uuid USING {col}::uuid"))
+        .hint(format!(
+            "Convert it first: ALTER TABLE {table} ALTER COLUMN {col} TYPE uuid USING {col}::uuid"
+        ))
         .raise(),
         Some(existing) => {
-            if query_bool(client, &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} IS NULL)"), &[]) {
+            if query_bool(
+                client,
+                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} IS NULL)"),
+                &[],
+            ) {
                 match &backfill_literal {
                     Some(lit) => run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL")),
                     None => raise(
@@ -237,7 +306,11 @@ fn ensure_tenant_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &
             existing.attnum
         }
         None => {
-            let has_rows = query_bool(client, &format!("SELECT EXISTS (SELECT 1 FROM {table})"), &[]);
+            let has_rows = query_bool(
+                client,
+                &format!("SELECT EXISTS (SELECT 1 FROM {table})"),
+                &[],
+            );
             match (&backfill_literal, has_rows) {
                 (Some(lit), _) => {
                     // A constant default fills existing rows without rewriting the table; then switch the default.
@@ -251,12 +324,20 @@ fn ensure_tenant_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &
                     format!("Name the tenant that owns the existing rows: SELECT nile.enable_tenancy('{table}', backfill_tenant => '<tenant uuid>')"),
                 ),
             }
-            column_facts(client, relid, column).map(|c| c.attnum).unwrap_or(0)
+            column_facts(client, relid, column)
+                .map(|c| c.attnum)
+                .unwrap_or(0)
         }
     }
 }
 
-fn ensure_foreign_key(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &str, attnum: i16) {
+fn ensure_foreign_key(
+    client: &mut SpiClient<'_>,
+    relid: pg_sys::Oid,
+    table: &str,
+    col: &str,
+    attnum: i16,
+) {
     let has_fk = query_bool(
         client,
         "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1 AND contype = 'f'
@@ -276,13 +357,23 @@ fn ensure_foreign_key(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &st
         raise(
             PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
             format!("table {table} has rows for tenant {orphan}, which is not in nile.tenants"),
-            format!("Create that tenant first: SELECT nile.create_tenant('<name>', id => '{orphan}')"),
+            format!(
+                "Create that tenant first: SELECT nile.create_tenant('<name>', id => '{orphan}')"
+            ),
         );
     }
     run(client, &format!("ALTER TABLE {table} ADD CONSTRAINT nile_tenant_fk FOREIGN KEY ({col}) REFERENCES nile.tenants (id)"));
 }
 
-fn ensure_index(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, facts: &TableFacts, column: &str, col: &str, attnum: i16) {
+fn ensure_index(
+    client: &mut SpiClient<'_>,
+    relid: pg_sys::Oid,
+    table: &str,
+    facts: &TableFacts,
+    column: &str,
+    col: &str,
+    attnum: i16,
+) {
     let has_index = query_bool(
         client,
         "SELECT EXISTS (SELECT 1 FROM pg_index WHERE indrelid = $1 AND indkey[0] = $2)",
@@ -304,7 +395,10 @@ fn ensure_index(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, fac
         (Some(name), false) => quote_identifier(name),
         _ => String::new(),
     };
-    run(client, &format!("CREATE INDEX {name_clause} ON {table} ({col})"));
+    run(
+        client,
+        &format!("CREATE INDEX {name_clause} ON {table} ({col})"),
+    );
 }
 
 /// `nile_<table>_<column>_idx`, with the table part shortened to fit Postgres' 63-byte identifier limit.
@@ -322,7 +416,10 @@ fn generated_index_name(relname: &str, column: &str) -> Option<String> {
 
 /// ENABLE + FORCE row-level security and (re)create the four nile_tenant_* policies on one table.
 fn protect(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &str) {
-    run(client, &format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"));
+    run(
+        client,
+        &format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
+    );
     drop_generated_policies(client, relid, table);
     for (suffix, command, using, check) in POLICIES {
         let mut sql = format!("CREATE POLICY {POLICY_PREFIX}{suffix} ON {table} AS PERMISSIVE FOR {command} TO PUBLIC");
@@ -348,11 +445,19 @@ fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table
         .filter_map(|row| row.get::<String>(1).ok().flatten())
         .collect();
     for name in existing {
-        run(client, &format!("DROP POLICY {} ON {table}", quote_identifier(&name)));
+        run(
+            client,
+            &format!("DROP POLICY {} ON {table}", quote_identifier(&name)),
+        );
     }
 }
 
-fn register(client: &mut SpiClient<'_>, root: pg_sys::Oid, tree: &[(pg_sys::Oid, String, String)], column: &str) {
+fn register(
+    client: &mut SpiClient<'_>,
+    root: pg_sys::Oid,
+    tree: &[(pg_sys::Oid, String, String)],
+    column: &str,
+) {
     for (member, _, kind) in tree {
         if kind != "r" && kind != "p" {
             continue;
@@ -375,15 +480,30 @@ fn register(client: &mut SpiClient<'_>, root: pg_sys::Oid, tree: &[(pg_sys::Oid,
 fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
     require_role("nile_admin", "nile.disable_tenancy()");
     let Some(relid) = tbl else {
-        raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, "tbl must not be NULL", "Pass a table, e.g. 'public.projects'.");
+        raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            "tbl must not be NULL",
+            "Pass a table, e.g. 'public.projects'.",
+        );
     };
     let facts = Spi::connect(|client| table_facts(&client, relid));
     check_can_enroll(&facts, "disable");
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
-            let enrolled = query_bool(client, "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass)", &[relid.into()]);
+            let enrolled = query_bool(
+                client,
+                "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass)",
+                &[relid.into()],
+            );
             if !enrolled {
-                Problem::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, format!("table {} is not a tenant table; nothing to do", facts.qualified)).notice();
+                Problem::new(
+                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                    format!(
+                        "table {} is not a tenant table; nothing to do",
+                        facts.qualified
+                    ),
+                )
+                .notice();
                 return;
             }
             for (member, name, kind) in partition_tree(client, relid) {
@@ -391,7 +511,11 @@ fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
                     continue;
                 }
                 drop_generated_policies(client, member, &name);
-                let other_policies = query_bool(client, "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)", &[member.into()]);
+                let other_policies = query_bool(
+                    client,
+                    "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)",
+                    &[member.into()],
+                );
                 if other_policies {
                     Problem::new(
                         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -401,7 +525,11 @@ fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
                 } else {
                     run(client, &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"));
                 }
-                execute(client, "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass", &[member.into()]);
+                execute(
+                    client,
+                    "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass",
+                    &[member.into()],
+                );
             }
         });
     });

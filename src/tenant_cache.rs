@@ -51,7 +51,9 @@ thread_local! {
 
 pub fn init() {
     // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.
-    unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0)) };
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
+    };
 }
 
 #[pg_guard]
@@ -107,7 +109,11 @@ fn tenants_relation() -> TenantsRelation {
     // SAFETY: syscache lookups with valid NUL-terminated names; missing_ok lookups return InvalidOid.
     let rel = unsafe {
         let nsp = pg_sys::get_namespace_oid(c"nile".as_ptr(), true);
-        let relid = if nsp == pg_sys::InvalidOid { nsp } else { pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp) };
+        let relid = if nsp == pg_sys::InvalidOid {
+            nsp
+        } else {
+            pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp)
+        };
         if relid == pg_sys::InvalidOid {
             crate::errors::raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -170,11 +176,20 @@ fn read_from_table(id: &[u8; 16]) -> Option<TenantInfo> {
             pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
             let text_at = |attnum: i16| -> Option<String> {
                 let i = attnum as usize - 1;
-                if nulls[i] { None } else { String::from_datum(values[i], false) }
+                if nulls[i] {
+                    None
+                } else {
+                    String::from_datum(values[i], false)
+                }
             };
-            let status = text_at(rel_info.status_attnum).as_deref().and_then(TenantStatus::parse);
+            let status = text_at(rel_info.status_attnum)
+                .as_deref()
+                .and_then(TenantStatus::parse);
             // A status outside the CHECK constraint cannot be stored; if it somehow is, deny access.
-            Some(TenantInfo { status: status.unwrap_or(TenantStatus::Deleted), name: text_at(rel_info.name_attnum).unwrap_or_default() })
+            Some(TenantInfo {
+                status: status.unwrap_or(TenantStatus::Deleted),
+                name: text_at(rel_info.name_attnum).unwrap_or_default(),
+            })
         };
         pg_sys::systable_endscan(scan);
         if registered {

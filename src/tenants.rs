@@ -19,20 +19,32 @@ const STATUSES: [&str; 3] = ["active", "inactive", "deleted"];
 fn require_not_null<T>(value: Option<T>, argument: &str) -> T {
     match value {
         Some(v) => v,
-        None => raise(PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED, format!("{argument} must not be NULL"), "Pass a value."),
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{argument} must not be NULL"),
+            "Pass a value.",
+        ),
     }
 }
 
 fn validated_name(name: &str) -> String {
     if name.trim().is_empty() {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "tenant name must not be empty", "Pass a human-readable name, e.g. the customer's company name.");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "tenant name must not be empty",
+            "Pass a human-readable name, e.g. the customer's company name.",
+        );
     }
     name.to_string()
 }
 
 fn validated_metadata(metadata: Value) -> Value {
     if !metadata.is_object() {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "tenant metadata must be a JSON object", "Pass e.g. '{\"plan\": \"pro\"}'::jsonb, or '{}'.");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "tenant metadata must be a JSON object",
+            "Pass e.g. '{\"plan\": \"pro\"}'::jsonb, or '{}'.",
+        );
     }
     metadata
 }
@@ -41,7 +53,11 @@ fn validated_metadata(metadata: Value) -> Value {
 ///
 /// Idempotent for an explicit id: creating the same tenant again (same name and metadata) returns its id.
 #[pg_extern(volatile, parallel_unsafe)]
-fn create_tenant(name: Option<&str>, id: default!(Option<Uuid>, "NULL"), metadata: default!(Option<JsonB>, "'{}'")) -> Uuid {
+fn create_tenant(
+    name: Option<&str>,
+    id: default!(Option<Uuid>, "NULL"),
+    metadata: default!(Option<JsonB>, "'{}'"),
+) -> Uuid {
     require_role(ADMIN_ROLE, "nile.create_tenant()");
     let name = validated_name(require_not_null(name, "name"));
     let metadata = validated_metadata(require_not_null(metadata, "metadata").0);
@@ -63,10 +79,13 @@ fn create_tenant(name: Option<&str>, id: default!(Option<Uuid>, "NULL"), metadat
         )
     });
     if same != Some(true) {
-        Problem::new(PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION, format!("tenant {} already exists", format_uuid(&id)))
-            .detail("A tenant with this id exists with another name, other metadata, or is deleted.")
-            .hint("Use nile.update_tenant() to change it, or omit id to get a new one.")
-            .raise();
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
+            format!("tenant {} already exists", format_uuid(&id)),
+        )
+        .detail("A tenant with this id exists with another name, other metadata, or is deleted.")
+        .hint("Use nile.update_tenant() to change it, or omit id to get a new one.")
+        .raise();
     }
     Uuid::from_bytes(id)
 }
@@ -79,7 +98,11 @@ fn update_tenant(tenant_id: Option<Uuid>, changes: Option<JsonB>) -> JsonB {
     let tenant_id = require_not_null(tenant_id, "tenant_id");
     let changes = require_not_null(changes, "changes").0;
     let Value::Object(changes) = changes else {
-        raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, "changes must be a JSON object", "Pass e.g. '{\"status\": \"inactive\"}'::jsonb.");
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            "changes must be a JSON object",
+            "Pass e.g. '{\"status\": \"inactive\"}'::jsonb.",
+        );
     };
     let update = TenantUpdate::from_changes(&changes);
     let row = as_extension_owner(|| {
@@ -113,18 +136,30 @@ struct TenantUpdate {
 
 impl TenantUpdate {
     fn from_changes(changes: &Map<String, Value>) -> Self {
-        let mut update = TenantUpdate { name: None, status: None, metadata: None };
+        let mut update = TenantUpdate {
+            name: None,
+            status: None,
+            metadata: None,
+        };
         for (key, value) in changes {
             match (key.as_str(), value) {
                 ("name", Value::String(name)) => update.name = Some(validated_name(name)),
-                ("status", Value::String(status)) if STATUSES.contains(&status.as_str()) => update.status = Some(status.clone()),
+                ("status", Value::String(status)) if STATUSES.contains(&status.as_str()) => {
+                    update.status = Some(status.clone())
+                }
                 ("status", _) => raise(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                     format!("invalid tenant status: {value}"),
                     "status must be one of \"active\", \"inactive\", \"deleted\".",
                 ),
-                ("metadata", metadata) => update.metadata = Some(validated_metadata(metadata.clone())),
-                ("name", _) => raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, format!("invalid tenant name: {value}"), "name must be a non-empty JSON string."),
+                ("metadata", metadata) => {
+                    update.metadata = Some(validated_metadata(metadata.clone()))
+                }
+                ("name", _) => raise(
+                    PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                    format!("invalid tenant name: {value}"),
+                    "name must be a non-empty JSON string.",
+                ),
                 _ => raise(
                     PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                     format!("unknown key \"{key}\" in tenant changes"),
@@ -154,7 +189,10 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
     let tenant_id = require_not_null(tenant_id, "tenant_id");
     let purge = require_not_null(purge, "purge");
     as_extension_owner(|| {
-        let exists = query_value::<bool>("SELECT EXISTS (SELECT 1 FROM nile.tenants WHERE id = $1)", &[tenant_id.into()]);
+        let exists = query_value::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM nile.tenants WHERE id = $1)",
+            &[tenant_id.into()],
+        );
         if exists != Some(true) {
             unknown_tenant(&tenant_id);
         }
@@ -168,13 +206,24 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             return;
         }
         for (table, column) in tables_holding_tenant_rows() {
-            let sql = format!("DELETE FROM {table} WHERE {} = $1", spi::quote_identifier(&column));
+            let sql = format!(
+                "DELETE FROM {table} WHERE {} = $1",
+                spi::quote_identifier(&column)
+            );
             let removed = Spi::connect_mut(|client| execute(client, &sql, &[tenant_id.into()]));
             if removed > 0 {
-                Problem::new(PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION, format!("purged {removed} rows from {table}")).notice();
+                Problem::new(
+                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                    format!("purged {removed} rows from {table}"),
+                )
+                .notice();
             }
         }
-        Spi::run_with_args("DELETE FROM nile.tenants WHERE id = $1", &[tenant_id.into()]).or_internal("deleting a tenant");
+        Spi::run_with_args(
+            "DELETE FROM nile.tenants WHERE id = $1",
+            &[tenant_id.into()],
+        )
+        .or_internal("deleting a tenant");
     });
 }
 
@@ -220,23 +269,39 @@ fn tables_holding_tenant_rows() -> Vec<(String, String)> {
             .or_internal("listing foreign keys between tenant tables")
             .map(|row| {
                 (
-                    row.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                    row.get::<pg_sys::Oid>(2).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                    row.get::<pg_sys::Oid>(1)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(pg_sys::InvalidOid),
+                    row.get::<pg_sys::Oid>(2)
+                        .ok()
+                        .flatten()
+                        .unwrap_or(pg_sys::InvalidOid),
                 )
             })
             .collect();
-        referencing_first(tables, &edges).into_iter().map(|(_, name, col)| (name, col)).collect()
+        referencing_first(tables, &edges)
+            .into_iter()
+            .map(|(_, name, col)| (name, col))
+            .collect()
     })
 }
 
 /// Orders tables so that every table comes before the tables it references (`edges` are (referencing, referenced)).
 /// Tables in a reference cycle keep their input order at the end.
-fn referencing_first<T: Clone>(tables: Vec<(pg_sys::Oid, String, T)>, edges: &[(pg_sys::Oid, pg_sys::Oid)]) -> Vec<(pg_sys::Oid, String, T)> {
+fn referencing_first<T: Clone>(
+    tables: Vec<(pg_sys::Oid, String, T)>,
+    edges: &[(pg_sys::Oid, pg_sys::Oid)],
+) -> Vec<(pg_sys::Oid, String, T)> {
     let mut remaining = tables;
     let mut ordered = Vec::with_capacity(remaining.len());
     loop {
         // A table can go now if no remaining table still references it.
-        let position = remaining.iter().position(|(oid, _, _)| !edges.iter().any(|(from, to)| to == oid && remaining.iter().any(|r| r.0 == *from)));
+        let position = remaining.iter().position(|(oid, _, _)| {
+            !edges
+                .iter()
+                .any(|(from, to)| to == oid && remaining.iter().any(|r| r.0 == *from))
+        });
         match position {
             Some(i) => ordered.push(remaining.remove(i)),
             None => break,

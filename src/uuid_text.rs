@@ -27,7 +27,11 @@ pub fn parse_canonical_uuid(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != 36 || HYPHENS.iter().any(|&i| text[i] != b'-') {
         return None;
     }
-    let mut digits = text.iter().enumerate().filter(|(i, _)| !HYPHENS.contains(i)).map(|(_, c)| *c);
+    let mut digits = text
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !HYPHENS.contains(i))
+        .map(|(_, c)| *c);
     let mut out = [0u8; 16];
     for byte in out.iter_mut() {
         let hi = hex_value(digits.next()?)?;
@@ -56,8 +60,11 @@ pub fn new_uuid_v7() -> [u8; 16] {
     let mut random = [0u8; 10];
     // SAFETY: the buffer is valid for writes of its whole length.
     if !unsafe { pg_sys::pg_strong_random(random.as_mut_ptr().cast(), random.len()) } {
-        crate::errors::Problem::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, "could not generate random bytes for a UUID")
-            .raise();
+        crate::errors::Problem::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            "could not generate random bytes for a UUID",
+        )
+        .raise();
     }
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -114,7 +121,11 @@ mod tests {
             "0011223-34455-6677-8899-aabbccddeeff",
             "00112233-4455-6677-8899-aabbccddeeff ",
         ] {
-            assert_eq!(parse_canonical_uuid(bad.as_bytes()), None, "{bad:?} must be rejected");
+            assert_eq!(
+                parse_canonical_uuid(bad.as_bytes()),
+                None,
+                "{bad:?} must be rejected"
+            );
         }
     }
 }
