@@ -1,0 +1,81 @@
+//! Tenant lifecycle and admin context across sessions: a status change made by one session reaches the others at
+//! once, and the admin context belongs to one transaction of one session.
+
+use nile_tenancy_integration::*;
+
+#[test]
+fn status_changes_reach_sessions_already_working_for_the_tenant() {
+    let db = scenario("status");
+    let mut worker = connect(&db, "it_app");
+    worker.batch_execute(&format!("SELECT nile.set_tenant('{GLOBEX}', is_local => false)")).unwrap();
+    worker.batch_execute("INSERT INTO projects (id, name) VALUES (2, 'globex-2')").unwrap();
+    let mut admin = connect(&db, "it_admin");
+
+    admin.batch_execute(&format!("SELECT nile.deactivate_tenant('{GLOBEX}')")).unwrap();
+    assert_eq!(visible(&mut worker), "globex-1,globex-2", "an inactive tenant still reads");
+    let failure = assert_fails(worker.batch_execute("INSERT INTO projects (id, name) VALUES (3, 'x')"), "55000");
+    assert!(failure.contains("Globex") && failure.contains("inactive"), "{failure}");
+    assert_fails(worker.batch_execute("UPDATE projects SET name = 'x'"), "55000");
+    assert_fails(worker.batch_execute("DELETE FROM projects"), "55000");
+
+    admin.batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}')")).unwrap();
+    assert_fails(worker.query("SELECT * FROM projects", &[]), "42501");
+    let mut fresh = connect(&db, "it_app");
+    assert_fails(fresh.batch_execute(&format!("SELECT nile.set_tenant('{GLOBEX}', is_local => false)")), "55000");
+
+    admin.batch_execute(&format!("SELECT nile.reactivate_tenant('{GLOBEX}')")).unwrap();
+    worker.batch_execute("INSERT INTO projects (id, name) VALUES (3, 'globex-3')").unwrap();
+    assert_eq!(visible(&mut worker), "globex-1,globex-2,globex-3");
+
+    // Purge from another session: rows and tenant gone, the worker is refused, Acme untouched.
+    admin.batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}', purge => true)")).unwrap();
+    assert_fails(worker.query("SELECT * FROM projects", &[]), "42501");
+    let mut su = connect(&db, "postgres");
+    assert_eq!(visible(&mut su), "acme-1,acme-2");
+    assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM nile.tenants"), 1);
+}
+
+#[test]
+fn admin_context_lasts_one_transaction_of_one_session_and_is_audited() {
+    let db = scenario("admin");
+    let mut admin = connect(&db, "it_admin");
+    let mut app = connect(&db, "it_app");
+    let err = admin.batch_execute("SELECT nile.admin_context('outside a transaction')").unwrap_err();
+    assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("25P01"));
+
+    let mut tx = admin.transaction().unwrap();
+    tx.execute("SELECT nile.admin_context('quarterly report')", &[]).unwrap();
+    let all: Option<String> = tx.query_one("SELECT string_agg(name, ',' ORDER BY name) FROM projects", &[]).unwrap().get(0);
+    assert_eq!(all.as_deref(), Some("acme-1,acme-2,globex-1"));
+    assert_eq!(tx.query_one("SELECT count(*) FROM nile.tenants", &[]).unwrap().get::<_, i64>(0), 2);
+    // Meanwhile another session has no such power.
+    assert_fails(app.query("SELECT * FROM projects", &[]), "42501");
+    app.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
+    assert_eq!(visible(&mut app), "acme-1,acme-2");
+    tx.commit().unwrap();
+
+    // Over with the transaction.
+    assert_eq!(one::<String>(&mut admin, "SHOW nile.admin_active"), "off");
+    assert_fails(admin.query("SELECT * FROM projects", &[]), "42501");
+    let audit: String = one(&mut admin, "SELECT session_role || ':' || acting_role || ':' || reason FROM nile.admin_audit ORDER BY id DESC LIMIT 1");
+    assert_eq!(audit, "it_admin:it_admin:quarterly report");
+    // The application role cannot read or erase the audit.
+    assert_fails(app.query("SELECT * FROM nile.admin_audit", &[]), "42501");
+    assert_fails(app.batch_execute("DELETE FROM nile.admin_audit"), "42501");
+}
+
+#[test]
+fn purge_is_all_or_nothing() {
+    let db = scenario("purge");
+    let mut su = connect(&db, "postgres");
+    // A table that references Globex's rows without being a tenant table blocks the purge: nothing is deleted.
+    su.batch_execute(&format!(
+        "CREATE TABLE audit_refs (tenant_id uuid, project_id bigint, FOREIGN KEY (tenant_id, project_id) REFERENCES projects (tenant_id, id));
+         INSERT INTO audit_refs VALUES ('{GLOBEX}', 1);"
+    ))
+    .unwrap();
+    let mut admin = connect(&db, "it_admin");
+    assert_fails(admin.batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}', purge => true)")), "23503");
+    assert_eq!(visible(&mut su), "acme-1,acme-2,globex-1");
+    assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM nile.tenants"), 2);
+}
