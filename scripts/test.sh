@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/test.sh MAJOR — every test suite of nile_tenancy on one PostgreSQL major:
 #   1. unit tests in the server (#[pg_test], `cargo pgrx test`) and plain Rust unit tests
-#   2. pg_regress SQL tests (tests/pg_regress, `cargo pgrx regress`)
+#   2. pg_regress SQL tests (tests/pg_regress, Postgres' own pg_regress)
 #   3. multi-session integration tests over real connections (tests/integration) against a throwaway cluster
 # Every cluster it starts runs as the OS user `postgres` and is removed at the end.
 set -euo pipefail
@@ -18,18 +18,32 @@ cleanup() { scripts/cluster.sh stop "$work/integration" >/dev/null 2>&1 || true;
 trap cleanup EXIT
 
 rm -rf "$work" && mkdir -p "$work" && chmod 777 "$work"
+# Everything below is also written to $work/test.log, from which the pass/fail totals are counted at the end.
+exec > >(tee "$work/test.log") 2>&1
 
 say "unit tests (cargo pgrx test)"
 RUST_TEST_THREADS=1 cargo pgrx test "pg$major" "${runas[@]}" --pgdata "$work/pgrx-test"
 
-say "pg_regress tests (cargo pgrx regress)"
-cargo pgrx regress "pg$major" "${runas[@]}" --pgdata "$work/pgrx-regress" --resetdb \
-  --postgresql-conf "shared_preload_libraries='nile_tenancy'"
-
-say "integration tests (tests/integration, multi-session)"
+say "installing the extension and starting a throwaway cluster"
 cargo pgrx install --pg-config "$pg_config" >/dev/null
 port=$(scripts/cluster.sh start "$pg_config" "$work/integration" postgres)
-NILE_TEST_PORT=$port NILE_TEST_BINDIR=$("$pg_config" --bindir) \
-  cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
 
+say "pg_regress tests (tests/pg_regress)"
+# Postgres' own pg_regress against the cluster above (`cargo pgrx regress` cannot run its cluster as another user).
+pg_regress="$("$pg_config" --pkglibdir)/pgxs/src/test/regress/pg_regress"
+tests=$(cd tests/pg_regress/sql && ls *.sql | sed 's/\.sql$//' | sort | awk '$0 == "setup" {print; next} {rest = rest " " $0} END {print rest}')
+if ! "$pg_regress" --host=127.0.0.1 --port="$port" --user=postgres --dbname=nile_regress \
+     --inputdir=tests/pg_regress --outputdir="$work/regress" --bindir="$("$pg_config" --bindir)" $tests; then
+  cat "$work/regress/regression.diffs" 2>/dev/null | head -n 200
+  exit 1
+fi
+
+say "integration tests (tests/integration, multi-session)"
+NILE_TEST_PORT=$port cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
+
+# Totals: cargo's "test result" lines plus pg_regress' summary. `make test-all` adds up the counts files.
+passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')
+regress=$(grep -aoE 'All [0-9]+ tests passed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
+echo "$(( passed + regress )) 0" > "$work/counts"
 say "all suites passed in $(( $(date +%s) - started ))s"
+echo "pg$major: $(( passed + regress )) passed, 0 failed"

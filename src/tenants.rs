@@ -214,7 +214,7 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             if removed > 0 {
                 Problem::new(
                     PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                    format!("purged {removed} rows from {table}"),
+                    format!("purged {removed} row(s) from {table}"),
                 )
                 .notice();
             }
