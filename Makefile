@@ -36,9 +36,9 @@ test-all:
 	@for major in $(ALL_MAJORS); do \
 	  scripts/test.sh $$major || exit 1; \
 	done
+	@echo "test-all: every suite passed on PostgreSQL $(ALL_MAJORS)"
 	@cat $(foreach m,$(ALL_MAJORS),$${NILE_TEST_DIR:-/tmp/nile-tenancy-test}/pg$(m)/counts) | \
 	  awk '{p += $$1; f += $$2} END {printf "test-all: %d passed, %d failed\n", p, f}'
-	@echo "test-all: every suite passed on PostgreSQL $(ALL_MAJORS)"
 
 bench-point:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
