@@ -44,6 +44,19 @@ pub fn raise(code: PgSqlErrorCode, message: impl Into<String>, hint: impl Into<S
     Problem::new(code, message).hint(hint).raise()
 }
 
+/// The value of a nullable SQL argument, or 22004 naming the argument.
+#[track_caller]
+pub fn require_not_null<T>(value: Option<T>, argument: &str) -> T {
+    match value {
+        Some(v) => v,
+        None => raise(
+            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
+            format!("{argument} must not be NULL"),
+            "Pass a value.",
+        ),
+    }
+}
+
 /// Turns an SPI failure (which is never caused by user input, since user input only reaches SPI as parameters) into an
 /// internal error that still carries the query's context.
 pub trait OrInternal<T> {

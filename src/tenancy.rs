@@ -8,7 +8,7 @@
 //! through the parent. All checks happen before the first change, and everything runs in the caller's transaction:
 //! an error leaves nothing half-applied. Running it again repairs whatever drifted.
 
-use crate::errors::{raise, OrInternal, Problem};
+use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::privilege::{as_extension_owner, require_role};
 use crate::spi_util::{execute, first_value};
 use crate::tenant_cache::{self, TenantStatus};
@@ -131,6 +131,15 @@ fn check_can_enroll(facts: &TableFacts, action: &str) {
     }
 }
 
+/// The checks every entry point runs first: the caller's role, a non-NULL table, and a table that can be enrolled.
+fn checked_table(tbl: Option<pg_sys::Oid>, action: &str) -> (pg_sys::Oid, TableFacts) {
+    require_role("nile_admin", &format!("nile.{action}_tenancy()"));
+    let relid = require_not_null(tbl, "tbl");
+    let facts = Spi::connect(|client| table_facts(&client, relid));
+    check_can_enroll(&facts, action);
+    (relid, facts)
+}
+
 /// The tenant column as it exists today.
 struct ColumnFacts {
     attnum: i16,
@@ -195,14 +204,7 @@ fn enable_tenancy(
     tenant_column: Option<&str>,
     backfill_tenant: Option<Uuid>,
 ) {
-    require_role("nile_admin", "nile.enable_tenancy()");
-    let Some(relid) = tbl else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "tbl must not be NULL",
-            "Pass a table, e.g. 'public.projects'.",
-        );
-    };
+    let (relid, facts) = checked_table(tbl, "enable");
     let Some(column) = tenant_column.filter(|c| !c.is_empty()) else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -231,8 +233,6 @@ fn enable_tenancy(
             ),
         }
     }
-    let facts = Spi::connect(|client| table_facts(&client, relid));
-    check_can_enroll(&facts, "enable");
 
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
@@ -478,16 +478,7 @@ fn register(
 /// registry. The tenant column, its foreign key, its index and all rows stay.
 #[pg_extern(volatile, parallel_unsafe, name = "_disable_tenancy")]
 fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
-    require_role("nile_admin", "nile.disable_tenancy()");
-    let Some(relid) = tbl else {
-        raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            "tbl must not be NULL",
-            "Pass a table, e.g. 'public.projects'.",
-        );
-    };
-    let facts = Spi::connect(|client| table_facts(&client, relid));
-    check_can_enroll(&facts, "disable");
+    let (relid, facts) = checked_table(tbl, "disable");
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             let enrolled = query_bool(

@@ -5,7 +5,7 @@
 //! run their SQL with the extension's rights (see privilege.rs), so `nile.tenants`' own row-level security does not
 //! get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
 
-use crate::errors::{raise, OrInternal, Problem};
+use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::privilege::{as_extension_owner, require_role};
 use crate::spi_util::{execute, query_value, write_returning};
 use crate::uuid_text::{format_uuid, new_uuid_v7};
@@ -15,17 +15,6 @@ use serde_json::{Map, Value};
 
 const ADMIN_ROLE: &str = "nile_admin";
 const STATUSES: [&str; 3] = ["active", "inactive", "deleted"];
-
-fn require_not_null<T>(value: Option<T>, argument: &str) -> T {
-    match value {
-        Some(v) => v,
-        None => raise(
-            PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            format!("{argument} must not be NULL"),
-            "Pass a value.",
-        ),
-    }
-}
 
 fn validated_name(name: &str) -> String {
     if name.trim().is_empty() {
