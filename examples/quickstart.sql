@@ -8,10 +8,12 @@
 \set VERBOSITY default
 \pset footer off
 
-\echo '== 1. Install the extension (it needs shared_preload_libraries = nile_tenancy for usage metering; isolation works either way)'
+\echo '== 1. Install the extension (make run preloads the library; isolation works without preloading too)'
+SET client_min_messages = warning;   -- quiet clean-up of a previous run
 DROP EXTENSION IF EXISTS nile_tenancy CASCADE;
 DROP TABLE IF EXISTS users, projects CASCADE;
 DROP ROLE IF EXISTS quickstart_app, quickstart_admin;
+RESET client_min_messages;
 CREATE EXTENSION nile_tenancy;
 
 \echo '== 2. Roles: the application connects as quickstart_app (a plain role), the back office as quickstart_admin'
