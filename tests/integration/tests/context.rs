@@ -27,6 +27,18 @@ fn transaction_scope_is_the_default_and_outside_a_transaction_is_an_error() {
     assert_eq!(visible(&mut c), "acme-1,acme-2");
     c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}'); COMMIT;")).unwrap();
     assert_eq!(visible(&mut c), "acme-1,acme-2", "a local switch ends with its transaction");
+    // Savepoints: ROLLBACK TO undoes a switch made after the savepoint, RELEASE keeps it.
+    let mut tx = c.transaction().unwrap();
+    tx.batch_execute(&format!("SAVEPOINT before_switch; SELECT nile.set_tenant('{GLOBEX}')")).unwrap();
+    assert_eq!(visible(&mut tx), "globex-1");
+    tx.batch_execute("ROLLBACK TO SAVEPOINT before_switch").unwrap();
+    assert_eq!(visible(&mut tx), "acme-1,acme-2");
+    tx.batch_execute(&format!("SAVEPOINT again; SELECT nile.set_tenant('{GLOBEX}'); RELEASE SAVEPOINT again")).unwrap();
+    assert_eq!(visible(&mut tx), "globex-1");
+    tx.batch_execute("SAVEPOINT clearing; SELECT nile.clear_tenant(); ROLLBACK TO SAVEPOINT clearing").unwrap();
+    assert_eq!(visible(&mut tx), "globex-1", "a rolled-back clear_tenant() restores the context");
+    tx.rollback().unwrap();
+    assert_eq!(visible(&mut c), "acme-1,acme-2", "ROLLBACK of the whole transaction restores the session tenant");
     c.batch_execute("RESET ALL").unwrap();
     assert_eq!(one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"), None, "RESET ALL clears it");
     c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
