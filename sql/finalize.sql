@@ -5,7 +5,7 @@ ALTER TABLE nile.tenants ALTER COLUMN id SET DEFAULT nile.uuidv7();
 
 -- A tenant session sees its own tenant only; the admin context sees all (see src/admin.rs).
 ALTER TABLE nile.tenants ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
-CREATE POLICY nile_tenant_select ON nile.tenants FOR SELECT TO PUBLIC USING (id = nile.policy_read_tenant());
+CREATE POLICY nile_tenant_select ON nile.tenants FOR SELECT TO PUBLIC USING (id = (SELECT nile.policy_read_tenant()));
 
 -- Any change to a tenant empties every backend's tenant cache (src/tenant_cache.rs).
 CREATE TRIGGER nile_tenants_changed

@@ -20,17 +20,18 @@ use pgrx::Uuid;
 /// Prefix of every policy the extension generates; `nile.verify()` and the admin context recognise tables by it.
 pub const POLICY_PREFIX: &str = "nile_tenant_";
 
-/// (policy suffix, command, USING expression function, WITH CHECK expression function)
+/// The tenant a statement may read / write, as the policies compare it. A scalar subquery, so that the planner makes
+/// it an InitPlan: evaluated once per statement (an index condition `tenant_id = $0`, or a filter comparing with a
+/// parameter), never once per row as a STABLE function in a filter would be.
+const READ_TENANT: &str = "(SELECT nile.policy_read_tenant())";
+const WRITE_TENANT: &str = "(SELECT nile.policy_write_tenant())";
+
+/// (policy suffix, command, USING expression, WITH CHECK expression)
 const POLICIES: [(&str, &str, Option<&str>, Option<&str>); 4] = [
-    ("select", "SELECT", Some("nile.policy_read_tenant()"), None),
-    ("insert", "INSERT", None, Some("nile.policy_write_tenant()")),
-    (
-        "update",
-        "UPDATE",
-        Some("nile.policy_write_tenant()"),
-        Some("nile.policy_write_tenant()"),
-    ),
-    ("delete", "DELETE", Some("nile.policy_write_tenant()"), None),
+    ("select", "SELECT", Some(READ_TENANT), None),
+    ("insert", "INSERT", None, Some(WRITE_TENANT)),
+    ("update", "UPDATE", Some(WRITE_TENANT), Some(WRITE_TENANT)),
+    ("delete", "DELETE", Some(WRITE_TENANT), None),
 ];
 
 /// What the catalogs say about the table being enrolled.
