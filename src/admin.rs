@@ -3,9 +3,10 @@
 //! The admin context must cost the tenant path nothing, so it is not an `OR is_admin()` in the generated policies
 //! (that would stop the tenant comparison from being an index condition). Instead, while `nile.admin_active` is on,
 //! a row-security hook adds one permissive policy `USING (true) WITH CHECK (true)` to tables that carry
-//! `nile_tenant_*` policies; the planner folds `(tenant_id = ...) OR true` to `true`. Outside the admin context the
-//! hook adds nothing. Since the hook changes what a query is rewritten to, every switch of `nile.admin_active`
-//! resets this backend's plan cache (see gucs.rs), so no plan crosses the boundary.
+//! `nile_tenant_*` policies, for queries run by an identity with the privileges of `nile_admin`; the planner folds
+//! `(tenant_id = ...) OR true` to `true`. Outside the admin context the hook adds nothing. Since the hook changes what
+//! a query is rewritten to, every switch of `nile.admin_active` resets this backend's plan cache (see gucs.rs), so no
+//! plan crosses the boundary.
 
 use crate::errors::{raise, OrInternal, Problem};
 use crate::gucs;
@@ -57,10 +58,12 @@ fn admin_context(reason: Option<&str>) {
         .or_internal("recording the admin context in nile.admin_audit");
     });
     // The audit row is transactional; this line in the server log is not, so a ROLLBACK cannot hide the access.
+    // Control characters are escaped so that a reason cannot forge log lines.
+    let printable_reason = reason.escape_debug();
     Problem::new(
         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
         format!(
-            "nile_tenancy: admin context entered by {} (as {}): {reason}",
+            "nile_tenancy: admin context entered by {} (as {}): {printable_reason}",
             session_role.unwrap_or_default(),
             acting_role.unwrap_or_default()
         ),
@@ -90,17 +93,17 @@ unsafe fn has_tenant_policies(relation: pg_sys::Relation) -> bool {
     }
 }
 
-/// A permissive policy for every role that lets every row through, for reads and writes.
-unsafe fn allow_all_policy() -> *mut pg_sys::RowSecurityPolicy {
+/// A permissive policy for members of `admin_role` that lets every row through, for reads and writes.
+unsafe fn allow_all_policy(admin_role: pg_sys::Oid) -> *mut pg_sys::RowSecurityPolicy {
     // SAFETY: everything is palloc'd in the current (query) memory context, which outlives the rewrite.
     unsafe {
         let policy = pg_sys::palloc0(std::mem::size_of::<pg_sys::RowSecurityPolicy>())
             as *mut pg_sys::RowSecurityPolicy;
         (*policy).policy_name = pg_sys::pstrdup(c"nile_admin_context".as_ptr());
         (*policy).polcmd = b'*' as std::ffi::c_char;
-        let mut public = pg_sys::Datum::from(pg_sys::InvalidOid); // ACL_ID_PUBLIC
+        let mut role = pg_sys::Datum::from(admin_role);
         (*policy).roles = pg_sys::construct_array(
-            &mut public,
+            &mut role,
             1,
             pg_sys::OIDOID,
             std::mem::size_of::<pg_sys::Oid>() as i32,
@@ -114,20 +117,37 @@ unsafe fn allow_all_policy() -> *mut pg_sys::RowSecurityPolicy {
     }
 }
 
+/// The role whose members the admin context serves, if the identity running the query has its privileges. Queries
+/// run under another identity inside the admin transaction (a SECURITY DEFINER function, a view owner's rights) get
+/// no admin policy: the admin context is not lent to code the admin happens to call.
+fn admin_role_of_current_user() -> Option<pg_sys::Oid> {
+    // SAFETY: syscache lookups with a valid NUL-terminated name; missing_ok returns InvalidOid.
+    unsafe {
+        let role = pg_sys::get_role_oid(c"nile_admin".as_ptr(), true);
+        (role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role))
+            .then_some(role)
+    }
+}
+
 #[pg_guard]
 unsafe extern "C-unwind" fn admin_policy_hook(
     cmd: pg_sys::CmdType::Type,
     relation: pg_sys::Relation,
 ) -> *mut pg_sys::List {
-    // SAFETY: the previous hook (if any) was installed by another library with this same signature.
+    // SAFETY: the previous hook (if any) was installed by another library with this same signature; an ERROR it
+    // raises is turned into a Rust panic at the FFI boundary instead of jumping over our frames.
     let mut policies = match unsafe { PREV_ROW_SECURITY_PERMISSIVE_HOOK } {
-        Some(prev) => unsafe { prev(cmd, relation) },
+        Some(prev) => unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(cmd, relation)) },
         None => std::ptr::null_mut(),
     };
-    // SAFETY: see has_tenant_policies and allow_all_policy; lappend accepts NIL.
-    unsafe {
-        if gucs::admin_in_force() && has_tenant_policies(relation) {
-            policies = pg_sys::lappend(policies, allow_all_policy().cast());
+    if gucs::admin_in_force() {
+        // SAFETY: see has_tenant_policies and allow_all_policy; lappend accepts NIL.
+        unsafe {
+            if has_tenant_policies(relation) {
+                if let Some(admin_role) = admin_role_of_current_user() {
+                    policies = pg_sys::lappend(policies, allow_all_policy(admin_role).cast());
+                }
+            }
         }
     }
     policies

@@ -53,9 +53,10 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
             format!("tenant {} does not exist", format_uuid(&id)),
             "Create it with nile.create_tenant(name, id => ...), or check the id.",
         ),
+        // Only the id the caller passed: the message must not reveal anything about a tenant it may not use.
         Some(TenantStatus::Deleted) => raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tenant {} has been deleted", tenant_cache::describe(&id)),
+            format!("tenant {} has been deleted", format_uuid(&id)),
             "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
         ),
         Some(TenantStatus::Active | TenantStatus::Inactive) => {}

@@ -780,6 +780,49 @@ mod tests {
     }
 
     #[pg_test]
+    fn row_changes_made_for_an_admin_run_with_the_table_owners_rights() {
+        fixture();
+        // A table owner (a nile_admin member, not a superuser) plants triggers that record who runs them.
+        run(&format!(
+            "CREATE ROLE table_owner NOLOGIN; GRANT nile_admin TO table_owner;
+             CREATE TABLE public.trap (x int, tenant_id uuid);
+             CREATE TABLE public.trap_log (who name, what text);
+             ALTER TABLE public.trap OWNER TO table_owner; ALTER TABLE public.trap_log OWNER TO table_owner;
+             INSERT INTO public.trap VALUES (1, NULL);
+             CREATE FUNCTION public.trap_fn() RETURNS trigger LANGUAGE plpgsql AS $f$
+                 BEGIN INSERT INTO public.trap_log VALUES (current_user, TG_OP); RETURN COALESCE(NEW, OLD); END $f$;
+             ALTER FUNCTION public.trap_fn() OWNER TO table_owner;
+             CREATE TRIGGER trap_t BEFORE UPDATE OR DELETE ON public.trap FOR EACH ROW EXECUTE FUNCTION public.trap_fn();
+             SET LOCAL ROLE table_owner;
+             SELECT nile.enable_tenancy('public.trap', backfill_tenant => '{GLOBEX}');
+             RESET ROLE;
+             SELECT nile.delete_tenant('{GLOBEX}', purge => true);"
+        ));
+        assert_eq!(
+            value::<String>("SELECT string_agg(who || ':' || what, ',' ORDER BY what DESC) FROM public.trap_log"),
+            Some("table_owner:UPDATE,table_owner:DELETE".into()),
+            "the backfill and the purge must not run user triggers as a superuser"
+        );
+    }
+
+    #[pg_test]
+    fn the_admin_context_is_not_lent_to_code_the_admin_calls() {
+        fixture();
+        run("CREATE ROLE backoffice NOLOGIN; GRANT nile_admin TO backoffice; GRANT SELECT ON public.projects TO backoffice;
+             CREATE ROLE mallory NOLOGIN; GRANT nile_app TO mallory; GRANT SELECT ON public.projects TO mallory;
+             CREATE FUNCTION public.count_projects() RETURNS bigint LANGUAGE sql SECURITY DEFINER
+                 AS 'SELECT count(*) FROM public.projects';
+             ALTER FUNCTION public.count_projects() OWNER TO mallory;
+             SET LOCAL ROLE backoffice; SELECT nile.admin_context('audit');");
+        assert_eq!(
+            value::<i64>("SELECT count(*) FROM public.projects"),
+            Some(3),
+            "the admin itself sees everything"
+        );
+        assert_sqlstate("SELECT public.count_projects()", "42501");
+    }
+
+    #[pg_test]
     fn admin_functions_need_nile_admin() {
         fixture();
         for sql in [

@@ -1,8 +1,9 @@
 //! privilege — who may call what, and running the extension's own SQL with the extension's rights.
 //!
 //! Functions that write the extension's tables or change other tables' security run their SQL as the bootstrap
-//! superuser with a safe `search_path`, after checking the caller's rights themselves. Nothing here is SECURITY
-//! DEFINER: a function's `SET` clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
+//! superuser with a safe `search_path`, after checking the caller's rights themselves; rows of user tables are
+//! changed as the table's owner in a security-restricted operation. Nothing here is SECURITY DEFINER: a function's
+//! `SET` clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
 
 use crate::errors::Problem;
 use pgrx::prelude::*;
@@ -41,13 +42,30 @@ pub fn in_transaction_block() -> bool {
 }
 
 /// Run `f` as the bootstrap superuser with `search_path = pg_catalog, pg_temp`, the way a SECURITY DEFINER function
-/// would. The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
-/// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
+/// would. Only for the extension's own tables and for DDL that runs no user code: a data-changing statement on a user
+/// table would fire that table's triggers as superuser, so those go through `as_table_owner`.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
+    run_as(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), 0, f)
+}
+
+/// Run `f` as `owner` (the owner of the user table it changes) the way Postgres runs referential-integrity actions:
+/// a security-restricted operation in which row-level security is not forced on the owner. Triggers that fire run
+/// with the owner's own rights, so nobody gains anything by defining them.
+pub fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    run_as(
+        owner,
+        (pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS) as i32,
+        f,
+    )
+}
+
+/// The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
+/// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
+fn run_as<R>(role: pg_sys::Oid, security_flags: i32, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: GetUserIdAndSecContext writes through two valid pointers; NewGUCNestLevel opens a GUC nesting level that
-    // `Restore::drop` (or abort) closes; SetUserIdAndSecContext switches to a role that always exists.
+    // `Restore::drop` (or abort) closes; SetUserIdAndSecContext switches to an existing role.
     let nest_level = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
         let nest_level = pg_sys::NewGUCNestLevel();
@@ -62,8 +80,8 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
             false,
         );
         pg_sys::SetUserIdAndSecContext(
-            pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+            role,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | security_flags,
         );
         nest_level
     };

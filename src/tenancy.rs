@@ -9,7 +9,7 @@
 //! an error leaves nothing half-applied. Running it again repairs whatever drifted.
 
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
-use crate::privilege::{as_extension_owner, require_role};
+use crate::privilege::{as_extension_owner, as_table_owner, require_role};
 use crate::spi_util::{execute, first_value};
 use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
@@ -37,6 +37,7 @@ const POLICIES: [(&str, &str, Option<&str>, Option<&str>); 4] = [
 /// What the catalogs say about the table being enrolled.
 struct TableFacts {
     qualified: String,
+    owner: pg_sys::Oid,
     relname: String,
     relkind: String,
     owned_by_caller: bool,
@@ -48,7 +49,7 @@ struct TableFacts {
 fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
     let mut rows = client
         .select(
-            "SELECT format('%I.%I', n.nspname, c.relname), c.relname::text, c.relkind::text,
+            "SELECT format('%I.%I', n.nspname, c.relname), c.relowner, c.relname::text, c.relkind::text,
                     pg_has_role(c.relowner, 'USAGE'), n.nspname::text, c.relpersistence = 't',
                     (SELECT format('%I.%I', pn.nspname, p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
                       JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition)
@@ -68,12 +69,17 @@ fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
     let text = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
     TableFacts {
         qualified: text(1),
-        relname: text(2),
-        relkind: text(3),
-        owned_by_caller: row.get::<bool>(4).ok().flatten().unwrap_or(false),
-        schema: text(5),
-        temporary: row.get::<bool>(6).ok().flatten().unwrap_or(false),
-        partition_of: row.get::<String>(7).ok().flatten(),
+        owner: row
+            .get::<pg_sys::Oid>(2)
+            .ok()
+            .flatten()
+            .unwrap_or(pg_sys::InvalidOid),
+        relname: text(3),
+        relkind: text(4),
+        owned_by_caller: row.get::<bool>(5).ok().flatten().unwrap_or(false),
+        schema: text(6),
+        temporary: row.get::<bool>(7).ok().flatten().unwrap_or(false),
+        partition_of: row.get::<String>(8).ok().flatten(),
     }
 }
 
@@ -252,8 +258,14 @@ fn enable_tenancy(
             }
             let table = &facts.qualified;
             let col = quote_identifier(column);
-            let attnum =
-                ensure_tenant_column(client, relid, table, column, &col, backfill_tenant.as_ref());
+            let attnum = ensure_tenant_column(
+                client,
+                &facts,
+                relid,
+                column,
+                &col,
+                backfill_tenant.as_ref(),
+            );
             ensure_foreign_key(client, relid, table, &col, attnum);
             ensure_index(client, relid, table, &facts, column, &col, attnum);
             for (member_oid, member, kind) in &tree {
@@ -269,12 +281,13 @@ fn enable_tenancy(
 /// Make sure the tenant column exists as `uuid NOT NULL DEFAULT nile.current_tenant()`; returns its attnum.
 fn ensure_tenant_column(
     client: &mut SpiClient<'_>,
+    facts: &TableFacts,
     relid: pg_sys::Oid,
-    table: &str,
     column: &str,
     col: &str,
     backfill: Option<&Uuid>,
 ) -> i16 {
+    let table = facts.qualified.as_str();
     let backfill_literal = backfill.map(|b| quote_literal(format_uuid(b.as_bytes())));
     match column_facts(client, relid, column) {
         Some(existing) if !existing.is_uuid => Problem::new(
@@ -295,7 +308,10 @@ fn ensure_tenant_column(
                 &[],
             ) {
                 match &backfill_literal {
-                    Some(lit) => run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL")),
+                    // Row changes fire the table's triggers: run them with the owner's rights, not ours.
+                    Some(lit) => as_table_owner(facts.owner, || {
+                        run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL"))
+                    }),
                     None => raise(
                         PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
                         format!("column {column} of table {table} has rows with no tenant"),

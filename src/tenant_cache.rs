@@ -72,6 +72,7 @@ fn forget_everything() {
 /// The tenant's status, or `None` if no such tenant exists. Cheap after the first call for a tenant.
 #[inline]
 pub fn status_of(id: &[u8; 16]) -> Option<TenantStatus> {
+    process_pending_invalidations();
     if let Some(status) = CACHE.with(|c| c.borrow().get(id).map(|t| t.status)) {
         return Some(status);
     }
@@ -80,6 +81,7 @@ pub fn status_of(id: &[u8; 16]) -> Option<TenantStatus> {
 
 /// Everything the cache knows about the tenant (reading it if needed).
 pub fn info_of(id: &[u8; 16]) -> Option<TenantInfo> {
+    process_pending_invalidations();
     if let Some(info) = CACHE.with(|c| c.borrow().get(id).cloned()) {
         return Some(info);
     }
@@ -94,9 +96,26 @@ pub fn describe(id: &[u8; 16]) -> String {
     }
 }
 
+/// Apply invalidations other sessions have committed since this backend last looked, so that a tenant deactivated
+/// or deleted a moment ago is seen as such at this session's next statement even inside a long transaction (they are
+/// otherwise processed only at transaction start or when a new lock is taken). Cheap when none are pending: the
+/// policy functions run once per statement. Not in parallel mode, where catalogs must stay as the leader saw them.
+fn process_pending_invalidations() {
+    // SAFETY: plain calls into Postgres from a backend in a transaction.
+    unsafe {
+        if !pg_sys::IsInParallelMode() {
+            pg_sys::AcceptInvalidationMessages();
+        }
+    }
+}
+
 fn lookup(id: &[u8; 16]) -> Option<TenantInfo> {
     let found = read_from_table(id);
-    if let Some(info) = &found {
+    // In parallel mode the read used the statement's snapshot, which in REPEATABLE READ can be older than the last
+    // invalidation: use it for this call, but never keep it.
+    // SAFETY: reads transaction state.
+    let keep = !unsafe { pg_sys::IsInParallelMode() };
+    if let (true, Some(info)) = (keep, &found) {
         CACHE.with(|c| c.borrow_mut().insert(*id, info.clone()));
     }
     found

@@ -6,7 +6,7 @@
 //! get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
 
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
-use crate::privilege::{as_extension_owner, require_role};
+use crate::privilege::{as_extension_owner, as_table_owner, require_role};
 use crate::spi_util::{execute, query_value, write_returning};
 use crate::uuid_text::{format_uuid, new_uuid_v7};
 use pgrx::prelude::*;
@@ -194,12 +194,15 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             .or_internal("soft-deleting a tenant");
             return;
         }
-        for (table, column) in tables_holding_tenant_rows() {
+        for (table, column, owner) in tables_holding_tenant_rows() {
             let sql = format!(
                 "DELETE FROM {table} WHERE {} = $1",
                 spi::quote_identifier(&column)
             );
-            let removed = Spi::connect_mut(|client| execute(client, &sql, &[tenant_id.into()]));
+            // Row deletions fire the table's triggers: run them with the table owner's rights, not ours.
+            let removed = as_table_owner(owner, || {
+                Spi::connect_mut(|client| execute(client, &sql, &[tenant_id.into()]))
+            });
             if removed > 0 {
                 Problem::new(
                     PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
@@ -216,12 +219,12 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
     });
 }
 
-/// Every table that holds tenant rows, as (qualified name, tenant column), ordered so that a table comes before the
+/// Every table that holds tenant rows, as (qualified name, tenant column, owner), ordered so that a table comes before the
 /// tables its foreign keys point to. These are the enrolled tables (partitions are reached through their parent)
 /// and any other table with a foreign key to nile.tenants.
-fn tables_holding_tenant_rows() -> Vec<(String, String)> {
+fn tables_holding_tenant_rows() -> Vec<(String, String, pg_sys::Oid)> {
     Spi::connect(|client| {
-        let tables: Vec<(pg_sys::Oid, String, String)> = client
+        let tables: Vec<(pg_sys::Oid, String, (String, pg_sys::Oid))> = client
             .select(
                 "WITH holders AS (
                      SELECT relid::oid AS relid, tenant_column::text AS col FROM nile.tenant_tables WHERE parent IS NULL
@@ -232,7 +235,7 @@ fn tables_holding_tenant_rows() -> Vec<(String, String)> {
                      WHERE c.contype = 'f' AND c.confrelid = 'nile.tenants'::regclass AND c.conparentid = 0
                        AND cardinality(c.conkey) = 1
                  )
-                 SELECT DISTINCT ON (h.relid) h.relid, format('%I.%I', n.nspname, c.relname), h.col
+                 SELECT DISTINCT ON (h.relid) h.relid, format('%I.%I', n.nspname, c.relname), h.col, c.relowner
                  FROM holders h JOIN pg_class c ON c.oid = h.relid JOIN pg_namespace n ON n.oid = c.relnamespace
                  ORDER BY h.relid",
                 None,
@@ -243,7 +246,10 @@ fn tables_holding_tenant_rows() -> Vec<(String, String)> {
                 (
                     row.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
                     row.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    row.get::<String>(3).ok().flatten().unwrap_or_default(),
+                    (
+                        row.get::<String>(3).ok().flatten().unwrap_or_default(),
+                        row.get::<pg_sys::Oid>(4).ok().flatten().unwrap_or(pg_sys::InvalidOid),
+                    ),
                 )
             })
             .collect();
@@ -271,7 +277,7 @@ fn tables_holding_tenant_rows() -> Vec<(String, String)> {
             .collect();
         referencing_first(tables, &edges)
             .into_iter()
-            .map(|(_, name, col)| (name, col))
+            .map(|(_, name, (col, owner))| (name, col, owner))
             .collect()
     })
 }

@@ -8,17 +8,22 @@ pub const GLOBEX: &str = "0b0b0b0b-0000-7000-8000-000000000002";
 
 /// The port of the cluster under test. Missing is an error, never a skip: these tests must run.
 pub fn port() -> u16 {
-    let port = std::env::var("NILE_TEST_PORT")
-        .expect("NILE_TEST_PORT is not set: run the integration tests through scripts/test.sh (make test)");
+    let port = std::env::var("NILE_TEST_PORT").expect(
+        "NILE_TEST_PORT is not set: run the integration tests through scripts/test.sh (make test)",
+    );
     port.parse().expect("NILE_TEST_PORT must be a port number")
 }
 
 pub fn dsn(db: &str, user: &str) -> String {
-    format!("host=127.0.0.1 port={} user={user} dbname={db} application_name=nile_it", port())
+    format!(
+        "host=127.0.0.1 port={} user={user} dbname={db} application_name=nile_it",
+        port()
+    )
 }
 
 pub fn connect(db: &str, user: &str) -> Client {
-    Client::connect(&dsn(db, user), NoTls).unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
+    Client::connect(&dsn(db, user), NoTls)
+        .unwrap_or_else(|e| panic!("connect to {db} as {user}: {e}"))
 }
 
 /// SQLSTATE and message of a failed call ("42501: ..."), or "ok" when it succeeded.
@@ -35,14 +40,23 @@ pub fn outcome<T>(result: Result<T, postgres::Error>) -> String {
 #[track_caller]
 pub fn assert_fails<T>(result: Result<T, postgres::Error>, sqlstate: &str) -> String {
     let got = outcome(result);
-    assert!(got.starts_with(sqlstate), "expected SQLSTATE {sqlstate}, got {got}");
+    assert!(
+        got.starts_with(sqlstate),
+        "expected SQLSTATE {sqlstate}, got {got}"
+    );
     got
 }
 
 /// One value of the first row.
 #[track_caller]
-pub fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut impl GenericClient, sql: &str) -> T {
-    client.query_one(sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}")).get(0)
+pub fn one<T: for<'a> postgres::types::FromSql<'a>>(
+    client: &mut impl GenericClient,
+    sql: &str,
+) -> T {
+    client
+        .query_one(sql, &[])
+        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        .get(0)
 }
 
 /// A fresh database `it_<name>` with the extension, tenants Acme and Globex, an enrolled table `projects`
@@ -51,7 +65,8 @@ pub fn one<T: for<'a> postgres::types::FromSql<'a>>(client: &mut impl GenericCli
 pub fn scenario(name: &str) -> String {
     let db = format!("it_{name}");
     let mut su = connect("postgres", "postgres");
-    su.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")).unwrap();
+    su.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+        .unwrap();
     su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
     su.batch_execute(
         "DO $$ BEGIN
@@ -76,5 +91,9 @@ pub fn scenario(name: &str) -> String {
 
 /// Names of the projects the session can see, sorted, comma-separated.
 pub fn visible(client: &mut impl GenericClient) -> String {
-    one::<Option<String>>(client, "SELECT string_agg(name, ',' ORDER BY name) FROM projects").unwrap_or_default()
+    one::<Option<String>>(
+        client,
+        "SELECT string_agg(name, ',' ORDER BY name) FROM projects",
+    )
+    .unwrap_or_default()
 }

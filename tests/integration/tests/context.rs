@@ -7,44 +7,112 @@ use nile_tenancy_integration::*;
 fn transaction_scope_is_the_default_and_outside_a_transaction_is_an_error() {
     let db = scenario("scope");
     let mut c = connect(&db, "it_app");
-    let err = c.execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME]).unwrap_err();
+    let err = c
+        .execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME])
+        .unwrap_err();
     let db_err = err.as_db_error().expect("a server error");
     assert_eq!(db_err.code().code(), "25P01");
-    assert!(db_err.hint().unwrap_or_default().contains("is_local => false"), "the hint names the alternative: {:?}", db_err.hint());
-    assert_eq!(one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"), None, "never a silent no-op");
+    assert!(
+        db_err
+            .hint()
+            .unwrap_or_default()
+            .contains("is_local => false"),
+        "the hint names the alternative: {:?}",
+        db_err.hint()
+    );
+    assert_eq!(
+        one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"),
+        None,
+        "never a silent no-op"
+    );
 
     // Transaction scope: gone after COMMIT, and after ROLLBACK.
-    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}'); COMMIT;")).unwrap();
-    assert_eq!(one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"), None);
-    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}'); ROLLBACK;")).unwrap();
-    assert_eq!(one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"), None);
+    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}'); COMMIT;"))
+        .unwrap();
+    assert_eq!(
+        one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"),
+        None
+    );
+    c.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{ACME}'); ROLLBACK;"
+    ))
+    .unwrap();
+    assert_eq!(
+        one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"),
+        None
+    );
 
     // Session scope: survives transactions; a rolled-back switch restores the previous tenant.
-    c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
+    c.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
     c.batch_execute("BEGIN; SELECT 1; COMMIT;").unwrap();
     assert_eq!(visible(&mut c), "acme-1,acme-2");
-    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}', is_local => false); ROLLBACK;")).unwrap();
+    c.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{GLOBEX}', is_local => false); ROLLBACK;"
+    ))
+    .unwrap();
     assert_eq!(visible(&mut c), "acme-1,acme-2");
-    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}'); COMMIT;")).unwrap();
-    assert_eq!(visible(&mut c), "acme-1,acme-2", "a local switch ends with its transaction");
+    c.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{GLOBEX}'); COMMIT;"
+    ))
+    .unwrap();
+    assert_eq!(
+        visible(&mut c),
+        "acme-1,acme-2",
+        "a local switch ends with its transaction"
+    );
     // Savepoints: ROLLBACK TO undoes a switch made after the savepoint, RELEASE keeps it.
     let mut tx = c.transaction().unwrap();
-    tx.batch_execute(&format!("SAVEPOINT before_switch; SELECT nile.set_tenant('{GLOBEX}')")).unwrap();
+    tx.batch_execute(&format!(
+        "SAVEPOINT before_switch; SELECT nile.set_tenant('{GLOBEX}')"
+    ))
+    .unwrap();
     assert_eq!(visible(&mut tx), "globex-1");
-    tx.batch_execute("ROLLBACK TO SAVEPOINT before_switch").unwrap();
+    tx.batch_execute("ROLLBACK TO SAVEPOINT before_switch")
+        .unwrap();
     assert_eq!(visible(&mut tx), "acme-1,acme-2");
-    tx.batch_execute(&format!("SAVEPOINT again; SELECT nile.set_tenant('{GLOBEX}'); RELEASE SAVEPOINT again")).unwrap();
+    tx.batch_execute(&format!(
+        "SAVEPOINT again; SELECT nile.set_tenant('{GLOBEX}'); RELEASE SAVEPOINT again"
+    ))
+    .unwrap();
     assert_eq!(visible(&mut tx), "globex-1");
-    tx.batch_execute("SAVEPOINT clearing; SELECT nile.clear_tenant(); ROLLBACK TO SAVEPOINT clearing").unwrap();
-    assert_eq!(visible(&mut tx), "globex-1", "a rolled-back clear_tenant() restores the context");
+    tx.batch_execute(
+        "SAVEPOINT clearing; SELECT nile.clear_tenant(); ROLLBACK TO SAVEPOINT clearing",
+    )
+    .unwrap();
+    assert_eq!(
+        visible(&mut tx),
+        "globex-1",
+        "a rolled-back clear_tenant() restores the context"
+    );
     tx.rollback().unwrap();
-    assert_eq!(visible(&mut c), "acme-1,acme-2", "ROLLBACK of the whole transaction restores the session tenant");
+    assert_eq!(
+        visible(&mut c),
+        "acme-1,acme-2",
+        "ROLLBACK of the whole transaction restores the session tenant"
+    );
     c.batch_execute("RESET ALL").unwrap();
-    assert_eq!(one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"), None, "RESET ALL clears it");
-    c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
+    assert_eq!(
+        one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"),
+        None,
+        "RESET ALL clears it"
+    );
+    c.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
     c.batch_execute("DISCARD ALL").unwrap();
-    assert_eq!(one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"), None, "DISCARD ALL clears it");
-    c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false); SELECT nile.clear_tenant();")).unwrap();
+    assert_eq!(
+        one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"),
+        None,
+        "DISCARD ALL clears it"
+    );
+    c.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false); SELECT nile.clear_tenant();"
+    ))
+    .unwrap();
     assert_fails(c.query("SELECT * FROM projects", &[]), "42501");
 }
 
@@ -56,13 +124,32 @@ fn no_connection_option_or_default_can_set_the_tenant() {
     let refused = postgres::Client::connect(&with_option, postgres::NoTls);
     assert_fails(refused, "42501");
     let with_admin = format!("{} options='-c nile.admin_active=on'", dsn(&db, "it_app"));
-    assert_fails(postgres::Client::connect(&with_admin, postgres::NoTls), "42501");
+    assert_fails(
+        postgres::Client::connect(&with_admin, postgres::NoTls),
+        "42501",
+    );
     // Role and database defaults cannot even be stored, not even by a superuser.
     let mut su = connect(&db, "postgres");
-    assert_fails(su.batch_execute(&format!("ALTER ROLE it_app SET nile.tenant_id = '{ACME}'")), "42501");
-    assert_fails(su.batch_execute(&format!("ALTER ROLE it_app IN DATABASE {db} SET nile.tenant_id = '{ACME}'")), "42501");
-    assert_fails(su.batch_execute(&format!("ALTER DATABASE {db} SET nile.tenant_id = '{ACME}'")), "42501");
-    assert_fails(su.batch_execute(&format!("ALTER SYSTEM SET nile.tenant_id = '{ACME}'")), "55P02");
+    assert_fails(
+        su.batch_execute(&format!("ALTER ROLE it_app SET nile.tenant_id = '{ACME}'")),
+        "42501",
+    );
+    assert_fails(
+        su.batch_execute(&format!(
+            "ALTER ROLE it_app IN DATABASE {db} SET nile.tenant_id = '{ACME}'"
+        )),
+        "42501",
+    );
+    assert_fails(
+        su.batch_execute(&format!(
+            "ALTER DATABASE {db} SET nile.tenant_id = '{ACME}'"
+        )),
+        "42501",
+    );
+    assert_fails(
+        su.batch_execute(&format!("ALTER SYSTEM SET nile.tenant_id = '{ACME}'")),
+        "55P02",
+    );
     let mut app = connect(&db, "it_app");
     assert_fails(app.query("SELECT * FROM projects", &[]), "42501");
 }
@@ -71,22 +158,36 @@ fn no_connection_option_or_default_can_set_the_tenant() {
 fn prepared_statements_follow_the_tenant_on_every_execution() {
     let db = scenario("prepared");
     let mut c = connect(&db, "it_app");
-    let stmt = c.prepare("SELECT string_agg(name, ',' ORDER BY name) FROM projects WHERE id >= $1").unwrap();
+    let stmt = c
+        .prepare("SELECT string_agg(name, ',' ORDER BY name) FROM projects WHERE id >= $1")
+        .unwrap();
     // Well past the five custom plans after which Postgres may switch to a generic plan.
     for round in 0..12 {
-        let (tenant, expected) = if round % 2 == 0 { (ACME, "acme-1,acme-2") } else { (GLOBEX, "globex-1") };
+        let (tenant, expected) = if round % 2 == 0 {
+            (ACME, "acme-1,acme-2")
+        } else {
+            (GLOBEX, "globex-1")
+        };
         let mut tx = c.transaction().unwrap();
-        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant]).unwrap();
+        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant])
+            .unwrap();
         let got: Option<String> = tx.query_one(&stmt, &[&0i64]).unwrap().get(0);
         assert_eq!(got.as_deref(), Some(expected), "round {round}");
         tx.commit().unwrap();
     }
-    c.batch_execute("SET plan_cache_mode = force_generic_plan").unwrap();
-    let generic = c.prepare("SELECT count(*) FROM projects WHERE id >= $1").unwrap();
+    c.batch_execute("SET plan_cache_mode = force_generic_plan")
+        .unwrap();
+    let generic = c
+        .prepare("SELECT count(*) FROM projects WHERE id >= $1")
+        .unwrap();
     for (tenant, expected) in [(ACME, 2i64), (GLOBEX, 1), (ACME, 2)] {
         let mut tx = c.transaction().unwrap();
-        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant]).unwrap();
-        assert_eq!(tx.query_one(&generic, &[&0i64]).unwrap().get::<_, i64>(0), expected);
+        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant])
+            .unwrap();
+        assert_eq!(
+            tx.query_one(&generic, &[&0i64]).unwrap().get::<_, i64>(0),
+            expected
+        );
         tx.commit().unwrap();
     }
 }
@@ -101,8 +202,14 @@ fn parallel_workers_see_the_leaders_tenant() {
          ANALYZE projects;"
     ))
     .unwrap();
-    let version: i32 = one::<String>(&mut su, "SHOW server_version_num").parse().unwrap();
-    let force = if version >= 160000 { "debug_parallel_query" } else { "force_parallel_mode" };
+    let version: i32 = one::<String>(&mut su, "SHOW server_version_num")
+        .parse()
+        .unwrap();
+    let force = if version >= 160000 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    };
     let mut c = connect(&db, "it_app");
     c.batch_execute(&format!(
         "SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;
@@ -111,7 +218,10 @@ fn parallel_workers_see_the_leaders_tenant() {
     ))
     .unwrap();
     let plan: Vec<String> = c
-        .query("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT count(*) FROM projects", &[])
+        .query(
+            "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) SELECT count(*) FROM projects",
+            &[],
+        )
         .unwrap()
         .iter()
         .map(|r| r.get::<_, String>(0))
@@ -122,8 +232,18 @@ fn parallel_workers_see_the_leaders_tenant() {
         .find_map(|l| l.trim().strip_prefix("Workers Launched: "))
         .and_then(|n| n.trim().parse::<i32>().ok())
         .unwrap_or(0);
-    assert!(launched >= 1, "the scan must run in parallel workers:\n{plan}");
-    assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM projects"), 49992, "Globex's rows only, counted by workers");
-    c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
+    assert!(
+        launched >= 1,
+        "the scan must run in parallel workers:\n{plan}"
+    );
+    assert_eq!(
+        one::<i64>(&mut c, "SELECT count(*) FROM projects"),
+        49992,
+        "Globex's rows only, counted by workers"
+    );
+    c.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM projects"), 199993);
 }

@@ -10,19 +10,43 @@ fn concurrent_sessions_each_see_and_change_only_their_tenant() {
     let mut globex = connect(&db, "it_app");
     let mut a = acme.transaction().unwrap();
     let mut g = globex.transaction().unwrap();
-    a.execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME]).unwrap();
-    g.execute("SELECT nile.set_tenant($1::text::uuid)", &[&GLOBEX]).unwrap();
+    a.execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME])
+        .unwrap();
+    g.execute("SELECT nile.set_tenant($1::text::uuid)", &[&GLOBEX])
+        .unwrap();
     // Interleaved writes in two open transactions.
-    a.execute("INSERT INTO projects (id, name) VALUES (3, 'acme-3')", &[]).unwrap();
-    g.execute("INSERT INTO projects (id, name) VALUES (3, 'globex-3')", &[]).unwrap();
-    assert_eq!(one::<Option<String>>(&mut a, "SELECT string_agg(name, ',' ORDER BY name) FROM projects").unwrap(), "acme-1,acme-2,acme-3");
-    assert_eq!(one::<Option<String>>(&mut g, "SELECT string_agg(name, ',' ORDER BY name) FROM projects").unwrap(), "globex-1,globex-3");
+    a.execute("INSERT INTO projects (id, name) VALUES (3, 'acme-3')", &[])
+        .unwrap();
+    g.execute(
+        "INSERT INTO projects (id, name) VALUES (3, 'globex-3')",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        one::<Option<String>>(
+            &mut a,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM projects"
+        )
+        .unwrap(),
+        "acme-1,acme-2,acme-3"
+    );
+    assert_eq!(
+        one::<Option<String>>(
+            &mut g,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM projects"
+        )
+        .unwrap(),
+        "globex-1,globex-3"
+    );
     a.commit().unwrap();
     g.commit().unwrap();
 
     // Every cross-tenant attempt from Globex's session.
     let mut s = connect(&db, "it_app");
-    s.batch_execute(&format!("SELECT nile.set_tenant('{GLOBEX}', is_local => false)")).unwrap();
+    s.batch_execute(&format!(
+        "SELECT nile.set_tenant('{GLOBEX}', is_local => false)"
+    ))
+    .unwrap();
     for (sql, expected) in [
         (format!("INSERT INTO projects VALUES ('{ACME}', 9, 'planted')"), "42501"),
         (format!("UPDATE projects SET tenant_id = '{ACME}' WHERE id = 1"), "42501"),
@@ -45,7 +69,11 @@ fn concurrent_sessions_each_see_and_change_only_their_tenant() {
         assert_eq!(n, 0, "{sql} reached another tenant's rows");
     }
     let mut su = connect(&db, "postgres");
-    assert_eq!(visible(&mut su), "acme-1,acme-2,acme-3,globex-1,globex-3", "nothing of Acme's changed");
+    assert_eq!(
+        visible(&mut su),
+        "acme-1,acme-2,acme-3,globex-1,globex-3",
+        "nothing of Acme's changed"
+    );
 }
 
 #[test]
@@ -65,14 +93,21 @@ fn table_owner_is_isolated_too_and_bypassrls_is_the_documented_exception() {
     // FORCE ROW LEVEL SECURITY: the owner is subject to the policies like everyone else.
     let mut owner = connect(&db, "it_owner");
     assert_fails(owner.query("SELECT * FROM projects", &[]), "42501");
-    owner.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
+    owner
+        .batch_execute(&format!(
+            "SELECT nile.set_tenant('{ACME}', is_local => false)"
+        ))
+        .unwrap();
     assert_eq!(visible(&mut owner), "acme-1,acme-2");
     // A role with BYPASSRLS sees everything: README "Limits" says to give it to no application role.
     let mut bypass = connect(&db, "it_bypass");
     assert_eq!(visible(&mut bypass), "acme-1,acme-2,globex-1");
     // row_security = off does not help a normal role: Postgres refuses the query instead of bypassing.
     let mut app = connect(&db, "it_app");
-    app.batch_execute(&format!("SET row_security = off; SELECT nile.set_tenant('{ACME}', is_local => false)")).unwrap();
+    app.batch_execute(&format!(
+        "SET row_security = off; SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
     assert_fails(app.query("SELECT * FROM projects", &[]), "42501");
 }
 
@@ -80,17 +115,42 @@ fn table_owner_is_isolated_too_and_bypassrls_is_the_documented_exception() {
 fn schema_change_applies_to_all_tenants_and_keeps_isolation() {
     let db = scenario("schema_change");
     let mut su = connect(&db, "postgres");
-    su.batch_execute("ALTER TABLE projects ADD COLUMN last_login_at timestamptz DEFAULT NULL").unwrap();
+    su.batch_execute("ALTER TABLE projects ADD COLUMN last_login_at timestamptz DEFAULT NULL")
+        .unwrap();
     let mut app = connect(&db, "it_app");
     let mut tx = app.transaction().unwrap();
-    tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME]).unwrap();
-    let backfilled = tx.execute("UPDATE projects SET last_login_at = now() WHERE last_login_at IS NULL", &[]).unwrap();
-    assert_eq!(backfilled, 2, "the backfill touches the tenant's own rows only");
+    tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME])
+        .unwrap();
+    let backfilled = tx
+        .execute(
+            "UPDATE projects SET last_login_at = now() WHERE last_login_at IS NULL",
+            &[],
+        )
+        .unwrap();
+    assert_eq!(
+        backfilled, 2,
+        "the backfill touches the tenant's own rows only"
+    );
     tx.commit().unwrap();
-    assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM projects WHERE last_login_at IS NOT NULL"), 2);
+    assert_eq!(
+        one::<i64>(
+            &mut su,
+            "SELECT count(*) FROM projects WHERE last_login_at IS NOT NULL"
+        ),
+        2
+    );
     assert_eq!(one::<i64>(&mut su, &format!("SELECT count(*) FROM projects WHERE last_login_at IS NOT NULL AND tenant_id <> '{ACME}'")), 0);
     assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM pg_policy WHERE polrelid = 'projects'::regclass AND polname LIKE 'nile_tenant_%'"), 4);
     let mut g = connect(&db, "it_app");
-    g.batch_execute(&format!("SELECT nile.set_tenant('{GLOBEX}', is_local => false)")).unwrap();
-    assert_eq!(one::<i64>(&mut g, "SELECT count(*) FROM projects WHERE last_login_at IS NOT NULL"), 0);
+    g.batch_execute(&format!(
+        "SELECT nile.set_tenant('{GLOBEX}', is_local => false)"
+    ))
+    .unwrap();
+    assert_eq!(
+        one::<i64>(
+            &mut g,
+            "SELECT count(*) FROM projects WHERE last_login_at IS NOT NULL"
+        ),
+        0
+    );
 }
