@@ -93,7 +93,7 @@ SQL
 run() { # run VARIANT [CLIENTS] -> prints tps
   local c=${2:-$clients}
   "$bindir/pgbench" -n -M prepared -c "$c" -j "$c" -T "$seconds" -h 127.0.0.1 -p "$port" -U bench_app \
-    -f "$dir/$1.sql" bench 2>/dev/null | awk '/^tps = / {printf "%.0f\n", $3}'
+    -f "$dir/$1.sql" bench 2>/dev/null | awk '/^tps = / {printf "%.2f\n", $3}'
 }
 
 echo "[bench] warm-up"
@@ -132,4 +132,4 @@ for r in $(seq 1 "$rounds"); do
   scan_ratios+=("$(awk -v h="$h" -v p="$p" 'BEGIN {printf "%.4f", p / h}')")
   echo "[bench] scan round $r: hand-written $h, policy $p reports/s"
 done
-printf '| **whole-tenant report ($big_rows rows), median of the per-round ratios** | **%.3f** |\n' "$(median "${scan_ratios[@]}")"
+printf "| **whole-tenant report ($big_rows rows), median of the per-round ratios** | **%.3f** |\n" "$(median "${scan_ratios[@]}")"
