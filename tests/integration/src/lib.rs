@@ -89,6 +89,19 @@ pub fn scenario(name: &str) -> String {
     db
 }
 
+/// The setting that forces parallel plans on this server: `debug_parallel_query` from PostgreSQL 16 on,
+/// `force_parallel_mode` before.
+pub fn force_parallel_setting(client: &mut Client) -> &'static str {
+    let version: i32 = one::<String>(client, "SHOW server_version_num")
+        .parse()
+        .expect("server_version_num is a number");
+    if version >= 160000 {
+        "debug_parallel_query"
+    } else {
+        "force_parallel_mode"
+    }
+}
+
 /// Names of the projects the session can see, sorted, comma-separated.
 pub fn visible(client: &mut impl GenericClient) -> String {
     one::<Option<String>>(

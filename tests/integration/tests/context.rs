@@ -202,14 +202,7 @@ fn parallel_workers_see_the_leaders_tenant() {
          ANALYZE projects;"
     ))
     .unwrap();
-    let version: i32 = one::<String>(&mut su, "SHOW server_version_num")
-        .parse()
-        .unwrap();
-    let force = if version >= 160000 {
-        "debug_parallel_query"
-    } else {
-        "force_parallel_mode"
-    };
+    let force = force_parallel_setting(&mut su);
     let mut c = connect(&db, "it_app");
     c.batch_execute(&format!(
         "SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;

@@ -73,20 +73,15 @@ fn status_changes_reach_sessions_already_working_for_the_tenant() {
 
 #[test]
 fn status_changes_reach_an_open_transaction_at_its_next_statement() {
-    for isolation in ["READ COMMITTED", "REPEATABLE READ"] {
-        let db = scenario(if isolation == "READ COMMITTED" {
-            "status_rc"
-        } else {
-            "status_rr"
-        });
+    use postgres::IsolationLevel::{ReadCommitted, RepeatableRead};
+    for (level, name) in [(ReadCommitted, "status_rc"), (RepeatableRead, "status_rr")] {
+        let db = scenario(name);
         let mut worker = connect(&db, "it_app");
         let mut admin = connect(&db, "it_admin");
+
         let mut tx = worker
             .build_transaction()
-            .isolation_level(match isolation {
-                "READ COMMITTED" => postgres::IsolationLevel::ReadCommitted,
-                _ => postgres::IsolationLevel::RepeatableRead,
-            })
+            .isolation_level(level)
             .start()
             .unwrap();
         tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&GLOBEX])
@@ -110,10 +105,7 @@ fn status_changes_reach_an_open_transaction_at_its_next_statement() {
 
         let mut tx = worker
             .build_transaction()
-            .isolation_level(match isolation {
-                "READ COMMITTED" => postgres::IsolationLevel::ReadCommitted,
-                _ => postgres::IsolationLevel::RepeatableRead,
-            })
+            .isolation_level(level)
             .start()
             .unwrap();
         tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&GLOBEX])
@@ -133,14 +125,7 @@ fn a_deleted_tenant_stays_deleted_after_a_parallel_plan_in_an_old_snapshot() {
     // reads with the statement's snapshot there). What it reads must not be cached for later transactions.
     let db = scenario("parallel_snapshot");
     let mut su = connect(&db, "postgres");
-    let version: i32 = one::<String>(&mut su, "SHOW server_version_num")
-        .parse()
-        .unwrap();
-    let force = if version >= 160000 {
-        "debug_parallel_query"
-    } else {
-        "force_parallel_mode"
-    };
+    let force = force_parallel_setting(&mut su);
     let mut worker = connect(&db, "it_app");
     worker
         .batch_execute(&format!("SET {force} = on; SET max_parallel_workers = 0; SET plan_cache_mode = force_generic_plan"))
