@@ -1,8 +1,9 @@
 //! context — putting a session into a tenant's context, and the functions the generated policies call.
 //!
 //! `nile.set_tenant()` validates the tenant and applies it through the guarded `nile.tenant_id` setting (see gucs.rs).
-//! The policies compare the tenant column with `nile.policy_read_tenant()` or `nile.policy_write_tenant()`: STABLE,
-//! PARALLEL SAFE functions returning `uuid`, so the comparison becomes an index condition evaluated once per scan.
+//! The policies compare the tenant column with `(SELECT nile.policy_read_tenant())` or `(SELECT
+//! nile.policy_write_tenant())`: STABLE, PARALLEL SAFE functions returning `uuid`, called through an InitPlan, so they
+//! run once per statement and the comparison is an index condition (see tenancy.rs).
 //! They are also where fail-closed behaviour lives: no context means an error (or, with `nile.missing_tenant =
 //! 'deny'`, NULL, which matches no row and fails every WITH CHECK); a deleted tenant means an error; an inactive
 //! tenant may read but not write.
