@@ -102,6 +102,22 @@ pub fn force_parallel_setting(client: &mut Client) -> &'static str {
     }
 }
 
+/// A transaction at `level` that has entered `tenant`'s context.
+pub fn begin_as(
+    client: &mut Client,
+    level: postgres::IsolationLevel,
+    tenant: &str,
+) -> postgres::Transaction<'_> {
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(level)
+        .start()
+        .unwrap();
+    tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant])
+        .unwrap();
+    tx
+}
+
 /// Names of the projects the session can see, sorted, comma-separated.
 pub fn visible(client: &mut impl GenericClient) -> String {
     one::<Option<String>>(

@@ -79,13 +79,7 @@ fn status_changes_reach_an_open_transaction_at_its_next_statement() {
         let mut worker = connect(&db, "it_app");
         let mut admin = connect(&db, "it_admin");
 
-        let mut tx = worker
-            .build_transaction()
-            .isolation_level(level)
-            .start()
-            .unwrap();
-        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&GLOBEX])
-            .unwrap();
+        let mut tx = begin_as(&mut worker, level, GLOBEX);
         tx.execute(
             "INSERT INTO projects (id, name) VALUES (2, 'globex-2')",
             &[],
@@ -103,13 +97,7 @@ fn status_changes_reach_an_open_transaction_at_its_next_statement() {
         );
         tx.rollback().unwrap();
 
-        let mut tx = worker
-            .build_transaction()
-            .isolation_level(level)
-            .start()
-            .unwrap();
-        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&GLOBEX])
-            .unwrap();
+        let mut tx = begin_as(&mut worker, level, GLOBEX);
         assert_eq!(visible(&mut tx), "globex-1");
         admin
             .batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}')"))
