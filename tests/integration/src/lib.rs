@@ -103,11 +103,11 @@ pub fn force_parallel_setting(client: &mut Client) -> &'static str {
 }
 
 /// A transaction at `level` that has entered `tenant`'s context.
-pub fn begin_as(
-    client: &mut Client,
+pub fn begin_as<'a>(
+    client: &'a mut Client,
     level: postgres::IsolationLevel,
     tenant: &str,
-) -> postgres::Transaction<'_> {
+) -> postgres::Transaction<'a> {
     let mut tx = client
         .build_transaction()
         .isolation_level(level)
