@@ -10,7 +10,7 @@
 
 use crate::errors::{raise, OrInternal, Problem};
 use crate::gucs;
-use crate::privilege::{as_extension_owner, in_transaction_block, require_role};
+use crate::privilege::{as_extension_owner, held_role, in_transaction_block, require_role};
 use crate::tenancy::POLICY_PREFIX;
 use pgrx::prelude::*;
 use std::ffi::CStr;
@@ -117,18 +117,6 @@ unsafe fn allow_all_policy(admin_role: pg_sys::Oid) -> *mut pg_sys::RowSecurityP
     }
 }
 
-/// The role whose members the admin context serves, if the identity running the query has its privileges. Queries
-/// run under another identity inside the admin transaction (a SECURITY DEFINER function, a view owner's rights) get
-/// no admin policy: the admin context is not lent to code the admin happens to call.
-fn admin_role_of_current_user() -> Option<pg_sys::Oid> {
-    // SAFETY: syscache lookups with a valid NUL-terminated name; missing_ok returns InvalidOid.
-    unsafe {
-        let role = pg_sys::get_role_oid(c"nile_admin".as_ptr(), true);
-        (role != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role))
-            .then_some(role)
-    }
-}
-
 #[pg_guard]
 unsafe extern "C-unwind" fn admin_policy_hook(
     cmd: pg_sys::CmdType::Type,
@@ -144,7 +132,10 @@ unsafe extern "C-unwind" fn admin_policy_hook(
         // SAFETY: see has_tenant_policies and allow_all_policy; lappend accepts NIL.
         unsafe {
             if has_tenant_policies(relation) {
-                if let Some(admin_role) = admin_role_of_current_user() {
+                // Only for queries run by an identity with nile_admin's privileges: a SECURITY DEFINER function or a
+                // view owner's rights inside the admin transaction get no admin policy; the admin context is not lent
+                // to code the admin happens to call.
+                if let Some(admin_role) = held_role("nile_admin") {
                     policies = pg_sys::lappend(policies, allow_all_policy(admin_role).cast());
                 }
             }

@@ -9,23 +9,22 @@ use crate::errors::Problem;
 use pgrx::prelude::*;
 use std::ffi::CString;
 
-/// Does the current user have the privileges of `role` (superusers have every role's privileges)?
-pub fn has_privileges_of(role: &str) -> bool {
-    let Ok(name) = CString::new(role) else {
-        return false;
-    };
+/// `role`'s oid if the current user has its privileges (superusers have every role's privileges), else `None`.
+pub fn held_role(role: &str) -> Option<pg_sys::Oid> {
+    let name = CString::new(role).ok()?;
     // SAFETY: plain catalog lookups with a valid NUL-terminated name; missing_ok = true returns InvalidOid instead of
     // raising an error.
     unsafe {
         let role_oid = pg_sys::get_role_oid(name.as_ptr(), true);
-        role_oid != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role_oid)
+        (role_oid != pg_sys::InvalidOid && pg_sys::has_privs_of_role(pg_sys::GetUserId(), role_oid))
+            .then_some(role_oid)
     }
 }
 
 /// Raise 42501 unless the current user has the privileges of `role`.
 #[track_caller]
 pub fn require_role(role: &str, what: &str) {
-    if !has_privileges_of(role) {
+    if held_role(role).is_none() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("permission denied: {what} requires membership in role {role}"),

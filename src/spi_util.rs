@@ -6,7 +6,21 @@
 use crate::errors::OrInternal;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
+use pgrx::spi::{SpiClient, SpiHeapTupleData};
+
+/// Column `ordinal` (1-based) of a row whose query never yields NULL there (catalog columns, expressions over them).
+/// A failed read or a NULL is a bug in our query, raised as an internal error rather than replaced by a default.
+#[track_caller]
+pub fn required_column<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, ordinal: usize) -> T {
+    match row.get::<T>(ordinal).or_internal("reading a query result") {
+        Some(value) => value,
+        None => crate::errors::Problem::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("nile_tenancy: column {ordinal} of a catalog query was NULL"),
+        )
+        .raise(),
+    }
+}
 
 /// The first column of the first row a read-only query returns, or `None` (no row, or NULL).
 pub fn first_value<T: FromDatum + IntoDatum>(

@@ -10,7 +10,7 @@
 
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::privilege::{as_extension_owner, as_table_owner, require_role};
-use crate::spi_util::{execute, first_value};
+use crate::spi_util::{execute, first_value, required_column};
 use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
@@ -66,20 +66,17 @@ fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
             "Pass an existing table, e.g. 'public.projects'.",
         );
     };
-    let text = |i: usize| row.get::<String>(i).ok().flatten().unwrap_or_default();
     TableFacts {
-        qualified: text(1),
-        owner: row
-            .get::<pg_sys::Oid>(2)
-            .ok()
-            .flatten()
-            .unwrap_or(pg_sys::InvalidOid),
-        relname: text(3),
-        relkind: text(4),
-        owned_by_caller: row.get::<bool>(5).ok().flatten().unwrap_or(false),
-        schema: text(6),
-        temporary: row.get::<bool>(7).ok().flatten().unwrap_or(false),
-        partition_of: row.get::<String>(8).ok().flatten(),
+        qualified: required_column(&row, 1),
+        owner: required_column(&row, 2),
+        relname: required_column(&row, 3),
+        relkind: required_column(&row, 4),
+        owned_by_caller: required_column(&row, 5),
+        schema: required_column(&row, 6),
+        temporary: required_column(&row, 7),
+        partition_of: row
+            .get::<String>(8)
+            .or_internal("reading the table's catalog entry"),
     }
 }
 
@@ -164,9 +161,9 @@ fn column_facts(client: &SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Opt
         )
         .or_internal("reading the tenant column");
     rows.next().map(|row| ColumnFacts {
-        attnum: row.get::<i16>(1).ok().flatten().unwrap_or(0),
-        type_name: row.get::<String>(2).ok().flatten().unwrap_or_default(),
-        is_uuid: row.get::<bool>(3).ok().flatten().unwrap_or(false),
+        attnum: required_column::<i16>(&row, 1),
+        type_name: required_column::<String>(&row, 2),
+        is_uuid: required_column::<bool>(&row, 3),
     })
 }
 
@@ -178,12 +175,20 @@ fn run(client: &mut SpiClient<'_>, sql: &str) {
     execute(client, sql, &[]);
 }
 
-/// The table and every partition below it (ordinary and partitioned), the table first.
-fn partition_tree(
-    client: &SpiClient<'_>,
-    relid: pg_sys::Oid,
-) -> Vec<(pg_sys::Oid, String, String)> {
-    client
+/// A table and the partitions below it, split into what row-level security can protect and what it cannot.
+struct PartitionTree {
+    /// (oid, qualified name) of the table and of every ordinary or partitioned table below it, the table first.
+    members: Vec<(pg_sys::Oid, String)>,
+    /// A foreign-table partition, if there is one (row-level security cannot protect it).
+    foreign: Option<String>,
+}
+
+fn partition_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> PartitionTree {
+    let mut tree = PartitionTree {
+        members: Vec::new(),
+        foreign: None,
+    };
+    let rows = client
         .select(
             "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text
              FROM (SELECT $1::oid AS relid, 0 AS level UNION SELECT relid, level FROM pg_partition_tree($1)) t
@@ -192,15 +197,17 @@ fn partition_tree(
             None,
             &[relid.into()],
         )
-        .or_internal("listing partitions")
-        .map(|row| {
-            (
-                row.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                row.get::<String>(2).ok().flatten().unwrap_or_default(),
-                row.get::<String>(3).ok().flatten().unwrap_or_default(),
-            )
-        })
-        .collect()
+        .or_internal("listing partitions");
+    for row in rows {
+        let name = required_column::<String>(&row, 2);
+        match required_column::<String>(&row, 3).as_str() {
+            "f" => tree.foreign = Some(name),
+            _ => tree
+                .members
+                .push((required_column::<pg_sys::Oid>(&row, 1), name)),
+        }
+    }
+    tree
 }
 
 /// Implementation of `nile.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id',
@@ -249,7 +256,7 @@ fn enable_tenancy(
                 &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified),
             );
             let tree = partition_tree(client, relid);
-            if let Some((_, name, _)) = tree.iter().find(|(_, _, kind)| kind == "f") {
+            if let Some(name) = &tree.foreign {
                 raise(
                     PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
                     format!("cannot enable tenancy on {}: its partition {name} is a foreign table", facts.qualified),
@@ -268,12 +275,10 @@ fn enable_tenancy(
             );
             ensure_foreign_key(client, relid, table, &col, attnum);
             ensure_index(client, relid, table, &facts, column, &col, attnum);
-            for (member_oid, member, kind) in &tree {
-                if kind == "r" || kind == "p" {
-                    protect(client, *member_oid, member, &col);
-                }
+            for (member_oid, member) in &tree.members {
+                protect(client, *member_oid, member, &col);
             }
-            register(client, relid, &tree, column);
+            register(client, relid, &tree.members, column);
         });
     });
 }
@@ -459,7 +464,7 @@ fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table
             &[relid.into(), POLICY_PREFIX.into()],
         )
         .or_internal("listing policies")
-        .filter_map(|row| row.get::<String>(1).ok().flatten())
+        .map(|row| required_column::<String>(&row, 1))
         .collect();
     for name in existing {
         run(
@@ -472,13 +477,10 @@ fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table
 fn register(
     client: &mut SpiClient<'_>,
     root: pg_sys::Oid,
-    tree: &[(pg_sys::Oid, String, String)],
+    members: &[(pg_sys::Oid, String)],
     column: &str,
 ) {
-    for (member, _, kind) in tree {
-        if kind != "r" && kind != "p" {
-            continue;
-        }
+    for (member, _) in members {
         let parent = if *member == root { None } else { Some(root) };
         execute(
             client,
@@ -514,10 +516,7 @@ fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
                 .notice();
                 return;
             }
-            for (member, name, kind) in partition_tree(client, relid) {
-                if kind != "r" && kind != "p" {
-                    continue;
-                }
+            for (member, name) in partition_tree(client, relid).members {
                 drop_generated_policies(client, member, &name);
                 let other_policies = query_bool(
                     client,

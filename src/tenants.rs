@@ -7,7 +7,7 @@
 
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::privilege::{as_extension_owner, as_table_owner, require_role};
-use crate::spi_util::{execute, query_value, write_returning};
+use crate::spi_util::{execute, query_value, required_column, write_returning};
 use crate::uuid_text::{format_uuid, new_uuid_v7};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
@@ -194,7 +194,13 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             .or_internal("soft-deleting a tenant");
             return;
         }
-        for (table, column, owner) in tables_holding_tenant_rows() {
+        for TenantRowHolder {
+            table,
+            column,
+            owner,
+            ..
+        } in tables_holding_tenant_rows()
+        {
             let sql = format!(
                 "DELETE FROM {table} WHERE {} = $1",
                 spi::quote_identifier(&column)
@@ -219,12 +225,20 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
     });
 }
 
-/// Every table that holds tenant rows, as (qualified name, tenant column, owner), ordered so that a table comes before the
+/// A table holding tenant rows: its oid, qualified name, tenant column and owner.
+struct TenantRowHolder {
+    relid: pg_sys::Oid,
+    table: String,
+    column: String,
+    owner: pg_sys::Oid,
+}
+
+/// Every table that holds tenant rows, ordered so that a table comes before the
 /// tables its foreign keys point to. These are the enrolled tables (partitions are reached through their parent)
 /// and any other table with a foreign key to nile.tenants.
-fn tables_holding_tenant_rows() -> Vec<(String, String, pg_sys::Oid)> {
+fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
     Spi::connect(|client| {
-        let tables: Vec<(pg_sys::Oid, String, (String, pg_sys::Oid))> = client
+        let tables: Vec<TenantRowHolder> = client
             .select(
                 "WITH holders AS (
                      SELECT relid::oid AS relid, tenant_column::text AS col FROM nile.tenant_tables WHERE parent IS NULL
@@ -242,15 +256,11 @@ fn tables_holding_tenant_rows() -> Vec<(String, String, pg_sys::Oid)> {
                 &[],
             )
             .or_internal("listing tenant tables")
-            .map(|row| {
-                (
-                    row.get::<pg_sys::Oid>(1).ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                    row.get::<String>(2).ok().flatten().unwrap_or_default(),
-                    (
-                        row.get::<String>(3).ok().flatten().unwrap_or_default(),
-                        row.get::<pg_sys::Oid>(4).ok().flatten().unwrap_or(pg_sys::InvalidOid),
-                    ),
-                )
+            .map(|row| TenantRowHolder {
+                relid: required_column(&row, 1),
+                table: required_column(&row, 2),
+                column: required_column(&row, 3),
+                owner: required_column(&row, 4),
             })
             .collect();
         let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = client
@@ -259,43 +269,33 @@ fn tables_holding_tenant_rows() -> Vec<(String, String, pg_sys::Oid)> {
                  WHERE contype = 'f' AND conparentid = 0 AND conrelid <> confrelid
                    AND conrelid = ANY($1) AND confrelid = ANY($1)",
                 None,
-                &[tables.iter().map(|t| t.0).collect::<Vec<_>>().into()],
+                &[tables.iter().map(|t| t.relid).collect::<Vec<_>>().into()],
             )
             .or_internal("listing foreign keys between tenant tables")
             .map(|row| {
                 (
-                    row.get::<pg_sys::Oid>(1)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(pg_sys::InvalidOid),
-                    row.get::<pg_sys::Oid>(2)
-                        .ok()
-                        .flatten()
-                        .unwrap_or(pg_sys::InvalidOid),
+                    required_column::<pg_sys::Oid>(&row, 1),
+                    required_column::<pg_sys::Oid>(&row, 2),
                 )
             })
             .collect();
         referencing_first(tables, &edges)
-            .into_iter()
-            .map(|(_, name, (col, owner))| (name, col, owner))
-            .collect()
     })
 }
 
 /// Orders tables so that every table comes before the tables it references (`edges` are (referencing, referenced)).
 /// Tables in a reference cycle keep their input order at the end.
-fn referencing_first<T: Clone>(
-    tables: Vec<(pg_sys::Oid, String, T)>,
+fn referencing_first(
+    mut remaining: Vec<TenantRowHolder>,
     edges: &[(pg_sys::Oid, pg_sys::Oid)],
-) -> Vec<(pg_sys::Oid, String, T)> {
-    let mut remaining = tables;
+) -> Vec<TenantRowHolder> {
     let mut ordered = Vec::with_capacity(remaining.len());
     loop {
         // A table can go now if no remaining table still references it.
-        let position = remaining.iter().position(|(oid, _, _)| {
+        let position = remaining.iter().position(|t| {
             !edges
                 .iter()
-                .any(|(from, to)| to == oid && remaining.iter().any(|r| r.0 == *from))
+                .any(|(from, to)| *to == t.relid && remaining.iter().any(|r| r.relid == *from))
         });
         match position {
             Some(i) => ordered.push(remaining.remove(i)),
