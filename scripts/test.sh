@@ -39,7 +39,7 @@ if ! "$pg_regress" --host=127.0.0.1 --port="$port" --user=postgres --dbname=nile
 fi
 
 say "integration tests (tests/integration, multi-session)"
-NILE_TEST_PORT=$port cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
+NILE_TEST_PORT=$port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
 
 # Totals: cargo's "test result" lines plus pg_regress' summary. `make test-all` adds up the counts files.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')

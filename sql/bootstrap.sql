@@ -49,6 +49,15 @@ CREATE TABLE nile.tenant_tables (
 );
 COMMENT ON TABLE nile.tenant_tables IS 'nile_tenancy: tables enrolled with nile.enable_tenancy(); parent is set for partitions';
 
+-- Tables that carry a tenant column but are deliberately shared (nile.disable_tenancy() puts them here): the DDL
+-- event trigger does not enroll them and nile.verify() does not report them. Partitions and children follow them.
+CREATE TABLE nile.excluded_tables (
+    relid        regclass    NOT NULL PRIMARY KEY,
+    excluded_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    excluded_by  name        NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE nile.excluded_tables IS 'nile_tenancy: tables with a tenant column that nile.disable_tenancy() marked as shared on purpose';
+
 -- Every use of nile.admin_context(). Rows are written in the caller's transaction; a server log line is written too,
 -- which survives a rollback.
 CREATE TABLE nile.admin_audit (
@@ -63,7 +72,15 @@ CREATE TABLE nile.admin_audit (
 COMMENT ON TABLE nile.admin_audit IS 'nile_tenancy: who entered nile.admin_context(), when, and why';
 
 -- Privileges: every write goes through the extension's functions, which check the caller's role first.
-REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.admin_audit FROM PUBLIC;
+REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.admin_audit FROM PUBLIC;
 GRANT SELECT ON nile.tenants TO PUBLIC;               -- row-level security limits it to the session's own tenant
-GRANT SELECT ON nile.tenant_tables TO PUBLIC;
+GRANT SELECT ON nile.tenant_tables, nile.excluded_tables TO PUBLIC;
 GRANT SELECT ON nile.admin_audit TO nile_admin;
+
+-- pg_dump dumps the rows of these tables (the extension's own objects are recreated by CREATE EXTENSION): a restored
+-- database keeps its tenants, its registry and its audit trail. The registry's regclass values are dumped as names.
+SELECT pg_catalog.pg_extension_config_dump('nile.tenants', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.tenant_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.excluded_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.admin_audit', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.admin_audit_id_seq', '');

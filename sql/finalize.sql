@@ -49,6 +49,18 @@ CREATE FUNCTION nile.disable_tenancy(tbl regclass) RETURNS void
         SELECT nile._disable_tenancy(tbl::oid);
     END;
 
+-- The DDL event triggers (src/ddl_events.rs). Created last, so that none of the SQL above goes through them.
+CREATE FUNCTION nile._ddl_command_end() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'nile_ddl_command_end';
+CREATE FUNCTION nile._sql_drop() RETURNS event_trigger
+    LANGUAGE c AS 'MODULE_PATHNAME', 'nile_sql_drop';
+CREATE EVENT TRIGGER nile_ddl_command_end ON ddl_command_end
+    WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'ALTER POLICY',
+                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
+    EXECUTE FUNCTION nile._ddl_command_end();
+CREATE EVENT TRIGGER nile_sql_drop ON sql_drop
+    EXECUTE FUNCTION nile._sql_drop();
+
 -- Privileges. Nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA nile FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -63,5 +75,6 @@ GRANT EXECUTE ON FUNCTION
     nile.delete_tenant(uuid, boolean),
     nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid),
     nile.disable_tenancy(regclass), nile._disable_tenancy(oid),
-    nile.admin_context(text)
+    nile.admin_context(text),
+    nile.verify(), nile._protection_problems(regclass), nile._tenant_column_names()
     TO nile_admin;

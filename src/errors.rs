@@ -29,6 +29,10 @@ impl Problem {
         unreachable!("an ERROR report does not return")
     }
 
+    pub fn warning(self) {
+        self.0.report(PgLogLevel::WARNING)
+    }
+
     pub fn notice(self) {
         self.0.report(PgLogLevel::NOTICE)
     }

@@ -37,6 +37,10 @@ pub enum MissingTenant {
 pub static MISSING_TENANT: GucSetting<MissingTenant> =
     GucSetting::<MissingTenant>::new(MissingTenant::Error);
 
+/// `nile.auto_enable`: whether DDL that creates a table with a tenant column (or adds one) enrolls it at once (on, the
+/// default) or only warns (off). See src/ddl_events.rs.
+pub static AUTO_ENABLE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// `nile.tenant_id`: the tenant this session works for (empty: none). Written only through `nile.set_tenant()`.
 static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
@@ -88,6 +92,15 @@ pub fn init() {
         c"What a statement on a tenant table does without a tenant context: error or deny.",
         c"error (the default) raises SQLSTATE 42501; deny returns no rows and lets no row be written.",
         &MISSING_TENANT,
+        GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nile.auto_enable",
+        c"Enroll tables that DDL creates with a tenant column, or gives one, as tenant tables.",
+        c"on (the default): CREATE TABLE and ALTER TABLE ... ADD COLUMN tenant_id enroll the table at once. \
+          off: they raise a WARNING naming the table and the call that enrolls it.",
+        &AUTO_ENABLE,
         GucContext::Userset,
         GucFlags::default(),
     );

@@ -7,6 +7,7 @@
 //! - `tenant_cache`: per-backend cache of tenant status, read from `nile.tenants` by index, invalidated on change
 //! - `tenants`: the tenant lifecycle (create, update, soft delete, purge)
 //! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
+//! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
@@ -17,6 +18,7 @@ use pgrx::prelude::*;
 
 mod admin;
 mod context;
+mod ddl_events;
 mod errors;
 mod gucs;
 mod privilege;
@@ -30,6 +32,11 @@ pgrx::pg_module_magic!(name, version);
 
 // Roles and tables first; then pgrx creates the functions; then the SQL that needs both.
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
+pgrx::extension_sql_file!(
+    "../sql/verify.sql",
+    name = "verify",
+    requires = ["bootstrap"]
+);
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]

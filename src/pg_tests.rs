@@ -314,7 +314,8 @@ mod tests {
     fn enable_tenancy_refuses_what_it_cannot_protect() {
         fixture();
         run(&format!(
-            "CREATE VIEW public.v AS SELECT 1 AS x;
+            "SET LOCAL nile.auto_enable = off;  -- these tables are enrolled by hand below
+             CREATE VIEW public.v AS SELECT 1 AS x;
              CREATE MATERIALIZED VIEW public.mv AS SELECT 1 AS x;
              CREATE TEMP TABLE tmp (x int);
              CREATE TABLE public.wrong_type (tenant_id text);
@@ -406,8 +407,11 @@ mod tests {
             Some(2)
         );
         // Again, and after tampering: the same shape, no duplicate objects.
-        run("ALTER TABLE public.users NO FORCE ROW LEVEL SECURITY; DROP POLICY nile_tenant_select ON public.users;
+        // (The event triggers refuse such tampering; they are switched off to simulate it.)
+        run("ALTER EVENT TRIGGER nile_ddl_command_end DISABLE; ALTER EVENT TRIGGER nile_sql_drop DISABLE;
+             ALTER TABLE public.users NO FORCE ROW LEVEL SECURITY; DROP POLICY nile_tenant_select ON public.users;
              ALTER POLICY nile_tenant_insert ON public.users WITH CHECK (true);
+             ALTER EVENT TRIGGER nile_ddl_command_end ENABLE; ALTER EVENT TRIGGER nile_sql_drop ENABLE;
              SELECT nile.enable_tenancy('public.users'); SELECT nile.enable_tenancy('public.users');");
         assert_eq!(tenancy_shape("public.users"), expected);
         // The existing primary key (tenant_id, id) counts as the tenant index: no extra index on projects.
@@ -784,7 +788,8 @@ mod tests {
         fixture();
         // A table owner (a nile_admin member, not a superuser) plants triggers that record who runs them.
         run(&format!(
-            "CREATE ROLE table_owner NOLOGIN; GRANT nile_admin TO table_owner;
+            "SET LOCAL nile.auto_enable = off;  -- trap is enrolled by hand below
+             CREATE ROLE table_owner NOLOGIN; GRANT nile_admin TO table_owner;
              CREATE TABLE public.trap (x int, tenant_id uuid);
              CREATE TABLE public.trap_log (who name, what text);
              ALTER TABLE public.trap OWNER TO table_owner; ALTER TABLE public.trap_log OWNER TO table_owner;

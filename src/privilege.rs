@@ -58,6 +58,14 @@ pub fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     )
 }
 
+/// Run `f` as the caller, with `search_path = pg_catalog, pg_temp`: for SQL the extension runs on behalf of the caller
+/// (event triggers), which must not be steered by objects in the caller's schemas.
+pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: reads the current user id.
+    let caller = unsafe { pg_sys::GetUserId() };
+    run_as(caller, 0, f)
+}
+
 /// The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
 /// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
 fn run_as<R>(role: pg_sys::Oid, security_flags: i32, f: impl FnOnce() -> R) -> R {

@@ -5,9 +5,12 @@
 //! tenant column defaulting to the session's tenant with a foreign key to `nile.tenants`, an index leading with that
 //! column, `ENABLE` + `FORCE ROW LEVEL SECURITY`, and one policy per command named `nile_tenant_<command>`. A
 //! partitioned table gets the same on every partition, so that querying a partition directly is as isolated as going
-//! through the parent. All checks happen before the first change, and everything runs in the caller's transaction:
-//! an error leaves nothing half-applied. Running it again repairs whatever drifted.
+//! through the parent; inheritance children are covered the same way. All checks happen before the first change, and
+//! everything runs in the caller's transaction: an error leaves nothing half-applied. Running it again repairs whatever
+//! drifted. `disable_tenancy` is the deliberate way out, and records the table in `nile.excluded_tables` so that the
+//! DDL event trigger (src/ddl_events.rs) does not enroll it again.
 
+use crate::ddl_events::{own_ddl, running_user_code};
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::privilege::{as_extension_owner, as_table_owner, require_role};
 use crate::spi_util::{execute, first_value, required_column};
@@ -35,24 +38,30 @@ const POLICIES: [(&str, &str, Option<&str>, Option<&str>); 4] = [
 ];
 
 /// What the catalogs say about the table being enrolled.
-struct TableFacts {
-    qualified: String,
+pub struct TableFacts {
+    pub qualified: String,
     owner: pg_sys::Oid,
     relname: String,
     relkind: String,
-    owned_by_caller: bool,
+    pub owned_by_caller: bool,
     schema: String,
     temporary: bool,
     partition_of: Option<String>,
+    /// The enrolled table this one inherits from (through any number of levels), if any.
+    enrolled_ancestor: Option<String>,
 }
 
-fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
+pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
     let mut rows = client
         .select(
             "SELECT format('%I.%I', n.nspname, c.relname), c.relowner, c.relname::text, c.relkind::text,
                     pg_has_role(c.relowner, 'USAGE'), n.nspname::text, c.relpersistence = 't',
                     (SELECT format('%I.%I', pn.nspname, p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
-                      JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition)
+                      JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition),
+                    (WITH RECURSIVE up(relid) AS (
+                         SELECT inhparent FROM pg_inherits WHERE inhrelid = c.oid
+                         UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
+                     SELECT t.relid::text FROM up JOIN nile.tenant_tables t ON t.relid = up.relid::regclass LIMIT 1)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = $1",
             Some(1),
@@ -77,11 +86,14 @@ fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
         partition_of: row
             .get::<String>(8)
             .or_internal("reading the table's catalog entry"),
+        enrolled_ancestor: row
+            .get::<String>(9)
+            .or_internal("reading the table's catalog entry"),
     }
 }
 
 /// Refuse everything that is not an ordinary or partitioned table the caller owns, outside system and nile schemas.
-fn check_can_enroll(facts: &TableFacts, action: &str) {
+pub fn check_can_enroll(facts: &TableFacts, action: &str) {
     let wrong_type = |what: &str, hint: &str| -> ! {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -121,6 +133,12 @@ fn check_can_enroll(facts: &TableFacts, action: &str) {
         wrong_type(
             &format!("a partition of {parent}"),
             &format!("Run nile.{action}_tenancy('{parent}'): it covers every partition."),
+        );
+    }
+    if let Some(ancestor) = &facts.enrolled_ancestor {
+        wrong_type(
+            &format!("a child of tenant table {ancestor}"),
+            &format!("Its parent's enrollment covers it; run nile.{action}_tenancy('{ancestor}')."),
         );
     }
     if !facts.owned_by_caller {
@@ -175,39 +193,64 @@ fn run(client: &mut SpiClient<'_>, sql: &str) {
     execute(client, sql, &[]);
 }
 
-/// A table and the partitions below it, split into what row-level security can protect and what it cannot.
-struct PartitionTree {
-    /// (oid, qualified name) of the table and of every ordinary or partitioned table below it, the table first.
-    members: Vec<(pg_sys::Oid, String)>,
-    /// A foreign-table partition, if there is one (row-level security cannot protect it).
-    foreign: Option<String>,
+/// A table and every table below it (partitions at any depth, inheritance children), split into what row-level security
+/// can protect and what it cannot.
+pub struct TableTree {
+    /// The table and every ordinary or partitioned table below it, the table first.
+    pub members: Vec<TreeMember>,
+    /// A foreign table below it, if there is one (row-level security cannot protect it).
+    pub foreign: Option<String>,
 }
 
-fn partition_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> PartitionTree {
-    let mut tree = PartitionTree {
+pub struct TreeMember {
+    pub relid: pg_sys::Oid,
+    /// Schema-qualified, quoted name.
+    pub name: String,
+    /// An inheritance child (not a partition) below the top: indexes and foreign keys are not inherited by those.
+    pub inheritance_child: bool,
+}
+
+pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
+    let mut tree = TableTree {
         members: Vec::new(),
         foreign: None,
     };
     let rows = client
         .select(
-            "SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text
-             FROM (SELECT $1::oid AS relid, 0 AS level UNION SELECT relid, level FROM pg_partition_tree($1)) t
-             JOIN pg_class c ON c.oid = t.relid JOIN pg_namespace n ON n.oid = c.relnamespace
-             ORDER BY t.level, 2",
+            "WITH RECURSIVE down(relid, level) AS (
+                 SELECT $1::oid, 0
+                 UNION SELECT i.inhrelid, d.level + 1 FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
+             SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text, d.level > 0 AND NOT c.relispartition
+             FROM (SELECT relid, min(level) AS level FROM down GROUP BY relid) d
+             JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+             ORDER BY d.level, 2",
             None,
             &[relid.into()],
         )
-        .or_internal("listing partitions");
+        .or_internal("listing partitions and child tables");
     for row in rows {
         let name = required_column::<String>(&row, 2);
         match required_column::<String>(&row, 3).as_str() {
             "f" => tree.foreign = Some(name),
-            _ => tree
-                .members
-                .push((required_column::<pg_sys::Oid>(&row, 1), name)),
+            _ => tree.members.push(TreeMember {
+                relid: required_column::<pg_sys::Oid>(&row, 1),
+                name,
+                inheritance_child: required_column::<bool>(&row, 4),
+            }),
         }
     }
     tree
+}
+
+/// Raise 42809 if the tree holds a foreign table: row-level security cannot protect it.
+pub fn refuse_foreign_member(table: &str, tree: &TableTree) {
+    if let Some(name) = &tree.foreign {
+        raise(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!("cannot enable tenancy on {table}: its partition or child {name} is a foreign table"),
+            "Row-level security cannot protect foreign tables; detach that table first.",
+        );
+    }
 }
 
 /// Implementation of `nile.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id',
@@ -248,39 +291,73 @@ fn enable_tenancy(
         }
     }
 
+    enroll(relid, &facts, column, backfill_tenant.as_ref());
+}
+
+/// Enroll an already-checked table (see `check_can_enroll`) and everything below it. Used by `nile.enable_tenancy()`
+/// and by the DDL event trigger's automatic enrollment.
+pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Option<&Uuid>) {
     as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            // Block concurrent writes while we look at the data and change the table.
-            run(
-                client,
-                &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified),
-            );
-            let tree = partition_tree(client, relid);
-            if let Some(name) = &tree.foreign {
-                raise(
-                    PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
-                    format!("cannot enable tenancy on {}: its partition {name} is a foreign table", facts.qualified),
-                    "Row-level security cannot protect foreign tables; detach that partition first.",
+        own_ddl(|| {
+            Spi::connect_mut(|client| {
+                // Block concurrent writes while we look at the data and change the table.
+                run(
+                    client,
+                    &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified),
                 );
-            }
-            let table = &facts.qualified;
-            let col = quote_identifier(column);
-            let attnum = ensure_tenant_column(
-                client,
-                &facts,
-                relid,
-                column,
-                &col,
-                backfill_tenant.as_ref(),
-            );
-            ensure_foreign_key(client, relid, table, &col, attnum);
-            ensure_index(client, relid, table, &facts, column, &col, attnum);
-            for (member_oid, member) in &tree.members {
-                protect(client, *member_oid, member, &col);
-            }
-            register(client, relid, &tree.members, column);
-        });
+                let tree = table_tree(client, relid);
+                refuse_foreign_member(&facts.qualified, &tree);
+                let table = &facts.qualified;
+                let col = quote_identifier(column);
+                let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
+                ensure_foreign_key(client, relid, table, &col, attnum);
+                ensure_index(client, relid, table, &facts.relname, column, &col, attnum);
+                for member in &tree.members {
+                    protect_member(client, member, column, &col);
+                }
+                register(client, relid, &tree.members, column);
+                execute(
+                    client,
+                    "DELETE FROM nile.excluded_tables WHERE relid = $1::oid::regclass",
+                    &[relid.into()],
+                );
+            })
+        })
     });
+}
+
+/// Protect one table of a tenant tree. Inheritance children do not inherit indexes, foreign keys or defaults, so they
+/// get their own; partitions get them from their parent.
+pub fn protect_member(client: &mut SpiClient<'_>, member: &TreeMember, column: &str, col: &str) {
+    if member.inheritance_child {
+        let attnum = column_facts(client, member.relid, column)
+            .map(|c| c.attnum)
+            .unwrap_or(0);
+        run(
+            client,
+            &format!(
+                "ALTER TABLE ONLY {} ALTER COLUMN {col} SET DEFAULT nile.current_tenant()",
+                member.name
+            ),
+        );
+        ensure_foreign_key(client, member.relid, &member.name, col, attnum);
+        let relname = first_value::<String>(
+            client,
+            "SELECT relname::text FROM pg_class WHERE oid = $1",
+            &[member.relid.into()],
+        )
+        .unwrap_or_default();
+        ensure_index(
+            client,
+            member.relid,
+            &member.name,
+            &relname,
+            column,
+            col,
+            attnum,
+        );
+    }
+    protect(client, member.relid, &member.name, col);
 }
 
 /// Make sure the tenant column exists as `uuid NOT NULL DEFAULT nile.current_tenant()`; returns its attnum.
@@ -314,8 +391,10 @@ fn ensure_tenant_column(
             ) {
                 match &backfill_literal {
                     // Row changes fire the table's triggers: run them with the owner's rights, not ours.
-                    Some(lit) => as_table_owner(facts.owner, || {
-                        run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL"))
+                    Some(lit) => running_user_code(|| {
+                        as_table_owner(facts.owner, || {
+                            run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL"))
+                        })
                     }),
                     None => raise(
                         PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
@@ -391,7 +470,7 @@ fn ensure_index(
     client: &mut SpiClient<'_>,
     relid: pg_sys::Oid,
     table: &str,
-    facts: &TableFacts,
+    relname: &str,
     column: &str,
     col: &str,
     attnum: i16,
@@ -404,7 +483,7 @@ fn ensure_index(
     if has_index {
         return;
     }
-    let name = generated_index_name(&facts.relname, column);
+    let name = generated_index_name(relname, column);
     // If that name is taken (or cannot be formed), let Postgres choose a free one.
     let taken = name.as_deref().is_none_or(|name| {
         query_bool(
@@ -474,70 +553,90 @@ fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table
     }
 }
 
-fn register(
+pub fn register(
     client: &mut SpiClient<'_>,
     root: pg_sys::Oid,
-    members: &[(pg_sys::Oid, String)],
+    members: &[TreeMember],
     column: &str,
 ) {
-    for (member, _) in members {
-        let parent = if *member == root { None } else { Some(root) };
+    for member in members {
+        let member = member.relid;
+        let parent = if member == root { None } else { Some(root) };
         execute(
             client,
             "INSERT INTO nile.tenant_tables (relid, tenant_column, parent, enabled_by)
              VALUES ($1::oid::regclass, $2, $3::oid::regclass, session_user)
              ON CONFLICT (relid) DO UPDATE SET tenant_column = EXCLUDED.tenant_column, parent = EXCLUDED.parent",
-            &[(*member).into(), column.into(), parent.into()],
+            &[member.into(), column.into(), parent.into()],
         );
     }
 }
 
 /// Implementation of `nile.disable_tenancy(tbl regclass) RETURNS void`: removes the nile_tenant_* policies (and row
-/// level security, unless other policies remain) from the table and its partitions, and drops them from the
-/// registry. The tenant column, its foreign key, its index and all rows stay.
+/// level security, unless other policies remain) from the table and everything below it, drops them from the registry
+/// and records the table in `nile.excluded_tables`, so that neither the DDL event trigger nor `nile.verify()` treats
+/// it as a tenant table that was forgotten. The tenant column, its foreign key, its index and all rows stay.
 #[pg_extern(volatile, parallel_unsafe, name = "_disable_tenancy")]
 fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
     let (relid, facts) = checked_table(tbl, "disable");
     as_extension_owner(|| {
-        Spi::connect_mut(|client| {
-            let enrolled = query_bool(
-                client,
-                "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass)",
-                &[relid.into()],
-            );
-            if !enrolled {
-                Problem::new(
-                    PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                    format!(
-                        "table {} is not a tenant table; nothing to do",
-                        facts.qualified
-                    ),
-                )
-                .notice();
-                return;
-            }
-            for (member, name) in partition_tree(client, relid).members {
-                drop_generated_policies(client, member, &name);
-                let other_policies = query_bool(
+        own_ddl(|| {
+            Spi::connect_mut(|client| {
+                let enrolled = query_bool(
                     client,
-                    "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)",
-                    &[member.into()],
+                    "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass)",
+                    &[relid.into()],
                 );
-                if other_policies {
+                if enrolled {
+                    for member in table_tree(client, relid).members {
+                        unprotect(client, &member);
+                    }
+                } else {
                     Problem::new(
                         PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-                        format!("row-level security stays enabled on {name}: it has policies of its own"),
+                        format!(
+                            "table {} is not a tenant table; it is now excluded from automatic enrollment",
+                            facts.qualified
+                        ),
                     )
                     .notice();
-                } else {
-                    run(client, &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"));
                 }
                 execute(
                     client,
-                    "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass",
-                    &[member.into()],
+                    "INSERT INTO nile.excluded_tables (relid, excluded_by) VALUES ($1::oid::regclass, session_user)
+                     ON CONFLICT (relid) DO NOTHING",
+                    &[relid.into()],
                 );
-            }
-        });
+            })
+        })
     });
+}
+
+/// Take one table of a tree out of tenancy: its generated policies, row-level security (unless it has policies of its
+/// own) and its registry entry.
+fn unprotect(client: &mut SpiClient<'_>, member: &TreeMember) {
+    let name = &member.name;
+    drop_generated_policies(client, member.relid, name);
+    let other_policies = query_bool(
+        client,
+        "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)",
+        &[member.relid.into()],
+    );
+    if other_policies {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("row-level security stays enabled on {name}: it has policies of its own"),
+        )
+        .notice();
+    } else {
+        run(
+            client,
+            &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"),
+        );
+    }
+    execute(
+        client,
+        "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass",
+        &[member.relid.into()],
+    );
 }

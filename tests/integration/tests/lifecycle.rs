@@ -202,7 +202,8 @@ fn purge_is_all_or_nothing() {
     let mut su = connect(&db, "postgres");
     // A table that references Globex's rows without being a tenant table blocks the purge: nothing is deleted.
     su.batch_execute(&format!(
-        "CREATE TABLE audit_refs (tenant_id uuid, project_id bigint, FOREIGN KEY (tenant_id, project_id) REFERENCES projects (tenant_id, id));
+        "SET nile.auto_enable = off;
+         CREATE TABLE audit_refs (tenant_id uuid, project_id bigint, FOREIGN KEY (tenant_id, project_id) REFERENCES projects (tenant_id, id));
          INSERT INTO audit_refs VALUES ('{GLOBEX}', 1);"
     ))
     .unwrap();

@@ -1,0 +1,467 @@
+//! ddl_events — the DDL event triggers that keep tenant tables protected as the schema evolves.
+//!
+//! `nile_ddl_command_end` (event `ddl_command_end`) looks at every table a DDL command created or changed:
+//! - a table that is, or is below, a tenant table: new partitions and inheritance children are protected and
+//!   registered at once, detached ones stay protected as tenant tables of their own, and the table must still be
+//!   sound afterwards (row-level security enabled and forced, the four `nile_tenant_*` policies as generated, the
+//!   tenant column present) or the command is refused. A renamed tenant column is followed in the registry.
+//! - any other table with a tenant column (`tenant_id`, or the column name of an enrolled table) is enrolled when
+//!   `nile.auto_enable` is on, and named in a WARNING when it is off; tables in `nile.excluded_tables` are left alone.
+//!
+//! `nile_sql_drop` (event `sql_drop`) removes dropped tables from the registry and refuses to drop a `nile_tenant_*`
+//! policy of a tenant table that stays. The deliberate way out is `nile.disable_tenancy()`.
+//!
+//! The extension's own DDL (enrollment, repair, disabling) runs inside `own_ddl`, which the triggers skip. They also
+//! skip a superuser's DDL while `row_security` is off, which is how `pg_dump` scripts and `pg_restore` run: a restore
+//! recreates the policies and the registry itself (the registry's rows are in the dump).
+
+use crate::errors::{OrInternal, Problem};
+use crate::gucs::AUTO_ENABLE;
+use crate::privilege::{as_extension_owner, with_safe_search_path};
+use crate::spi_util::{execute, first_value, required_column};
+use crate::tenancy::{self, check_can_enroll, table_facts, table_tree};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use pgrx::spi::{quote_identifier, SpiClient};
+use pgrx::PgTryBuilder;
+use std::cell::Cell;
+use std::panic::AssertUnwindSafe;
+
+thread_local! {
+    /// How many of the extension's own DDL operations are running in this backend (they nest).
+    static OWN_DDL_DEPTH: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Run the extension's own DDL: the event triggers ignore what happens inside.
+pub fn own_ddl<R>(f: impl FnOnce() -> R) -> R {
+    with_own_ddl_depth(OWN_DDL_DEPTH.get() + 1, f)
+}
+
+/// Run user code (a table's triggers, during a backfill) inside `own_ddl`: DDL it runs is checked as usual.
+pub fn running_user_code<R>(f: impl FnOnce() -> R) -> R {
+    with_own_ddl_depth(0, f)
+}
+
+fn with_own_ddl_depth<R>(depth: u32, f: impl FnOnce() -> R) -> R {
+    struct Restore(u32);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OWN_DDL_DEPTH.set(self.0);
+        }
+    }
+    let _restore = Restore(OWN_DDL_DEPTH.replace(depth));
+    f()
+}
+
+/// Whether the triggers leave this event alone: the extension's own DDL, or a restore. `pg_dump` scripts and
+/// `pg_restore` set `row_security = off`, and restoring a database with nile_tenancy takes a superuser (`CREATE
+/// EXTENSION` does); a superuser can switch the triggers off anyway, so nobody gains a way around them.
+fn skip_event() -> bool {
+    // SAFETY: reads a GUC variable of this backend and checks the current user's catalog entry.
+    OWN_DDL_DEPTH.get() > 0 || unsafe { !pg_sys::row_security && pg_sys::superuser() }
+}
+
+/// Raise 39P01 unless Postgres called us as an event trigger.
+unsafe fn require_event_trigger_call(fcinfo: pg_sys::FunctionCallInfo, function: &str) {
+    // SAFETY (caller): fcinfo is the valid call info Postgres passed in; context is NULL or a valid Node.
+    let context = unsafe { (*fcinfo).context };
+    let is_event_trigger =
+        !context.is_null() && unsafe { (*context).type_ } == pg_sys::NodeTag::T_EventTriggerData;
+    if !is_event_trigger {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED,
+            format!("{function} can only be called as an event trigger"),
+        )
+        .raise();
+    }
+}
+
+/// Version-1 call info for a C function declared in SQL (sql/finalize.sql).
+macro_rules! function_info_v1 {
+    ($finfo:ident) => {
+        #[no_mangle]
+        pub extern "C" fn $finfo() -> &'static pg_sys::Pg_finfo_record {
+            const V1: pg_sys::Pg_finfo_record = pg_sys::Pg_finfo_record { api_version: 1 };
+            &V1
+        }
+    };
+}
+
+function_info_v1!(pg_finfo_nile_ddl_command_end);
+function_info_v1!(pg_finfo_nile_sql_drop);
+
+/// `nile._ddl_command_end() RETURNS event_trigger`.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn nile_ddl_command_end(
+    fcinfo: pg_sys::FunctionCallInfo,
+) -> pg_sys::Datum {
+    // SAFETY: Postgres passes a valid fcinfo.
+    unsafe { require_event_trigger_call(fcinfo, "nile._ddl_command_end()") };
+    if !skip_event() {
+        with_safe_search_path(|| {
+            Spi::connect_mut(|client| {
+                for relid in touched_tables(client) {
+                    reconcile(client, relid);
+                }
+            })
+        });
+    }
+    pg_sys::Datum::from(0)
+}
+
+/// `nile._sql_drop() RETURNS event_trigger`.
+#[no_mangle]
+#[pg_guard]
+pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
+    // SAFETY: Postgres passes a valid fcinfo.
+    unsafe { require_event_trigger_call(fcinfo, "nile._sql_drop()") };
+    with_safe_search_path(|| {
+        Spi::connect_mut(|client| {
+            if !skip_event() {
+                refuse_dropped_tenant_policies(client);
+            }
+            forget_dropped_tables(client);
+        })
+    });
+    pg_sys::Datum::from(0)
+}
+
+/// The column names that make a table a tenant table: `tenant_id`, and the tenant column of every enrolled table.
+const TENANT_COLUMN_NAMES: &str =
+    "((SELECT array_agg(DISTINCT tenant_column) || 'tenant_id'::name FROM nile.tenant_tables)::name[])";
+
+/// Tables (ordinary, partitioned or foreign) that the command created or changed, directly or through one of their
+/// policies or columns, and that may concern tenancy: enrolled, in an inheritance tree, or with a tenant column. The
+/// one query a DDL command on an unrelated table costs.
+fn touched_tables(client: &SpiClient<'_>) -> Vec<pg_sys::Oid> {
+    client
+        .select(
+            &format!(
+                "SELECT DISTINCT k.oid
+                 FROM pg_event_trigger_ddl_commands() c
+                 JOIN pg_class k ON k.oid = CASE WHEN c.classid = 'pg_policy'::regclass
+                                                 THEN (SELECT polrelid FROM pg_policy WHERE oid = c.objid)
+                                                 ELSE c.objid END
+                 WHERE c.classid IN ('pg_class'::regclass, 'pg_policy'::regclass) AND NOT c.in_extension
+                   AND k.relkind IN ('r', 'p', 'f')
+                   AND (EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.relid = k.oid::regclass)
+                        OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = k.oid OR i.inhparent = k.oid)
+                        OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = k.oid AND a.attnum > 0
+                                     AND NOT a.attisdropped AND a.attname = ANY {TENANT_COLUMN_NAMES}))"
+            ),
+            None,
+            &[],
+        )
+        .or_internal("reading the DDL command's objects")
+        .map(|row| required_column::<pg_sys::Oid>(&row, 1))
+        .collect()
+}
+
+/// Bring one created or changed table in line with its tenant tree, or enroll it.
+fn reconcile(client: &mut SpiClient<'_>, relid: pg_sys::Oid) {
+    match enrolled_root(client, relid) {
+        Some(root) => {
+            adopt_members(client, root);
+            follow_renamed_column(client, relid);
+            refuse_unprotected(client, relid, root);
+        }
+        None => enroll_if_tenant_table(client, relid),
+    }
+}
+
+/// The enrolled table at the top of `relid`'s tenant tree: the root of the highest enrolled table among `relid` and
+/// the tables it inherits from (a tenant table that becomes a partition or child of another joins that one's tree).
+fn enrolled_root(client: &SpiClient<'_>, relid: pg_sys::Oid) -> Option<pg_sys::Oid> {
+    first_value::<pg_sys::Oid>(
+        client,
+        "WITH RECURSIVE up(relid, level) AS (
+             SELECT $1::oid, 0
+             UNION SELECT i.inhparent, up.level + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
+         SELECT coalesce(t.parent, t.relid)::oid
+         FROM up JOIN nile.tenant_tables t ON t.relid = up.relid::regclass
+         ORDER BY up.level DESC LIMIT 1",
+        &[relid.into()],
+    )
+}
+
+/// Protect and register every table below `root` that is not registered under it yet (new partitions, attached
+/// tables, inheritance children); a table registered under `root` that is no longer below it (detached, or no longer
+/// inheriting) stays protected as a tenant table of its own.
+fn adopt_members(client: &mut SpiClient<'_>, root: pg_sys::Oid) {
+    let column = first_value::<String>(
+        client,
+        "SELECT tenant_column::text FROM nile.tenant_tables WHERE relid = $1::oid::regclass",
+        &[root.into()],
+    )
+    .unwrap_or_else(|| "tenant_id".into());
+    let col = quote_identifier(&column);
+    let registered: Vec<pg_sys::Oid> = client
+        .select(
+            "SELECT relid::oid FROM nile.tenant_tables WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
+            None,
+            &[root.into()],
+        )
+        .or_internal("reading the registry")
+        .map(|row| required_column::<pg_sys::Oid>(&row, 1))
+        .collect();
+    let tree = table_tree(client, root);
+    if let Some(foreign) = &tree.foreign {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
+            format!(
+                "foreign table {foreign} cannot be a partition or child of tenant table {}",
+                regclass_text(client, root)
+            ),
+        )
+        .detail("Row-level security cannot protect foreign tables, so its rows would be visible to every tenant.")
+        .hint("Keep foreign tables out of tenant tables' partitions and inheritance trees.")
+        .raise();
+    }
+    let newcomers: Vec<_> = tree
+        .members
+        .into_iter()
+        .filter(|m| !registered.contains(&m.relid))
+        .collect();
+    as_extension_owner(|| {
+        own_ddl(|| {
+            for member in &newcomers {
+                tenancy::protect_member(client, member, &column, &col);
+            }
+            tenancy::register(client, root, &newcomers, &column);
+            // Registered under root but no longer below it (detached): the top of what was detached is a tenant table
+            // of its own now, and what is below it moves under it.
+            execute(
+                client,
+                "WITH RECURSIVE down(relid) AS (
+                     SELECT $1::oid UNION SELECT i.inhrelid FROM pg_inherits i JOIN down d ON i.inhparent = d.relid),
+                 orphans AS (
+                     SELECT relid::oid AS relid FROM nile.tenant_tables
+                     WHERE parent = $1::oid::regclass AND relid::oid NOT IN (SELECT relid FROM down)),
+                 up(start, relid, level) AS (
+                     SELECT relid, relid, 0 FROM orphans
+                     UNION SELECT up.start, i.inhparent, up.level + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.relid),
+                 tops AS (
+                     SELECT DISTINCT ON (start) start, relid AS top FROM up
+                     WHERE relid IN (SELECT relid FROM orphans) ORDER BY start, level DESC)
+                 UPDATE nile.tenant_tables t
+                 SET parent = CASE WHEN tops.top = tops.start THEN NULL ELSE tops.top::regclass END
+                 FROM tops WHERE t.relid::oid = tops.start",
+                &[root.into()],
+            );
+        })
+    });
+}
+
+/// `ALTER TABLE ... RENAME COLUMN` of the tenant column: the policies follow the column by number, the registry
+/// follows it here.
+fn follow_renamed_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid) {
+    let renamed_to = first_value::<String>(
+        client,
+        "SELECT a.attname::text
+         FROM nile.tenant_tables t
+         JOIN pg_policy p ON p.polrelid = t.relid AND p.polname = 'nile_tenant_select'
+         JOIN pg_depend d ON d.classid = 'pg_policy'::regclass AND d.objid = p.oid
+                         AND d.refclassid = 'pg_class'::regclass AND d.refobjid = t.relid AND d.refobjsubid > 0
+         JOIN pg_attribute a ON a.attrelid = t.relid AND a.attnum = d.refobjsubid AND NOT a.attisdropped
+         WHERE t.relid = $1::oid::regclass AND a.attname <> t.tenant_column",
+        &[relid.into()],
+    );
+    if let Some(new_name) = renamed_to {
+        as_extension_owner(|| {
+            // The rename reaches every table of the tree, so the whole tree's registry entries follow.
+            execute(
+                client,
+                "WITH root AS (SELECT coalesce(parent, relid) AS relid FROM nile.tenant_tables WHERE relid = $1::oid::regclass)
+                 UPDATE nile.tenant_tables SET tenant_column = $2
+                 WHERE relid = (SELECT relid FROM root) OR parent = (SELECT relid FROM root)",
+                &[relid.into(), new_name.into()],
+            );
+        });
+    }
+}
+
+/// Refuse the command if it left the enrolled table `relid` unprotected (see `nile._protection_problems()` in
+/// sql/verify.sql, which `nile.verify()` uses too).
+fn refuse_unprotected(client: &SpiClient<'_>, relid: pg_sys::Oid, root: pg_sys::Oid) {
+    let problems: Vec<String> = as_extension_owner(|| {
+        client
+            .select(
+                "SELECT problem FROM nile._protection_problems($1::oid::regclass)",
+                None,
+                &[relid.into()],
+            )
+            .or_internal("checking the tenant table")
+            .map(|row| required_column::<String>(&row, 1))
+            .collect()
+    });
+    if problems.is_empty() {
+        return;
+    }
+    let table = regclass_text(client, relid);
+    let root_name = regclass_text(client, root);
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+        format!("this change would leave tenant table {table} unprotected"),
+    )
+    .detail(problems.join("; "))
+    .hint(format!(
+        "To remove tenant isolation deliberately, run SELECT nile.disable_tenancy('{root_name}') first."
+    ))
+    .raise();
+}
+
+/// A table's name as `regclass` prints it (qualified when not on the search path).
+fn regclass_text(client: &SpiClient<'_>, relid: pg_sys::Oid) -> String {
+    first_value::<String>(client, "SELECT $1::oid::regclass::text", &[relid.into()])
+        .unwrap_or_default()
+}
+
+/// A table with a tenant column that is not enrolled, not below an enrolled table and not excluded: enroll it (or the
+/// top of its tree) when nile.auto_enable is on, warn otherwise.
+fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
+    // The highest table of relid's tree that has a tenant column (a partition's root has it whenever the partition
+    // does), unless that tree holds an excluded table or is not a place for tenant tables.
+    let target = client
+        .select(
+            &format!(
+                "WITH RECURSIVE up(relid, level) AS (
+                     SELECT $1::oid, 0
+                     UNION SELECT i.inhparent, up.level + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
+                 SELECT up.relid, a.attname::text,
+                        bool_or(EXISTS (SELECT 1 FROM nile.excluded_tables x WHERE x.relid = up.relid::regclass)) OVER () AS excluded
+                 FROM up
+                 JOIN pg_class c ON c.oid = up.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 LEFT JOIN pg_attribute a ON a.attrelid = up.relid AND a.attnum > 0 AND NOT a.attisdropped
+                                         AND a.attname = ANY {TENANT_COLUMN_NAMES}
+                 WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
+                   AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'nile') AND n.nspname NOT LIKE 'pg\\_%'
+                 ORDER BY a.attname IS NULL, up.level DESC
+                 LIMIT 1"
+            ),
+            None,
+            &[relid.into()],
+        )
+        .or_internal("looking for a tenant column")
+        .next()
+        .map(|row| {
+            (
+                required_column::<pg_sys::Oid>(&row, 1),
+                row.get::<String>(2).or_internal("reading the tenant column"),
+                required_column::<bool>(&row, 3),
+            )
+        });
+    let Some((target, Some(column), false)) = target else {
+        return;
+    };
+    let facts = table_facts(client, target);
+    if !AUTO_ENABLE.get() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_WARNING,
+            format!(
+                "table {} has a tenant column {column} but is not a tenant table",
+                facts.qualified
+            ),
+        )
+        .detail("nile.auto_enable is off, so it was not enrolled: every session that can read it sees every tenant's rows.")
+        .hint(format!(
+            "Enroll it with SELECT nile.enable_tenancy('{}'{}), or mark it as shared on purpose with SELECT nile.disable_tenancy('{}').",
+            facts.qualified,
+            column_argument(&column),
+            facts.qualified
+        ))
+        .warning();
+        return;
+    }
+    if !facts.owned_by_caller {
+        // Somebody who cannot change the table (e.g. a non-owner's GRANT) cannot enroll it either; verify() reports it.
+        return;
+    }
+    check_can_enroll(&facts, "enable");
+    // Say why a CREATE TABLE or ALTER TABLE failed on something the user did not write.
+    let table = facts.qualified.clone();
+    PgTryBuilder::new(AssertUnwindSafe(|| {
+        tenancy::enroll(target, &facts, &column, None)
+    }))
+    .catch_others(|caught| match caught {
+        CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
+            let detail = format!(
+                "nile.auto_enable is on, so table {table} is enrolled as a tenant table as it is created or given a tenant column, and that failed.{}",
+                report.detail().map(|d| format!(" {d}")).unwrap_or_default()
+            );
+            let hint = format!(
+                "{}To create the table without enrolling it, SET LOCAL nile.auto_enable = off first.",
+                report
+                    .hint()
+                    .map(|h| format!("{}. ", h.trim_end_matches('.')))
+                    .unwrap_or_default()
+            );
+            Problem::new(report.sql_error_code(), report.message().to_string())
+                .detail(detail)
+                .hint(hint)
+                .raise()
+        }
+        panic => panic.rethrow(),
+    })
+    .execute()
+}
+
+/// `, tenant_column => '<name>'` for a tenant column that is not the default one.
+fn column_argument(column: &str) -> String {
+    if column == "tenant_id" {
+        String::new()
+    } else {
+        format!(", tenant_column => '{column}'")
+    }
+}
+
+/// `DROP POLICY`, `ALTER TABLE ... DROP COLUMN ... CASCADE` and the like may not take a `nile_tenant_*` policy away
+/// from a tenant table that stays.
+fn refuse_dropped_tenant_policies(client: &SpiClient<'_>) {
+    let dropped = client
+        .select(
+            "SELECT format('%s on %s', quote_ident(d.address_names[3]), t.relid), coalesce(t.parent, t.relid)::text
+             FROM pg_event_trigger_dropped_objects() d
+             JOIN nile.tenant_tables t
+               ON t.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
+             WHERE d.object_type = 'policy' AND starts_with(d.address_names[3], 'nile_tenant_')
+             LIMIT 1",
+            None,
+            &[],
+        )
+        .or_internal("reading the dropped objects")
+        .next()
+        .map(|row| {
+            (
+                required_column::<String>(&row, 1),
+                required_column::<String>(&row, 2),
+            )
+        });
+    if let Some((policy, root)) = dropped {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot drop policy {policy}: it isolates the tenants of that table"),
+        )
+        .hint(format!(
+            "To remove tenant isolation deliberately, run SELECT nile.disable_tenancy('{root}') first."
+        ))
+        .raise();
+    }
+}
+
+/// Dropped tables leave the registry and the exclusion list; nothing dangles.
+fn forget_dropped_tables(client: &mut SpiClient<'_>) {
+    as_extension_owner(|| {
+        for registry in ["nile.tenant_tables", "nile.excluded_tables"] {
+            execute(
+                client,
+                &format!(
+                    "DELETE FROM {registry} WHERE relid::oid IN (
+                         SELECT objid FROM pg_event_trigger_dropped_objects()
+                         WHERE classid = 'pg_class'::regclass AND objsubid = 0)"
+                ),
+                &[],
+            );
+        }
+    });
+}
