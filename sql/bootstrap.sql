@@ -47,6 +47,8 @@ CREATE TABLE nile.tenant_tables (
     enabled_at     timestamptz NOT NULL DEFAULT pg_catalog.now(),
     enabled_by     name        NOT NULL DEFAULT CURRENT_USER
 );
+-- The DDL event trigger looks up "is this a tenant column name?" on every DDL command.
+CREATE INDEX tenant_tables_tenant_column_idx ON nile.tenant_tables (tenant_column);
 COMMENT ON TABLE nile.tenant_tables IS 'nile_tenancy: tables enrolled with nile.enable_tenancy(); parent is set for partitions';
 
 -- Tables that carry a tenant column but are deliberately shared (nile.disable_tenancy() puts them here): the DDL

@@ -56,7 +56,7 @@ CREATE FUNCTION nile._sql_drop() RETURNS event_trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'nile_sql_drop';
 CREATE EVENT TRIGGER nile_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'ALTER POLICY',
-                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE')
+                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA')
     EXECUTE FUNCTION nile._ddl_command_end();
 CREATE EVENT TRIGGER nile_sql_drop ON sql_drop
     EXECUTE FUNCTION nile._sql_drop();
@@ -76,5 +76,5 @@ GRANT EXECUTE ON FUNCTION
     nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid),
     nile.disable_tenancy(regclass), nile._disable_tenancy(oid),
     nile.admin_context(text),
-    nile.verify(), nile._protection_problems(regclass), nile._tenant_column_names()
+    nile.verify(), nile._protection_problems(regclass)
     TO nile_admin;

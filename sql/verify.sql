@@ -6,12 +6,6 @@
 -- locked out. Severity 'warning': isolation holds but something leaks or can break it (existence oracles,
 -- cross-tenant references, roles able to switch it off, missing indexes).
 
--- The column names that make a table a tenant table: tenant_id and the tenant column of every enrolled table.
-CREATE FUNCTION nile._tenant_column_names() RETURNS name[]
-    LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT array_agg(DISTINCT tenant_column) || 'tenant_id'::name FROM nile.tenant_tables $$;
-
 -- What is wrong with one enrolled table's protection: the table or its tenant column is gone, row-level security is
 -- not enabled or not forced, or a nile_tenant_* policy is missing or differs from what enable_tenancy generates.
 CREATE FUNCTION nile._protection_problems(tbl regclass)
@@ -78,6 +72,10 @@ CREATE FUNCTION nile.verify()
     SET search_path = pg_catalog, pg_temp
     AS $$
     WITH RECURSIVE
+    -- The column names that make a table a tenant table: tenant_id and the tenant column of every enrolled table.
+    tenant_column_names(names) AS MATERIALIZED (
+        SELECT array_agg(DISTINCT tenant_column) || 'tenant_id'::name FROM nile.tenant_tables
+    ),
     -- Enrolled tables that exist, with their tenant column's number and the root their fix is run on.
     enrolled AS (
         SELECT c.oid AS relid, e.relid::text AS name, e.tenant_column AS col, a.attnum, c.relowner, c.relkind,
@@ -121,7 +119,8 @@ CREATE FUNCTION nile.verify()
                       c.oid::regclass::text)
         FROM pg_class c
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attname = ANY (nile._tenant_column_names())
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+                            AND a.attname = ANY ((SELECT names FROM tenant_column_names)::name[])
         WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
           AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'nile') AND n.nspname NOT LIKE 'pg\_%'
           AND c.oid NOT IN (SELECT relid FROM enrolled)

@@ -18,12 +18,12 @@
 use crate::errors::{OrInternal, Problem};
 use crate::gucs::AUTO_ENABLE;
 use crate::privilege::{as_extension_owner, with_safe_search_path};
-use crate::spi_util::{execute, first_value, required_column};
+use crate::spi_util::{execute, first_value, required_column, saved_plan_column};
 use crate::tenancy::{self, check_can_enroll, table_facts, table_tree};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
-use pgrx::PgTryBuilder;
+use pgrx::{PgBuiltInOids, PgOid, PgTryBuilder};
 use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
 
@@ -128,33 +128,54 @@ pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) 
 }
 
 /// The column names that make a table a tenant table: `tenant_id`, and the tenant column of every enrolled table.
-const TENANT_COLUMN_NAMES: &str =
-    "((SELECT array_agg(DISTINCT tenant_column) || 'tenant_id'::name FROM nile.tenant_tables)::name[])";
+macro_rules! tenant_column_names {
+    () => {
+        "((SELECT array_agg(DISTINCT tenant_column) || 'tenant_id'::name FROM nile.tenant_tables)::name[])"
+    };
+}
 
-/// Tables (ordinary, partitioned or foreign) that the command created or changed, directly or through one of their
-/// policies or columns, and that may concern tenancy: enrolled, in an inheritance tree, or with a tenant column. The
-/// one query a DDL command on an unrelated table costs.
-fn touched_tables(client: &SpiClient<'_>) -> Vec<pg_sys::Oid> {
-    client
-        .select(
-            &format!(
-                "SELECT DISTINCT k.oid
-                 FROM pg_event_trigger_ddl_commands() c
-                 JOIN pg_class k ON k.oid = CASE WHEN c.classid = 'pg_policy'::regclass
-                                                 THEN (SELECT polrelid FROM pg_policy WHERE oid = c.objid)
-                                                 ELSE c.objid END
-                 WHERE c.classid IN ('pg_class'::regclass, 'pg_policy'::regclass) AND NOT c.in_extension
-                   AND k.relkind IN ('r', 'p', 'f')
-                   AND (EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.relid = k.oid::regclass)
-                        OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = k.oid OR i.inhparent = k.oid)
-                        OR EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = k.oid AND a.attnum > 0
-                                     AND NOT a.attisdropped AND a.attname = ANY {TENANT_COLUMN_NAMES}))"
-            ),
-            None,
-            &[],
-        )
-        .or_internal("reading the DDL command's objects")
-        .map(|row| required_column::<pg_sys::Oid>(&row, 1))
+/// Tables that the command created or changed, directly or through one of their policies or columns.
+const TOUCHED_TABLES: &str = "SELECT DISTINCT CASE WHEN c.classid = 'pg_policy'::regclass
+                                                THEN (SELECT polrelid FROM pg_policy WHERE oid = c.objid)
+                                                ELSE c.objid END
+                              FROM pg_event_trigger_ddl_commands() c
+                              WHERE c.classid IN ('pg_class'::regclass, 'pg_policy'::regclass) AND NOT c.in_extension";
+
+/// Whether a table may concern tenancy: an ordinary, partitioned or foreign table that is enrolled, in an inheritance
+/// tree, or has a tenant column. Every lookup is by index.
+const MAY_CONCERN_TENANCY: &str =
+    "SELECT EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = $1 AND k.relkind IN ('r', 'p', 'f'))
+        AND (EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.relid = $1::regclass)
+             OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = $1)
+             OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = $1)
+             OR EXISTS (SELECT 1 FROM pg_attribute a
+                        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+                          AND (a.attname = 'tenant_id'
+                               OR EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.tenant_column = a.attname))))";
+
+/// The tables a DDL command created or changed that may concern tenancy: the two queries (each planned once per
+/// backend) that a DDL command on an unrelated table costs.
+fn touched_tables(client: &mut SpiClient<'_>) -> Vec<pg_sys::Oid> {
+    let touched: Vec<pg_sys::Oid> =
+        saved_plan_column::<pg_sys::Oid>(client, TOUCHED_TABLES, false, &[], &[])
+            .into_iter()
+            .flatten()
+            .collect();
+    touched
+        .into_iter()
+        .filter(|relid| {
+            saved_plan_column::<bool>(
+                client,
+                MAY_CONCERN_TENANCY,
+                false,
+                &[PgOid::BuiltIn(PgBuiltInOids::OIDOID)],
+                &[(*relid).into()],
+            )
+            .first()
+            .copied()
+            .flatten()
+            .unwrap_or(false)
+        })
         .collect()
 }
 
@@ -333,11 +354,12 @@ fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
                  FROM up
                  JOIN pg_class c ON c.oid = up.relid JOIN pg_namespace n ON n.oid = c.relnamespace
                  LEFT JOIN pg_attribute a ON a.attrelid = up.relid AND a.attnum > 0 AND NOT a.attisdropped
-                                         AND a.attname = ANY {TENANT_COLUMN_NAMES}
+                                         AND a.attname = ANY {}
                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'nile') AND n.nspname NOT LIKE 'pg\\_%'
                  ORDER BY a.attname IS NULL, up.level DESC
-                 LIMIT 1"
+                 LIMIT 1",
+                tenant_column_names!()
             ),
             None,
             &[relid.into()],
@@ -417,27 +439,13 @@ fn column_argument(column: &str) -> String {
 
 /// `DROP POLICY`, `ALTER TABLE ... DROP COLUMN ... CASCADE` and the like may not take a `nile_tenant_*` policy away
 /// from a tenant table that stays.
-fn refuse_dropped_tenant_policies(client: &SpiClient<'_>) {
-    let dropped = client
-        .select(
-            "SELECT format('%s on %s', quote_ident(d.address_names[3]), t.relid), coalesce(t.parent, t.relid)::text
-             FROM pg_event_trigger_dropped_objects() d
-             JOIN nile.tenant_tables t
-               ON t.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
-             WHERE d.object_type = 'policy' AND starts_with(d.address_names[3], 'nile_tenant_')
-             LIMIT 1",
-            None,
-            &[],
-        )
-        .or_internal("reading the dropped objects")
-        .next()
-        .map(|row| {
-            (
-                required_column::<String>(&row, 1),
-                required_column::<String>(&row, 2),
-            )
-        });
-    if let Some((policy, root)) = dropped {
+fn refuse_dropped_tenant_policies(client: &mut SpiClient<'_>) {
+    let dropped = saved_plan_column::<String>(client, DROPPED_TENANT_POLICY, false, &[], &[])
+        .into_iter()
+        .flatten()
+        .next();
+    if let Some(found) = dropped {
+        let (policy, root) = found.split_once('\n').unwrap_or((found.as_str(), ""));
         Problem::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             format!("cannot drop policy {policy}: it isolates the tenants of that table"),
@@ -449,19 +457,43 @@ fn refuse_dropped_tenant_policies(client: &SpiClient<'_>) {
     }
 }
 
+/// A dropped `nile_tenant_*` policy of an enrolled table that still exists: "<policy> on <table>" and, on a second
+/// line, the table's root.
+const DROPPED_TENANT_POLICY: &str =
+    "SELECT format('%s on %s', quote_ident(d.address_names[3]), t.relid) || E'\\n' || coalesce(t.parent, t.relid)::text
+     FROM pg_event_trigger_dropped_objects() d
+     JOIN nile.tenant_tables t
+       ON t.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
+     WHERE d.object_type = 'policy' AND starts_with(d.address_names[3], 'nile_tenant_')
+     LIMIT 1";
+
+/// Tables among the dropped objects.
+const DROPPED_TABLES: &str = "SELECT objid FROM pg_event_trigger_dropped_objects()
+                              WHERE classid = 'pg_class'::regclass AND objsubid = 0
+                                AND object_type IN ('table', 'foreign table')";
+
+/// Registry and exclusion entries of tables that are gone.
+const FORGET_TABLES: &str =
+    "WITH forgotten AS (DELETE FROM nile.tenant_tables WHERE relid = ANY ($1::regclass[]))
+                             DELETE FROM nile.excluded_tables WHERE relid = ANY ($1::regclass[])";
+
 /// Dropped tables leave the registry and the exclusion list; nothing dangles.
 fn forget_dropped_tables(client: &mut SpiClient<'_>) {
+    let dropped: Vec<pg_sys::Oid> =
+        saved_plan_column::<pg_sys::Oid>(client, DROPPED_TABLES, false, &[], &[])
+            .into_iter()
+            .flatten()
+            .collect();
+    if dropped.is_empty() {
+        return;
+    }
     as_extension_owner(|| {
-        for registry in ["nile.tenant_tables", "nile.excluded_tables"] {
-            execute(
-                client,
-                &format!(
-                    "DELETE FROM {registry} WHERE relid::oid IN (
-                         SELECT objid FROM pg_event_trigger_dropped_objects()
-                         WHERE classid = 'pg_class'::regclass AND objsubid = 0)"
-                ),
-                &[],
-            );
-        }
+        saved_plan_column::<i32>(
+            client,
+            FORGET_TABLES,
+            true,
+            &[PgOid::BuiltIn(PgBuiltInOids::OIDARRAYOID)],
+            &[dropped.into()],
+        );
     });
 }

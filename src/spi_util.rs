@@ -6,7 +6,8 @@
 use crate::errors::OrInternal;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{SpiClient, SpiHeapTupleData};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
+use pgrx::PgOid;
 
 /// Column `ordinal` (1-based) of a row whose query never yields NULL there (catalog columns, expressions over them).
 /// A failed read or a NULL is a bug in our query, raised as an internal error rather than replaced by a default.
@@ -60,4 +61,46 @@ pub fn execute(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>])
 /// `first_value` in a connection of its own.
 pub fn query_value<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
     Spi::connect(|client| first_value(&client, sql, args))
+}
+
+thread_local! {
+    /// Plans of the queries the DDL event triggers run on every DDL command, prepared once per backend.
+    static SAVED_PLANS: std::cell::RefCell<std::collections::HashMap<&'static str, OwnedPreparedStatement>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// Run `sql` (read-only unless `mutating`) through a plan saved for the life of the backend, so that a query run on
+/// every DDL command is parsed and planned once. Postgres replans it by itself when the objects it uses change.
+/// Returns the first column of every row.
+pub fn saved_plan_column<T: FromDatum + IntoDatum>(
+    client: &mut SpiClient<'_>,
+    sql: &'static str,
+    mutating: bool,
+    arg_types: &[PgOid],
+    args: &[DatumWithOid<'_>],
+) -> Vec<Option<T>> {
+    // Taken out of the map while it runs, so that nothing it calls can find the map borrowed.
+    let saved = SAVED_PLANS.with_borrow_mut(|plans| plans.remove(sql));
+    let plan = match saved {
+        Some(plan) => plan,
+        None => {
+            let prepared = if mutating {
+                client.prepare_mut(sql, arg_types)
+            } else {
+                client.prepare(sql, arg_types)
+            };
+            prepared.or_internal("preparing a catalog query").keep()
+        }
+    };
+    let rows = if mutating {
+        client.update(&plan, None, args)
+    } else {
+        client.select(&plan, None, args)
+    };
+    let values = rows
+        .or_internal("running a catalog query")
+        .map(|row| row.get::<T>(1).or_internal("reading a query result"))
+        .collect();
+    SAVED_PLANS.with_borrow_mut(|plans| plans.insert(sql, plan));
+    values
 }

@@ -21,6 +21,7 @@ CREATE TABLE projects_like (LIKE projects INCLUDING ALL);
 DO $$ BEGIN EXECUTE 'CREATE TABLE made_in_do (tenant_id uuid, x int)'; END $$;
 CREATE FUNCTION pg_temp.make_table() RETURNS void LANGUAGE plpgsql AS $$ BEGIN CREATE TABLE made_in_function (tenant_id uuid); END $$;
 SELECT pg_temp.make_table();
+CREATE SCHEMA regress_elements CREATE TABLE made_in_schema (tenant_id uuid);
 SELECT * FROM protection;
 SELECT count(*) AS indexes_leading_with_tenant_id FROM pg_index WHERE indrelid = 'projects_copy'::regclass AND indkey[0] = 1;
 -- ... and refuses what it cannot enroll, naming the automatic enrollment in the context.
