@@ -6,6 +6,7 @@
 #   make test       every test suite on PostgreSQL $(PG_MAJOR) (unit, pg_regress, multi-session integration)
 #   make test-all   every test suite on every supported major ($(ALL_MAJORS))
 #   make bench-point  the point-read benchmark: policy vs hand-written WHERE tenant_id = $$1 (see README)
+#   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
 #   make setup      only install what is missing (Debian packages, cargo-pgrx, PostgreSQL builds)
 
 PG_MAJOR    ?= 15
@@ -16,7 +17,7 @@ export NILE_CACHE
 
 SHELL := /bin/bash
 
-.PHONY: setup run stop test test-all bench-point fmt clean
+.PHONY: setup run stop test test-all bench-point bench-ddl fmt clean
 
 setup:
 	scripts/setup.sh $(PG_MAJOR)
@@ -43,6 +44,10 @@ test-all:
 bench-point:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
 	scripts/bench_point.sh $(PG_MAJOR)
+
+bench-ddl:
+	scripts/setup.sh $(PG_MAJOR) >/dev/null
+	scripts/bench_ddl.sh $(PG_MAJOR)
 
 fmt:
 	cargo fmt --all
