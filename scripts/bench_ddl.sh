@@ -16,14 +16,8 @@ iterations=${BENCH_ITERATIONS:-500}
 partitions=${BENCH_PARTITIONS:-1000}
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-ddl}/pg$major
 
-pg_config=$(scripts/setup.sh "$major" | awk -v m="pg$major" '$1 == m {print $2}')
-bindir=$("$pg_config" --bindir)
-echo "[bench] release build of nile_tenancy into PostgreSQL $major"
-cargo pgrx install --release --pg-config "$pg_config" >/dev/null
-scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true
-rm -rf "$dir"
-port=$(scripts/cluster.sh start "$pg_config" "$dir" bench)
-[ -n "${BENCH_KEEP:-}" ] || trap 'scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
+. scripts/bench_lib.sh
+bench_cluster "$major" "$dir"
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench)
 
 echo "[bench] a tenant table with $partitions enrolled partitions"
@@ -63,7 +57,6 @@ DO \$\$ DECLARE started timestamptz := clock_timestamp(); BEGIN
 END \$\$;
 SQL
 }
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 
 echo "[bench] warm-up"
 triggers DISABLE; run unrelated >/dev/null 2>&1; triggers ENABLE; run unrelated >/dev/null 2>&1

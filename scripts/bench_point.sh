@@ -22,14 +22,8 @@ big_rows=${BENCH_BIG_TENANT_ROWS:-1000000}
 big=$((tenants + 1))
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench}/pg$major
 
-pg_config=$(scripts/setup.sh "$major" | awk -v m="pg$major" '$1 == m {print $2}')
-bindir=$("$pg_config" --bindir)
-echo "[bench] release build of nile_tenancy into PostgreSQL $major"
-cargo pgrx install --release --pg-config "$pg_config" >/dev/null
-scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true
-rm -rf "$dir"
-port=$(scripts/cluster.sh start "$pg_config" "$dir" bench)
-trap 'scripts/cluster.sh stop "$dir" >/dev/null 2>&1 || true' EXIT
+. scripts/bench_lib.sh
+bench_cluster "$major" "$dir"
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
 
 echo "[bench] loading $tenants tenants x $rows rows"
@@ -105,7 +99,6 @@ for r in $(seq 1 "$rounds"); do
   ratios+=("$(awk -v h="$h" -v p="$p" 'BEGIN {printf "%.4f", p / h}')")
   awk -v r="$r" -v h="$h" -v p="$p" 'BEGIN {printf "[bench] round %d: hand-written %s tps, policy %s tps, ratio %.3f\n", r, h, p, p / h}'
 done
-median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
 mh=$(median "${tps_hand[@]}"); mp=$(median "${tps_policy[@]}")
 echo
 echo "| PostgreSQL $("$bindir/postgres" --version | awk '{print $3}') | $(nproc) cores | $clients clients | $rounds x ${seconds}s per variant | median tps |"

@@ -127,10 +127,11 @@ pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) 
     pg_sys::Datum::from(0)
 }
 
-/// The column names that make a table a tenant table: `tenant_id`, and the tenant column of every enrolled table.
-macro_rules! tenant_column_names {
+/// Whether the `pg_attribute` row `a` is a tenant column: named `tenant_id`, or like the tenant column of an enrolled
+/// table (looked up by index).
+macro_rules! is_tenant_column {
     () => {
-        "((SELECT array_agg(DISTINCT tenant_column) || 'tenant_id'::name FROM nile.tenant_tables)::name[])"
+        "(a.attname = 'tenant_id' OR EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.tenant_column = a.attname))"
     };
 }
 
@@ -143,15 +144,16 @@ const TOUCHED_TABLES: &str = "SELECT DISTINCT CASE WHEN c.classid = 'pg_policy':
 
 /// Whether a table may concern tenancy: an ordinary, partitioned or foreign table that is enrolled, in an inheritance
 /// tree, or has a tenant column. Every lookup is by index.
-const MAY_CONCERN_TENANCY: &str =
+const MAY_CONCERN_TENANCY: &str = concat!(
     "SELECT EXISTS (SELECT 1 FROM pg_class k WHERE k.oid = $1 AND k.relkind IN ('r', 'p', 'f'))
         AND (EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.relid = $1::regclass)
              OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = $1)
              OR EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = $1)
              OR EXISTS (SELECT 1 FROM pg_attribute a
-                        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                          AND (a.attname = 'tenant_id'
-                               OR EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.tenant_column = a.attname))))";
+                        WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND ",
+    is_tenant_column!(),
+    "))"
+);
 
 /// The tables a DDL command created or changed that may concern tenancy: the two queries (each planned once per
 /// backend) that a DDL command on an unrelated table costs.
@@ -354,12 +356,12 @@ fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
                  FROM up
                  JOIN pg_class c ON c.oid = up.relid JOIN pg_namespace n ON n.oid = c.relnamespace
                  LEFT JOIN pg_attribute a ON a.attrelid = up.relid AND a.attnum > 0 AND NOT a.attisdropped
-                                         AND a.attname = ANY {}
+                                         AND {}
                  WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't'
                    AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'nile') AND n.nspname NOT LIKE 'pg\\_%'
                  ORDER BY a.attname IS NULL, up.level DESC
                  LIMIT 1",
-                tenant_column_names!()
+                is_tenant_column!()
             ),
             None,
             &[relid.into()],

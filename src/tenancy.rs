@@ -206,6 +206,8 @@ pub struct TreeMember {
     pub relid: pg_sys::Oid,
     /// Schema-qualified, quoted name.
     pub name: String,
+    /// The bare table name (for the generated index name).
+    pub relname: String,
     /// An inheritance child (not a partition) below the top: indexes and foreign keys are not inherited by those.
     pub inheritance_child: bool,
 }
@@ -220,7 +222,8 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
             "WITH RECURSIVE down(relid, level) AS (
                  SELECT $1::oid, 0
                  UNION SELECT i.inhrelid, d.level + 1 FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
-             SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text, d.level > 0 AND NOT c.relispartition
+             SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text, d.level > 0 AND NOT c.relispartition,
+                    c.relname::text
              FROM (SELECT relid, min(level) AS level FROM down GROUP BY relid) d
              JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
              ORDER BY d.level, 2",
@@ -235,6 +238,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
             _ => tree.members.push(TreeMember {
                 relid: required_column::<pg_sys::Oid>(&row, 1),
                 name,
+                relname: required_column::<String>(&row, 5),
                 inheritance_child: required_column::<bool>(&row, 4),
             }),
         }
@@ -243,7 +247,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
 }
 
 /// Raise 42809 if the tree holds a foreign table: row-level security cannot protect it.
-pub fn refuse_foreign_member(table: &str, tree: &TableTree) {
+fn refuse_foreign_member(table: &str, tree: &TableTree) {
     if let Some(name) = &tree.foreign {
         raise(
             PgSqlErrorCode::ERRCODE_WRONG_OBJECT_TYPE,
@@ -341,17 +345,11 @@ pub fn protect_member(client: &mut SpiClient<'_>, member: &TreeMember, column: &
             ),
         );
         ensure_foreign_key(client, member.relid, &member.name, col, attnum);
-        let relname = first_value::<String>(
-            client,
-            "SELECT relname::text FROM pg_class WHERE oid = $1",
-            &[member.relid.into()],
-        )
-        .unwrap_or_default();
         ensure_index(
             client,
             member.relid,
             &member.name,
-            &relname,
+            &member.relname,
             column,
             col,
             attnum,

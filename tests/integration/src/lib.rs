@@ -68,13 +68,8 @@ pub fn scenario(name: &str) -> String {
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .unwrap();
     su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
-    su.batch_execute(
-        "DO $$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_app') THEN CREATE ROLE it_app LOGIN; END IF;
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_admin') THEN CREATE ROLE it_admin LOGIN; END IF;
-         END $$",
-    )
-    .unwrap();
+    ensure_login_role(&mut su, "it_app", "");
+    ensure_login_role(&mut su, "it_admin", "");
     let mut c = connect(&db, "postgres");
     c.batch_execute(&format!(
         "CREATE EXTENSION nile_tenancy;
@@ -118,11 +113,28 @@ pub fn begin_as<'a>(
     tx
 }
 
+/// Create the login role `name` with `attributes` (e.g. "BYPASSRLS") unless it exists: roles belong to the cluster,
+/// which every test shares.
+pub fn ensure_login_role(client: &mut Client, name: &str, attributes: &str) {
+    client
+        .batch_execute(&format!(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{name}') THEN CREATE ROLE {name} LOGIN {attributes}; END IF;
+             END $$"
+        ))
+        .unwrap_or_else(|e| panic!("create role {name}: {e}"));
+}
+
 /// Names of the projects the session can see, sorted, comma-separated.
 pub fn visible(client: &mut impl GenericClient) -> String {
+    visible_in(client, "projects")
+}
+
+/// The `name` column of the rows of `table` the session can see, sorted, comma-separated.
+pub fn visible_in(client: &mut impl GenericClient, table: &str) -> String {
     one::<Option<String>>(
         client,
-        "SELECT string_agg(name, ',' ORDER BY name) FROM projects",
+        &format!("SELECT string_agg(name, ',' ORDER BY name) FROM {table}"),
     )
     .unwrap_or_default()
 }

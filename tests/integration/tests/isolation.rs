@@ -80,12 +80,10 @@ fn concurrent_sessions_each_see_and_change_only_their_tenant() {
 fn table_owner_is_isolated_too_and_bypassrls_is_the_documented_exception() {
     let db = scenario("owner");
     let mut su = connect(&db, "postgres");
+    ensure_login_role(&mut su, "it_owner", "");
+    ensure_login_role(&mut su, "it_bypass", "BYPASSRLS");
     su.batch_execute(
-        "DO $$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_owner') THEN CREATE ROLE it_owner LOGIN; END IF;
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_bypass') THEN CREATE ROLE it_bypass LOGIN BYPASSRLS; END IF;
-         END $$;
-         GRANT nile_app TO it_owner;
+        "GRANT nile_app TO it_owner;
          ALTER TABLE projects OWNER TO it_owner;
          GRANT SELECT ON projects TO it_bypass;",
     )

@@ -26,15 +26,6 @@ fn run_tool(tool: &str, args: &[&str]) {
     );
 }
 
-/// Rows of `table` the session can see, as "name" values sorted and comma-separated.
-fn names(client: &mut impl postgres::GenericClient, table: &str) -> String {
-    one::<Option<String>>(
-        client,
-        &format!("SELECT string_agg(name, ',' ORDER BY name) FROM {table}"),
-    )
-    .unwrap_or_default()
-}
-
 /// What nile.verify() reports, one finding a line ("" when the tenancy is sound).
 fn findings(client: &mut impl postgres::GenericClient) -> String {
     one::<Option<String>>(
@@ -75,7 +66,7 @@ fn a_partition_created_in_one_session_is_isolated_in_another_at_once() {
     let mut ddl = connect(&db, "postgres");
     // The application session is already connected and working for Acme while the schema changes.
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, ACME);
-    assert_eq!(names(&mut tx, "events"), "acme-26,acme-27");
+    assert_eq!(visible_in(&mut tx, "events"), "acme-26,acme-27");
     tx.commit().unwrap();
 
     ddl.batch_execute(&format!(
@@ -90,9 +81,12 @@ fn a_partition_created_in_one_session_is_isolated_in_another_at_once() {
 
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, ACME);
     // Directly, not through the parent: as isolated as the parent.
-    assert_eq!(names(&mut tx, "events_2028"), "acme-28");
-    assert_eq!(names(&mut tx, "events_2029"), "acme-29");
-    assert_eq!(names(&mut tx, "events"), "acme-26,acme-27,acme-28,acme-29");
+    assert_eq!(visible_in(&mut tx, "events_2028"), "acme-28");
+    assert_eq!(visible_in(&mut tx, "events_2029"), "acme-29");
+    assert_eq!(
+        visible_in(&mut tx, "events"),
+        "acme-26,acme-27,acme-28,acme-29"
+    );
     assert_fails(
         tx.execute(
             &format!("INSERT INTO events_2028 VALUES ('{GLOBEX}', '2028-04-01', 'forged')"),
@@ -144,7 +138,7 @@ fn ddl_rolled_back_leaves_no_trace_and_ddl_committed_is_protected() {
     .unwrap();
     let mut app = connect(&db, "it_app");
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, GLOBEX);
-    assert_eq!(names(&mut tx, "notes"), "globex-note");
+    assert_eq!(visible_in(&mut tx, "notes"), "globex-note");
     tx.commit().unwrap();
     assert_eq!(findings(&mut su), "");
 }
@@ -155,11 +149,9 @@ fn ddl_rolled_back_leaves_no_trace_and_ddl_committed_is_protected() {
 fn a_table_owner_cannot_switch_isolation_off_with_ddl() {
     let db = schema_scenario("owner_attack");
     let mut su = connect(&db, "postgres");
+    ensure_login_role(&mut su, "it_owner", "");
     su.batch_execute(
-        "DO $$ BEGIN
-             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_owner') THEN CREATE ROLE it_owner LOGIN; END IF;
-         END $$;
-         ALTER TABLE projects OWNER TO it_owner;
+        "ALTER TABLE projects OWNER TO it_owner;
          ALTER TABLE events OWNER TO it_owner; ALTER TABLE events_2026 OWNER TO it_owner;
          ALTER TABLE events_2027 OWNER TO it_owner;",
     )
@@ -197,7 +189,7 @@ fn a_table_owner_cannot_switch_isolation_off_with_ddl() {
     let mut app = connect(&db, "it_app");
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, ACME);
     assert_eq!(visible(&mut tx), "acme-1,acme-2");
-    assert_eq!(names(&mut tx, "events_2027"), "acme-27");
+    assert_eq!(visible_in(&mut tx, "events_2027"), "acme-27");
     tx.commit().unwrap();
     // What DDL does allow (another permissive policy) is what verify() reports.
     owner
@@ -285,9 +277,9 @@ fn a_dumped_and_restored_database_keeps_its_isolation() {
         let mut app = connect(restored, "it_app");
         let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, GLOBEX);
         assert_eq!(visible(&mut tx), "globex-1", "{how}");
-        assert_eq!(names(&mut tx, "events"), "globex-26,globex-27");
-        assert_eq!(names(&mut tx, "events_2026"), "globex-26");
-        assert_eq!(names(&mut tx, "announcements"), "for-everyone");
+        assert_eq!(visible_in(&mut tx, "events"), "globex-26,globex-27");
+        assert_eq!(visible_in(&mut tx, "events_2026"), "globex-26");
+        assert_eq!(visible_in(&mut tx, "announcements"), "for-everyone");
         assert_fails(
             tx.execute(
                 &format!("INSERT INTO projects VALUES ('{ACME}', 9, 'forged')"),
