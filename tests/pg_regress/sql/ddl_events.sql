@@ -132,6 +132,19 @@ SELECT * FROM protection WHERE tbl = 'projects';
 SELECT nile.enable_tenancy('projects');
 SELECT * FROM protection WHERE tbl = 'projects';
 
+-- ... but user code that runs during the extension's own work (a trigger fired by a backfill) is checked as usual.
+SET LOCAL nile.auto_enable = off;
+CREATE TABLE backfilled (x int, tenant_id uuid);
+RESET nile.auto_enable;
+INSERT INTO backfilled VALUES (1, NULL);
+CREATE FUNCTION pg_temp.sneaky() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN ALTER TABLE public.projects DISABLE ROW LEVEL SECURITY; RETURN NEW; END $$;
+CREATE TRIGGER sneaky BEFORE UPDATE ON backfilled FOR EACH ROW EXECUTE FUNCTION pg_temp.sneaky();
+SAVEPOINT s;
+SELECT nile.enable_tenancy('backfilled', backfill_tenant => '0a0a0a0a-0000-7000-8000-000000000001');
+ROLLBACK TO SAVEPOINT s;
+SELECT * FROM protection WHERE tbl = 'projects';
+
 -- 10. Restores run with row_security = off: the dump recreates policies and registry itself, so nothing is done.
 SET LOCAL row_security = off;
 CREATE TABLE restored (tenant_id uuid);
