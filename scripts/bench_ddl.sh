@@ -6,12 +6,12 @@
 # drift cancels out; prints the per-round times, the medians and the ratio enabled / disabled. Then, for scale, the
 # rate of creating a tenant table (which the triggers enroll: column default, foreign key, index, RLS, 4 policies).
 #
-# Environment: BENCH_ROUNDS (default 5), BENCH_ITERATIONS per run (default 500),
+# Environment: BENCH_ROUNDS (default 7), BENCH_ITERATIONS per run (default 500),
 #              BENCH_PARTITIONS (default 1000), BENCH_KEEP (set: leave the cluster running afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 major=${1:-15}
-rounds=${BENCH_ROUNDS:-5}
+rounds=${BENCH_ROUNDS:-7}
 iterations=${BENCH_ITERATIONS:-500}
 partitions=${BENCH_PARTITIONS:-1000}
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-ddl}/pg$major
@@ -40,14 +40,18 @@ triggers() { # triggers ENABLE|DISABLE
 }
 # One run: $iterations times (CREATE TABLE, ALTER TABLE ... ADD COLUMN, CREATE INDEX, DROP TABLE) of an unrelated
 # table in one transaction (so that commit flushes do not drown the difference), after a VACUUM of the catalogs and
-# a CHECKPOINT. Prints microseconds per iteration, measured by the server.
+# a CHECKPOINT. Prints microseconds per iteration, measured by the server. Every iteration uses a new table name:
+# re-creating one name in one transaction leaves a growing chain of dead catalog rows under that name, which every
+# name lookup (Postgres' own and the trigger's) would walk.
 run() { # run unrelated|tenant
   local body
   if [ "$1" = unrelated ]; then
-    body="EXECUTE 'CREATE TABLE bench_plain (a int, b text)'; EXECUTE 'ALTER TABLE bench_plain ADD COLUMN c int';
-          EXECUTE 'CREATE INDEX ON bench_plain (a)'; EXECUTE 'DROP TABLE bench_plain';"
+    body="EXECUTE format('CREATE TABLE bench_plain_%s (a int, b text)', i);
+          EXECUTE format('ALTER TABLE bench_plain_%s ADD COLUMN c int', i);
+          EXECUTE format('CREATE INDEX ON bench_plain_%s (a)', i); EXECUTE format('DROP TABLE bench_plain_%s', i);"
   else
-    body="EXECUTE 'CREATE TABLE bench_tenant (tenant_id uuid, a int)'; EXECUTE 'DROP TABLE bench_tenant';"
+    body="EXECUTE format('CREATE TABLE bench_tenant_%s (tenant_id uuid, a int)', i);
+          EXECUTE format('DROP TABLE bench_tenant_%s', i);"
   fi
   "${psql[@]}" -c "VACUUM pg_class, pg_attribute, pg_type, pg_depend, pg_index, pg_constraint, pg_attrdef, pg_policy, pg_inherits, pg_shdepend, nile.tenant_tables" -c CHECKPOINT
   "${psql[@]}" -At <<SQL
@@ -62,8 +66,15 @@ echo "[bench] warm-up"
 triggers DISABLE; run unrelated >/dev/null 2>&1; triggers ENABLE; run unrelated >/dev/null 2>&1
 declare -a on off ratios
 for r in $(seq 1 "$rounds"); do
-  triggers DISABLE; d=$(run unrelated 2>&1 | sed -n 's/^NOTICE: *//p')
-  triggers ENABLE; e=$(run unrelated 2>&1 | sed -n 's/^NOTICE: *//p')
+  # Odd rounds run the disabled variant first, even rounds the enabled one, so that neither always goes first.
+  if [ $((r % 2)) = 1 ]; then
+    triggers DISABLE; d=$(run unrelated 2>&1 | sed -n 's/^NOTICE: *//p')
+    triggers ENABLE; e=$(run unrelated 2>&1 | sed -n 's/^NOTICE: *//p')
+  else
+    triggers ENABLE; e=$(run unrelated 2>&1 | sed -n 's/^NOTICE: *//p')
+    triggers DISABLE; d=$(run unrelated 2>&1 | sed -n 's/^NOTICE: *//p')
+    triggers ENABLE
+  fi
   off+=("$d"); on+=("$e")
   ratios+=("$(awk -v d="$d" -v e="$e" 'BEGIN {printf "%.4f", e / d}')")
   echo "[bench] round $r: triggers disabled $d us, enabled $e us per iteration, ratio $(awk -v d="$d" -v e="$e" 'BEGIN {printf "%.3f", e / d}')"

@@ -15,6 +15,7 @@
 //! skip a superuser's DDL while `row_security` is off, which is how `pg_dump` scripts and `pg_restore` run: a restore
 //! recreates the policies and the registry itself (the registry's rows are in the dump).
 
+use crate::ddl_prefilter::{self, command_may_concern_tenancy};
 use crate::errors::{OrInternal, Problem};
 use crate::gucs::AUTO_ENABLE;
 use crate::privilege::{as_extension_owner, with_safe_search_path};
@@ -98,7 +99,10 @@ pub unsafe extern "C-unwind" fn nile_ddl_command_end(
 ) -> pg_sys::Datum {
     // SAFETY: Postgres passes a valid fcinfo.
     unsafe { require_event_trigger_call(fcinfo, "nile._ddl_command_end()") };
-    if !skip_event() {
+    // SAFETY: require_event_trigger_call checked that the context is the EventTriggerData of this event.
+    let data = unsafe { (*fcinfo).context.cast::<pg_sys::EventTriggerData>() };
+    // SAFETY: as above.
+    if !skip_event() && unsafe { command_may_concern_tenancy(data) } {
         with_safe_search_path(|| {
             Spi::connect_mut(|client| {
                 for relid in touched_tables(client) {
@@ -116,14 +120,18 @@ pub unsafe extern "C-unwind" fn nile_ddl_command_end(
 pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: Postgres passes a valid fcinfo.
     unsafe { require_event_trigger_call(fcinfo, "nile._sql_drop()") };
-    with_safe_search_path(|| {
-        Spi::connect_mut(|client| {
-            if !skip_event() {
-                refuse_dropped_tenant_policies(client);
-            }
-            forget_dropped_tables(client);
-        })
-    });
+    let dropped = ddl_prefilter::dropped();
+    let check_policies = dropped.tenant_policy && !skip_event();
+    if check_policies || !dropped.registered_tables.is_empty() {
+        with_safe_search_path(|| {
+            Spi::connect_mut(|client| {
+                if check_policies {
+                    refuse_dropped_tenant_policies(client);
+                }
+                forget_tables(client, dropped.registered_tables);
+            })
+        });
+    }
     pg_sys::Datum::from(0)
 }
 
@@ -469,23 +477,13 @@ const DROPPED_TENANT_POLICY: &str =
      WHERE d.object_type = 'policy' AND starts_with(d.address_names[3], 'nile_tenant_')
      LIMIT 1";
 
-/// Tables among the dropped objects.
-const DROPPED_TABLES: &str = "SELECT objid FROM pg_event_trigger_dropped_objects()
-                              WHERE classid = 'pg_class'::regclass AND objsubid = 0
-                                AND object_type IN ('table', 'foreign table')";
-
 /// Registry and exclusion entries of tables that are gone.
 const FORGET_TABLES: &str =
     "WITH forgotten AS (DELETE FROM nile.tenant_tables WHERE relid = ANY ($1::regclass[]))
                              DELETE FROM nile.excluded_tables WHERE relid = ANY ($1::regclass[])";
 
 /// Dropped tables leave the registry and the exclusion list; nothing dangles.
-fn forget_dropped_tables(client: &mut SpiClient<'_>) {
-    let dropped: Vec<pg_sys::Oid> =
-        saved_plan_column::<pg_sys::Oid>(client, DROPPED_TABLES, false, &[], &[])
-            .into_iter()
-            .flatten()
-            .collect();
+fn forget_tables(client: &mut SpiClient<'_>, dropped: Vec<pg_sys::Oid>) {
     if dropped.is_empty() {
         return;
     }

@@ -8,6 +8,7 @@
 //! - `tenants`: the tenant lifecycle (create, update, soft delete, purge)
 //! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
 //! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
+//! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
@@ -19,6 +20,7 @@ use pgrx::prelude::*;
 mod admin;
 mod context;
 mod ddl_events;
+mod ddl_prefilter;
 mod errors;
 mod gucs;
 mod privilege;

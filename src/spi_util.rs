@@ -60,7 +60,7 @@ pub fn execute(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>])
 
 /// `first_value` in a connection of its own.
 pub fn query_value<T: FromDatum + IntoDatum>(sql: &str, args: &[DatumWithOid<'_>]) -> Option<T> {
-    Spi::connect(|client| first_value(&client, sql, args))
+    Spi::connect(|client| first_value(client, sql, args))
 }
 
 thread_local! {

@@ -157,7 +157,7 @@ pub fn check_can_enroll(facts: &TableFacts, action: &str) {
 fn checked_table(tbl: Option<pg_sys::Oid>, action: &str) -> (pg_sys::Oid, TableFacts) {
     require_role("nile_admin", &format!("nile.{action}_tenancy()"));
     let relid = require_not_null(tbl, "tbl");
-    let facts = Spi::connect(|client| table_facts(&client, relid));
+    let facts = Spi::connect(|client| table_facts(client, relid));
     check_can_enroll(&facts, action);
     (relid, facts)
 }

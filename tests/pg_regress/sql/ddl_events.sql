@@ -165,7 +165,30 @@ RESET row_security;
 RESET ROLE;
 SELECT * FROM protection WHERE tbl = 'regress_owned.things';
 
--- 12. Dropping tables and schemas empties their registry entries.
+-- 12. The trigger's first look (which skips unrelated tables without running SQL) misses nothing.
+-- A tenant column named like an enrolled table's (events.org_id, renamed in this transaction) is one.
+CREATE TABLE org_scoped (org_id uuid NOT NULL, x int);
+-- A temporary table of the same name does not hide the table that was created.
+CREATE TEMP TABLE shadowed (a int);
+CREATE TABLE shadowed (tenant_id uuid);
+-- A renamed table, then given a tenant column; ALTER ... IF EXISTS of a missing table; CREATE ... IF NOT EXISTS.
+CREATE TABLE renamed_plain (a int);
+ALTER TABLE renamed_plain RENAME TO renamed_later;
+ALTER TABLE renamed_later ADD COLUMN tenant_id uuid;
+ALTER TABLE IF EXISTS no_such_table ADD COLUMN tenant_id uuid;
+CREATE TABLE IF NOT EXISTS plain (a int);
+-- A tenant column name after tenant_id in sort order, enrolled by hand first.
+CREATE TABLE ws_root (workspace_id uuid NOT NULL);
+SELECT nile.enable_tenancy('ws_root', tenant_column => 'workspace_id');
+CREATE TABLE ws_other (workspace_id uuid NOT NULL);
+SELECT * FROM protection WHERE tbl IN ('org_scoped', 'public.shadowed', 'renamed_later', 'ws_root', 'ws_other');
+-- Unrelated tables stay out, whatever is done to them.
+CREATE TABLE unrelated (a int);
+ALTER TABLE unrelated ADD COLUMN b text, ENABLE ROW LEVEL SECURITY;
+CREATE TABLE unrelated_copy AS SELECT * FROM unrelated;
+SELECT count(*) AS unrelated_registered FROM nile.tenant_tables WHERE relid::text LIKE 'unrelated%';
+
+-- 13. Dropping tables and schemas empties their registry entries.
 DROP TABLE projects_copy, events;
 DROP SCHEMA regress_owned CASCADE;
 SELECT tbl FROM protection;
