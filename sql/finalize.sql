@@ -64,10 +64,10 @@ CREATE EVENT TRIGGER nile_sql_drop ON sql_drop
 -- Privileges. Nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA nile FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
-    nile.current_tenant(), nile.clear_tenant(), nile.uuidv7(),
+    nile.current_tenant(), nile.clear_tenant(), nile.uuidv7(), nile.current_user_id(),
     nile.policy_read_tenant(), nile.policy_write_tenant()
     TO PUBLIC;
-GRANT EXECUTE ON FUNCTION nile.set_tenant(uuid, boolean) TO nile_app;
+GRANT EXECUTE ON FUNCTION nile.set_tenant(uuid, boolean), nile.set_tenant_token(text, boolean) TO nile_app;
 GRANT EXECUTE ON FUNCTION
     nile.create_tenant(text, uuid, jsonb),
     nile.update_tenant(uuid, jsonb), nile._update_tenant(uuid, jsonb),
@@ -76,5 +76,6 @@ GRANT EXECUTE ON FUNCTION
     nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid),
     nile.disable_tenancy(regclass), nile._disable_tenancy(oid),
     nile.admin_context(text),
+    nile.sign_tenant_token(uuid, interval, text),
     nile.verify(), nile._protection_problems(regclass)
     TO nile_admin;

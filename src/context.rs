@@ -9,7 +9,7 @@
 //! tenant may read but not write.
 
 use crate::errors::{raise, Problem};
-use crate::gucs::{self, MissingTenant, MISSING_TENANT};
+use crate::gucs::{self, MissingTenant, MISSING_TENANT, REQUIRE_TOKEN};
 use crate::privilege::in_transaction_block;
 use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
@@ -34,18 +34,44 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
             "Pass true (the default) or false.",
         );
     };
-    let id: [u8; 16] = *tenant_id.as_bytes();
+    enter_tenant(*tenant_id.as_bytes(), None, is_local, false);
+    tenant_id
+}
+
+/// Put the session into tenant `id`'s context (with the user id of a token, if any), after every check:
+/// `is_local` needs a transaction block, a session under `nile.require_token` needs a token, and the tenant must exist
+/// and not be deleted.
+pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: bool) {
     if is_local && !in_transaction_block() {
+        let function = if by_token {
+            "nile.set_tenant_token()"
+        } else {
+            "nile.set_tenant()"
+        };
         Problem::new(
             PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
-            "nile.set_tenant() with is_local => true must be called inside a transaction block",
+            format!("{function} with is_local => true must be called inside a transaction block"),
         )
         .detail("Outside BEGIN ... COMMIT the tenant context would end with this statement and protect nothing.")
-        .hint(format!(
-            "Run BEGIN first, or use SELECT nile.set_tenant('{}', is_local => false) for the whole session \
-             (not behind a transaction-mode connection pooler).",
-            format_uuid(&id)
-        ))
+        .hint(if by_token {
+            "Run BEGIN first, or pass is_local => false for the whole session (not behind a transaction-mode connection pooler).".to_string()
+        } else {
+            format!(
+                "Run BEGIN first, or use SELECT nile.set_tenant('{}', is_local => false) for the whole session \
+                 (not behind a transaction-mode connection pooler).",
+                format_uuid(&id)
+            )
+        })
+        .raise();
+    }
+    // SAFETY: superuser() reads the current user's catalog entry.
+    if !by_token && REQUIRE_TOKEN.get() && !unsafe { pg_sys::superuser() } {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "this session may enter a tenant's context only with a signed token",
+        )
+        .detail("nile.require_token is on for this session (set for its role by a superuser).")
+        .hint("Call SELECT nile.set_tenant_token('<token>') with a token from your auth service.")
         .raise();
     }
     match tenant_cache::status_of(&id) {
@@ -62,14 +88,13 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
         ),
         Some(TenantStatus::Active | TenantStatus::Inactive) => {}
     }
-    gucs::set_tenant_context(Some(id), is_local);
-    tenant_id
+    gucs::set_tenant_context(Some(id), user, is_local);
 }
 
 /// `nile.clear_tenant() RETURNS void`: leave the tenant context (for the session, or until ROLLBACK undoes it).
 #[pg_extern(volatile, parallel_unsafe)]
 fn clear_tenant() {
-    gucs::set_tenant_context(None, false);
+    gucs::set_tenant_context(None, None, false);
 }
 
 /// `nile.current_tenant() RETURNS uuid`: the session's tenant, or NULL when it has none.

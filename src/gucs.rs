@@ -20,6 +20,7 @@ use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_void, CStr, CString};
 
 pub const TENANT_ID_GUC: &CStr = c"nile.tenant_id";
+pub const USER_ID_GUC: &CStr = c"nile.user_id";
 pub const ADMIN_ACTIVE_GUC: &CStr = c"nile.admin_active";
 
 /// What a statement on a tenant table does when the session has neither a tenant nor the admin context.
@@ -41,6 +42,23 @@ pub static MISSING_TENANT: GucSetting<MissingTenant> =
 /// default) or only warns (off). See src/ddl_events.rs.
 pub static AUTO_ENABLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
+/// `nile.require_token`: when on (set per role by a superuser: `ALTER ROLE app SET nile.require_token = on`), the
+/// session can enter a tenant's context only with a signed token (`nile.set_tenant_token()`), not `nile.set_tenant()`.
+pub static REQUIRE_TOKEN: GucSetting<bool> = GucSetting::<bool>::new(false);
+
+/// `nile.token_key`: the HMAC-SHA256 key of tenant tokens (postgresql.conf or ALTER SYSTEM; superuser-only).
+pub static TOKEN_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
+/// `nile.token_key_previous`: the key before the last change, still accepted during a changeover.
+pub static TOKEN_KEY_PREVIOUS: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(Some(c""));
+
+/// The shortest token key accepted, in bytes.
+pub const TOKEN_KEY_MIN_LEN: usize = 32;
+
+/// `nile.user_id`: the user id of the signed token the session entered its tenant with (empty: none).
+static USER_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
+
 /// `nile.tenant_id`: the tenant this session works for (empty: none). Written only through `nile.set_tenant()`.
 static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
@@ -54,11 +72,26 @@ thread_local! {
     static ADMIN_IN_FORCE: Cell<bool> = const { Cell::new(false) };
     /// The one tenant-id value the check hook will accept, set only while `set_tenant_context` applies it.
     static AUTHORIZED_TENANT: RefCell<Option<CString>> = const { RefCell::new(None) };
+    /// The one user-id value the check hook will accept, set only while `set_tenant_context` applies it.
+    static AUTHORIZED_USER: RefCell<Option<CString>> = const { RefCell::new(None) };
+    /// The token key a superuser's SHOW printed last (the show hook returns a pointer into it).
+    static SHOWN_KEY: RefCell<CString> = RefCell::new(CString::default());
     /// Whether the check hook will accept `nile.admin_active = on`, set only while `set_admin_context` applies it.
     static AUTHORIZED_ADMIN: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the library was loaded by shared_preload_libraries (set once in _PG_init, before any backend starts).
+static PRELOADED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether nile_tenancy is in shared_preload_libraries: its settings then exist in every backend from the start.
+pub fn preloaded() -> bool {
+    PRELOADED.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub fn init() {
+    // SAFETY: reads a plain global flag that Postgres sets while it loads shared_preload_libraries.
+    let preloading = unsafe { pg_sys::process_shared_preload_libraries_in_progress };
+    PRELOADED.store(preloading, std::sync::atomic::Ordering::Relaxed);
     // SAFETY: called once from _PG_init; the hooks are `#[pg_guard]`ed functions that never raise an ERROR, and the
     // settings are statics that live for the life of the backend.
     unsafe {
@@ -74,6 +107,46 @@ pub fn init() {
             Some(assign_tenant_id),
             None,
         );
+        GucRegistry::define_string_guc_with_hooks(
+            USER_ID_GUC,
+            c"The user id of the signed token this session entered its tenant with (read-only).",
+            c"Empty unless nile.set_tenant_token() set it; nile.current_user_id() returns it.",
+            &USER_ID,
+            GucContext::Userset,
+            GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32)
+                | GucFlags::DISALLOW_IN_FILE,
+            Some(check_user_id),
+            None,
+            None,
+        );
+        let token_keys: [(&'static CStr, &'static GucSetting<Option<CString>>, &'static CStr, pg_sys::GucShowHook); 2] = [
+            (
+                c"nile.token_key",
+                &TOKEN_KEY,
+                c"The HMAC-SHA256 key that signs tenant tokens (at least 32 bytes; superuser-only).",
+                Some(show_token_key),
+            ),
+            (
+                c"nile.token_key_previous",
+                &TOKEN_KEY_PREVIOUS,
+                c"The previous tenant-token key, still accepted while tokens signed with it expire (superuser-only).",
+                Some(show_token_key_previous),
+            ),
+        ];
+        for (name, setting, short, show) in token_keys {
+            GucRegistry::define_string_guc_with_hooks(
+                name,
+                short,
+                c"Set it in postgresql.conf or with ALTER SYSTEM, then SELECT pg_reload_conf(). Only superusers can \
+                  see it; nile.set_tenant_token() verifies tokens and nile.sign_tenant_token() signs them with it.",
+                setting,
+                GucContext::Sighup,
+                GucFlags::SUPERUSER_ONLY | GucFlags::NO_SHOW_ALL,
+                Some(check_token_key),
+                None,
+                show,
+            );
+        }
         GucRegistry::define_bool_guc_with_hooks(
             ADMIN_ACTIVE_GUC,
             c"Whether nile.admin_context() is in force for this transaction (read-only).",
@@ -93,6 +166,15 @@ pub fn init() {
         c"error (the default) raises SQLSTATE 42501; deny returns no rows and lets no row be written.",
         &MISSING_TENANT,
         GucContext::Userset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nile.require_token",
+        c"Whether this session may enter a tenant's context only with a signed token.",
+        c"Set it for a role with ALTER ROLE ... SET nile.require_token = on (superuser only): nile.set_tenant() is \
+          then refused and only nile.set_tenant_token() with a valid token enters a tenant.",
+        &REQUIRE_TOKEN,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -132,15 +214,34 @@ pub fn admin_in_force() -> bool {
     ADMIN_IN_FORCE.with(Cell::get)
 }
 
-/// Apply `tenant` (or clear the context with `None`) through the GUC machinery. `is_local` gives `SET LOCAL`
-/// semantics: the value reverts at the end of the transaction.
-pub fn set_tenant_context(tenant: Option<[u8; 16]>, is_local: bool) {
+/// Apply `tenant` (or clear the context with `None`) and the token's `user` id (or none) through the GUC machinery.
+/// `is_local` gives `SET LOCAL` semantics: the values revert at the end of the transaction.
+pub fn set_tenant_context(tenant: Option<[u8; 16]>, user: Option<&str>, is_local: bool) {
     let value = match tenant {
         Some(bytes) => CString::new(format_uuid(&bytes)).unwrap_or_default(),
         None => CString::default(),
     };
-    let _authorization = AuthorizedTenant::grant(value.clone());
+    // A user id with a NUL byte cannot come from a verified token (JSON strings are checked before); treat as none.
+    let user = user.and_then(|u| CString::new(u).ok()).unwrap_or_default();
+    let _tenant = Authorized::grant(&AUTHORIZED_TENANT, value.clone());
+    let _user = Authorized::grant(&AUTHORIZED_USER, user.clone());
     apply(TENANT_ID_GUC, &value, is_local);
+    apply(USER_ID_GUC, &user, is_local);
+}
+
+/// The user id of the token the session entered its tenant with.
+pub fn current_user_id() -> Option<String> {
+    USER_ID
+        .get()
+        .and_then(|v| v.into_string().ok())
+        .filter(|v| !v.is_empty())
+}
+
+/// The current and previous token keys (empty when unset).
+pub fn token_keys() -> (Vec<u8>, Vec<u8>) {
+    let bytes =
+        |s: &GucSetting<Option<CString>>| s.get().map(|v| v.into_bytes()).unwrap_or_default();
+    (bytes(&TOKEN_KEY), bytes(&TOKEN_KEY_PREVIOUS))
 }
 
 /// Turn the admin context on for the rest of the current transaction.
@@ -171,17 +272,20 @@ fn apply(name: &CStr, value: &CStr, is_local: bool) {
     }
 }
 
-/// Withdraws the tenant authorization when dropped, including when an ERROR unwinds through `apply`.
-struct AuthorizedTenant;
-impl AuthorizedTenant {
-    fn grant(value: CString) -> Self {
-        AUTHORIZED_TENANT.with(|a| *a.borrow_mut() = Some(value));
-        AuthorizedTenant
+/// Withdraws an authorization when dropped, including when an ERROR unwinds through `apply`.
+struct Authorized(&'static std::thread::LocalKey<RefCell<Option<CString>>>);
+impl Authorized {
+    fn grant(
+        slot: &'static std::thread::LocalKey<RefCell<Option<CString>>>,
+        value: CString,
+    ) -> Self {
+        slot.with(|a| *a.borrow_mut() = Some(value));
+        Authorized(slot)
     }
 }
-impl Drop for AuthorizedTenant {
+impl Drop for Authorized {
     fn drop(&mut self) {
-        AUTHORIZED_TENANT.with(|a| *a.borrow_mut() = None);
+        self.0.with(|a| *a.borrow_mut() = None);
     }
 }
 
@@ -246,6 +350,94 @@ unsafe extern "C-unwind" fn check_tenant_id(
             c"Call SELECT nile.set_tenant('<tenant uuid>') inside a transaction, or nile.clear_tenant() to leave.",
         )
     }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn check_user_id(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres passes a valid pointer to the proposed value, which is NULL or a NUL-terminated string.
+    let proposed = unsafe {
+        let value = *newval;
+        if value.is_null() {
+            c""
+        } else {
+            CStr::from_ptr(value)
+        }
+    };
+    if proposed.is_empty()
+        || AUTHORIZED_USER.with(|a| a.borrow().as_deref() == Some(proposed))
+        || restoring_parallel_worker_state()
+    {
+        return true;
+    }
+    // SAFETY: see `refuse`.
+    unsafe {
+        refuse(
+            c"nile.user_id can only be set by nile.set_tenant_token()",
+            c"It carries the user id of a verified tenant token.",
+        )
+    }
+}
+
+/// A token key must be empty (no tokens) or long enough to be a real secret.
+#[pg_guard]
+unsafe extern "C-unwind" fn check_token_key(
+    newval: *mut *mut c_char,
+    _extra: *mut *mut c_void,
+    _source: pg_sys::GucSource::Type,
+) -> bool {
+    // SAFETY: Postgres passes a valid pointer to the proposed value, which is NULL or a NUL-terminated string.
+    let length = unsafe {
+        let value = *newval;
+        if value.is_null() {
+            0
+        } else {
+            CStr::from_ptr(value).to_bytes().len()
+        }
+    };
+    if length == 0 || length >= TOKEN_KEY_MIN_LEN {
+        return true;
+    }
+    // SAFETY: GUC_check_* strings must be palloc'd; pstrdup copies our static strings into the current context.
+    unsafe {
+        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
+        pg_sys::GUC_check_errmsg_string =
+            pg_sys::pstrdup(c"a tenant-token key must be at least 32 bytes long".as_ptr());
+        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
+            c"Use a random secret, e.g. the output of: openssl rand -base64 48".as_ptr(),
+        );
+    }
+    false
+}
+
+/// What `SHOW`, `current_setting()` and `pg_settings` print for a token key: the key itself for superusers, a mask
+/// for everyone else (roles that may read superuser-only settings through pg_read_all_settings, such as pg_monitor
+/// members, would otherwise see it).
+fn show_key(setting: &GucSetting<Option<CString>>) -> *const c_char {
+    // SAFETY: superuser() reads the current user's catalog entry.
+    if !unsafe { pg_sys::superuser() } {
+        return c"********".as_ptr();
+    }
+    // Postgres copies the string right after the hook returns; keep it alive until the next call.
+    let value = setting.get().unwrap_or_default();
+    SHOWN_KEY.with(|shown| {
+        let mut shown = shown.borrow_mut();
+        *shown = value;
+        shown.as_ptr()
+    })
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn show_token_key() -> *const c_char {
+    show_key(&TOKEN_KEY)
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn show_token_key_previous() -> *const c_char {
+    show_key(&TOKEN_KEY_PREVIOUS)
 }
 
 #[pg_guard]

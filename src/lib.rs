@@ -6,6 +6,7 @@
 //! - `context`: `nile.set_tenant()`, `nile.clear_tenant()`, `nile.current_tenant()` and the policy functions
 //! - `tenant_cache`: per-backend cache of tenant status, read from `nile.tenants` by index, invalidated on change
 //! - `tenants`: the tenant lifecycle (create, update, soft delete, purge)
+//! - `tokens`: signed tenant tokens (`nile.set_tenant_token()`, `nile.sign_tenant_token()`)
 //! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
 //! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
 //! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
@@ -28,6 +29,7 @@ mod spi_util;
 mod tenancy;
 mod tenant_cache;
 mod tenants;
+mod tokens;
 mod uuid_text;
 
 pgrx::pg_module_magic!(name, version);
