@@ -60,6 +60,15 @@ CREATE TABLE nile.excluded_tables (
 );
 COMMENT ON TABLE nile.excluded_tables IS 'nile_tenancy: tables with a tenant column that nile.disable_tenancy() marked as shared on purpose';
 
+-- Tenant-bound roles (nile.bind_role()): every session of such a role works for its tenant and cannot leave it.
+CREATE TABLE nile.role_bindings (
+    role       regrole     NOT NULL PRIMARY KEY,
+    tenant_id  uuid        NOT NULL REFERENCES nile.tenants (id) ON DELETE CASCADE,
+    bound_at   timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    bound_by   name        NOT NULL DEFAULT CURRENT_USER
+);
+COMMENT ON TABLE nile.role_bindings IS 'nile_tenancy: roles whose every session is fixed to one tenant (nile.bind_role())';
+
 -- Every use of nile.admin_context(). Rows are written in the caller's transaction; a server log line is written too,
 -- which survives a rollback.
 CREATE TABLE nile.admin_audit (
@@ -74,15 +83,16 @@ CREATE TABLE nile.admin_audit (
 COMMENT ON TABLE nile.admin_audit IS 'nile_tenancy: who entered nile.admin_context(), when, and why';
 
 -- Privileges: every write goes through the extension's functions, which check the caller's role first.
-REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.admin_audit FROM PUBLIC;
+REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.role_bindings, nile.admin_audit FROM PUBLIC;
 GRANT SELECT ON nile.tenants TO PUBLIC;               -- row-level security limits it to the session's own tenant
 GRANT SELECT ON nile.tenant_tables, nile.excluded_tables TO PUBLIC;
-GRANT SELECT ON nile.admin_audit TO nile_admin;
+GRANT SELECT ON nile.admin_audit, nile.role_bindings TO nile_admin;
 
 -- pg_dump dumps the rows of these tables (the extension's own objects are recreated by CREATE EXTENSION): a restored
 -- database keeps its tenants, its registry and its audit trail. The registry's regclass values are dumped as names.
 SELECT pg_catalog.pg_extension_config_dump('nile.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.tenant_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.excluded_tables', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.role_bindings', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.admin_audit', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.admin_audit_id_seq', '');

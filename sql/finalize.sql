@@ -11,6 +11,10 @@ CREATE POLICY nile_tenant_select ON nile.tenants FOR SELECT TO PUBLIC USING (id 
 CREATE TRIGGER nile_tenants_changed
     AFTER UPDATE OR DELETE OR TRUNCATE ON nile.tenants
     FOR EACH STATEMENT EXECUTE FUNCTION nile.tenants_changed();
+-- The same for the role bindings (src/role_binding.rs): the trigger function invalidates the table it fires on.
+CREATE TRIGGER nile_role_bindings_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON nile.role_bindings
+    FOR EACH STATEMENT EXECUTE FUNCTION nile.tenants_changed();
 
 -- update_tenant(tenant_id, changes): apply {"name": ..., "status": ..., "metadata": ...} and return the new row.
 CREATE FUNCTION nile.update_tenant(tenant_id uuid, changes jsonb) RETURNS nile.tenants
@@ -61,6 +65,19 @@ CREATE EVENT TRIGGER nile_ddl_command_end ON ddl_command_end
 CREATE EVENT TRIGGER nile_sql_drop ON sql_drop
     EXECUTE FUNCTION nile._sql_drop();
 
+-- bind_role(role, tenant_id): every session of the role works for that tenant and cannot leave it (src/role_binding.rs).
+CREATE FUNCTION nile.bind_role(role name, tenant_id uuid) RETURNS void
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        SELECT nile._bind_role(role::text, tenant_id);
+    END;
+-- unbind_role(role): release a bound role.
+CREATE FUNCTION nile.unbind_role(role name) RETURNS void
+    LANGUAGE sql VOLATILE PARALLEL UNSAFE
+    BEGIN ATOMIC
+        SELECT nile._unbind_role(role::text);
+    END;
+
 -- Privileges. Nothing is executable by PUBLIC unless listed here.
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA nile FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
@@ -77,5 +94,6 @@ GRANT EXECUTE ON FUNCTION
     nile.disable_tenancy(regclass), nile._disable_tenancy(oid),
     nile.admin_context(text),
     nile.sign_tenant_token(uuid, interval, text),
+    nile.bind_role(name, uuid), nile._bind_role(text, uuid), nile.unbind_role(name), nile._unbind_role(text),
     nile.verify(), nile._protection_problems(regclass)
     TO nile_admin;

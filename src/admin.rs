@@ -29,6 +29,7 @@ pub fn init() {
 #[pg_extern(volatile, parallel_unsafe)]
 fn admin_context(reason: Option<&str>) {
     require_role("nile_admin", "nile.admin_context()");
+    crate::role_binding::refuse_if_bound("nile.admin_context()");
     let Some(reason) = reason.map(str::trim).filter(|r| !r.is_empty()) else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,

@@ -11,6 +11,7 @@
 use crate::errors::{raise, Problem};
 use crate::gucs::{self, MissingTenant, MISSING_TENANT, REQUIRE_TOKEN};
 use crate::privilege::in_transaction_block;
+use crate::role_binding::{bound_tenant, refuse_if_bound};
 use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
@@ -42,6 +43,11 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
 /// `is_local` needs a transaction block, a session under `nile.require_token` needs a token, and the tenant must exist
 /// and not be deleted.
 pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: bool) {
+    refuse_if_bound(if by_token {
+        "nile.set_tenant_token()"
+    } else {
+        "nile.set_tenant()"
+    });
     if is_local && !in_transaction_block() {
         let function = if by_token {
             "nile.set_tenant_token()"
@@ -94,19 +100,25 @@ pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: 
 /// `nile.clear_tenant() RETURNS void`: leave the tenant context (for the session, or until ROLLBACK undoes it).
 #[pg_extern(volatile, parallel_unsafe)]
 fn clear_tenant() {
+    refuse_if_bound("nile.clear_tenant()");
     gucs::set_tenant_context(None, None, false);
 }
 
 /// `nile.current_tenant() RETURNS uuid`: the session's tenant, or NULL when it has none.
 #[pg_extern(stable, parallel_safe)]
 fn current_tenant() -> Option<Uuid> {
-    gucs::current_tenant().map(Uuid::from_bytes)
+    effective_tenant().map(Uuid::from_bytes)
+}
+
+/// The tenant this session works for: the one its role is bound to (nile.bind_role()), else its tenant context.
+fn effective_tenant() -> Option<[u8; 16]> {
+    bound_tenant().or_else(gucs::current_tenant)
 }
 
 /// The tenant whose rows a statement may read: used by the generated `nile_tenant_select` policies.
 #[pg_extern(stable, parallel_safe)]
 fn policy_read_tenant() -> Option<Uuid> {
-    let id = gucs::current_tenant().or_else(missing_context)?;
+    let id = effective_tenant().or_else(missing_context)?;
     match tenant_cache::status_of(&id) {
         Some(TenantStatus::Active | TenantStatus::Inactive) => Some(Uuid::from_bytes(id)),
         _ => tenant_gone(&id),
@@ -116,7 +128,7 @@ fn policy_read_tenant() -> Option<Uuid> {
 /// The tenant whose rows a statement may write: used by the generated insert, update and delete policies.
 #[pg_extern(stable, parallel_safe)]
 fn policy_write_tenant() -> Option<Uuid> {
-    let id = gucs::current_tenant().or_else(missing_context)?;
+    let id = effective_tenant().or_else(missing_context)?;
     match tenant_cache::status_of(&id) {
         Some(TenantStatus::Active) => Some(Uuid::from_bytes(id)),
         Some(TenantStatus::Inactive) => Problem::new(

@@ -11,6 +11,7 @@
 //! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
 //! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
+//! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
@@ -25,6 +26,7 @@ mod ddl_prefilter;
 mod errors;
 mod gucs;
 mod privilege;
+mod role_binding;
 mod spi_util;
 mod tenancy;
 mod tenant_cache;
@@ -48,6 +50,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     tenant_cache::init();
     admin::init();
+    role_binding::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,0 +1,259 @@
+//! role_binding — tenant-bound roles: `nile.bind_role(role, tenant_id)` fixes every session of a role to one tenant,
+//! `nile.unbind_role(role)` releases it.
+//!
+//! The bindings live in `nile.role_bindings`. A session is bound when its session user (the role it logged in as) is
+//! bound, or else when its current outer role (after `SET ROLE`) is: the session user's binding wins, so a bound login
+//! cannot leave its tenant by `SET ROLE`, and a `SECURITY DEFINER` function it calls still works for its tenant. The
+//! policy functions ask `bound_tenant()` on every statement, so the bindings are cached per backend, read straight
+//! from the table (no SPI, works in parallel workers) and dropped when a statement trigger on the table sends a
+//! relcache invalidation, as for `nile.tenants` (src/tenant_cache.rs).
+
+use crate::errors::{raise, require_not_null, Problem};
+use crate::privilege::{as_extension_owner, require_role};
+use crate::spi_util::execute;
+use crate::tenant_cache::{self, TenantStatus};
+use crate::uuid_text::format_uuid;
+use pgrx::prelude::*;
+use pgrx::Uuid;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::ffi::CString;
+
+thread_local! {
+    /// role oid -> tenant, as last read from nile.role_bindings (None: not read since the last change).
+    static BINDINGS: RefCell<Option<HashMap<pg_sys::Oid, [u8; 16]>>> = const { RefCell::new(None) };
+    /// The oid of nile.role_bindings when it was last read, to recognise its invalidations.
+    static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
+}
+
+pub fn init() {
+    // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.
+    unsafe {
+        pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    let table = TABLE.with(Cell::get);
+    if relid == pg_sys::InvalidOid || table == pg_sys::InvalidOid || relid == table {
+        BINDINGS.with(|b| *b.borrow_mut() = None);
+    }
+}
+
+/// The tenant this session is bound to, if its login role (or, failing that, its current outer role) is bound.
+pub fn bound_tenant() -> Option<[u8; 16]> {
+    // SAFETY: reads the session's role ids.
+    let (session_user, outer_user) =
+        unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetOuterUserId()) };
+    with_bindings(|bindings| {
+        bindings
+            .get(&session_user)
+            .or_else(|| bindings.get(&outer_user))
+            .copied()
+    })
+}
+
+/// Raise 42501 if this session is bound to a tenant: `what` would let it leave.
+pub fn refuse_if_bound(what: &str) {
+    if let Some(tenant) = bound_tenant() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!(
+                "this session is bound to tenant {}: {what} is not allowed",
+                format_uuid(&tenant)
+            ),
+        )
+        .detail("Its role was bound to that tenant with nile.bind_role(); every session of the role stays in it.")
+        .hint("An administrator can release the role with nile.unbind_role() from another session.")
+        .raise();
+    }
+}
+
+fn with_bindings<R>(f: impl FnOnce(&HashMap<pg_sys::Oid, [u8; 16]>) -> R) -> R {
+    // SAFETY: reads transaction state; invalidations are only accepted outside parallel mode (see tenant_cache).
+    let parallel = unsafe { pg_sys::IsInParallelMode() };
+    if !parallel {
+        // SAFETY: plain call into Postgres from a backend in a transaction.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
+    }
+    if BINDINGS.with(|b| b.borrow().is_none()) {
+        let loaded = read_bindings();
+        if parallel {
+            // Read with the statement's snapshot: use it for this call, never keep it.
+            return f(&loaded);
+        }
+        BINDINGS.with(|b| *b.borrow_mut() = Some(loaded));
+    }
+    BINDINGS.with(|b| match b.borrow().as_ref() {
+        Some(bindings) => f(bindings),
+        None => f(&HashMap::new()),
+    })
+}
+
+/// Every row of nile.role_bindings (a small table: one row per bound role), read with a heap scan.
+fn read_bindings() -> HashMap<pg_sys::Oid, [u8; 16]> {
+    let mut bindings = HashMap::new();
+    // SAFETY: syscache lookups with valid NUL-terminated names; the table is opened and closed here; the snapshot is
+    // registered for the scan and released after it; tuples are deformed before the scan moves on, and the uuid is
+    // copied out of the tuple.
+    unsafe {
+        let nsp = pg_sys::get_namespace_oid(c"nile".as_ptr(), true);
+        if nsp == pg_sys::InvalidOid {
+            return bindings;
+        }
+        let relid = pg_sys::get_relname_relid(c"role_bindings".as_ptr(), nsp);
+        if relid == pg_sys::InvalidOid {
+            return bindings;
+        }
+        let role_attnum = pg_sys::get_attnum(relid, c"role".as_ptr());
+        let tenant_attnum = pg_sys::get_attnum(relid, c"tenant_id".as_ptr());
+        if role_attnum <= 0 || tenant_attnum <= 0 {
+            return bindings;
+        }
+        TABLE.with(|t| t.set(relid));
+        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+        let (snapshot, registered) = if pg_sys::IsInParallelMode() {
+            (pg_sys::GetActiveSnapshot(), false)
+        } else {
+            (pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()), true)
+        };
+        let scan = pg_sys::systable_beginscan(
+            rel,
+            pg_sys::InvalidOid,
+            false,
+            snapshot,
+            0,
+            std::ptr::null_mut(),
+        );
+        let tupdesc = (*rel).rd_att;
+        let natts = (*tupdesc).natts as usize;
+        let mut values = vec![pg_sys::Datum::from(0); natts];
+        let mut nulls = vec![true; natts];
+        loop {
+            let tuple = pg_sys::systable_getnext(scan);
+            if tuple.is_null() {
+                break;
+            }
+            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+            let (r, t) = (role_attnum as usize - 1, tenant_attnum as usize - 1);
+            if nulls[r] || nulls[t] {
+                continue;
+            }
+            let role = pg_sys::Oid::from(values[r].value() as u32);
+            let tenant = *values[t].cast_mut_ptr::<[u8; 16]>();
+            bindings.insert(role, tenant);
+        }
+        pg_sys::systable_endscan(scan);
+        if registered {
+            pg_sys::UnregisterSnapshot(snapshot);
+        }
+        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
+    }
+    bindings
+}
+
+/// The oid of a role named by the caller, or 42704.
+fn role_oid(role: &str) -> pg_sys::Oid {
+    let name = CString::new(role).unwrap_or_default();
+    // SAFETY: a syscache lookup with a valid NUL-terminated name; missing_ok.
+    let oid = unsafe { pg_sys::get_role_oid(name.as_ptr(), true) };
+    if oid == pg_sys::InvalidOid {
+        raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("role \"{role}\" does not exist"),
+            "Create the role first, or check its name.",
+        );
+    }
+    oid
+}
+
+/// `nile._bind_role(role text, tenant_id uuid)`, behind `nile.bind_role(role name, tenant_id uuid) RETURNS void`
+/// (sql/finalize.sql).
+#[pg_extern(volatile, parallel_unsafe, name = "_bind_role")]
+fn bind_role(role: Option<&str>, tenant_id: Option<Uuid>) {
+    require_role("nile_admin", "nile.bind_role()");
+    refuse_if_bound("managing role bindings");
+    let role = require_not_null(role, "role");
+    let tenant = *require_not_null(tenant_id, "tenant_id").as_bytes();
+    let oid = role_oid(role);
+    // SAFETY: syscache lookups of an existing role.
+    let (is_superuser, bypasses_rls) = unsafe { (pg_sys::superuser_arg(oid), has_bypassrls(oid)) };
+    if is_superuser || bypasses_rls {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!(
+                "role \"{role}\" cannot be bound to a tenant: it is a superuser or has BYPASSRLS"
+            ),
+        )
+        .detail(
+            "Row-level security does not apply to such roles, so a binding would protect nothing.",
+        )
+        .hint(format!(
+            "ALTER ROLE \"{role}\" NOSUPERUSER NOBYPASSRLS first."
+        ))
+        .raise();
+    }
+    if ["nile_app", "nile_admin"].contains(&role) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("role \"{role}\" belongs to nile_tenancy and cannot be bound to a tenant"),
+            "Bind the login role of the per-tenant user instead.",
+        );
+    }
+    match tenant_cache::status_of(&tenant) {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("tenant {} does not exist", format_uuid(&tenant)),
+            "Create it with nile.create_tenant(name, id => ...), or check the id.",
+        ),
+        Some(TenantStatus::Deleted) => raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("tenant {} has been deleted", format_uuid(&tenant)),
+            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
+        ),
+        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
+    }
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            execute(client,
+            "INSERT INTO nile.role_bindings (role, tenant_id) VALUES ($1::oid::regrole, $2)
+             ON CONFLICT (role) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, bound_at = pg_catalog.now(),
+                                              bound_by = EXCLUDED.bound_by
+             WHERE role_bindings.tenant_id IS DISTINCT FROM EXCLUDED.tenant_id",
+            &[oid.into(), Uuid::from_bytes(tenant).into()],
+        )
+        })
+    });
+}
+
+/// `nile._unbind_role(role text)`, behind `nile.unbind_role(role name) RETURNS void` (sql/finalize.sql).
+#[pg_extern(volatile, parallel_unsafe, name = "_unbind_role")]
+fn unbind_role(role: Option<&str>) {
+    require_role("nile_admin", "nile.unbind_role()");
+    refuse_if_bound("managing role bindings");
+    let role = require_not_null(role, "role");
+    let oid = role_oid(role);
+    let removed = as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            execute(
+                client,
+                "DELETE FROM nile.role_bindings WHERE role = $1::oid::regrole",
+                &[oid.into()],
+            )
+        })
+    });
+    if removed == 0 {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            format!("role \"{role}\" is not bound to a tenant"),
+        )
+        .notice();
+    }
+}
+
+/// Whether a role has BYPASSRLS.
+unsafe fn has_bypassrls(role: pg_sys::Oid) -> bool {
+    // SAFETY (caller): the role exists. has_bypassrls_privilege reads its catalog entry.
+    unsafe { pg_sys::has_bypassrls_privilege(role) }
+}
