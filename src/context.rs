@@ -39,6 +39,24 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
     tenant_id
 }
 
+/// Raise unless tenant `id` exists (42704) and is not deleted (55000): what entering, signing for or binding to a
+/// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
+pub fn require_usable_tenant(id: &[u8; 16]) {
+    match tenant_cache::status_of(id) {
+        None => raise(
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("tenant {} does not exist", format_uuid(id)),
+            "Create it with nile.create_tenant(name, id => ...), or check the id.",
+        ),
+        Some(TenantStatus::Deleted) => raise(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("tenant {} has been deleted", format_uuid(id)),
+            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
+        ),
+        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
+    }
+}
+
 /// Put the session into tenant `id`'s context (with the user id of a token, if any), after every check:
 /// `is_local` needs a transaction block, a session under `nile.require_token` needs a token, and the tenant must exist
 /// and not be deleted.
@@ -80,20 +98,7 @@ pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: 
         .hint("Call SELECT nile.set_tenant_token('<token>') with a token from your auth service.")
         .raise();
     }
-    match tenant_cache::status_of(&id) {
-        None => raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("tenant {} does not exist", format_uuid(&id)),
-            "Create it with nile.create_tenant(name, id => ...), or check the id.",
-        ),
-        // Only the id the caller passed: the message must not reveal anything about a tenant it may not use.
-        Some(TenantStatus::Deleted) => raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tenant {} has been deleted", format_uuid(&id)),
-            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
-        ),
-        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
-    }
+    require_usable_tenant(&id);
     gucs::set_tenant_context(Some(id), user, is_local);
 }
 

@@ -6,6 +6,7 @@
 //! - `sql_drop`: the dropped objects, read straight from `pg_event_trigger_dropped_objects()`: which dropped tables
 //!   are in the registry or the exclusion list, and whether a `nile_tenant_*` policy is among them.
 
+use crate::own_tables::{scan_key, NileTable};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -185,120 +186,37 @@ fn has_parent(relid: pg_sys::Oid) -> bool {
     }
 }
 
-/// A table of the extension's schema, read by index with the newest snapshot (this transaction's own changes
-/// included), bypassing row-level security: this is the extension reading its own bookkeeping.
-struct NileTable {
-    heap: pg_sys::Relation,
-    snapshot: pg_sys::Snapshot,
+/// Whether `index` of `table` finds a row whose oid column `attnum` is `oid` (one probe).
+fn has_oid(table: &NileTable, index: pg_sys::Oid, attnum: i16, oid: pg_sys::Oid) -> bool {
+    // SAFETY: a scan key on an oid-like column (oid, regclass) with a by-value argument.
+    let mut key = unsafe {
+        scan_key(
+            attnum,
+            pg_sys::BTEqualStrategyNumber,
+            pg_sys::F_OIDEQ,
+            pg_sys::Datum::from(oid),
+        )
+    };
+    table
+        .find(Some(index), std::slice::from_mut(&mut key), |_, _| Some(()))
+        .is_some()
 }
 
-impl NileTable {
-    /// Open `nile.<name>`; `None` when it cannot be found (the caller then takes the full check) or in parallel mode
-    /// (which may not take snapshots).
-    fn open(name: &CStr) -> Option<NileTable> {
-        // SAFETY: syscache lookups with valid NUL-terminated names; the table is opened only when found; the snapshot
-        // is registered here and unregistered in Drop.
-        unsafe {
-            if pg_sys::IsInParallelMode() {
-                return None;
-            }
-            let relid = pg_sys::get_relname_relid(name.as_ptr(), nile_namespace()?);
-            if relid == pg_sys::InvalidOid {
-                return None;
-            }
-            Some(NileTable {
-                heap: pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE),
-                snapshot: pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()),
-            })
-        }
-    }
-
-    /// The oid of the index `nile.<name>`.
-    fn index(&self, name: &CStr) -> Option<pg_sys::Oid> {
-        // SAFETY: a syscache lookup with a valid NUL-terminated name.
-        let index = unsafe { pg_sys::get_relname_relid(name.as_ptr(), nile_namespace()?) };
-        (index != pg_sys::InvalidOid).then_some(index)
-    }
-
-    /// The number of one of the table's columns.
-    fn attnum(&self, column: &CStr) -> Option<i16> {
-        // SAFETY: the table is open; a syscache lookup with a valid NUL-terminated name.
-        let attnum = unsafe { pg_sys::get_attnum((*self.heap).rd_id, column.as_ptr()) };
-        (attnum > 0).then_some(attnum)
-    }
-
-    /// Whether the index finds a row whose oid column `attnum` is `oid` (one probe).
-    fn has_oid(&self, index: pg_sys::Oid, attnum: i16, oid: pg_sys::Oid) -> bool {
-        // SAFETY: a scan key on an oid-like column (oid, regclass) with a by-value argument.
-        let mut key = unsafe {
-            scan_key(
-                attnum,
-                pg_sys::BTEqualStrategyNumber,
-                pg_sys::F_OIDEQ,
-                pg_sys::Datum::from(oid),
-            )
-        };
-        self.first_name(index, std::slice::from_mut(&mut key), None)
-            .is_some()
-    }
-
-    /// The first row an index scan returns (`None` if none), with the value of its `name` column `read` (if any).
-    fn first_name(
-        &self,
-        index: pg_sys::Oid,
-        keys: &mut [pg_sys::ScanKeyData],
-        read: Option<i16>,
-    ) -> Option<Option<pg_sys::NameData>> {
-        // SAFETY: the table is open and the snapshot registered; the keys outlive the scan; the tuple is read (the
-        // name copied out) before systable_endscan.
-        unsafe {
-            let scan = pg_sys::systable_beginscan(
-                self.heap,
-                index,
-                true,
-                self.snapshot,
-                keys.len() as i32,
-                keys.as_mut_ptr(),
-            );
-            let tuple = pg_sys::systable_getnext(scan);
-            let row = if tuple.is_null() {
-                None
-            } else {
-                Some(read.and_then(|attnum| {
-                    let tupdesc = (*self.heap).rd_att;
-                    let natts = (*tupdesc).natts as usize;
-                    let mut values = vec![pg_sys::Datum::from(0); natts];
-                    let mut nulls = vec![true; natts];
-                    pg_sys::heap_deform_tuple(
-                        tuple,
-                        tupdesc,
-                        values.as_mut_ptr(),
-                        nulls.as_mut_ptr(),
-                    );
-                    let i = attnum as usize - 1;
-                    (i < natts && !nulls[i]).then(|| *values[i].cast_mut_ptr::<pg_sys::NameData>())
-                }))
-            };
-            pg_sys::systable_endscan(scan);
-            row
-        }
-    }
-}
-
-impl Drop for NileTable {
-    fn drop(&mut self) {
-        // SAFETY: both were acquired in open() and are released once.
-        unsafe {
-            pg_sys::UnregisterSnapshot(self.snapshot);
-            pg_sys::table_close(self.heap, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        }
-    }
-}
-
-fn nile_namespace() -> Option<pg_sys::Oid> {
-    // SAFETY: a syscache lookup with a valid NUL-terminated name; missing_ok.
-    let nsp = unsafe { pg_sys::get_namespace_oid(c"nile".as_ptr(), true) };
-    (nsp != pg_sys::InvalidOid).then_some(nsp)
+/// The `name` column `attnum` of the first row `index` finds with `keys`: `None` if no row, `Some(None)` if NULL.
+fn first_name(
+    table: &NileTable,
+    index: pg_sys::Oid,
+    keys: &mut [pg_sys::ScanKeyData],
+    attnum: i16,
+) -> Option<Option<pg_sys::NameData>> {
+    table.find(Some(index), keys, |values, nulls| {
+        let i = attnum as usize - 1;
+        // SAFETY: a non-null `name` datum points at a NameData inside the row, copied out here.
+        Some(
+            (i < values.len() && !nulls[i])
+                .then(|| unsafe { *values[i].cast_mut_ptr::<pg_sys::NameData>() }),
+        )
+    })
 }
 
 /// `nile.tenant_tables`: is a table enrolled, or has it a column named like an enrolled table's tenant column?
@@ -309,7 +227,7 @@ fn registry_concerns(relid: pg_sys::Oid) -> Option<bool> {
     let by_column = registry.index(c"tenant_tables_tenant_column_idx")?;
     let relid_attnum = registry.attnum(c"relid")?;
     let column_attnum = registry.attnum(c"tenant_column")?;
-    if registry.has_oid(by_relid, relid_attnum, relid) {
+    if has_oid(&registry, by_relid, relid_attnum, relid) {
         return Some(true);
     }
     // The table has no tenant_id column (checked before). Walk the other distinct tenant column names in index order
@@ -338,7 +256,7 @@ fn registry_concerns(relid: pg_sys::Oid) -> Option<bool> {
                     ));
                 }
             }
-            let Some(name) = registry.first_name(by_column, &mut keys, Some(column_attnum)) else {
+            let Some(name) = first_name(&registry, by_column, &mut keys, column_attnum) else {
                 break;
             };
             let name = name?;
@@ -428,7 +346,9 @@ fn registered_among(tables: Vec<pg_sys::Oid>) -> Vec<pg_sys::Oid> {
         let opened = NileTable::open(table)?;
         let index = opened.index(pkey)?;
         let attnum = opened.attnum(c"relid")?;
-        Some(Box::new(move |relid| opened.has_oid(index, attnum, relid)))
+        Some(Box::new(move |relid| {
+            has_oid(&opened, index, attnum, relid)
+        }))
     };
     match (
         probe(c"tenant_tables", c"tenant_tables_pkey"),
@@ -515,28 +435,4 @@ fn dropped_objects() -> Vec<DroppedObject> {
         pg_sys::FreeExprContext(econtext, true);
     }
     objects
-}
-
-/// A one-column btree scan key.
-///
-/// # Safety
-/// When `argument` is a pointer, what it points at must outlive the scan that uses the key.
-unsafe fn scan_key(
-    attnum: i16,
-    strategy: u32,
-    procedure: u32,
-    argument: pg_sys::Datum,
-) -> pg_sys::ScanKeyData {
-    // SAFETY: ScanKeyInit fills every field of a zeroed key.
-    unsafe {
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(
-            &mut key,
-            attnum,
-            strategy as pg_sys::StrategyNumber,
-            pg_sys::RegProcedure::from(procedure),
-            argument,
-        );
-        key
-    }
 }

@@ -308,11 +308,28 @@ fn restoring_parallel_worker_state() -> bool {
     unsafe { pg_sys::InitializingParallelWorker }
 }
 
+/// The value a string setting's check hook is asked about (empty for NULL).
+///
+/// # Safety
+/// `newval` is the pointer Postgres passed to the check hook: valid, pointing at NULL or a NUL-terminated string
+/// that outlives the hook call.
+unsafe fn proposed_string<'a>(newval: *mut *mut c_char) -> &'a CStr {
+    // SAFETY (caller): see above.
+    unsafe {
+        let value = *newval;
+        if value.is_null() {
+            c""
+        } else {
+            CStr::from_ptr(value)
+        }
+    }
+}
+
 /// Report why a value was refused; the GUC machinery turns this into the error (or warning) for the caller.
-unsafe fn refuse(message: &CStr, hint: &CStr) -> bool {
+unsafe fn refuse(code: PgSqlErrorCode, message: &CStr, hint: &CStr) -> bool {
     // SAFETY: GUC_check_* strings must be palloc'd; pstrdup copies our static strings into the current context.
     unsafe {
-        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE as i32);
+        pg_sys::GUC_check_errcode(code as i32);
         pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(message.as_ptr());
         pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
     }
@@ -325,15 +342,8 @@ unsafe extern "C-unwind" fn check_tenant_id(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: Postgres passes a valid pointer to the proposed value, which is NULL or a NUL-terminated string.
-    let proposed = unsafe {
-        let value = *newval;
-        if value.is_null() {
-            c""
-        } else {
-            CStr::from_ptr(value)
-        }
-    };
+    // SAFETY: Postgres passes a valid pointer to the proposed value.
+    let proposed = unsafe { proposed_string(newval) };
     if proposed.is_empty() {
         return true;
     }
@@ -346,6 +356,7 @@ unsafe extern "C-unwind" fn check_tenant_id(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             c"nile.tenant_id can only be set by nile.set_tenant()",
             c"Call SELECT nile.set_tenant('<tenant uuid>') inside a transaction, or nile.clear_tenant() to leave.",
         )
@@ -358,15 +369,8 @@ unsafe extern "C-unwind" fn check_user_id(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: Postgres passes a valid pointer to the proposed value, which is NULL or a NUL-terminated string.
-    let proposed = unsafe {
-        let value = *newval;
-        if value.is_null() {
-            c""
-        } else {
-            CStr::from_ptr(value)
-        }
-    };
+    // SAFETY: Postgres passes a valid pointer to the proposed value.
+    let proposed = unsafe { proposed_string(newval) };
     if proposed.is_empty()
         || AUTHORIZED_USER.with(|a| a.borrow().as_deref() == Some(proposed))
         || restoring_parallel_worker_state()
@@ -376,6 +380,7 @@ unsafe extern "C-unwind" fn check_user_id(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             c"nile.user_id can only be set by nile.set_tenant_token()",
             c"It carries the user id of a verified tenant token.",
         )
@@ -389,28 +394,19 @@ unsafe extern "C-unwind" fn check_token_key(
     _extra: *mut *mut c_void,
     _source: pg_sys::GucSource::Type,
 ) -> bool {
-    // SAFETY: Postgres passes a valid pointer to the proposed value, which is NULL or a NUL-terminated string.
-    let length = unsafe {
-        let value = *newval;
-        if value.is_null() {
-            0
-        } else {
-            CStr::from_ptr(value).to_bytes().len()
-        }
-    };
+    // SAFETY: Postgres passes a valid pointer to the proposed value.
+    let length = unsafe { proposed_string(newval) }.to_bytes().len();
     if length == 0 || length >= TOKEN_KEY_MIN_LEN {
         return true;
     }
-    // SAFETY: GUC_check_* strings must be palloc'd; pstrdup copies our static strings into the current context.
+    // SAFETY: see `refuse`.
     unsafe {
-        pg_sys::GUC_check_errcode(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32);
-        pg_sys::GUC_check_errmsg_string =
-            pg_sys::pstrdup(c"a tenant-token key must be at least 32 bytes long".as_ptr());
-        pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(
-            c"Use a random secret, e.g. the output of: openssl rand -base64 48".as_ptr(),
-        );
+        refuse(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            c"a tenant-token key must be at least 32 bytes long",
+            c"Use a random secret, e.g. the output of: openssl rand -base64 48",
+        )
     }
-    false
 }
 
 /// What `SHOW`, `current_setting()` and `pg_settings` print for a token key: the key itself for superusers, a mask
@@ -469,6 +465,7 @@ unsafe extern "C-unwind" fn check_admin_active(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             c"nile.admin_active can only be turned on by nile.admin_context()",
             c"Members of nile_admin call SELECT nile.admin_context('<reason>') inside a transaction.",
         )

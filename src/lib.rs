@@ -12,6 +12,7 @@
 //! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
 //! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
+//! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
@@ -25,6 +26,7 @@ mod ddl_events;
 mod ddl_prefilter;
 mod errors;
 mod gucs;
+mod own_tables;
 mod privilege;
 mod role_binding;
 mod spi_util;

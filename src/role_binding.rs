@@ -8,10 +8,11 @@
 //! from the table (no SPI, works in parallel workers) and dropped when a statement trigger on the table sends a
 //! relcache invalidation, as for `nile.tenants` (src/tenant_cache.rs).
 
+use crate::context::require_usable_tenant;
 use crate::errors::{raise, require_not_null, Problem};
+use crate::own_tables::NileTable;
 use crate::privilege::{as_extension_owner, require_role};
 use crate::spi_util::execute;
-use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -94,62 +95,26 @@ fn with_bindings<R>(f: impl FnOnce(&HashMap<pg_sys::Oid, [u8; 16]>) -> R) -> R {
 /// Every row of nile.role_bindings (a small table: one row per bound role), read with a heap scan.
 fn read_bindings() -> HashMap<pg_sys::Oid, [u8; 16]> {
     let mut bindings = HashMap::new();
-    // SAFETY: syscache lookups with valid NUL-terminated names; the table is opened and closed here; the snapshot is
-    // registered for the scan and released after it; tuples are deformed before the scan moves on, and the uuid is
-    // copied out of the tuple.
-    unsafe {
-        let nsp = pg_sys::get_namespace_oid(c"nile".as_ptr(), true);
-        if nsp == pg_sys::InvalidOid {
-            return bindings;
-        }
-        let relid = pg_sys::get_relname_relid(c"role_bindings".as_ptr(), nsp);
-        if relid == pg_sys::InvalidOid {
-            return bindings;
-        }
-        let role_attnum = pg_sys::get_attnum(relid, c"role".as_ptr());
-        let tenant_attnum = pg_sys::get_attnum(relid, c"tenant_id".as_ptr());
-        if role_attnum <= 0 || tenant_attnum <= 0 {
-            return bindings;
-        }
-        TABLE.with(|t| t.set(relid));
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let (snapshot, registered) = if pg_sys::IsInParallelMode() {
-            (pg_sys::GetActiveSnapshot(), false)
-        } else {
-            (pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()), true)
-        };
-        let scan = pg_sys::systable_beginscan(
-            rel,
-            pg_sys::InvalidOid,
-            false,
-            snapshot,
-            0,
-            std::ptr::null_mut(),
-        );
-        let tupdesc = (*rel).rd_att;
-        let natts = (*tupdesc).natts as usize;
-        let mut values = vec![pg_sys::Datum::from(0); natts];
-        let mut nulls = vec![true; natts];
-        loop {
-            let tuple = pg_sys::systable_getnext(scan);
-            if tuple.is_null() {
-                break;
-            }
-            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
-            let (r, t) = (role_attnum as usize - 1, tenant_attnum as usize - 1);
-            if nulls[r] || nulls[t] {
-                continue;
-            }
+    let Some(table) = NileTable::open(c"role_bindings") else {
+        return bindings;
+    };
+    let (Some(role_attnum), Some(tenant_attnum)) =
+        (table.attnum(c"role"), table.attnum(c"tenant_id"))
+    else {
+        return bindings;
+    };
+    // SAFETY: the table is open, so its oid is valid.
+    TABLE.with(|t| t.set(unsafe { (*table.heap()).rd_id }));
+    let (r, t) = (role_attnum as usize - 1, tenant_attnum as usize - 1);
+    table.find(None, &mut [], |values, nulls| {
+        if !nulls[r] && !nulls[t] {
             let role = pg_sys::Oid::from(values[r].value() as u32);
-            let tenant = *values[t].cast_mut_ptr::<[u8; 16]>();
+            // SAFETY: a non-null uuid datum points at its 16 bytes inside the row, copied out here.
+            let tenant = unsafe { *values[t].cast_mut_ptr::<[u8; 16]>() };
             bindings.insert(role, tenant);
         }
-        pg_sys::systable_endscan(scan);
-        if registered {
-            pg_sys::UnregisterSnapshot(snapshot);
-        }
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-    }
+        None::<()>
+    });
     bindings
 }
 
@@ -201,19 +166,7 @@ fn bind_role(role: Option<&str>, tenant_id: Option<Uuid>) {
             "Bind the login role of the per-tenant user instead.",
         );
     }
-    match tenant_cache::status_of(&tenant) {
-        None => raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("tenant {} does not exist", format_uuid(&tenant)),
-            "Create it with nile.create_tenant(name, id => ...), or check the id.",
-        ),
-        Some(TenantStatus::Deleted) => raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tenant {} has been deleted", format_uuid(&tenant)),
-            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
-        ),
-        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
-    }
+    require_usable_tenant(&tenant);
     as_extension_owner(|| {
         Spi::connect_mut(|client| {
             execute(client,

@@ -6,6 +6,7 @@
 //! table (see sql/finalize.sql) sends a relcache invalidation, which every backend processes before its next
 //! statement, and the callback registered here empties the cache.
 
+use crate::own_tables::{scan_key, NileTable};
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -163,43 +164,28 @@ fn read_from_table(id: &[u8; 16]) -> Option<TenantInfo> {
     let rel_info = tenants_relation();
     // The key must stay at a fixed address for the whole scan.
     let key_bytes: [u8; 16] = *id;
-    // SAFETY: the relation and index oids were just looked up; the scan key points at `key_bytes`, which outlives the
-    // scan; the tuple is only read before systable_endscan; every opened object is closed on the normal path, and on
-    // an ERROR the resource owner releases the lock, the relation and the scan.
-    unsafe {
-        let rel = pg_sys::table_open(rel_info.relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        let mut key: pg_sys::ScanKeyData = std::mem::zeroed();
-        pg_sys::ScanKeyInit(
-            &mut key,
+    // SAFETY: the key points at `key_bytes`, which outlives the scan.
+    let mut key = unsafe {
+        scan_key(
             1,
-            pg_sys::BTEqualStrategyNumber as pg_sys::StrategyNumber,
-            pg_sys::RegProcedure::from(pg_sys::F_UUID_EQ),
+            pg_sys::BTEqualStrategyNumber,
+            pg_sys::F_UUID_EQ,
             pg_sys::Datum::from(key_bytes.as_ptr()),
-        );
-        // Read the newest committed state (and this transaction's own changes) so that a tenant deleted a moment ago
-        // is seen as deleted; a parallel operation may not take new snapshots, so it uses the statement's one.
-        let (snapshot, registered) = if pg_sys::IsInParallelMode() {
-            (pg_sys::GetActiveSnapshot(), false)
-        } else {
-            (pg_sys::RegisterSnapshot(pg_sys::GetLatestSnapshot()), true)
-        };
-        let scan = pg_sys::systable_beginscan(rel, rel_info.pkey, true, snapshot, 1, &mut key);
-        let tuple = pg_sys::systable_getnext(scan);
-        let found = if tuple.is_null() {
-            None
-        } else {
-            let tupdesc = (*rel).rd_att;
-            let natts = (*tupdesc).natts as usize;
-            let mut values = vec![pg_sys::Datum::from(0); natts];
-            let mut nulls = vec![true; natts];
-            pg_sys::heap_deform_tuple(tuple, tupdesc, values.as_mut_ptr(), nulls.as_mut_ptr());
+        )
+    };
+    // The newest committed state (and this transaction's own changes), so that a tenant deleted a moment ago is seen
+    // as deleted (see own_tables).
+    let table = NileTable::open_relid(rel_info.relid);
+    table.find(
+        Some(rel_info.pkey),
+        std::slice::from_mut(&mut key),
+        |values, nulls| {
             let text_at = |attnum: i16| -> Option<String> {
                 let i = attnum as usize - 1;
-                if nulls[i] {
-                    None
-                } else {
-                    String::from_datum(values[i], false)
-                }
+                // SAFETY: a non-null text datum of the row, copied into a String here.
+                (!nulls[i])
+                    .then(|| unsafe { String::from_datum(values[i], false) })
+                    .flatten()
             };
             let status = text_at(rel_info.status_attnum)
                 .as_deref()
@@ -209,14 +195,8 @@ fn read_from_table(id: &[u8; 16]) -> Option<TenantInfo> {
                 status: status.unwrap_or(TenantStatus::Deleted),
                 name: text_at(rel_info.name_attnum).unwrap_or_default(),
             })
-        };
-        pg_sys::systable_endscan(scan);
-        if registered {
-            pg_sys::UnregisterSnapshot(snapshot);
-        }
-        pg_sys::table_close(rel, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        found
-    }
+        },
+    )
 }
 
 /// Trigger function on `nile.tenants`: any change to a tenant invalidates every backend's cache at commit (and this

@@ -8,11 +8,10 @@
 //! from "altered". The payload carries `tid` (the tenant's uuid), `exp` (expiry, Unix seconds), optionally `sub` (a
 //! user id) and `iat`/`nbf`. The signature is checked before anything in the payload is looked at.
 
-use crate::context::enter_tenant;
+use crate::context::{enter_tenant, require_usable_tenant};
 use crate::errors::{raise, require_not_null, Problem};
 use crate::gucs::{self, TOKEN_KEY_MIN_LEN};
 use crate::privilege::require_role;
-use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::{format_uuid, parse_canonical_uuid};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -59,19 +58,7 @@ fn sign_tenant_token(
     if let Some(user) = user_id {
         check_user_id(user);
     }
-    match tenant_cache::status_of(&tenant) {
-        None => raise(
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("tenant {} does not exist", format_uuid(&tenant)),
-            "Create it with nile.create_tenant(name, id => ...), or check the id.",
-        ),
-        Some(TenantStatus::Deleted) => raise(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tenant {} has been deleted", format_uuid(&tenant)),
-            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
-        ),
-        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
-    }
+    require_usable_tenant(&tenant);
     let (key, _) = configured_keys();
     let now = now_unix();
     let mut payload =
@@ -222,7 +209,10 @@ pub fn check_token(
             "it must have three parts separated by dots",
         ));
     };
-    let header = decode_object(header_b64, "its header")?;
+    let header = decode_object(
+        header_b64,
+        "its header is not a base64url-encoded JSON object",
+    )?;
     if header.get("alg").and_then(Value::as_str) != Some("HS256") {
         return Err(Refusal::Malformed("its header must say \"alg\": \"HS256\""));
     }
@@ -251,7 +241,10 @@ pub fn check_token(
         }
     }
     // Signed by us: now the payload may be read.
-    let payload = decode_object(payload_b64, "its payload")?;
+    let payload = decode_object(
+        payload_b64,
+        "its payload is not a base64url-encoded JSON object",
+    )?;
     let tenant = payload
         .get("tid")
         .and_then(Value::as_str)
@@ -286,11 +279,8 @@ pub fn check_token(
     Ok(Claims { tenant, user })
 }
 
-fn decode_object(part: &str, what: &'static str) -> Result<Map<String, Value>, Refusal> {
-    let malformed = match what {
-        "its header" => "its header is not base64url-encoded JSON object",
-        _ => "its payload is not base64url-encoded JSON object",
-    };
+/// A base64url-encoded JSON object, or `Malformed(malformed)`.
+fn decode_object(part: &str, malformed: &'static str) -> Result<Map<String, Value>, Refusal> {
     let bytes = URL_SAFE_NO_PAD
         .decode(part)
         .map_err(|_| Refusal::Malformed(malformed))?;
