@@ -13,13 +13,7 @@ set -euo pipefail
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 
-as_postgres() {
-  if [ "$(id -u)" -eq 0 ]; then sudo -u postgres -- "$@"; else "$@"; fi
-}
-
-free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
+. "$(dirname "$0")/common.sh"
 
 cmd=${1:-}; shift || true
 case "$cmd" in

@@ -2,7 +2,8 @@
 # scripts/test.sh MAJOR — every test suite of nile_tenancy on one PostgreSQL major:
 #   1. unit tests in the server (#[pg_test], `cargo pgrx test`) and plain Rust unit tests
 #   2. pg_regress SQL tests (tests/pg_regress, Postgres' own pg_regress)
-#   3. multi-session integration tests over real connections (tests/integration) against a throwaway cluster
+#   3. multi-session integration tests over real connections (tests/integration) against a throwaway cluster, and
+#      through a throwaway PgBouncer in transaction-pooling mode in front of it
 # Every cluster it starts runs as the OS user `postgres` and is removed at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,10 @@ runas=()
 started=$(date +%s)
 say() { printf '\n\033[1m[test pg%s]\033[0m %s\n' "$major" "$*"; }
 
-cleanup() { scripts/cluster.sh stop "$work/integration" >/dev/null 2>&1 || true; }
+cleanup() {
+  scripts/pgbouncer.sh stop "$work/pgbouncer" >/dev/null 2>&1 || true
+  scripts/cluster.sh stop "$work/integration" >/dev/null 2>&1 || true
+}
 trap cleanup EXIT
 
 rm -rf "$work" && mkdir -p "$work" && chmod 777 "$work"
@@ -38,8 +42,9 @@ if ! "$pg_regress" --host=127.0.0.1 --port="$port" --user=postgres --dbname=nile
   exit 1
 fi
 
-say "integration tests (tests/integration, multi-session)"
-NILE_TEST_PORT=$port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
+say "integration tests (tests/integration, multi-session; PgBouncer in transaction mode in front of the cluster)"
+pgbouncer_port=$(scripts/pgbouncer.sh start "$work/pgbouncer" "$port")
+NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
 
 # Totals: cargo's "test result" lines plus pg_regress' summary. `make test-all` adds up the counts files.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')

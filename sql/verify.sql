@@ -202,12 +202,13 @@ CREATE FUNCTION nile.verify()
           AND NOT EXISTS (SELECT 1 FROM pg_constraint k WHERE k.conrelid = e.relid AND k.contype = 'f'
                             AND k.confrelid = 'nile.tenants'::regclass AND k.conkey = ARRAY[e.attnum])
 
-        -- Other policies: a permissive one is OR-ed with the tenant policies and widens access across tenants; a
-        -- restrictive one that is always false locks every tenant out.
+        -- Other policies: a permissive one does nothing (the tenant policies are also applied as restrictive ones,
+        -- see policy_guard.rs) but suggests that someone expects it to widen access; a restrictive one that is always
+        -- false locks every tenant out.
         UNION ALL
-        SELECT 'error', format('policy %I on %s', p.polname, e.name),
+        SELECT CASE WHEN p.polpermissive THEN 'warning' ELSE 'error' END, format('policy %I on %s', p.polname, e.name),
                CASE WHEN p.polpermissive
-                    THEN 'permissive policy next to the tenant policies: it is OR-ed with them, so every row it admits is visible or writable across tenants'
+                    THEN 'permissive policy next to the tenant policies has no effect: nile_tenancy also applies the tenant policies as restrictive ones, so no permissive policy can widen access beyond the tenant'
                     ELSE 'restrictive policy that is always false: no tenant can reach any row' END,
                CASE WHEN p.polpermissive
                     THEN format('DROP POLICY %I ON %s;  -- or recreate it AS RESTRICTIVE, so that it narrows the tenant policies instead', p.polname, e.name)
@@ -245,6 +246,23 @@ CREATE FUNCTION nile.verify()
         FROM enrolled e JOIN pg_roles o ON o.oid = e.relowner
         JOIN pg_roles r ON r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, e.relowner, 'MEMBER')
         WHERE NOT e.relispartition
+
+        -- Tenant-bound roles that row-level security no longer confines, and bindings of roles that were dropped
+        -- (a role created later with the same OID would inherit the binding).
+        UNION ALL
+        SELECT 'error', 'role ' || quote_ident(r.rolname),
+               format('is bound to tenant %s but %s: row-level security never applies to it, so the binding does not confine it',
+                      b.tenant_id, CASE WHEN r.rolsuper THEN 'is a superuser' ELSE 'has BYPASSRLS' END),
+               format('ALTER ROLE %I %s;', r.rolname, CASE WHEN r.rolsuper THEN 'NOSUPERUSER' ELSE 'NOBYPASSRLS' END)
+        FROM nile.role_bindings b JOIN pg_roles r ON r.oid = b.role::oid
+        WHERE r.rolsuper OR r.rolbypassrls
+        UNION ALL
+        SELECT 'error', 'role binding ' || b.role::oid::text,
+               format('binding of a dropped role (OID %s) to tenant %s: a role created later with the same OID would be bound to that tenant',
+                      b.role::oid, b.tenant_id),
+               format('DELETE FROM nile.role_bindings WHERE role = %s;  -- as a superuser', b.role::oid)
+        FROM nile.role_bindings b
+        WHERE NOT EXISTS (SELECT 1 FROM pg_roles r WHERE r.oid = b.role::oid)
 
         -- Views that read tenant tables with their owner's rights, and materialized views of tenant tables.
         UNION ALL

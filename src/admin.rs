@@ -10,10 +10,9 @@
 
 use crate::errors::{raise, OrInternal, Problem};
 use crate::gucs;
+use crate::policy_guard::{generated_policies, previous_policies};
 use crate::privilege::{as_extension_owner, held_role, in_transaction_block, require_role};
-use crate::tenancy::POLICY_PREFIX;
 use pgrx::prelude::*;
-use std::ffi::CStr;
 
 static mut PREV_ROW_SECURITY_PERMISSIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
 
@@ -73,27 +72,6 @@ fn admin_context(reason: Option<&str>) {
     gucs::set_admin_context();
 }
 
-/// Does the relation carry the extension's generated policies?
-unsafe fn has_tenant_policies(relation: pg_sys::Relation) -> bool {
-    // SAFETY: the rewriter passes an open relation; rd_rsdesc is NULL or a valid descriptor whose policies list holds
-    // RowSecurityPolicy pointers with NUL-terminated names.
-    unsafe {
-        let rsdesc = (*relation).rd_rsdesc;
-        if rsdesc.is_null() {
-            return false;
-        }
-        let policies = pgrx::PgList::<pg_sys::RowSecurityPolicy>::from_pg((*rsdesc).policies);
-        let found = policies.iter_ptr().any(|policy| {
-            let name = (*policy).policy_name;
-            !name.is_null()
-                && CStr::from_ptr(name)
-                    .to_bytes()
-                    .starts_with(POLICY_PREFIX.as_bytes())
-        });
-        found
-    }
-}
-
 /// A permissive policy for members of `admin_role` that lets every row through, for reads and writes.
 unsafe fn allow_all_policy(admin_role: pg_sys::Oid) -> *mut pg_sys::RowSecurityPolicy {
     // SAFETY: everything is palloc'd in the current (query) memory context, which outlives the rewrite.
@@ -123,24 +101,29 @@ unsafe extern "C-unwind" fn admin_policy_hook(
     cmd: pg_sys::CmdType::Type,
     relation: pg_sys::Relation,
 ) -> *mut pg_sys::List {
-    // SAFETY: the previous hook (if any) was installed by another library with this same signature; an ERROR it
-    // raises is turned into a Rust panic at the FFI boundary instead of jumping over our frames.
-    let mut policies = match unsafe { PREV_ROW_SECURITY_PERMISSIVE_HOOK } {
-        Some(prev) => unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(cmd, relation)) },
-        None => std::ptr::null_mut(),
-    };
-    if gucs::admin_in_force() {
-        // SAFETY: see has_tenant_policies and allow_all_policy; lappend accepts NIL.
+    // SAFETY: PREV_ROW_SECURITY_PERMISSIVE_HOOK is only written by init(), before any query.
+    let mut policies =
+        previous_policies(unsafe { PREV_ROW_SECURITY_PERMISSIVE_HOOK }, cmd, relation);
+    if let Some(admin_role) = admin_policy_role() {
+        // SAFETY: the rewriter passes an open relation (see generated_policies) and allow_all_policy allocates in
+        // the query's memory context; lappend accepts NIL.
         unsafe {
-            if has_tenant_policies(relation) {
-                // Only for queries run by an identity with nile_admin's privileges: a SECURITY DEFINER function or a
-                // view owner's rights inside the admin transaction get no admin policy; the admin context is not lent
-                // to code the admin happens to call.
-                if let Some(admin_role) = held_role("nile_admin") {
-                    policies = pg_sys::lappend(policies, allow_all_policy(admin_role).cast());
-                }
+            if !generated_policies(relation).is_empty() {
+                policies = pg_sys::lappend(policies, allow_all_policy(admin_role).cast());
             }
         }
     }
     policies
+}
+
+/// While the admin context is in force and the current identity has nile_admin's privileges: that role's OID, for
+/// which the allow-all policy is added (and policy_guard adds no restrictive copies). Only for an identity with
+/// nile_admin's privileges: a SECURITY DEFINER function or a view owner's rights inside the admin transaction get no
+/// admin policy; the admin context is not lent to code the admin happens to call.
+pub fn admin_policy_role() -> Option<pg_sys::Oid> {
+    if gucs::admin_in_force() {
+        held_role("nile_admin")
+    } else {
+        None
+    }
 }

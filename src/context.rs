@@ -98,8 +98,37 @@ pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: 
         .hint("Call SELECT nile.set_tenant_token('<token>') with a token from your auth service.")
         .raise();
     }
+    refuse_if_bypassing_rls();
     require_usable_tenant(&id);
     gucs::set_tenant_context(Some(id), user, is_local);
+}
+
+/// A role with BYPASSRLS (but not a superuser, who is exempt on purpose) gets 42501 instead of a tenant context that
+/// would isolate nothing: row-level security never applies to it, so it would go on seeing every tenant's rows.
+fn refuse_if_bypassing_rls() {
+    // SAFETY: GetUserId() is the current user, which exists; superuser_arg and has_bypassrls_privilege read its
+    // catalog entry.
+    let (role, superuser, bypasses_rls) = unsafe {
+        let role = pg_sys::GetUserId();
+        (
+            role,
+            pg_sys::superuser_arg(role),
+            pg_sys::has_bypassrls_privilege(role),
+        )
+    };
+    if bypasses_rls && !superuser {
+        // SAFETY: the role exists (noerr = false would raise otherwise); the name is a NUL-terminated palloc'd copy.
+        let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(role, false)) }
+            .to_string_lossy()
+            .into_owned();
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("role \"{name}\" has BYPASSRLS: a tenant context would not isolate it"),
+        )
+        .detail("Row-level security never applies to a role with BYPASSRLS, so it would still see every tenant's rows.")
+        .hint(format!("Do tenant work with a role without BYPASSRLS (ALTER ROLE \"{name}\" NOBYPASSRLS)."))
+        .raise();
+    }
 }
 
 /// `nile.clear_tenant() RETURNS void`: leave the tenant context (for the session, or until ROLLBACK undoes it).

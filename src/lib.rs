@@ -11,6 +11,7 @@
 //! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
 //! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
+//! - `policy_guard`: restrictive copies of the tenant policies, so that no other permissive policy can widen them
 //! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
 //! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
 //! - `privilege`: role checks and running the extension's own SQL with its rights
@@ -27,6 +28,7 @@ mod ddl_prefilter;
 mod errors;
 mod gucs;
 mod own_tables;
+mod policy_guard;
 mod privilege;
 mod role_binding;
 mod spi_util;
@@ -52,6 +54,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     tenant_cache::init();
     admin::init();
+    policy_guard::init();
     role_binding::init();
 }
 

@@ -14,6 +14,26 @@ pub fn port() -> u16 {
     port.parse().expect("NILE_TEST_PORT must be a port number")
 }
 
+/// The port of the PgBouncer (transaction pooling, 2 server connections per pool) that scripts/test.sh starts in front
+/// of the cluster. Missing is an error, never a skip.
+pub fn pgbouncer_port() -> u16 {
+    let port = std::env::var("NILE_TEST_PGBOUNCER_PORT").expect(
+        "NILE_TEST_PGBOUNCER_PORT is not set: run the integration tests through scripts/test.sh (make test)",
+    );
+    port.parse()
+        .expect("NILE_TEST_PGBOUNCER_PORT must be a port number")
+}
+
+/// A client connection through that PgBouncer.
+pub fn connect_pooled(db: &str, user: &str) -> Client {
+    let dsn = format!(
+        "host=127.0.0.1 port={} user={user} dbname={db}",
+        pgbouncer_port()
+    );
+    Client::connect(&dsn, NoTls)
+        .unwrap_or_else(|e| panic!("connect to {db} as {user} through PgBouncer: {e}"))
+}
+
 pub fn dsn(db: &str, user: &str) -> String {
     format!(
         "host=127.0.0.1 port={} user={user} dbname={db} application_name=nile_it",

@@ -72,8 +72,19 @@ SELECT nile.unbind_role('regress_bi_acme');
 SELECT nile.current_tenant() IS NULL AS unbound;
 SELECT body FROM bound_docs;
 
--- Purging a tenant removes its bindings.
+-- verify() reports a binding that no longer confines its role, and the binding of a dropped role (whose OID a new
+-- role could be given).
 \c - postgres
+CREATE ROLE regress_bound_dropped LOGIN;
+SELECT nile.bind_role('regress_bound_dropped', '0a0a0a0a-0000-7000-8000-0000000000e1');
+DROP ROLE regress_bound_dropped;
+ALTER ROLE regress_bound_admin BYPASSRLS;
+SELECT severity, regexp_replace(object, '[0-9]+', 'N') AS object,
+       regexp_replace(problem, '\(OID [0-9]+\)', '(OID N)') AS problem, regexp_replace(fix, '[0-9]+', 'N') AS fix
+FROM nile.verify() WHERE object LIKE 'role binding %' OR problem LIKE '%is bound to tenant%' ORDER BY object;
+ALTER ROLE regress_bound_admin NOBYPASSRLS;
+
+-- Purging a tenant removes its bindings.
 SELECT nile.delete_tenant('0a0a0a0a-0000-7000-8000-0000000000e1', purge => true);
 SELECT count(*) AS bindings_left FROM nile.role_bindings;
 DROP TABLE bound_docs;

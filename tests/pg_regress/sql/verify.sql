@@ -73,8 +73,8 @@ ALTER TABLE tasks ADD CONSTRAINT tasks_project_fk FOREIGN KEY (tenant_id, projec
 SELECT count(*) AS findings FROM nile.verify();
 ROLLBACK TO SAVEPOINT s;
 
--- Other policies: a permissive one widens access, a restrictive one that is always false locks tenants out; a
--- restrictive one that narrows is fine.
+-- Other policies: a permissive one has no effect (warning), a restrictive one that is always false locks tenants out;
+-- a restrictive one that narrows is fine.
 SAVEPOINT s;
 CREATE POLICY everyone ON projects FOR SELECT USING (true);
 CREATE POLICY nobody ON tasks AS RESTRICTIVE USING (false);

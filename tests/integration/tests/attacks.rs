@@ -1,0 +1,1350 @@
+//! The attack suite: each test is one attempt to cross tenants from a hostile SQL session, asserting that no other
+//! tenant's row is returned, counted, changed or revealed. The README's "Attack catalogue" lists them all.
+//!
+//! The victim is Globex, whose one row in `projects` is named `globex-secret`. The attackers, all non-owner,
+//! non-superuser roles:
+//! - `it_attacker`: the application's role in Acme's context, entered with a signed token; `nile.require_token` is on
+//!   for it, so it cannot call `nile.set_tenant()` (the model of an SQL injection in a token-based application). It
+//!   may create functions, operators, views and tables in `public`.
+//! - `it_noexec`: can read and write the tenant tables but has no EXECUTE on `nile.set_tenant()` (not in `nile_app`).
+//! - `it_atk_bound`: bound to Acme with `nile.bind_role()`.
+//! - `it_app`: a plain `nile_app` member, which may switch tenants; used where the attack is on what a switch leaves
+//!   behind (cached plans).
+
+use nile_tenancy_integration::*;
+use postgres::{Client, Config, NoTls, SimpleQueryMessage};
+use std::sync::{Arc, Mutex, Once};
+
+const TOKEN_KEY: &str = "attack-suite-key-0123456789abcdef0123456789";
+const SECRET: &str = "globex-secret";
+
+/// Cluster-wide set-up, once per run (after the first CREATE EXTENSION): the attacker roles and a token key.
+fn roles_and_key() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let mut su = connect("postgres", "postgres");
+        for role in ["it_attacker", "it_noexec", "it_atk_bound", "it_app", "it_atk_owner"] {
+            ensure_login_role(&mut su, role, "");
+        }
+        ensure_login_role(&mut su, "it_bypass", "BYPASSRLS");
+        su.batch_execute(
+            "DO $$ BEGIN
+                 IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_atk_helper') THEN CREATE ROLE it_atk_helper; END IF;
+             END $$;
+             GRANT nile_app TO it_attacker, it_atk_bound, it_app, it_atk_helper;
+             GRANT it_atk_helper TO it_attacker;
+             ALTER ROLE it_attacker SET nile.require_token = on;",
+        )
+        .unwrap();
+        su.batch_execute(&format!("ALTER SYSTEM SET nile.token_key = '{TOKEN_KEY}'"))
+            .unwrap();
+        su.batch_execute("SELECT pg_reload_conf()").unwrap();
+        // The postmaster and every new backend read the file on reload; give the signal time to arrive.
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    });
+}
+
+/// One attack's world: a fresh database `it_atk_<name>` with tenants Acme and Globex, the enrolled table `projects`
+/// (owned by it_atk_owner, a login role for the owner attacks) holding acme-1, acme-2 and globex-secret.
+struct Siege {
+    db: String,
+    su: Client,
+    notices: Arc<Mutex<Vec<String>>>,
+}
+
+impl Siege {
+    fn new(name: &str) -> Siege {
+        let db = format!("it_atk_{name}");
+        let mut admin = connect("postgres", "postgres");
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {db}"))
+            .unwrap();
+        let mut su = connect(&db, "postgres");
+        // The extension creates nile_app and nile_admin, which the attackers' roles are granted.
+        su.batch_execute("CREATE EXTENSION nile_tenancy").unwrap();
+        roles_and_key();
+        su.batch_execute(&format!(
+            "SELECT nile.create_tenant('Acme', '{ACME}'), nile.create_tenant('Globex', '{GLOBEX}');
+             CREATE TABLE projects (tenant_id uuid NOT NULL, id bigint NOT NULL, name text NOT NULL, PRIMARY KEY (tenant_id, id));
+             ALTER TABLE projects OWNER TO it_atk_owner;
+             SELECT nile.enable_tenancy('projects');
+             GRANT SELECT, INSERT, UPDATE, DELETE ON projects TO it_attacker, it_noexec, it_atk_bound, it_app, it_bypass, it_atk_helper;
+             GRANT USAGE, CREATE ON SCHEMA public TO it_attacker, it_atk_owner;
+             INSERT INTO projects VALUES ('{ACME}', 1, 'acme-1'), ('{ACME}', 2, 'acme-2'), ('{GLOBEX}', 1, '{SECRET}');
+             SELECT nile.bind_role('it_atk_bound', '{ACME}');"
+        ))
+        .unwrap();
+        Siege {
+            db,
+            su,
+            notices: Arc::new(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// A connection as `role` whose notices are collected into `self.notices`.
+    fn login(&self, role: &str) -> Client {
+        self.login_with(role, "")
+    }
+
+    fn login_with(&self, role: &str, options: &str) -> Client {
+        self.try_login(role, options)
+            .unwrap_or_else(|e| panic!("login as {role}: {e}"))
+    }
+
+    fn try_login(&self, role: &str, options: &str) -> Result<Client, postgres::Error> {
+        let notices = Arc::clone(&self.notices);
+        let mut config: Config = dsn(&self.db, role).parse().unwrap();
+        if !options.is_empty() {
+            config.options(options);
+        }
+        config.notice_callback(move |notice| {
+            notices.lock().unwrap().push(notice.message().to_string())
+        });
+        config.connect(NoTls)
+    }
+
+    /// A signed token for `tenant`, valid for an hour.
+    fn token(&mut self, tenant: &str) -> String {
+        self.su
+            .query_one(
+                "SELECT nile.sign_tenant_token($1::text::uuid, '1 hour')",
+                &[&tenant],
+            )
+            .unwrap()
+            .get(0)
+    }
+
+    /// it_attacker, in Acme's context for the whole session by its token.
+    fn attacker(&mut self) -> Client {
+        let token = self.token(ACME);
+        let mut c = self.login("it_attacker");
+        c.execute(
+            "SELECT nile.set_tenant_token($1, is_local => false)",
+            &[&token],
+        )
+        .unwrap();
+        c
+    }
+
+    /// Globex's rows, read by the superuser: they must be exactly as the fixture wrote them.
+    #[track_caller]
+    fn assert_globex_intact(&mut self) {
+        let globex: Option<String> = self
+            .su
+            .query_one(
+                &format!(
+                    "SELECT string_agg(id || ':' || name, ',' ORDER BY id) FROM projects WHERE tenant_id = '{GLOBEX}'"
+                ),
+                &[],
+            )
+            .unwrap()
+            .get(0);
+        assert_eq!(
+            globex.as_deref(),
+            Some("1:globex-secret"),
+            "Globex's rows changed"
+        );
+    }
+
+    /// Nothing the attacker received as notices names Globex or its row.
+    #[track_caller]
+    fn assert_no_leak_in_notices(&self) {
+        let notices = self.notices.lock().unwrap();
+        assert!(
+            !notices.iter().any(|n| leaks(n)),
+            "a notice leaked: {notices:?}"
+        );
+    }
+
+    fn finding(&mut self, pattern: &str) -> String {
+        one::<Option<String>>(
+            &mut self.su,
+            &format!(
+                "SELECT string_agg(severity || ' ' || object || ': ' || problem, E'\\n')
+                 FROM nile.verify() WHERE object || ' ' || problem LIKE '{pattern}'"
+            ),
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// Does this text reveal the victim: its row's value or its tenant id?
+fn leaks(text: &str) -> bool {
+    let lower = text.to_lowercase();
+    lower.contains(SECRET) || lower.contains(GLOBEX)
+}
+
+/// Every value of every row of a simple-protocol batch, joined with '|', or the error.
+fn all_values(client: &mut Client, sql: &str) -> Result<String, postgres::Error> {
+    let mut out = Vec::new();
+    for message in client.simple_query(sql)? {
+        if let SimpleQueryMessage::Row(row) = message {
+            out.push(
+                (0..row.len())
+                    .map(|i| row.get(i).unwrap_or("NULL").to_string())
+                    .collect::<Vec<_>>()
+                    .join(","),
+            );
+        }
+    }
+    Ok(out.join("|"))
+}
+
+/// Run `sql`; whatever it returns (or the error it raises) must not reveal Globex. Returns the values or the error.
+#[track_caller]
+fn attempt(client: &mut Client, sql: &str) -> String {
+    let got = match all_values(client, sql) {
+        Ok(values) => values,
+        Err(e) => outcome::<()>(Err(e)),
+    };
+    assert!(!leaks(&got), "{sql}\n  revealed: {got}");
+    got
+}
+
+/// Run `sql`, which must fail with `sqlstate` without revealing Globex in its message, detail or hint.
+#[track_caller]
+fn refused(client: &mut Client, sql: &str, sqlstate: &str) {
+    let err = client.batch_execute(sql).expect_err(&format!(
+        "{sql}: expected SQLSTATE {sqlstate}, but it succeeded"
+    ));
+    let db = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("{sql}: not a server error: {err}"));
+    assert_eq!(db.code().code(), sqlstate, "{sql}: {}", db.message());
+    let text = format!("{} {:?} {:?}", db.message(), db.detail(), db.hint());
+    assert!(!leaks(&text), "{sql}: the error reveals Globex: {text}");
+    // A failed statement inside a transaction block aborts it; outside, this is a harmless warning.
+    let _ = client.batch_execute("ROLLBACK");
+}
+
+/// The session sees exactly Acme's two projects.
+#[track_caller]
+fn assert_sees_only_acme(client: &mut Client) {
+    assert_eq!(
+        attempt(
+            client,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM projects"
+        ),
+        "acme-1,acme-2"
+    );
+}
+
+/// The tenant context of the session, or "none".
+fn context(client: &mut Client) -> String {
+    one::<Option<String>>(client, "SELECT nile.current_tenant()::text").unwrap_or("none".into())
+}
+
+fn server_version(client: &mut Client) -> i32 {
+    one::<String>(client, "SHOW server_version_num")
+        .parse()
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Context forging: no path but nile.set_tenant() (and the token and binding mechanisms) sets the tenant context.
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn forge_set_command() {
+    let s = Siege::new("set_command");
+    let mut c = s.login("it_noexec");
+    refused(&mut c, &format!("SET nile.tenant_id = '{GLOBEX}'"), "42501");
+    refused(
+        &mut c,
+        &format!("BEGIN; SET LOCAL nile.tenant_id = '{GLOBEX}'"),
+        "42501",
+    );
+    assert_eq!(context(&mut c), "none");
+    refused(&mut c, "SELECT * FROM projects", "42501");
+}
+
+#[test]
+fn forge_set_config() {
+    let s = Siege::new("set_config");
+    let mut c = s.login("it_noexec");
+    refused(
+        &mut c,
+        &format!("SELECT set_config('nile.tenant_id', '{GLOBEX}', false)"),
+        "42501",
+    );
+    refused(
+        &mut c,
+        &format!("BEGIN; SELECT set_config('nile.tenant_id', '{GLOBEX}', true)"),
+        "42501",
+    );
+    assert_eq!(context(&mut c), "none");
+    refused(&mut c, "SELECT * FROM projects", "42501");
+}
+
+#[test]
+fn forge_startup_options() {
+    let s = Siege::new("startup_options");
+    // PGOPTIONS='-c nile.tenant_id=...' reaches the server as the startup packet's options: the login is refused.
+    let login = s.try_login("it_noexec", &format!("-c nile.tenant_id={GLOBEX}"));
+    assert_fails(login, "42501");
+    // The token-only attacker cannot switch require_token off that way either.
+    let login = s.try_login("it_attacker", "-c nile.require_token=off");
+    assert_fails(login, "42501");
+}
+
+#[test]
+fn forge_alter_role_set() {
+    let mut s = Siege::new("alter_role_set");
+    // A role may store its own defaults, and a superuser anyone's: the value is refused when stored, for both.
+    let mut c = s.login("it_noexec");
+    let store = format!(
+        "ALTER ROLE it_noexec IN DATABASE {} SET nile.tenant_id = '{GLOBEX}'",
+        s.db
+    );
+    refused(&mut c, &store, "42501");
+    assert_fails(s.su.batch_execute(&store), "42501");
+    // Written into the catalog behind the extension's back (as a value stored before the library was preloaded
+    // would be), it is refused at login: the session starts without a context.
+    s.su.batch_execute(&format!(
+        "INSERT INTO pg_db_role_setting VALUES ((SELECT oid FROM pg_database WHERE datname = current_database()),
+                                                'it_noexec'::regrole, ARRAY['nile.tenant_id={GLOBEX}'])"
+    ))
+    .unwrap();
+    let mut c = s.login("it_noexec");
+    assert_eq!(context(&mut c), "none");
+    refused(&mut c, "SELECT * FROM projects", "42501");
+    s.su.batch_execute("DELETE FROM pg_db_role_setting WHERE setrole = 'it_noexec'::regrole")
+        .unwrap();
+    assert!(s
+        .notices
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|n| n.contains("can only be set by nile.set_tenant()")));
+}
+
+#[test]
+fn forge_alter_database_set() {
+    let mut s = Siege::new("alter_database_set");
+    // The database owner's path (a superuser stands in for the owner): refused when stored.
+    let store = format!("ALTER DATABASE {} SET nile.tenant_id = '{GLOBEX}'", s.db);
+    assert_fails(s.su.batch_execute(&store), "42501");
+    // And refused at login if it got into the catalog anyway.
+    s.su.batch_execute(&format!(
+        "INSERT INTO pg_db_role_setting VALUES ((SELECT oid FROM pg_database WHERE datname = current_database()), 0,
+                                                ARRAY['nile.tenant_id={GLOBEX}'])"
+    ))
+    .unwrap();
+    let mut c = s.login("it_noexec");
+    assert_eq!(context(&mut c), "none");
+    refused(&mut c, "SELECT * FROM projects", "42501");
+    s.su.batch_execute("DELETE FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())")
+        .unwrap();
+}
+
+#[test]
+fn forge_function_set_clause() {
+    let s = Siege::new("function_set_clause");
+    let mut c = s.login("it_attacker");
+    // CREATE FUNCTION validates the SET clause: refused before the function exists.
+    refused(
+        &mut c,
+        &format!(
+            "CREATE FUNCTION peek() RETURNS text LANGUAGE sql SET nile.tenant_id = '{GLOBEX}'
+             AS $$ SELECT string_agg(name, ',') FROM projects $$"
+        ),
+        "42501",
+    );
+    // A function that sets it in its body is refused when it runs.
+    c.batch_execute(&format!(
+        "CREATE FUNCTION peek() RETURNS text LANGUAGE plpgsql
+         AS $$ BEGIN PERFORM set_config('nile.tenant_id', '{GLOBEX}', true); RETURN (SELECT string_agg(name, ',') FROM projects); END $$"
+    ))
+    .unwrap();
+    refused(&mut c, "SELECT peek()", "42501");
+}
+
+#[test]
+fn forge_set_role_to_a_role_without_require_token() {
+    let mut s = Siege::new("set_role");
+    let mut c = s.attacker();
+    // it_atk_helper is in nile_app and has no require_token of its own; the setting stays with the session.
+    c.batch_execute("SET ROLE it_atk_helper").unwrap();
+    refused(
+        &mut c,
+        &format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
+        "42501",
+    );
+    refused(&mut c, "SET nile.require_token = off", "42501");
+    assert_sees_only_acme(&mut c);
+}
+
+#[test]
+fn forge_reset_and_discard() {
+    let mut s = Siege::new("reset_discard");
+    let mut c = s.attacker();
+    for reset in [
+        "RESET nile.tenant_id",
+        "RESET ALL",
+        "DISCARD ALL",
+        "RESET nile.require_token",
+    ] {
+        c.batch_execute(reset).ok();
+        let now = context(&mut c);
+        assert!(now == "none" || now == ACME, "{reset} left context {now}");
+        refused(
+            &mut c,
+            &format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
+            "42501",
+        );
+    }
+    let rows = attempt(
+        &mut c,
+        "SELECT string_agg(name, ',' ORDER BY name) FROM projects",
+    );
+    assert!(
+        rows == "acme-1,acme-2" || rows.starts_with("42501"),
+        "{rows}"
+    );
+}
+
+#[test]
+fn forge_rollback_and_savepoint_tricks() {
+    let mut s = Siege::new("rollback_tricks");
+    let mut c = s.attacker();
+    // A refused SET inside a savepoint, an exception handler swallowing it, and a rolled-back transaction all leave
+    // the context where it was.
+    c.batch_execute(&format!(
+        "BEGIN; SAVEPOINT a;
+         DO $$ BEGIN PERFORM set_config('nile.tenant_id', '{GLOBEX}', true); EXCEPTION WHEN OTHERS THEN NULL; END $$;"
+    ))
+    .unwrap();
+    assert_eq!(context(&mut c), ACME);
+    c.batch_execute("ROLLBACK TO SAVEPOINT a").unwrap();
+    assert_eq!(context(&mut c), ACME);
+    refused(
+        &mut c,
+        &format!("SET LOCAL nile.tenant_id = '{GLOBEX}'"),
+        "42501",
+    );
+    c.batch_execute("BEGIN; SELECT nile.clear_tenant(); ROLLBACK")
+        .unwrap();
+    assert_eq!(context(&mut c), ACME);
+    assert_sees_only_acme(&mut c);
+}
+
+#[test]
+fn forge_in_a_parallel_worker() {
+    let mut s = Siege::new("parallel_forge");
+    let mut c = s.attacker();
+    let force = force_parallel_setting(&mut c);
+    c.batch_execute(&format!(
+        "CREATE FUNCTION switch_in_worker(text) RETURNS boolean LANGUAGE sql PARALLEL SAFE
+         AS $$ SELECT set_config('nile.tenant_id', $1, true) IS NOT NULL $$;
+         SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0;"
+    ))
+    .unwrap();
+    let got = attempt(
+        &mut c,
+        &format!("SELECT name FROM projects WHERE switch_in_worker('{GLOBEX}')"),
+    );
+    assert!(
+        got.starts_with("42501") || got.starts_with("25000"),
+        "{got}"
+    );
+    assert_eq!(context(&mut c), ACME);
+}
+
+#[test]
+fn forge_empty_and_null_contexts() {
+    let mut s = Siege::new("empty_null");
+    let mut c = s.login("it_noexec");
+    // Empty and NULL mean "no tenant": they are accepted, and they open nothing.
+    for sql in [
+        "SET nile.tenant_id = ''",
+        "SELECT set_config('nile.tenant_id', '', false)",
+        "SELECT set_config('nile.tenant_id', NULL, false)",
+    ] {
+        let _ = c.batch_execute(sql);
+        assert_eq!(context(&mut c), "none", "{sql}");
+        refused(&mut c, "SELECT * FROM projects", "42501");
+    }
+    let mut a = s.attacker();
+    refused(
+        &mut a,
+        "SELECT nile.set_tenant_token('', is_local => false)",
+        "22023",
+    );
+    refused(
+        &mut a,
+        "SELECT nile.set_tenant_token(NULL, is_local => false)",
+        "22004",
+    );
+    assert_eq!(context(&mut a), ACME);
+}
+
+#[test]
+fn forge_malformed_tenant_ids() {
+    let s = Siege::new("malformed_ids");
+    let mut c = s.login("it_noexec");
+    let upper = GLOBEX.to_uppercase();
+    let braces = format!("{{{GLOBEX}}}");
+    let padded = format!(" {GLOBEX} ");
+    for value in [
+        upper.as_str(),
+        braces.as_str(),
+        padded.as_str(),
+        "globex",
+        "0b0b0b0b00007000800000000000000 2",
+    ] {
+        refused(&mut c, &format!("SET nile.tenant_id = '{value}'"), "42501");
+    }
+    // A nile_app member passing garbage to set_tenant() gets a type error, never a context.
+    let mut app = s.login("it_app");
+    refused(&mut app, "BEGIN; SELECT nile.set_tenant('globex')", "22P02");
+    refused(&mut app, "BEGIN; SELECT nile.set_tenant(NULL)", "22004");
+    assert_eq!(context(&mut app), "none");
+}
+
+#[test]
+fn forge_deleted_tenant() {
+    let mut s = Siege::new("deleted_tenant");
+    // A token minted for Globex while it was active (say, stolen from a log), used after Globex was deleted.
+    let stolen = s.token(GLOBEX);
+    s.su.batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}')"))
+        .unwrap();
+    let mut c = s.login("it_attacker");
+    let err = c.execute(
+        "SELECT nile.set_tenant_token($1, is_local => false)",
+        &[&stolen],
+    );
+    let got = outcome(err);
+    assert!(!got.starts_with("ok"), "{got}");
+    assert_eq!(context(&mut c), "none");
+    assert!(
+        got.starts_with("55000"),
+        "refused as a deleted tenant: {got}"
+    );
+    // Nor can a nile_app member (which may enter any live tenant) enter it.
+    let mut app = s.login("it_app");
+    assert_fails(
+        app.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')")),
+        &got[..5],
+    );
+    app.batch_execute("ROLLBACK").unwrap();
+    assert_eq!(context(&mut app), "none");
+    s.assert_globex_intact();
+}
+
+#[test]
+fn forge_token_for_another_tenant() {
+    let mut s = Siege::new("forged_token");
+    let acme = s.token(ACME);
+    let mut c = s.login("it_attacker");
+    // Swap the payload for one naming Globex, keep Acme's signature; and the same with alg "none".
+    let parts: Vec<&str> = acme.split('.').collect();
+    let payload = format!(r#"{{"tid":"{GLOBEX}","exp":4102444800}}"#);
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        base64url(payload.as_bytes()),
+        parts[2]
+    );
+    let header_none = base64url(br#"{"alg":"none","typ":"JWT"}"#);
+    let unsigned = format!("{header_none}.{}.", base64url(payload.as_bytes()));
+    for token in [forged, unsigned] {
+        let got = outcome(c.execute(
+            "SELECT nile.set_tenant_token($1, is_local => false)",
+            &[&token],
+        ));
+        assert!(
+            got.starts_with("28000") || got.starts_with("22023"),
+            "{got}"
+        );
+        assert!(!leaks(&got), "{got}");
+    }
+    assert_eq!(context(&mut c), "none");
+}
+
+fn base64url(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | (*b as u32) << (16 - 8 * i));
+        for i in 0..=chunk.len() {
+            out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+        }
+    }
+    out
+}
+
+#[test]
+fn forge_token_minting_and_key_reading() {
+    let mut s = Siege::new("token_minting");
+    let mut c = s.attacker();
+    refused(
+        &mut c,
+        &format!("SELECT nile.sign_tenant_token('{GLOBEX}', '1 hour')"),
+        "42501",
+    );
+    refused(&mut c, "SELECT current_setting('nile.token_key')", "42501");
+    refused(&mut c, "SHOW nile.token_key", "42501");
+    let visible = attempt(&mut c, "SELECT coalesce(string_agg(setting, ','), '') FROM pg_settings WHERE name LIKE 'nile.token_key%'");
+    assert!(!visible.contains(TOKEN_KEY), "{visible}");
+    refused(
+        &mut c,
+        "SELECT pg_read_file('postgresql.auto.conf')",
+        "42501",
+    );
+}
+
+#[test]
+fn forge_token_read_from_pg_stat_activity() {
+    let mut s = Siege::new("stat_activity");
+    // Another session of the same role enters Globex with its token as a bound parameter and stays in the transaction.
+    let token = s.token(GLOBEX);
+    let mut victim = s.login("it_attacker");
+    let mut tx = victim.transaction().unwrap();
+    tx.execute("SELECT nile.set_tenant_token($1)", &[&token])
+        .unwrap();
+    // The attacker sees the statement text of sessions of its own role: a parameter, not the token.
+    let mut c = s.attacker();
+    let seen = one::<Option<String>>(
+        &mut c,
+        "SELECT string_agg(query, ' | ') FROM pg_stat_activity WHERE usename = 'it_attacker' AND pid <> pg_backend_pid()",
+    )
+    .unwrap_or_default();
+    assert!(
+        seen.contains("$1") && !seen.contains(&token[token.len() - 20..]),
+        "{seen}"
+    );
+    tx.rollback().unwrap();
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Privilege paths
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn privilege_table_owner() {
+    let mut s = Siege::new("table_owner");
+    let mut owner = s.login("it_atk_owner");
+    // FORCE ROW LEVEL SECURITY: no context, no rows, even for the owner; and it cannot switch the protection off.
+    refused(&mut owner, "SELECT * FROM projects", "42501");
+    for ddl in [
+        "ALTER TABLE projects DISABLE ROW LEVEL SECURITY",
+        "ALTER TABLE projects NO FORCE ROW LEVEL SECURITY",
+        "DROP POLICY nile_tenant_select ON projects",
+        "ALTER POLICY nile_tenant_select ON projects USING (true)",
+    ] {
+        let got = outcome(owner.batch_execute(ddl));
+        assert!(
+            got.starts_with("42501") || got.starts_with("55000") || got.starts_with("2BP01"),
+            "{ddl}: {got}"
+        );
+    }
+    refused(
+        &mut owner,
+        &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
+        "42501",
+    );
+    s.assert_globex_intact();
+}
+
+#[test]
+fn privilege_member_of_the_owner_role() {
+    let mut s = Siege::new("owner_member");
+    s.su.batch_execute("GRANT it_atk_owner TO it_attacker")
+        .unwrap();
+    let mut c = s.attacker();
+    c.batch_execute("SET ROLE it_atk_owner").unwrap();
+    assert_sees_only_acme(&mut c);
+    let got = outcome(c.batch_execute("ALTER TABLE projects DISABLE ROW LEVEL SECURITY"));
+    assert!(!got.starts_with("ok"), "{got}");
+    s.su.batch_execute("REVOKE it_atk_owner FROM it_attacker")
+        .unwrap();
+}
+
+#[test]
+fn privilege_bypassrls() {
+    let mut s = Siege::new("bypassrls");
+    // Postgres exempts BYPASSRLS roles from row-level security. nile_tenancy refuses them a tenant context (so an
+    // application wrongly run as such a role fails instead of silently seeing everyone), and verify() names them.
+    let mut c = s.login("it_bypass");
+    refused(
+        &mut c,
+        &format!("BEGIN; SELECT nile.set_tenant('{ACME}')"),
+        "42501",
+    );
+    refused(
+        &mut c,
+        &format!("SELECT nile.set_tenant('{ACME}', is_local => false)"),
+        "42501",
+    );
+    assert!(s
+        .finding("role it_bypass%BYPASSRLS%")
+        .contains("warning role it_bypass"));
+}
+
+#[test]
+fn privilege_row_security_off() {
+    let mut s = Siege::new("row_security_off");
+    let mut c = s.attacker();
+    c.batch_execute("SET row_security = off").unwrap();
+    refused(&mut c, "SELECT * FROM projects", "42501");
+    refused(&mut c, "UPDATE projects SET name = 'x'", "42501");
+    s.assert_globex_intact();
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Policy composition
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn policy_extra_permissive_policy() {
+    let mut s = Siege::new("extra_permissive");
+    // The owner adds a policy that admits every row: nile_tenancy applies the tenant policies as restrictive too.
+    s.su.batch_execute("SET ROLE it_atk_owner; CREATE POLICY open_all ON projects USING (true) WITH CHECK (true); RESET ROLE")
+        .unwrap();
+    let mut c = s.attacker();
+    assert_sees_only_acme(&mut c);
+    refused(
+        &mut c,
+        &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
+        "42501",
+    );
+    attempt(
+        &mut c,
+        &format!("UPDATE projects SET name = 'pwned' WHERE tenant_id = '{GLOBEX}'"),
+    );
+    s.assert_globex_intact();
+    assert!(s
+        .finding("policy open_all%")
+        .contains("warning policy open_all"));
+}
+
+#[test]
+fn policy_update_set_tenant_id() {
+    let mut s = Siege::new("update_tenant_id");
+    let mut c = s.attacker();
+    refused(
+        &mut c,
+        &format!("UPDATE projects SET tenant_id = '{GLOBEX}' WHERE id = 1"),
+        "42501",
+    );
+    assert_eq!(attempt(&mut c, &format!("WITH u AS (UPDATE projects SET name = 'pwned' WHERE tenant_id = '{GLOBEX}' RETURNING 1) SELECT count(*) FROM u")), "0");
+    assert_eq!(attempt(&mut c, &format!("WITH d AS (DELETE FROM projects WHERE tenant_id = '{GLOBEX}' RETURNING 1) SELECT count(*) FROM d")), "0");
+    s.assert_globex_intact();
+}
+
+#[test]
+fn policy_insert_for_another_tenant() {
+    let mut s = Siege::new("insert_other");
+    let mut c = s.attacker();
+    refused(
+        &mut c,
+        &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
+        "42501",
+    );
+    refused(&mut c, &format!("INSERT INTO projects (tenant_id, id, name) SELECT '{GLOBEX}', id + 100, name FROM projects"), "42501");
+    s.assert_globex_intact();
+}
+
+#[test]
+fn policy_insert_select_copies_only_own_rows() {
+    let mut s = Siege::new("insert_select");
+    let mut c = s.attacker();
+    c.batch_execute("CREATE TABLE loot (name text); INSERT INTO loot SELECT name FROM projects")
+        .unwrap();
+    assert_eq!(
+        attempt(
+            &mut c,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM loot"
+        ),
+        "acme-1,acme-2"
+    );
+}
+
+#[test]
+fn policy_on_conflict_do_update() {
+    let mut s = Siege::new("on_conflict");
+    // A table whose unique key lacks the tenant column (verify() warns about it): the conflicting row is Globex's.
+    s.su.batch_execute(&format!(
+        "CREATE TABLE members (tenant_id uuid NOT NULL, email text NOT NULL UNIQUE, role text NOT NULL);
+         GRANT SELECT, INSERT, UPDATE ON members TO it_attacker;
+         INSERT INTO members VALUES ('{GLOBEX}', 'ceo@globex.example', 'owner');"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    refused(
+        &mut c,
+        "INSERT INTO members (email, role) VALUES ('ceo@globex.example', 'attacker')
+         ON CONFLICT (email) DO UPDATE SET role = 'pwned', tenant_id = EXCLUDED.tenant_id RETURNING *",
+        "42501",
+    );
+    let role = one::<String>(
+        &mut s.su,
+        "SELECT role FROM members WHERE email = 'ceo@globex.example'",
+    );
+    assert_eq!(role, "owner");
+}
+
+#[test]
+fn policy_merge() {
+    let mut s = Siege::new("merge");
+    let mut c = s.attacker();
+    if server_version(&mut c) < 150000 {
+        return; // MERGE arrived in PostgreSQL 15.
+    }
+    // Globex's row is invisible, so it never matches; the NOT MATCHED insert of a Globex row is refused.
+    refused(
+        &mut c,
+        &format!(
+            "MERGE INTO projects p USING (VALUES ('{GLOBEX}'::uuid, 1::bigint, 'pwned')) AS s(t, i, n)
+             ON p.tenant_id = s.t AND p.id = s.i
+             WHEN MATCHED THEN UPDATE SET name = s.n
+             WHEN NOT MATCHED THEN INSERT VALUES (s.t, s.i, s.n)"
+        ),
+        "42501",
+    );
+    c.batch_execute(&format!(
+        "MERGE INTO projects p USING (VALUES ('{GLOBEX}'::uuid, 1::bigint)) AS s(t, i)
+         ON p.id = s.i WHEN MATCHED THEN DELETE"
+    ))
+    .unwrap();
+    s.assert_globex_intact();
+}
+
+#[test]
+fn policy_returning() {
+    let mut s = Siege::new("returning");
+    let mut c = s.attacker();
+    assert_eq!(
+        attempt(&mut c, "UPDATE projects SET name = name RETURNING name")
+            .split('|')
+            .count(),
+        2
+    );
+    attempt(
+        &mut c,
+        "DELETE FROM projects WHERE name LIKE 'globex%' RETURNING *",
+    );
+    attempt(&mut c, "INSERT INTO projects (id, name) VALUES (5, 'acme-5') RETURNING *, (SELECT string_agg(name, ',') FROM projects)");
+    s.assert_globex_intact();
+}
+
+#[test]
+fn policy_ctes_and_sublinks() {
+    let mut s = Siege::new("ctes_sublinks");
+    let mut c = s.attacker();
+    let got = attempt(
+        &mut c,
+        &format!(
+            "WITH everything AS (SELECT * FROM projects)
+             SELECT (SELECT count(*) FROM everything),
+                    EXISTS (SELECT 1 FROM projects WHERE name = '{SECRET}'),
+                    (SELECT count(*) FROM projects WHERE tenant_id = '{GLOBEX}'),
+                    ARRAY(SELECT name FROM projects ORDER BY name),
+                    (SELECT count(*) FROM projects a JOIN LATERAL (SELECT * FROM projects b WHERE b.id = a.id) l ON true)"
+        ),
+    );
+    assert_eq!(got, "2,f,0,{acme-1,acme-2},2");
+    let recursive = attempt(
+        &mut c,
+        "WITH RECURSIVE r(n) AS (SELECT count(*) FROM projects UNION ALL SELECT n - 1 FROM r WHERE n > 0) SELECT max(n) FROM r",
+    );
+    assert_eq!(recursive, "2");
+}
+
+#[test]
+fn policy_where_current_of() {
+    let mut s = Siege::new("current_of");
+    let mut c = s.attacker();
+    c.batch_execute(
+        "BEGIN; DECLARE cur CURSOR FOR SELECT * FROM projects ORDER BY id, name FOR UPDATE",
+    )
+    .unwrap();
+    assert_eq!(
+        attempt(&mut c, "FETCH 1 FROM cur"),
+        format!("{ACME},1,acme-1")
+    );
+    refused(
+        &mut c,
+        &format!("UPDATE projects SET tenant_id = '{GLOBEX}' WHERE CURRENT OF cur"),
+        "42501",
+    );
+    s.assert_globex_intact();
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Plan caching
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn plans_prepared_statement_under_force_generic_plan() {
+    let s = Siege::new("generic_plan");
+    let mut c = s.login("it_app");
+    c.batch_execute(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE names AS SELECT string_agg(name, ',' ORDER BY name) FROM projects;
+         PREPARE by_tenant(uuid) AS SELECT count(*) FROM projects WHERE tenant_id = $1;",
+    )
+    .unwrap();
+    for _ in 0..6 {
+        c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}')"))
+            .unwrap();
+        assert_eq!(attempt(&mut c, "EXECUTE names"), "acme-1,acme-2");
+        assert_eq!(
+            attempt(&mut c, &format!("EXECUTE by_tenant('{GLOBEX}')")),
+            "0"
+        );
+        c.batch_execute("COMMIT").unwrap();
+    }
+    // The same generic plan after the context ended: nothing.
+    refused(&mut c, "EXECUTE names", "42501");
+}
+
+#[test]
+fn plans_protocol_level_prepared_statement_after_the_transaction() {
+    let s = Siege::new("protocol_prepared");
+    let mut c = s.login("it_app");
+    let mut tx = c.transaction().unwrap();
+    tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&ACME])
+        .unwrap();
+    let statement = tx.prepare("SELECT name FROM projects").unwrap();
+    assert_eq!(tx.query(&statement, &[]).unwrap().len(), 2);
+    tx.commit().unwrap();
+    assert_fails(c.query(&statement, &[]), "42501");
+}
+
+#[test]
+fn plans_plpgsql_cached_plan() {
+    let mut s = Siege::new("plpgsql_plan");
+    s.su.batch_execute(
+        "CREATE FUNCTION project_names() RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN RETURN (SELECT string_agg(name, ',' ORDER BY name) FROM projects); END $$;",
+    )
+    .unwrap();
+    let mut c = s.attacker();
+    for _ in 0..6 {
+        assert_eq!(attempt(&mut c, "SELECT project_names()"), "acme-1,acme-2");
+    }
+    c.batch_execute("RESET ALL").ok();
+    let after = attempt(&mut c, "SELECT project_names()");
+    assert!(
+        after == "acme-1,acme-2" || after.starts_with("42501"),
+        "{after}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Parallel query
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn parallel_query_sees_only_own_rows() {
+    let mut s = Siege::new("parallel_query");
+    s.su.batch_execute(&format!(
+        "INSERT INTO projects SELECT CASE WHEN g % 2 = 0 THEN '{ACME}'::uuid ELSE '{GLOBEX}'::uuid END, g, 'bulk-' || g
+         FROM generate_series(10, 20009) g; ANALYZE projects;"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    let force = force_parallel_setting(&mut c);
+    c.batch_execute(&format!(
+        "SET {force} = on; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0;
+         SET min_parallel_table_scan_size = 0; SET max_parallel_workers_per_gather = 2; SET enable_indexscan = off;
+         SET enable_bitmapscan = off;"
+    ))
+    .unwrap();
+    let plan = attempt(
+        &mut c,
+        "EXPLAIN (ANALYZE, COSTS OFF) SELECT count(*) FROM projects",
+    );
+    assert!(
+        plan.contains("Workers Launched: ") && !plan.contains("Workers Launched: 0"),
+        "no worker ran: {plan}"
+    );
+    assert_eq!(attempt(&mut c, "SELECT count(*) FROM projects"), "10002");
+    assert_eq!(
+        attempt(
+            &mut c,
+            &format!("SELECT count(*) FROM projects WHERE tenant_id = '{GLOBEX}'")
+        ),
+        "0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Partitions and inheritance children
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn partitions_read_directly() {
+    let mut s = Siege::new("partitions");
+    s.su.batch_execute(&format!(
+        "CREATE TABLE events (tenant_id uuid NOT NULL, at date NOT NULL, name text NOT NULL) PARTITION BY RANGE (at);
+         CREATE TABLE events_2027 PARTITION OF events FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+         CREATE TABLE events_2028 (tenant_id uuid NOT NULL, at date NOT NULL, name text NOT NULL);
+         INSERT INTO events VALUES ('{ACME}', '2027-05-01', 'acme-27'), ('{GLOBEX}', '2027-05-01', '{SECRET}');
+         INSERT INTO events_2028 VALUES ('{GLOBEX}', '2028-05-01', '{SECRET}');
+         ALTER TABLE events ATTACH PARTITION events_2028 FOR VALUES FROM ('2028-01-01') TO ('2029-01-01');
+         GRANT SELECT, INSERT ON events, events_2027, events_2028 TO it_attacker;"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    assert_eq!(
+        attempt(&mut c, "SELECT string_agg(name, ',') FROM events_2027"),
+        "acme-27"
+    );
+    assert_eq!(attempt(&mut c, "SELECT count(*) FROM events_2028"), "0");
+    assert_eq!(attempt(&mut c, "SELECT count(*) FROM events"), "1");
+    refused(
+        &mut c,
+        &format!("INSERT INTO events_2027 VALUES ('{GLOBEX}', '2027-06-01', 'planted')"),
+        "42501",
+    );
+}
+
+#[test]
+fn inheritance_child_read_directly() {
+    let mut s = Siege::new("inheritance");
+    s.su.batch_execute(&format!(
+        "CREATE TABLE docs (tenant_id uuid NOT NULL, name text NOT NULL);
+         CREATE TABLE docs_archive () INHERITS (docs);
+         INSERT INTO docs_archive VALUES ('{ACME}', 'acme-old'), ('{GLOBEX}', '{SECRET}');
+         GRANT SELECT ON docs, docs_archive TO it_attacker;"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    assert_eq!(
+        attempt(&mut c, "SELECT string_agg(name, ',') FROM docs_archive"),
+        "acme-old"
+    );
+    assert_eq!(
+        attempt(&mut c, "SELECT string_agg(name, ',') FROM docs"),
+        "acme-old"
+    );
+    assert_eq!(attempt(&mut c, "SELECT count(*) FROM ONLY docs"), "0");
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Objects row-level security does not cover
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn uncovered_truncate() {
+    let mut s = Siege::new("truncate");
+    let mut c = s.attacker();
+    refused(&mut c, "TRUNCATE projects", "42501");
+    s.assert_globex_intact();
+    // Postgres applies no policy to TRUNCATE: a grant of it is an error in verify().
+    s.su.batch_execute("GRANT TRUNCATE ON projects TO it_attacker")
+        .unwrap();
+    assert!(s
+        .finding("table public.projects%TRUNCATE%")
+        .contains("it_attacker"));
+}
+
+#[test]
+fn uncovered_view_without_security_invoker() {
+    let mut s = Siege::new("owner_view");
+    // A view owned by the table's owner runs with the owner's rights, and the owner is subject to the policies
+    // (FORCE ROW LEVEL SECURITY) under the caller's context: still one tenant.
+    s.su.batch_execute(
+        "SET ROLE it_atk_owner; CREATE VIEW all_projects AS SELECT * FROM projects; RESET ROLE;
+         GRANT SELECT ON all_projects TO it_attacker;",
+    )
+    .unwrap();
+    let mut c = s.attacker();
+    assert_eq!(
+        attempt(
+            &mut c,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM all_projects"
+        ),
+        "acme-1,acme-2"
+    );
+    assert!(s
+        .finding("view public.all_projects%")
+        .contains("warning view public.all_projects"));
+}
+
+#[test]
+fn uncovered_view_owned_by_a_superuser() {
+    let mut s = Siege::new("superuser_view");
+    // A superuser's view reads with superuser rights, which row-level security exempts: verify() reports it as an
+    // error, and the caller's context still narrows nothing there (superusers are exempt by design).
+    s.su.batch_execute("CREATE VIEW every_project AS SELECT * FROM projects")
+        .unwrap();
+    assert!(s
+        .finding("view public.every_project%bypasses%")
+        .contains("error view public.every_project"));
+    // Not granted, it is not readable by the application.
+    let mut c = s.attacker();
+    refused(&mut c, "SELECT * FROM every_project", "42501");
+}
+
+#[test]
+fn uncovered_materialized_view() {
+    let mut s = Siege::new("matview");
+    s.su.batch_execute("CREATE MATERIALIZED VIEW project_names AS SELECT name FROM projects")
+        .unwrap();
+    assert!(s
+        .finding("materialized view public.project_names%")
+        .contains("error materialized view"));
+    let mut c = s.attacker();
+    refused(&mut c, "SELECT * FROM project_names", "42501");
+    // Refreshing it as the application only re-materialises what the application can see; it does not own it.
+    refused(&mut c, "REFRESH MATERIALIZED VIEW project_names", "42501");
+}
+
+#[test]
+fn uncovered_security_definer_function() {
+    let mut s = Siege::new("security_definer");
+    s.su.batch_execute(
+        "SET ROLE it_atk_owner;
+         CREATE FUNCTION definer_names() RETURNS text LANGUAGE sql SECURITY DEFINER SET search_path = public
+         AS $$ SELECT string_agg(name, ',' ORDER BY name) FROM projects $$;
+         RESET ROLE;",
+    )
+    .unwrap();
+    let mut c = s.attacker();
+    assert_eq!(attempt(&mut c, "SELECT definer_names()"), "acme-1,acme-2");
+}
+
+#[test]
+fn uncovered_copy() {
+    let mut s = Siege::new("copy");
+    let mut c = s.attacker();
+    let mut out = String::new();
+    std::io::Read::read_to_string(
+        &mut c.copy_out("COPY projects TO STDOUT").unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    assert!(!leaks(&out) && out.lines().count() == 2, "{out}");
+    let mut out = String::new();
+    std::io::Read::read_to_string(
+        &mut c
+            .copy_out("COPY (SELECT * FROM projects) TO STDOUT")
+            .unwrap(),
+        &mut out,
+    )
+    .unwrap();
+    assert!(!leaks(&out) && out.lines().count() == 2, "{out}");
+    // COPY FROM is refused by Postgres for roles subject to row-level security.
+    let copy_in = c.copy_in("COPY projects FROM STDIN");
+    assert_fails(copy_in, "0A000");
+    s.assert_globex_intact();
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Leaky functions, operators and statistics
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn leaky_function() {
+    let mut s = Siege::new("leaky_function");
+    let mut c = s.attacker();
+    c.batch_execute(
+        "CREATE FUNCTION f_leak(text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001
+         AS $$ BEGIN RAISE NOTICE 'f_leak => %', $1; RETURN true; END $$;",
+    )
+    .unwrap();
+    attempt(&mut c, "SELECT * FROM projects WHERE f_leak(name)");
+    attempt(
+        &mut c,
+        "SELECT * FROM projects WHERE f_leak(name) AND id = 1",
+    );
+    attempt(
+        &mut c,
+        "SELECT count(*) FROM projects GROUP BY name HAVING f_leak(name)",
+    );
+    s.assert_no_leak_in_notices();
+    assert!(
+        s.notices
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n.contains("acme-1")),
+        "the function ran"
+    );
+}
+
+#[test]
+fn leaky_operator() {
+    let mut s = Siege::new("leaky_operator");
+    let mut c = s.attacker();
+    c.batch_execute(
+        "CREATE FUNCTION leak_eq(text, text) RETURNS boolean LANGUAGE plpgsql COST 0.0000001
+         AS $$ BEGIN RAISE NOTICE 'leak_eq => %', $1; RETURN $1 = $2; END $$;
+         CREATE OPERATOR <<< (LEFTARG = text, RIGHTARG = text, FUNCTION = leak_eq, RESTRICT = eqsel);",
+    )
+    .unwrap();
+    attempt(
+        &mut c,
+        &format!("SELECT * FROM projects WHERE name <<< '{SECRET}'"),
+    );
+    s.assert_no_leak_in_notices();
+}
+
+#[test]
+fn leaky_planner_statistics() {
+    let mut s = Siege::new("pg_stats");
+    s.su.batch_execute("ANALYZE projects").unwrap();
+    let mut c = s.attacker();
+    assert_eq!(
+        attempt(
+            &mut c,
+            "SELECT count(*) FROM pg_stats WHERE tablename = 'projects'"
+        ),
+        "0"
+    );
+    refused(&mut c, "SELECT * FROM pg_statistic", "42501");
+    assert_eq!(
+        attempt(
+            &mut c,
+            "SELECT count(*) FROM pg_stats_ext WHERE tablename = 'projects'"
+        ),
+        "0"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Covert channels through keys: Postgres checks uniqueness and foreign keys across all rows. verify() flags keys
+// without the tenant column; the composite keys it recommends close the channel.
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn covert_channel_unique_key() {
+    let mut s = Siege::new("unique_channel");
+    s.su.batch_execute(&format!(
+        "CREATE TABLE members (tenant_id uuid NOT NULL, email text NOT NULL, CONSTRAINT members_email_key UNIQUE (email));
+         GRANT SELECT, INSERT ON members TO it_attacker;
+         INSERT INTO members VALUES ('{GLOBEX}', 'ceo@globex.example');"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    // The channel: a duplicate-key error tells Acme that some tenant has this address.
+    let probe = c.batch_execute("INSERT INTO members (email) VALUES ('ceo@globex.example')");
+    let got = assert_fails(probe, "23505");
+    assert!(!leaks(&got), "{got}");
+    assert!(s
+        .finding("constraint members_email_key%")
+        .contains("unique key without the tenant column"));
+    // The recommended fix closes it: the same insert now succeeds, and tells nothing.
+    s.su.batch_execute(
+        "ALTER TABLE members DROP CONSTRAINT members_email_key, ADD CONSTRAINT members_email_key UNIQUE (tenant_id, email)",
+    )
+    .unwrap();
+    c.batch_execute("INSERT INTO members (email) VALUES ('ceo@globex.example')")
+        .unwrap();
+    assert_eq!(s.finding("constraint members_email_key%"), "");
+}
+
+#[test]
+fn covert_channel_foreign_key() {
+    let mut s = Siege::new("foreign_key_channel");
+    s.su.batch_execute(&format!(
+        "CREATE TABLE accounts (tenant_id uuid NOT NULL, id bigint PRIMARY KEY);
+         CREATE TABLE invoices (tenant_id uuid NOT NULL, account_id bigint NOT NULL,
+                                CONSTRAINT invoices_account_fk FOREIGN KEY (account_id) REFERENCES accounts (id));
+         GRANT SELECT, INSERT ON accounts, invoices TO it_attacker;
+         INSERT INTO accounts VALUES ('{GLOBEX}', 42);"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    // The channel: the foreign-key check reads every tenant's rows, so Acme can point at (and so detect) Globex's
+    // account 42.
+    c.batch_execute("INSERT INTO invoices (account_id) VALUES (42)")
+        .unwrap();
+    assert!(s
+        .finding("constraint invoices_account_fk%")
+        .contains("does not include the tenant column"));
+    // The recommended fix closes it: a key on (tenant_id, id) and a foreign key over both columns.
+    s.su.batch_execute(
+        "DELETE FROM invoices;
+         ALTER TABLE accounts ADD CONSTRAINT accounts_tenant_id_key UNIQUE (tenant_id, id);
+         ALTER TABLE invoices DROP CONSTRAINT invoices_account_fk,
+             ADD CONSTRAINT invoices_account_fk FOREIGN KEY (tenant_id, account_id) REFERENCES accounts (tenant_id, id);"
+    )
+    .unwrap();
+    let probe = c.batch_execute("INSERT INTO invoices (account_id) VALUES (42)");
+    let got = assert_fails(probe, "23503");
+    assert!(!leaks(&got), "{got}");
+    assert_eq!(s.finding("constraint invoices_account_fk%"), "");
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// The extension's own objects
+// ---------------------------------------------------------------------------------------------------------------------
+
+#[test]
+fn own_objects_tenants_catalog() {
+    let mut s = Siege::new("tenants_catalog");
+    let mut c = s.attacker();
+    assert_eq!(
+        attempt(&mut c, "SELECT string_agg(name, ',') FROM nile.tenants"),
+        "Acme"
+    );
+    let mut none = s.login("it_noexec");
+    let got = attempt(&mut none, "SELECT count(*) FROM nile.tenants");
+    assert!(got == "0" || got.starts_with("42501"), "{got}");
+}
+
+#[test]
+fn own_objects_audit_bindings_and_registry() {
+    let mut s = Siege::new("own_tables");
+    let mut c = s.attacker();
+    // The audit and the bindings name tenants and people: nile_admin only. (The registry of tenant tables is
+    // readable by everyone: it describes the schema, not any tenant.)
+    for table in ["nile.admin_audit", "nile.role_bindings"] {
+        refused(&mut c, &format!("SELECT * FROM {table}"), "42501");
+    }
+    refused(
+        &mut c,
+        "BEGIN; SELECT nile.admin_context('curious')",
+        "42501",
+    );
+    refused(
+        &mut c,
+        &format!("SELECT nile.bind_role('it_attacker', '{GLOBEX}')"),
+        "42501",
+    );
+    refused(&mut c, "SELECT nile.enable_tenancy('projects')", "42501");
+    refused(
+        &mut c,
+        &format!("SELECT nile.delete_tenant('{GLOBEX}')"),
+        "42501",
+    );
+    s.assert_globex_intact();
+}
+
+#[test]
+fn own_objects_bound_role_cannot_leave() {
+    let mut s = Siege::new("bound_role");
+    let mut c = s.login("it_atk_bound");
+    for sql in [
+        format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
+        format!("SET nile.tenant_id = '{GLOBEX}'"),
+        "SELECT nile.clear_tenant()".to_string(),
+        format!(
+            "SELECT nile.set_tenant_token('{}', is_local => false)",
+            s.token(GLOBEX)
+        ),
+    ] {
+        refused(&mut c, &sql, "42501");
+    }
+    // SET ROLE to an unbound role keeps the login role's binding.
+    s.su.batch_execute("GRANT it_app TO it_atk_bound").unwrap();
+    c.batch_execute("SET ROLE it_app").unwrap();
+    assert_sees_only_acme(&mut c);
+    refused(
+        &mut c,
+        &format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
+        "42501",
+    );
+    s.su.batch_execute("REVOKE it_app FROM it_atk_bound")
+        .unwrap();
+}
