@@ -95,5 +95,31 @@ GRANT EXECUTE ON FUNCTION
     nile.admin_context(text),
     nile.sign_tenant_token(uuid, interval, text),
     nile.bind_role(name, uuid), nile._bind_role(text, uuid), nile.unbind_role(name), nile._unbind_role(text),
-    nile.verify(), nile._protection_problems(regclass)
+    nile.verify(), nile._protection_problems(regclass),
+    nile.reset_usage(uuid)
     TO nile_admin;
+
+-- Usage metering (src/usage_store.rs, src/usage_hooks.rs). Every tenant's figures are for nile_admin and pg_monitor;
+-- a tenant session sees its own row in nile.my_usage.
+CREATE VIEW nile.tenant_usage AS
+    SELECT u.tenant_id, t.name AS tenant_name, u.kind, u.statements, u.errors,
+           u.rows_returned, u.rows_inserted, u.rows_updated, u.rows_deleted,
+           u.total_time_ms, u.mean_time_ms, u.max_time_ms, u.p50_ms, u.p95_ms, u.p99_ms,
+           round((u.total_time_ms / nullif(sum(u.total_time_ms) OVER (), 0))::numeric, 4) AS share_of_time,
+           u.cpu_user_ms, u.cpu_system_ms, u.shared_blks_hit, u.shared_blks_read, u.shared_blks_dirtied,
+           u.first_activity, u.last_activity
+    FROM nile._usage() u
+    LEFT JOIN nile.tenants t ON t.id = u.tenant_id;
+COMMENT ON VIEW nile.tenant_usage IS 'nile_tenancy: usage of every tenant of this database since the last reset (one row per tenant, plus no tenant, admin and overflow rows)';
+CREATE VIEW nile.my_usage AS
+    SELECT u.tenant_id, u.statements, u.errors, u.rows_returned, u.rows_inserted, u.rows_updated, u.rows_deleted,
+           u.total_time_ms, u.mean_time_ms, u.max_time_ms, u.p50_ms, u.p95_ms, u.p99_ms,
+           u.cpu_user_ms, u.cpu_system_ms, u.shared_blks_hit, u.shared_blks_read, u.shared_blks_dirtied,
+           u.first_activity, u.last_activity
+    FROM nile._my_usage() u;
+COMMENT ON VIEW nile.my_usage IS 'nile_tenancy: the usage of the session''s own tenant';
+REVOKE ALL ON nile.tenant_usage, nile.my_usage FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._usage() TO nile_admin, pg_monitor;
+GRANT SELECT ON nile.tenant_usage TO nile_admin, pg_monitor;
+GRANT EXECUTE ON FUNCTION nile._my_usage() TO PUBLIC;
+GRANT SELECT ON nile.my_usage TO PUBLIC;

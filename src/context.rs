@@ -145,7 +145,7 @@ fn current_tenant() -> Option<Uuid> {
 }
 
 /// The tenant this session works for: the one its role is bound to (nile.bind_role()), else its tenant context.
-fn effective_tenant() -> Option<[u8; 16]> {
+pub fn effective_tenant() -> Option<[u8; 16]> {
     bound_tenant().or_else(gucs::current_tenant)
 }
 

@@ -46,6 +46,19 @@ pub static AUTO_ENABLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// session can enter a tenant's context only with a signed token (`nile.set_tenant_token()`), not `nile.set_tenant()`.
 pub static REQUIRE_TOKEN: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `nile.track_usage`: whether statements are counted per tenant in shared memory (superuser; see usage_hooks.rs).
+pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
+/// `nile.max_tracked_tenants`: how many tenants (over all databases) get a usage row of their own; more go to their
+/// database's overflow row. Sizes shared memory, so it takes a restart.
+pub static MAX_TRACKED_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+
+/// `nile.usage_flush_interval`: seconds between two flushes of usage into `nile.usage_history`.
+pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+/// `nile.slow_statement_ms`: log every top-level statement slower than this, with its tenant (-1: off).
+pub static SLOW_STATEMENT_MS: GucSetting<i32> = GucSetting::<i32>::new(-1);
+
 /// `nile.token_key`: the HMAC-SHA256 key of tenant tokens (postgresql.conf or ALTER SYSTEM; superuser-only).
 pub static TOKEN_KEY: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(Some(c""));
 
@@ -185,6 +198,44 @@ pub fn init() {
         &AUTO_ENABLE,
         GucContext::Userset,
         GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nile.track_usage",
+        c"Count every top-level statement in its tenant's usage row (nile.tenant_usage).",
+        c"Needs nile_tenancy in shared_preload_libraries. Superuser-only, so a tenant cannot hide its usage.",
+        &TRACK_USAGE,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"nile.max_tracked_tenants",
+        c"How many tenants, over all databases, get a usage row of their own.",
+        c"Usage of further tenants goes to their database's overflow row, so totals stay exact. Each row takes           about 1 kB of shared memory. Takes effect at server start.",
+        &MAX_TRACKED_TENANTS,
+        16,
+        10_000_000,
+        GucContext::Postmaster,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"nile.usage_flush_interval",
+        c"Seconds between two flushes of the usage counters into nile.usage_history.",
+        c"A crash loses at most this much usage history.",
+        &USAGE_FLUSH_INTERVAL,
+        1,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"nile.slow_statement_ms",
+        c"Log every top-level statement that runs longer than this many milliseconds, with its tenant.",
+        c"-1 (the default) turns it off; 0 logs every statement.",
+        &SLOW_STATEMENT_MS,
+        -1,
+        i32::MAX,
+        GucContext::Suset,
+        GucFlags::UNIT_MS,
     );
     // SAFETY: plain call into Postgres during _PG_init.
     unsafe { reserve_prefix() };

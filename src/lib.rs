@@ -16,6 +16,9 @@
 //! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
+//! - `usage_api`: the SQL functions under the usage views, and `nile.reset_usage()`
+//! - `usage_store`: per-tenant usage counters in shared memory
+//! - `usage_hooks`: measuring each top-level statement for its tenant's usage (executor and utility hooks)
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
 //! - `errors`: raising errors with a SQLSTATE, detail and hint
 
@@ -36,6 +39,9 @@ mod tenancy;
 mod tenant_cache;
 mod tenants;
 mod tokens;
+mod usage_api;
+mod usage_hooks;
+mod usage_store;
 mod uuid_text;
 
 pgrx::pg_module_magic!(name, version);
@@ -56,6 +62,8 @@ pub extern "C-unwind" fn _PG_init() {
     admin::init();
     policy_guard::init();
     role_binding::init();
+    usage_store::init();
+    usage_hooks::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1348,3 +1348,28 @@ fn own_objects_bound_role_cannot_leave() {
     s.su.batch_execute("REVOKE it_app FROM it_atk_bound")
         .unwrap();
 }
+
+#[test]
+fn own_objects_usage_views() {
+    let mut s = Siege::new("usage_views");
+    // Globex works a little, so that there is a Globex usage row to steal.
+    s.su.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{GLOBEX}'); SELECT * FROM projects; COMMIT;"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    for sql in [
+        "SELECT * FROM nile.tenant_usage",
+        "SELECT * FROM nile._usage()",
+        "SELECT nile.reset_usage()",
+    ] {
+        refused(&mut c, sql, "42501");
+    }
+    assert_eq!(
+        attempt(
+            &mut c,
+            "SELECT string_agg(tenant_id::text, ',') FROM nile.my_usage"
+        ),
+        ACME
+    );
+}

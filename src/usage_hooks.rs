@@ -1,0 +1,639 @@
+//! usage_hooks — measuring each top-level statement for its tenant's usage row (usage_store.rs).
+//!
+//! The executor hooks (start, run, finish, end) and the utility hook, each chained to the previous one, measure in
+//! backend memory only: wall time and CPU time (getrusage) spent in ExecutorRun / ExecutorFinish or in the utility,
+//! shared buffers hit / read / dirtied, and rows. Nested statements (inside functions, DO blocks, procedures,
+//! EXECUTE) count once, with the top-level statement that ran them; the rows they insert, update or delete are added
+//! to it. Shared memory is touched once per statement, at its end (ExecutorEnd or the end of the utility): never in
+//! ExecutorStart. A statement counts for the tenant whose context it started in (a bound role's tenant, else the
+//! tenant context; the admin context and no context have rows of their own).
+//!
+//! Errors must reach the client exactly as Postgres raised them (CONTEXT lines, constraint and column names, error
+//! position). So the hooks are thin trampolines that are not `#[pg_guard]`ed and hold nothing that needs dropping
+//! while Postgres code runs: an ERROR raised below them longjmps through their frames untouched, never through pgrx's
+//! conversion to a Rust panic. Their bookkeeping is done in separate `#[pg_guard]` functions before and after.
+//! Because an ERROR skips the "after" half, the nesting level is put back by the (sub)transaction abort callbacks,
+//! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
+
+use crate::gucs;
+use crate::usage_store::{self, RowKind, StatementUsage, UsageKey};
+use pgrx::prelude::*;
+use std::cell::{Cell, RefCell};
+use std::time::Instant;
+
+// The standard functions, declared directly: pgrx's bindings would turn an ERROR raised inside them into a Rust panic
+// and re-raise it without its context.
+extern "C-unwind" {
+    #[link_name = "standard_ExecutorStart"]
+    fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
+    #[cfg(not(feature = "pg18"))]
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query_desc: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+        execute_once: bool,
+    );
+    #[cfg(feature = "pg18")]
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query_desc: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+    );
+    #[link_name = "standard_ExecutorFinish"]
+    fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
+    #[link_name = "standard_ExecutorEnd"]
+    fn raw_standard_executor_end(query_desc: *mut pg_sys::QueryDesc);
+    #[link_name = "standard_ProcessUtility"]
+    fn raw_standard_process_utility(
+        pstmt: *mut pg_sys::PlannedStmt,
+        query_string: *const std::ffi::c_char,
+        read_only_tree: bool,
+        context: pg_sys::ProcessUtilityContext::Type,
+        params: pg_sys::ParamListInfo,
+        query_env: *mut pg_sys::QueryEnvironment,
+        dest: *mut pg_sys::DestReceiver,
+        qc: *mut pg_sys::QueryCompletion,
+    );
+}
+
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
+static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
+static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// A top-level statement being measured.
+struct Measured {
+    /// The QueryDesc of an executor statement (null for a utility statement).
+    query_desc: *mut pg_sys::QueryDesc,
+    key: UsageKey,
+    usage: StatementUsage,
+    /// Set while its ExecutorRun / ExecutorFinish (or the utility) is running.
+    running: Option<Span>,
+}
+
+thread_local! {
+    /// How deep inside a top-level statement the executor currently is (0: at top level).
+    static NESTING: Cell<u32> = const { Cell::new(0) };
+    /// Top-level executor statements started and not ended (usually one; more with interleaved portals).
+    static OPEN: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
+    /// The nesting level at the start of each open subtransaction, restored if it aborts.
+    static NESTING_AT_SUBXACT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+pub fn init() {
+    if !usage_store_possible() {
+        return;
+    }
+    // SAFETY: _PG_init runs once per process before any query; each previous hook is saved beside ours and called by
+    // it. The callbacks are registered for the life of the process.
+    unsafe {
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
+        PREV_EXECUTOR_FINISH = pg_sys::ExecutorFinish_hook;
+        pg_sys::ExecutorFinish_hook = Some(executor_finish);
+        PREV_EXECUTOR_END = pg_sys::ExecutorEnd_hook;
+        pg_sys::ExecutorEnd_hook = Some(executor_end);
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+}
+
+/// Counting needs the shared memory, which only exists when the library is preloaded.
+fn usage_store_possible() -> bool {
+    gucs::preloaded()
+}
+
+/// Should this top-level statement be measured? Only with tracking on, in a database that has the extension (its
+/// schema `nile`: a syscache lookup), in a normal backend.
+fn tracking() -> bool {
+    // SAFETY: reads process-global flags.
+    let normal_backend = unsafe {
+        pg_sys::IsUnderPostmaster
+            && pg_sys::MyDatabaseId != pg_sys::InvalidOid
+            && pg_sys::ParallelWorkerNumber < 0
+    };
+    gucs::TRACK_USAGE.get()
+        && normal_backend
+        && usage_store::available()
+        && crate::own_tables::nile_namespace().is_some()
+}
+
+/// The row a statement starting now counts in.
+fn current_key() -> UsageKey {
+    // SAFETY: reads the backend's database id.
+    let database = unsafe { pg_sys::MyDatabaseId };
+    if gucs::admin_in_force() {
+        return UsageKey::new(database, RowKind::Admin, None);
+    }
+    match crate::context::effective_tenant() {
+        Some(tenant) => UsageKey::new(database, RowKind::Tenant, Some(tenant)),
+        None => UsageKey::new(database, RowKind::NoTenant, None),
+    }
+}
+
+/// CPU time of this process so far (user, system), in nanoseconds.
+fn cpu_times() -> (u64, u64) {
+    // SAFETY: getrusage writes into the struct we pass.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let ns = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1_000;
+    (ns(usage.ru_utime), ns(usage.ru_stime))
+}
+
+/// Shared buffers hit, read and dirtied by this process (and the parallel workers it has collected) so far.
+fn buffers() -> (u64, u64, u64) {
+    // SAFETY: pgBufferUsage is this process's own counter struct.
+    unsafe {
+        let b = &raw const pg_sys::pgBufferUsage;
+        (
+            (*b).shared_blks_hit as u64,
+            (*b).shared_blks_read as u64,
+            (*b).shared_blks_dirtied as u64,
+        )
+    }
+}
+
+/// Time, CPU and buffers spent between `start` and now, added to `usage`.
+struct Span {
+    wall: Instant,
+    cpu: (u64, u64),
+    buffers: (u64, u64, u64),
+}
+
+impl Span {
+    fn start() -> Span {
+        Span {
+            wall: Instant::now(),
+            cpu: cpu_times(),
+            buffers: buffers(),
+        }
+    }
+
+    fn add_to(&self, usage: &mut StatementUsage) {
+        let cpu = cpu_times();
+        let buffers = buffers();
+        usage.time_ns += self.wall.elapsed().as_nanos() as u64;
+        usage.cpu_user_ns += cpu.0.saturating_sub(self.cpu.0);
+        usage.cpu_system_ns += cpu.1.saturating_sub(self.cpu.1);
+        usage.blks_hit += buffers.0.saturating_sub(self.buffers.0);
+        usage.blks_read += buffers.1.saturating_sub(self.buffers.1);
+        usage.blks_dirtied += buffers.2.saturating_sub(self.buffers.2);
+    }
+}
+
+fn nesting() -> u32 {
+    NESTING.with(Cell::get)
+}
+
+fn enter_nested() {
+    NESTING.with(|n| n.set(n.get() + 1));
+}
+
+fn leave_nested() {
+    NESTING.with(|n| n.set(n.get().saturating_sub(1)));
+}
+
+fn open_position(query_desc: *mut pg_sys::QueryDesc) -> Option<usize> {
+    OPEN.with(|open| {
+        open.borrow()
+            .iter()
+            .rposition(|m| m.query_desc == query_desc)
+    })
+}
+
+/// Start or stop the running span of the open top-level statement of `query_desc`.
+fn start_running(query_desc: *mut pg_sys::QueryDesc) {
+    OPEN.with(|open| {
+        if let Some(m) = open
+            .borrow_mut()
+            .iter_mut()
+            .rev()
+            .find(|m| m.query_desc == query_desc)
+        {
+            m.running = Some(Span::start());
+        }
+    });
+}
+
+fn stop_running(query_desc: *mut pg_sys::QueryDesc) {
+    OPEN.with(|open| {
+        if let Some(m) = open
+            .borrow_mut()
+            .iter_mut()
+            .rev()
+            .find(|m| m.query_desc == query_desc)
+        {
+            if let Some(span) = m.running.take() {
+                span.add_to(&mut m.usage);
+            }
+        }
+    });
+}
+
+fn open_statement(query_desc: *mut pg_sys::QueryDesc, running: bool) {
+    let key = current_key();
+    OPEN.with(|open| {
+        open.borrow_mut().push(Measured {
+            query_desc,
+            key,
+            usage: StatementUsage::default(),
+            running: running.then(Span::start),
+        })
+    });
+}
+
+fn close_statement(query_desc: *mut pg_sys::QueryDesc) -> Option<Measured> {
+    let i = open_position(query_desc)?;
+    let mut measured = OPEN.with(|open| open.borrow_mut().remove(i));
+    if let Some(span) = measured.running.take() {
+        span.add_to(&mut measured.usage);
+    }
+    Some(measured)
+}
+
+// ---- ExecutorStart ------------------------------------------------------------------------------------------------
+
+/// A top-level statement starts: note its tenant (backend memory only: no shared memory, no lock). Noted before the
+/// standard start, so that a statement failing there is counted as an error by the abort callback.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_executor_start(query_desc: *mut pg_sys::QueryDesc) {
+    if nesting() == 0 && tracking() {
+        open_statement(query_desc, false);
+    }
+}
+
+/// SAFETY: called by Postgres as ExecutorStart_hook. Holds nothing that needs dropping while Postgres code runs (see
+/// the module comment).
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
+    // SAFETY: our bookkeeping, then the previous hook or the standard function with the arguments we were given.
+    unsafe {
+        before_executor_start(query_desc);
+        match PREV_EXECUTOR_START {
+            Some(prev) => prev(query_desc, eflags),
+            None => raw_standard_executor_start(query_desc, eflags),
+        }
+    }
+}
+
+// ---- ExecutorRun / ExecutorFinish ---------------------------------------------------------------------------------
+
+/// Before ExecutorRun or ExecutorFinish: start timing a top-level statement, and go one level deeper.
+#[pg_guard]
+unsafe extern "C-unwind" fn before_run(query_desc: *mut pg_sys::QueryDesc) {
+    if nesting() == 0 {
+        start_running(query_desc);
+    }
+    enter_nested();
+}
+
+/// After ExecutorRun or ExecutorFinish returned: back up a level, and stop timing a top-level statement.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_run(query_desc: *mut pg_sys::QueryDesc) {
+    leave_nested();
+    if nesting() == 0 {
+        stop_running(query_desc);
+    }
+}
+
+/// SAFETY: called by Postgres as ExecutorRun_hook; a trampoline (see the module comment).
+#[cfg(not(feature = "pg18"))]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
+    unsafe {
+        before_run(query_desc);
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => prev(query_desc, direction, count, execute_once),
+            None => raw_standard_executor_run(query_desc, direction, count, execute_once),
+        }
+        after_run(query_desc);
+    }
+}
+
+/// SAFETY: called by Postgres as ExecutorRun_hook; a trampoline (see the module comment).
+#[cfg(feature = "pg18")]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+) {
+    // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
+    unsafe {
+        before_run(query_desc);
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => prev(query_desc, direction, count),
+            None => raw_standard_executor_run(query_desc, direction, count),
+        }
+        after_run(query_desc);
+    }
+}
+
+/// SAFETY: called by Postgres as ExecutorFinish_hook; a trampoline (see the module comment).
+unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) {
+    // SAFETY: our bookkeeping around the previous hook or the standard function, with the argument we were given.
+    unsafe {
+        before_run(query_desc);
+        match PREV_EXECUTOR_FINISH {
+            Some(prev) => prev(query_desc),
+            None => raw_standard_executor_finish(query_desc),
+        }
+        after_run(query_desc);
+    }
+}
+
+// ---- ExecutorEnd --------------------------------------------------------------------------------------------------
+
+/// The statement's command and row count, read before ExecutorEnd frees its state.
+#[pg_guard]
+unsafe extern "C-unwind" fn rows_of(query_desc: *mut pg_sys::QueryDesc) -> u64 {
+    // SAFETY: ExecutorEnd is called with a started QueryDesc whose estate is still there.
+    unsafe {
+        let estate = (*query_desc).estate;
+        if estate.is_null() {
+            0
+        } else {
+            (*estate).es_processed
+        }
+    }
+}
+
+/// After ExecutorEnd: a top-level statement is finished and recorded; a nested one adds the rows it wrote to the
+/// top-level statement running it.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_executor_end(
+    query_desc: *mut pg_sys::QueryDesc,
+    operation: pg_sys::CmdType::Type,
+    processed: u64,
+) {
+    if nesting() == 0 {
+        if let Some(mut measured) = close_statement(query_desc) {
+            count_rows(&mut measured.usage, operation, processed, true);
+            finish(measured);
+        }
+    } else {
+        OPEN.with(|open| {
+            if let Some(m) = open.borrow_mut().last_mut() {
+                count_rows(&mut m.usage, operation, processed, false);
+            }
+        });
+    }
+}
+
+/// SAFETY: called by Postgres as ExecutorEnd_hook; a trampoline (see the module comment).
+unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
+    // SAFETY: the QueryDesc is valid until the call below frees its state; we read what we need first.
+    unsafe {
+        let operation = (*query_desc).operation;
+        let processed = rows_of(query_desc);
+        match PREV_EXECUTOR_END {
+            Some(prev) => prev(query_desc),
+            None => raw_standard_executor_end(query_desc),
+        }
+        after_executor_end(query_desc, operation, processed);
+    }
+}
+
+fn count_rows(
+    usage: &mut StatementUsage,
+    operation: pg_sys::CmdType::Type,
+    rows: u64,
+    top_level: bool,
+) {
+    match operation {
+        pg_sys::CmdType::CMD_SELECT if top_level => usage.rows_returned += rows,
+        pg_sys::CmdType::CMD_INSERT => usage.rows_inserted += rows,
+        pg_sys::CmdType::CMD_UPDATE => usage.rows_updated += rows,
+        pg_sys::CmdType::CMD_DELETE => usage.rows_deleted += rows,
+        #[cfg(not(feature = "pg14"))]
+        pg_sys::CmdType::CMD_MERGE => usage.rows_updated += rows,
+        _ => {}
+    }
+}
+
+/// Record a finished top-level statement, and log it when it was slow.
+fn finish(measured: Measured) {
+    usage_store::record(measured.key, &measured.usage);
+    let slow_ms = gucs::SLOW_STATEMENT_MS.get();
+    let elapsed_ms = measured.usage.time_ns as f64 / 1_000_000.0;
+    if slow_ms >= 0 && !measured.usage.failed && elapsed_ms >= slow_ms as f64 {
+        let who = match measured.key.kind() {
+            RowKind::Tenant => format!(
+                "tenant {}",
+                crate::uuid_text::format_uuid(&measured.key.tenant)
+            ),
+            kind => kind.label().to_string(),
+        };
+        crate::errors::Problem::new(
+            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+            // The server log's STATEMENT line that follows carries the statement's text.
+            format!("nile_tenancy: slow statement for {who}: {elapsed_ms:.3} ms"),
+        )
+        .log();
+    }
+}
+
+// ---- ProcessUtility -----------------------------------------------------------------------------------------------
+
+/// How a utility statement is handled.
+#[repr(u8)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum UtilityRole {
+    /// Transaction control at top level (BEGIN, COMMIT, SAVEPOINT ...): not counted, and not a level deeper, so that
+    /// the portals COMMIT closes end as the top-level statements they are.
+    Passthrough = 0,
+    /// Nested, or not tracked: only a level deeper.
+    Nested = 1,
+    /// A counted top-level statement (an open statement without a QueryDesc) and a level deeper.
+    Counted = 2,
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn before_utility(pstmt: *mut pg_sys::PlannedStmt) -> UtilityRole {
+    // SAFETY: pstmt is the statement about to run.
+    let transaction_control = unsafe { is_transaction_control(pstmt) };
+    let role = if nesting() > 0 {
+        UtilityRole::Nested
+    } else if transaction_control {
+        UtilityRole::Passthrough
+    } else if tracking() {
+        // The utility is an open top-level statement too, so that the rows written by the executor statements it
+        // runs (DO, CALL, EXECUTE, CREATE TABLE AS) are added to it.
+        open_statement(std::ptr::null_mut(), true);
+        UtilityRole::Counted
+    } else {
+        UtilityRole::Nested
+    };
+    if role != UtilityRole::Passthrough {
+        enter_nested();
+    }
+    role
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn after_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    qc: *mut pg_sys::QueryCompletion,
+    role: UtilityRole,
+) {
+    if role == UtilityRole::Passthrough {
+        return;
+    }
+    leave_nested();
+    if role != UtilityRole::Counted {
+        return;
+    }
+    let Some(mut measured) = close_statement(std::ptr::null_mut()) else {
+        return;
+    };
+    // Rows the utility returned itself: EXECUTE of a SELECT and FETCH report them in their completion, COPY in its
+    // row count (COPY ... FROM inserts them).
+    // SAFETY: qc is NULL or the completion the utility filled in; pstmt is the statement that ran.
+    if let Some(qc) = unsafe { qc.as_ref() } {
+        let copy_from = unsafe { copy_from(pstmt) };
+        match qc.commandTag {
+            pg_sys::CommandTag::CMDTAG_SELECT | pg_sys::CommandTag::CMDTAG_FETCH => {
+                measured.usage.rows_returned += qc.nprocessed
+            }
+            pg_sys::CommandTag::CMDTAG_COPY if copy_from == Some(true) => {
+                measured.usage.rows_inserted += qc.nprocessed
+            }
+            pg_sys::CommandTag::CMDTAG_COPY => measured.usage.rows_returned += qc.nprocessed,
+            _ => {}
+        }
+    }
+    finish(measured);
+}
+
+/// SAFETY: called by Postgres as ProcessUtility_hook; a trampoline (see the module comment).
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
+    unsafe {
+        let role = before_utility(pstmt);
+        match PREV_PROCESS_UTILITY {
+            Some(prev) => prev(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+            None => raw_standard_process_utility(
+                pstmt,
+                query_string,
+                read_only_tree,
+                context,
+                params,
+                query_env,
+                dest,
+                qc,
+            ),
+        }
+        after_utility(pstmt, qc, role);
+    }
+}
+
+/// Is this utility statement transaction control (BEGIN, COMMIT, SAVEPOINT ...), which is not counted?
+unsafe fn is_transaction_control(pstmt: *mut pg_sys::PlannedStmt) -> bool {
+    // SAFETY (caller): pstmt is the utility statement being run.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt
+    }
+}
+
+/// For a COPY statement, whether it is COPY ... FROM.
+unsafe fn copy_from(pstmt: *mut pg_sys::PlannedStmt) -> Option<bool> {
+    // SAFETY (caller): pstmt is the utility statement that ran.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        (!stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_CopyStmt)
+            .then(|| (*(stmt as *mut pg_sys::CopyStmt)).is_from)
+    }
+}
+
+// ---- Transaction ends ---------------------------------------------------------------------------------------------
+
+/// Record the top-level statements still open, whose end will never come: their portals died with the transaction
+/// (failed when it aborted, done when it committed). Called once Postgres has released the transaction's locks.
+fn record_leftovers(aborted: bool) {
+    let leftovers: Vec<Measured> = OPEN.with(|open| open.borrow_mut().drain(..).collect());
+    for mut measured in leftovers {
+        if let Some(span) = measured.running.take() {
+            span.add_to(&mut measured.usage);
+        }
+        measured.usage.failed = aborted;
+        usage_store::record(measured.key, &measured.usage);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_ABORT => record_leftovers(true),
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
+            record_leftovers(false)
+        }
+        _ => return,
+    }
+    NESTING.with(|n| n.set(0));
+    NESTING_AT_SUBXACT.with(|s| s.borrow_mut().clear());
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    _sub: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_START_SUB => {
+            NESTING_AT_SUBXACT.with(|s| s.borrow_mut().push(nesting()));
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
+            NESTING_AT_SUBXACT.with(|s| s.borrow_mut().pop());
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            // An ERROR skipped the "after" halves of the hooks it went through: go back to the level the
+            // subtransaction started at. Back at top level, the statement that failed is recorded as an error.
+            let level = NESTING_AT_SUBXACT
+                .with(|s| s.borrow_mut().pop())
+                .unwrap_or(0);
+            NESTING.with(|n| n.set(level));
+            if level == 0 {
+                record_leftovers(true);
+            }
+        }
+        _ => {}
+    }
+}

@@ -1,0 +1,675 @@
+//! usage_store — per-tenant usage counters in shared memory, keyed by (database, row kind, tenant).
+//!
+//! One shared hash table (dynahash, fixed size: `nile.max_tracked_tenants` tenant rows plus a reserve for the rows
+//! that are not tenants) behind one LWLock. Recording a statement takes the lock in SHARED mode to find its row and
+//! adds to the row's counters with atomic instructions, so backends working for the same tenant never wait for each
+//! other; the lock is taken EXCLUSIVE only to insert a new row or to reset. Readers copy the rows under the SHARED
+//! lock. Nothing is dropped silently: a tenant beyond capacity is counted in its database's `overflow` row, and if even
+//! that row cannot be created, in one cluster-wide `lost` row kept outside the table.
+//!
+//! Only the postmaster creates the memory (shared_preload_libraries); without preloading `available()` is false.
+
+use crate::errors::Problem;
+use pgrx::prelude::*;
+use std::ffi::CStr;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Latency histogram buckets: bucket `i` counts statements that took [2^(i/3), 2^((i+1)/3)) microseconds (bucket 0
+/// also everything under 1 µs, the last one everything above ~2^32 µs = 71 minutes). Relative error of a percentile
+/// read from it: under 13 %.
+pub const HISTOGRAM_BUCKETS: usize = 96;
+const BUCKETS_PER_DOUBLING: f64 = 3.0;
+
+/// Rows that are not tenants (no tenant, admin, overflow: three per database using the extension).
+const RESERVED_ROWS: u64 = 256;
+
+const SHMEM_NAME: &CStr = c"nile_tenancy usage";
+const TABLE_NAME: &CStr = c"nile_tenancy usage table";
+const LOCK_TRANCHE: &CStr = c"nile_tenancy usage";
+
+/// What a row of the usage table counts.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[repr(u32)]
+pub enum RowKind {
+    /// One tenant's statements.
+    Tenant = 0,
+    /// Statements run without a tenant context.
+    NoTenant = 1,
+    /// Statements run in the admin context.
+    Admin = 2,
+    /// Statements of tenants that did not fit in `nile.max_tracked_tenants`.
+    Overflow = 3,
+}
+
+impl RowKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            RowKind::Tenant => "tenant",
+            RowKind::NoTenant => "no tenant",
+            RowKind::Admin => "admin",
+            RowKind::Overflow => "overflow",
+        }
+    }
+
+    fn from_u32(value: u32) -> RowKind {
+        match value {
+            0 => RowKind::Tenant,
+            1 => RowKind::NoTenant,
+            2 => RowKind::Admin,
+            _ => RowKind::Overflow,
+        }
+    }
+}
+
+/// The key of a row. `tenant` is all zeros except for `RowKind::Tenant`.
+#[repr(C)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct UsageKey {
+    pub database: u32,
+    kind: u32,
+    pub tenant: [u8; 16],
+}
+
+impl UsageKey {
+    pub fn new(database: pg_sys::Oid, kind: RowKind, tenant: Option<[u8; 16]>) -> UsageKey {
+        UsageKey {
+            database: database.to_u32(),
+            kind: kind as u32,
+            tenant: if kind == RowKind::Tenant {
+                tenant.unwrap_or_default()
+            } else {
+                [0; 16]
+            },
+        }
+    }
+
+    pub fn kind(&self) -> RowKind {
+        RowKind::from_u32(self.kind)
+    }
+
+    fn overflow_of(&self) -> UsageKey {
+        UsageKey::new(self.database.into(), RowKind::Overflow, None)
+    }
+}
+
+/// What one top-level statement did, measured in the backend.
+#[derive(Default, Clone, Copy, Debug)]
+pub struct StatementUsage {
+    pub failed: bool,
+    pub rows_returned: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    pub time_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub blks_hit: u64,
+    pub blks_read: u64,
+    pub blks_dirtied: u64,
+}
+
+/// The counters of one row, updated with atomic adds (no lock but the table's SHARED lock held to find the row).
+#[repr(C)]
+struct Counters {
+    statements: AtomicU64,
+    errors: AtomicU64,
+    rows_returned: AtomicU64,
+    rows_inserted: AtomicU64,
+    rows_updated: AtomicU64,
+    rows_deleted: AtomicU64,
+    total_time_ns: AtomicU64,
+    max_time_ns: AtomicU64,
+    cpu_user_ns: AtomicU64,
+    cpu_system_ns: AtomicU64,
+    blks_hit: AtomicU64,
+    blks_read: AtomicU64,
+    blks_dirtied: AtomicU64,
+    first_activity: AtomicI64,
+    last_activity: AtomicI64,
+    histogram: [AtomicU64; HISTOGRAM_BUCKETS],
+}
+
+/// A plain copy of a row's counters, for reading.
+#[derive(Clone, Debug)]
+pub struct CounterValues {
+    pub statements: u64,
+    pub errors: u64,
+    pub rows_returned: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    pub total_time_ns: u64,
+    pub max_time_ns: u64,
+    pub cpu_user_ns: u64,
+    pub cpu_system_ns: u64,
+    pub blks_hit: u64,
+    pub blks_read: u64,
+    pub blks_dirtied: u64,
+    /// Timestamps (microseconds since 2000-01-01, as TimestampTz); 0 when there was no activity.
+    pub first_activity: i64,
+    pub last_activity: i64,
+    pub histogram: [u64; HISTOGRAM_BUCKETS],
+}
+
+/// The histogram bucket of a duration.
+pub fn bucket_of(time_ns: u64) -> usize {
+    let micros = time_ns as f64 / 1000.0;
+    if micros < 1.0 {
+        return 0;
+    }
+    ((micros.log2() * BUCKETS_PER_DOUBLING) as usize).min(HISTOGRAM_BUCKETS - 1)
+}
+
+/// The lower bound of a bucket, in microseconds.
+fn bucket_floor_us(bucket: usize) -> f64 {
+    if bucket == 0 {
+        0.0
+    } else {
+        (bucket as f64 / BUCKETS_PER_DOUBLING).exp2()
+    }
+}
+
+impl Counters {
+    fn zero(&self) {
+        for counter in [
+            &self.statements,
+            &self.errors,
+            &self.rows_returned,
+            &self.rows_inserted,
+            &self.rows_updated,
+            &self.rows_deleted,
+            &self.total_time_ns,
+            &self.max_time_ns,
+            &self.cpu_user_ns,
+            &self.cpu_system_ns,
+            &self.blks_hit,
+            &self.blks_read,
+            &self.blks_dirtied,
+        ] {
+            counter.store(0, Relaxed);
+        }
+        self.first_activity.store(0, Relaxed);
+        self.last_activity.store(0, Relaxed);
+        for bucket in &self.histogram {
+            bucket.store(0, Relaxed);
+        }
+    }
+
+    fn add(&self, s: &StatementUsage, now: pg_sys::TimestampTz) {
+        self.statements.fetch_add(1, Relaxed);
+        if s.failed {
+            self.errors.fetch_add(1, Relaxed);
+        }
+        for (counter, value) in [
+            (&self.rows_returned, s.rows_returned),
+            (&self.rows_inserted, s.rows_inserted),
+            (&self.rows_updated, s.rows_updated),
+            (&self.rows_deleted, s.rows_deleted),
+            (&self.total_time_ns, s.time_ns),
+            (&self.cpu_user_ns, s.cpu_user_ns),
+            (&self.cpu_system_ns, s.cpu_system_ns),
+            (&self.blks_hit, s.blks_hit),
+            (&self.blks_read, s.blks_read),
+            (&self.blks_dirtied, s.blks_dirtied),
+        ] {
+            if value != 0 {
+                counter.fetch_add(value, Relaxed);
+            }
+        }
+        self.max_time_ns.fetch_max(s.time_ns, Relaxed);
+        self.histogram[bucket_of(s.time_ns)].fetch_add(1, Relaxed);
+        let _ = self
+            .first_activity
+            .compare_exchange(0, now, Relaxed, Relaxed);
+        self.last_activity.fetch_max(now, Relaxed);
+    }
+
+    fn read(&self) -> CounterValues {
+        CounterValues {
+            statements: self.statements.load(Relaxed),
+            errors: self.errors.load(Relaxed),
+            rows_returned: self.rows_returned.load(Relaxed),
+            rows_inserted: self.rows_inserted.load(Relaxed),
+            rows_updated: self.rows_updated.load(Relaxed),
+            rows_deleted: self.rows_deleted.load(Relaxed),
+            total_time_ns: self.total_time_ns.load(Relaxed),
+            max_time_ns: self.max_time_ns.load(Relaxed),
+            cpu_user_ns: self.cpu_user_ns.load(Relaxed),
+            cpu_system_ns: self.cpu_system_ns.load(Relaxed),
+            blks_hit: self.blks_hit.load(Relaxed),
+            blks_read: self.blks_read.load(Relaxed),
+            blks_dirtied: self.blks_dirtied.load(Relaxed),
+            first_activity: self.first_activity.load(Relaxed),
+            last_activity: self.last_activity.load(Relaxed),
+            histogram: std::array::from_fn(|i| self.histogram[i].load(Relaxed)),
+        }
+    }
+}
+
+impl CounterValues {
+    /// The `q` quantile (0 < q < 1) of the statements' execution time in milliseconds, interpolated inside its
+    /// histogram bucket and never above the maximum seen; None without statements.
+    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+        let total: u64 = self.histogram.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let rank = q * total as f64;
+        let mut below = 0u64;
+        for (bucket, &count) in self.histogram.iter().enumerate() {
+            if count > 0 && (below + count) as f64 >= rank {
+                let (low, high) = (bucket_floor_us(bucket), bucket_floor_us(bucket + 1));
+                let within = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
+                let micros = low + (high - low) * within;
+                let max_micros = self.max_time_ns as f64 / 1000.0;
+                return Some(micros.min(max_micros) / 1000.0);
+            }
+            below += count;
+        }
+        Some(self.max_time_ns as f64 / 1_000_000.0)
+    }
+}
+
+#[repr(C)]
+struct Entry {
+    key: UsageKey,
+    counters: Counters,
+}
+
+#[repr(C)]
+struct Shared {
+    lock: *mut pg_sys::LWLock,
+    /// Rows of kind Tenant, and rows of any kind (under `lock`).
+    tenant_rows: u64,
+    all_rows: u64,
+    /// Bumped by every reset, so that backends drop what they cached about which tenants overflowed.
+    generation: AtomicU64,
+    /// Usage that found no row at all (the table's reserve exhausted): cluster-wide.
+    lost: Counters,
+}
+
+static mut SHARED: *mut Shared = std::ptr::null_mut();
+static mut TABLE: *mut pg_sys::HTAB = std::ptr::null_mut();
+#[cfg(not(feature = "pg14"))]
+static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
+static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+thread_local! {
+    /// Tenants this backend found no room for, valid while the shared generation is unchanged: their statements go
+    /// straight to the overflow row instead of taking the EXCLUSIVE lock every time.
+    static OVERFLOWED: std::cell::RefCell<(u64, std::collections::HashSet<[u8; 16]>)> =
+        std::cell::RefCell::new((0, std::collections::HashSet::new()));
+}
+
+fn capacity() -> u64 {
+    crate::gucs::MAX_TRACKED_TENANTS.get().max(1) as u64
+}
+
+fn table_rows() -> i64 {
+    (capacity() + RESERVED_ROWS) as i64
+}
+
+fn shmem_size() -> pg_sys::Size {
+    // SAFETY: pure size arithmetic.
+    unsafe {
+        pg_sys::add_size(
+            std::mem::size_of::<Shared>(),
+            pg_sys::hash_estimate_size(table_rows(), std::mem::size_of::<Entry>()),
+        )
+    }
+}
+
+/// Called from _PG_init: reserve the memory and the lock when the library is being preloaded.
+pub fn init() {
+    if !crate::gucs::preloaded() {
+        return;
+    }
+    // SAFETY: _PG_init runs in the postmaster while shared_preload_libraries is processed; the previous hooks are
+    // saved and chained.
+    unsafe {
+        #[cfg(feature = "pg14")]
+        request_memory();
+        #[cfg(not(feature = "pg14"))]
+        {
+            PREV_SHMEM_REQUEST_HOOK = pg_sys::shmem_request_hook;
+            pg_sys::shmem_request_hook = Some(shmem_request);
+        }
+        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+unsafe fn request_memory() {
+    // SAFETY (caller): only while shared memory is being sized (shmem_request_hook, or _PG_init before 15).
+    unsafe {
+        pg_sys::RequestAddinShmemSpace(shmem_size());
+        pg_sys::RequestNamedLWLockTranche(LOCK_TRANCHE.as_ptr(), 1);
+    }
+}
+
+#[cfg(not(feature = "pg14"))]
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_request() {
+    // SAFETY: called once by the postmaster; the previous hook has the same signature.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_REQUEST_HOOK {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
+        }
+        request_memory();
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: called by the postmaster (and, under EXEC_BACKEND, by each backend) after shared memory exists. The
+    // struct and the table are created once under AddinShmemInitLock; later callers attach to them.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
+        }
+        let init_lock = &raw mut (*pg_sys::MainLWLockArray.add(21)).lock; // AddinShmemInitLock
+        pg_sys::LWLockAcquire(init_lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut found = false;
+        let shared = pg_sys::ShmemInitStruct(
+            SHMEM_NAME.as_ptr(),
+            std::mem::size_of::<Shared>(),
+            &mut found,
+        ) as *mut Shared;
+        if !found {
+            (*shared).lock = &raw mut (*pg_sys::GetNamedLWLockTranche(LOCK_TRANCHE.as_ptr())).lock;
+            (*shared).tenant_rows = 0;
+            (*shared).all_rows = 0;
+            (*shared).generation = AtomicU64::new(0);
+            (*shared).lost.zero();
+        }
+        let mut info: pg_sys::HASHCTL = std::mem::zeroed();
+        info.keysize = std::mem::size_of::<UsageKey>();
+        info.entrysize = std::mem::size_of::<Entry>();
+        TABLE = pg_sys::ShmemInitHash(
+            TABLE_NAME.as_ptr(),
+            table_rows(),
+            table_rows(),
+            &mut info,
+            (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS | pg_sys::HASH_FIXED_SIZE) as i32,
+        );
+        SHARED = shared;
+        pg_sys::LWLockRelease(init_lock);
+    }
+}
+
+/// Whether the shared memory exists (the library was preloaded).
+pub fn available() -> bool {
+    // SAFETY: SHARED is written once in shmem_startup, before any backend exists.
+    unsafe { !(&raw const SHARED).read().is_null() }
+}
+
+/// Raise 55000 with a hint unless the shared memory exists.
+pub fn require_available(what: &str) {
+    if !available() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{what} needs nile_tenancy in shared_preload_libraries"),
+        )
+        .detail("Usage counters live in shared memory, which only a preloaded library can have.")
+        .hint("Add nile_tenancy to shared_preload_libraries in postgresql.conf and restart the server.")
+        .raise();
+    }
+}
+
+struct Locked(*mut pg_sys::LWLock);
+
+impl Locked {
+    /// SAFETY: the shared memory exists.
+    unsafe fn acquire(mode: pg_sys::LWLockMode::Type) -> Locked {
+        // SAFETY (caller): SHARED points at the initialised struct.
+        unsafe {
+            let lock = (*SHARED).lock;
+            pg_sys::LWLockAcquire(lock, mode);
+            Locked(lock)
+        }
+    }
+}
+
+impl Drop for Locked {
+    fn drop(&mut self) {
+        // SAFETY: acquired in `acquire`; released exactly once. (On an ERROR, Postgres releases every LWLock itself
+        // and this guard is never dropped: pgrx turns the ERROR into an unwinding panic only at the FFI boundary,
+        // and nothing between acquire and drop raises.)
+        unsafe { pg_sys::LWLockRelease(self.0) }
+    }
+}
+
+unsafe fn find(key: &UsageKey) -> *mut Entry {
+    // SAFETY (caller): the table lock is held.
+    unsafe {
+        pg_sys::hash_search(
+            TABLE,
+            (key as *const UsageKey).cast(),
+            pg_sys::HASHACTION::HASH_FIND,
+            std::ptr::null_mut(),
+        ) as *mut Entry
+    }
+}
+
+/// Insert `key` unless the table is full; the caller holds the lock EXCLUSIVE.
+unsafe fn insert(key: &UsageKey) -> *mut Entry {
+    // SAFETY (caller): the table lock is held EXCLUSIVE, so nobody else reads or writes the new entry before its
+    // counters are zeroed.
+    unsafe {
+        let shared = SHARED;
+        if (*shared).all_rows >= table_rows() as u64
+            || (key.kind() == RowKind::Tenant && (*shared).tenant_rows >= capacity())
+        {
+            return std::ptr::null_mut();
+        }
+        let mut found = false;
+        let entry = pg_sys::hash_search(
+            TABLE,
+            (key as *const UsageKey).cast(),
+            pg_sys::HASHACTION::HASH_ENTER_NULL,
+            &mut found,
+        ) as *mut Entry;
+        if !entry.is_null() && !found {
+            (*entry).counters.zero();
+            (*shared).all_rows += 1;
+            if key.kind() == RowKind::Tenant {
+                (*shared).tenant_rows += 1;
+            }
+        }
+        entry
+    }
+}
+
+fn known_overflowed(key: &UsageKey) -> bool {
+    if key.kind() != RowKind::Tenant {
+        return false;
+    }
+    // SAFETY: SHARED is initialised (checked by the caller).
+    let generation = unsafe { (*SHARED).generation.load(Relaxed) };
+    OVERFLOWED.with(|o| {
+        let mut o = o.borrow_mut();
+        if o.0 != generation {
+            *o = (generation, Default::default());
+        }
+        o.1.contains(&key.tenant)
+    })
+}
+
+fn remember_overflowed(key: &UsageKey) {
+    OVERFLOWED.with(|o| {
+        o.borrow_mut().1.insert(key.tenant);
+    });
+}
+
+/// Add one statement to its row (creating the row if needed; a tenant beyond capacity goes to the overflow row).
+pub fn record(key: UsageKey, usage: &StatementUsage) {
+    if !available() {
+        return;
+    }
+    // SAFETY: plain call.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    let key = if known_overflowed(&key) {
+        key.overflow_of()
+    } else {
+        key
+    };
+    // SAFETY: the shared memory exists; rows are only read or added to under the lock, and never freed while a
+    // SHARED holder may use them (removal takes the lock EXCLUSIVE).
+    unsafe {
+        {
+            let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
+            let entry = find(&key);
+            if !entry.is_null() {
+                (*entry).counters.add(usage, now);
+                return;
+            }
+        }
+        let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut entry = find(&key);
+        if entry.is_null() {
+            entry = insert(&key);
+        }
+        if entry.is_null() && key.kind() == RowKind::Tenant {
+            remember_overflowed(&key);
+            let overflow = key.overflow_of();
+            entry = find(&overflow);
+            if entry.is_null() {
+                entry = insert(&overflow);
+            }
+        }
+        let counters = if entry.is_null() {
+            &(*SHARED).lost
+        } else {
+            &(*entry).counters
+        };
+        counters.add(usage, now);
+    }
+}
+
+/// Visit every row of the table, to the end (so the scan needs no hash_seq_term).
+///
+/// # Safety
+/// The shared memory exists and the caller holds the table lock.
+unsafe fn for_each_entry(mut visit: impl FnMut(&Entry)) {
+    // SAFETY (caller): the lock keeps every entry in place for the scan.
+    unsafe {
+        let mut status: pg_sys::HASH_SEQ_STATUS = std::mem::zeroed();
+        pg_sys::hash_seq_init(&mut status, TABLE);
+        loop {
+            let entry = pg_sys::hash_seq_search(&mut status) as *const Entry;
+            if entry.is_null() {
+                break;
+            }
+            visit(&*entry);
+        }
+    }
+}
+
+/// A copy of every row of `database`, plus the cluster-wide lost row when it holds anything.
+pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
+    let mut rows = Vec::new();
+    if !available() {
+        return rows;
+    }
+    let database = database.to_u32();
+    // SAFETY: the shared memory exists; the table is scanned under the SHARED lock.
+    unsafe {
+        let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
+        for_each_entry(|entry| {
+            if entry.key.database == database {
+                rows.push((entry.key, entry.counters.read()));
+            }
+        });
+        let lost = (*SHARED).lost.read();
+        if lost.statements > 0 {
+            rows.push((
+                UsageKey::new(pg_sys::InvalidOid, RowKind::Overflow, None),
+                lost,
+            ));
+        }
+    }
+    rows
+}
+
+/// Remove the rows of `database` (only the tenant's row when `tenant` is given). Returns how many were removed.
+pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>) -> u64 {
+    if !available() {
+        return 0;
+    }
+    let database = database.to_u32();
+    // SAFETY: the shared memory exists; removal under the EXCLUSIVE lock, so no backend holds a pointer to a removed
+    // row. Collect the keys first, then remove (dynahash allows removing the current element during a scan, but
+    // collecting keeps this obviously correct).
+    unsafe {
+        let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
+        let mut doomed = Vec::new();
+        for_each_entry(|entry| {
+            let key = entry.key;
+            let matches = key.database == database
+                && match tenant {
+                    Some(t) => key.kind() == RowKind::Tenant && key.tenant == t,
+                    None => true,
+                };
+            if matches {
+                doomed.push(key);
+            }
+        });
+        for key in &doomed {
+            pg_sys::hash_search(
+                TABLE,
+                (key as *const UsageKey).cast(),
+                pg_sys::HASHACTION::HASH_REMOVE,
+                std::ptr::null_mut(),
+            );
+            (*SHARED).all_rows -= 1;
+            if key.kind() == RowKind::Tenant {
+                (*SHARED).tenant_rows -= 1;
+            }
+        }
+        if tenant.is_none() {
+            (*SHARED).lost.zero();
+        }
+        (*SHARED).generation.fetch_add(1, Relaxed);
+        doomed.len() as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_and_percentiles() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(999), 0);
+        assert_eq!(bucket_of(1_000), 0);
+        assert_eq!(bucket_of(2_000), 3);
+        assert_eq!(bucket_of(u64::MAX), HISTOGRAM_BUCKETS - 1);
+        let mut values = CounterValues {
+            statements: 100,
+            errors: 0,
+            rows_returned: 0,
+            rows_inserted: 0,
+            rows_updated: 0,
+            rows_deleted: 0,
+            total_time_ns: 0,
+            max_time_ns: 50_000_000,
+            cpu_user_ns: 0,
+            cpu_system_ns: 0,
+            blks_hit: 0,
+            blks_read: 0,
+            blks_dirtied: 0,
+            first_activity: 0,
+            last_activity: 0,
+            histogram: [0; HISTOGRAM_BUCKETS],
+        };
+        // 90 statements of 1 ms, 10 of 40 ms.
+        values.histogram[bucket_of(1_000_000)] = 90;
+        values.histogram[bucket_of(40_000_000)] = 10;
+        let p50 = values.percentile_ms(0.5).unwrap();
+        let p95 = values.percentile_ms(0.95).unwrap();
+        assert!((0.87..=1.15).contains(&p50), "p50 {p50}");
+        assert!((35.0..=46.0).contains(&p95), "p95 {p95}");
+        assert!(values.percentile_ms(0.999).unwrap() <= 50.0);
+    }
+}

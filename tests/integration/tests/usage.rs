@@ -1,0 +1,196 @@
+//! Usage metering over real connections: concurrent sessions run a known number of statements for known tenants
+//! (reads, inserts, updates, deletes, failing statements, statements inside a function) and the counters must match
+//! exactly; a tenant session can see no other tenant's usage; tracking is a superuser's switch.
+
+use nile_tenancy_integration::*;
+use std::thread;
+
+const ROUNDS: i64 = 20;
+const FAILURES: i64 = ROUNDS / 5;
+
+fn tenant(n: usize) -> String {
+    format!("{:08x}-0000-7000-8000-{:012x}", 0x5000_0000 + n, n)
+}
+
+/// One row of nile.tenant_usage as "statements errors returned inserted updated deleted".
+fn usage_of(client: &mut postgres::Client, condition: &str) -> String {
+    one::<Option<String>>(
+        client,
+        &format!(
+            "SELECT max(concat_ws(' ', statements, errors, rows_returned, rows_inserted, rows_updated, rows_deleted))
+             FROM nile.tenant_usage WHERE {condition}"
+        ),
+    )
+    .unwrap_or_else(|| "no row".into())
+}
+
+#[test]
+fn counters_match_exactly_what_concurrent_sessions_did() {
+    let db = scenario("usage_exact");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute(
+        "CREATE SEQUENCE ids START 1000;
+         GRANT USAGE ON SEQUENCE ids TO it_app;
+         -- Two nested inserts: they count as rows of the one statement that calls the function.
+         CREATE FUNCTION add_two() RETURNS int LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO projects (id, name) VALUES (nextval('ids'), 'nested');
+             INSERT INTO projects (id, name) VALUES (nextval('ids'), 'nested');
+             RETURN 2;
+         END $$;",
+    )
+    .unwrap();
+    for n in 0..4 {
+        su.execute(
+            "SELECT nile.create_tenant($1, $2::text::uuid)",
+            &[&format!("usage-{n}"), &tenant(n)],
+        )
+        .unwrap();
+    }
+    su.batch_execute("SELECT nile.reset_usage()").unwrap();
+
+    let workers: Vec<_> = (0..4)
+        .map(|n| {
+            let db = db.clone();
+            thread::spawn(move || {
+                let mut c = connect(&db, "it_app");
+                let t = tenant(n);
+                for round in 0..ROUNDS {
+                    // 5 statements in the tenant (+1 set_tenant, counted without a tenant): 3 rows inserted (1 + 2
+                    // nested), 1 updated, 1 deleted, 2 returned (the count and the function's result).
+                    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{t}')"))
+                        .unwrap();
+                    c.batch_execute(
+                        "INSERT INTO projects (id, name) VALUES (nextval('ids'), 'direct')",
+                    )
+                    .unwrap();
+                    c.batch_execute("SELECT count(*) FROM projects").unwrap();
+                    c.batch_execute(
+                        "UPDATE projects SET name = 'updated' WHERE id = currval('ids')",
+                    )
+                    .unwrap();
+                    c.batch_execute("SELECT add_two()").unwrap();
+                    c.batch_execute("DELETE FROM projects WHERE id = currval('ids')")
+                        .unwrap();
+                    c.batch_execute("COMMIT").unwrap();
+                    if round % 5 == 0 {
+                        // A statement that fails while executing: counted, as an error.
+                        c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{t}')"))
+                            .unwrap();
+                        assert_fails(
+                            c.batch_execute("SELECT 1 / (id - id) FROM projects"),
+                            "22012",
+                        );
+                        c.batch_execute("ROLLBACK").unwrap();
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a session failed");
+    }
+
+    for n in 0..4 {
+        assert_eq!(
+            usage_of(&mut su, &format!("tenant_id = '{}'", tenant(n))),
+            format!(
+                "{} {FAILURES} {} {} {ROUNDS} {ROUNDS}",
+                5 * ROUNDS + FAILURES,
+                2 * ROUNDS,
+                3 * ROUNDS
+            ),
+            "tenant {n}: statements errors returned inserted updated deleted"
+        );
+    }
+    // Without a tenant: every set_tenant() call, the superuser's reset and its four reads above.
+    let no_tenant: i64 = one(
+        &mut su,
+        "SELECT statements FROM nile.tenant_usage WHERE kind = 'no tenant'",
+    );
+    assert_eq!(no_tenant, 5 + 4 * (ROUNDS + FAILURES));
+    // Latency figures are there and consistent.
+    let consistent: bool = one(
+        &mut su,
+        "SELECT bool_and(p50_ms <= p95_ms AND p95_ms <= p99_ms AND p99_ms <= max_time_ms AND mean_time_ms > 0
+                         AND first_activity <= last_activity AND tenant_name LIKE 'usage-%')
+         FROM nile.tenant_usage WHERE kind = 'tenant'",
+    );
+    assert!(consistent);
+    // Resetting one tenant leaves the others.
+    su.execute("SELECT nile.reset_usage($1::text::uuid)", &[&tenant(0)])
+        .unwrap();
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{}'", tenant(0))),
+        "no row"
+    );
+    assert_ne!(
+        usage_of(&mut su, &format!("tenant_id = '{}'", tenant(1))),
+        "no row"
+    );
+}
+
+#[test]
+fn a_tenant_session_sees_its_own_usage_and_nobody_elses() {
+    let db = scenario("usage_privacy");
+    let mut su = connect(&db, "postgres");
+    ensure_login_role(&mut su, "it_monitor", "");
+    su.batch_execute("GRANT pg_monitor TO it_monitor; SELECT nile.reset_usage()")
+        .unwrap();
+    let mut globex = connect(&db, "it_app");
+    globex
+        .batch_execute(&format!(
+            "BEGIN; SELECT nile.set_tenant('{GLOBEX}'); SELECT * FROM projects; COMMIT;"
+        ))
+        .unwrap();
+
+    let mut acme = connect(&db, "it_app");
+    acme.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
+    acme.batch_execute("SELECT * FROM projects").unwrap();
+    for sql in [
+        "SELECT * FROM nile.tenant_usage",
+        "SELECT * FROM nile._usage()",
+        "SELECT nile.reset_usage()",
+    ] {
+        assert_fails(acme.batch_execute(sql), "42501");
+    }
+    let mine: String = one(
+        &mut acme,
+        "SELECT string_agg(tenant_id::text, ',') FROM nile.my_usage",
+    );
+    assert_eq!(mine, ACME, "exactly its own row");
+    acme.batch_execute("SELECT nile.clear_tenant()").unwrap();
+    let without: i64 = one(&mut acme, "SELECT count(*) FROM nile.my_usage");
+    assert_eq!(without, 0, "no tenant, no row");
+
+    // nile_admin and pg_monitor see every tenant.
+    for role in ["it_admin", "it_monitor"] {
+        let mut reader = connect(&db, role);
+        let tenants: String = one(
+            &mut reader,
+            "SELECT string_agg(tenant_name, ',' ORDER BY tenant_name) FROM nile.tenant_usage WHERE kind = 'tenant'",
+        );
+        assert_eq!(tenants, "Acme,Globex", "{role}");
+    }
+}
+
+#[test]
+fn tracking_is_a_superuser_switch() {
+    let db = scenario("usage_switch");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute("SELECT nile.reset_usage()").unwrap();
+    let mut app = connect(&db, "it_app");
+    assert_fails(app.batch_execute("SET nile.track_usage = off"), "42501");
+    su.batch_execute(&format!(
+        "SET nile.track_usage = off; BEGIN; SELECT nile.set_tenant('{ACME}'); SELECT * FROM projects; COMMIT;"
+    ))
+    .unwrap();
+    su.batch_execute("RESET nile.track_usage").unwrap();
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{ACME}'")),
+        "no row"
+    );
+}
