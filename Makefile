@@ -7,6 +7,7 @@
 #   make test-all   every test suite on every supported major ($(ALL_MAJORS))
 #   make bench-point  the point-read benchmark: policy vs hand-written WHERE tenant_id = $$1 (see README)
 #   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
+#   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see README)
 #   make setup      only install what is missing (Debian packages, cargo-pgrx, PostgreSQL builds)
 
 PG_MAJOR    ?= 15
@@ -17,7 +18,7 @@ export NILE_CACHE
 
 SHELL := /bin/bash
 
-.PHONY: setup run stop test test-all bench-point bench-ddl fmt clean
+.PHONY: setup run stop test test-all bench-point bench-ddl bench-usage fmt clean
 
 setup:
 	scripts/setup.sh $(PG_MAJOR)
@@ -48,6 +49,10 @@ bench-point:
 bench-ddl:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
 	scripts/bench_ddl.sh $(PG_MAJOR)
+
+bench-usage:
+	scripts/setup.sh $(PG_MAJOR) >/dev/null
+	scripts/bench_usage.sh $(PG_MAJOR)
 
 fmt:
 	cargo fmt --all

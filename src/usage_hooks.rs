@@ -16,7 +16,7 @@
 //! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
 
 use crate::gucs;
-use crate::usage_store::{self, RowKind, StatementUsage, UsageKey};
+use crate::usage_store::{self, PendingUsage, RowKind, StatementUsage, UsageKey};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -70,8 +70,12 @@ struct Measured {
     query_desc: *mut pg_sys::QueryDesc,
     key: UsageKey,
     usage: StatementUsage,
-    /// Set while its ExecutorRun / ExecutorFinish (or the utility) is running.
-    running: Option<Span>,
+    /// Set while its ExecutorRun / ExecutorFinish (or the utility) is running: wall time counts only then, not while
+    /// a portal waits for the client's next fetch.
+    running: Option<Instant>,
+    /// Buffer counters when it first ran (a process waiting for its client reads no buffers, so one reading at the
+    /// start and one at the end suffice).
+    since: Option<Buffers>,
 }
 
 thread_local! {
@@ -79,6 +83,11 @@ thread_local! {
     static NESTING: Cell<u32> = const { Cell::new(0) };
     /// Top-level executor statements started and not ended (usually one; more with interleaved portals).
     static OPEN: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
+    /// Finished statements of this transaction, per row, recorded when it ends.
+    static PENDING: RefCell<Vec<(UsageKey, PendingUsage)>> = const { RefCell::new(Vec::new()) };
+    /// This process's CPU time (user, system) when the usage recorded last took its share; None when it has to be
+    /// read afresh (nothing was recorded since, so the CPU used in between was not tracked work).
+    static CPU_BASELINE: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
     /// The nesting level at the start of each open subtransaction, restored if it aborts.
     static NESTING_AT_SUBXACT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
@@ -163,31 +172,44 @@ fn buffers() -> (u64, u64, u64) {
     }
 }
 
-/// Time, CPU and buffers spent between `start` and now, added to `usage`.
-struct Span {
-    wall: Instant,
-    cpu: (u64, u64),
-    buffers: (u64, u64, u64),
+/// This process's buffer counters at one moment.
+struct Buffers(u64, u64, u64);
+
+impl Buffers {
+    fn now() -> Buffers {
+        let (hit, read, dirtied) = buffers();
+        Buffers(hit, read, dirtied)
+    }
+
+    /// What was used since `self`, added to `usage`.
+    fn add_since(&self, usage: &mut StatementUsage) {
+        let now = Buffers::now();
+        usage.blks_hit += now.0.saturating_sub(self.0);
+        usage.blks_read += now.1.saturating_sub(self.1);
+        usage.blks_dirtied += now.2.saturating_sub(self.2);
+    }
 }
 
-impl Span {
-    fn start() -> Span {
-        Span {
-            wall: Instant::now(),
-            cpu: cpu_times(),
-            buffers: buffers(),
+impl Measured {
+    fn start_running(&mut self) {
+        self.running = Some(Instant::now());
+        if self.since.is_none() {
+            self.since = Some(Buffers::now());
         }
     }
 
-    fn add_to(&self, usage: &mut StatementUsage) {
-        let cpu = cpu_times();
-        let buffers = buffers();
-        usage.time_ns += self.wall.elapsed().as_nanos() as u64;
-        usage.cpu_user_ns += cpu.0.saturating_sub(self.cpu.0);
-        usage.cpu_system_ns += cpu.1.saturating_sub(self.cpu.1);
-        usage.blks_hit += buffers.0.saturating_sub(self.buffers.0);
-        usage.blks_read += buffers.1.saturating_sub(self.buffers.1);
-        usage.blks_dirtied += buffers.2.saturating_sub(self.buffers.2);
+    fn stop_running(&mut self) {
+        if let Some(started) = self.running.take() {
+            self.usage.time_ns += started.elapsed().as_nanos() as u64;
+        }
+    }
+
+    /// The statement is over: its last running time and its buffer use.
+    fn conclude(&mut self) {
+        self.stop_running();
+        if let Some(since) = self.since.take() {
+            since.add_since(&mut self.usage);
+        }
     }
 }
 
@@ -211,8 +233,8 @@ fn open_position(query_desc: *mut pg_sys::QueryDesc) -> Option<usize> {
     })
 }
 
-/// Start or stop the running span of the open top-level statement of `query_desc`.
-fn start_running(query_desc: *mut pg_sys::QueryDesc) {
+/// Apply `f` to the open top-level statement of `query_desc`, if there is one.
+fn with_open(query_desc: *mut pg_sys::QueryDesc, f: impl FnOnce(&mut Measured)) {
     OPEN.with(|open| {
         if let Some(m) = open
             .borrow_mut()
@@ -220,44 +242,32 @@ fn start_running(query_desc: *mut pg_sys::QueryDesc) {
             .rev()
             .find(|m| m.query_desc == query_desc)
         {
-            m.running = Some(Span::start());
-        }
-    });
-}
-
-fn stop_running(query_desc: *mut pg_sys::QueryDesc) {
-    OPEN.with(|open| {
-        if let Some(m) = open
-            .borrow_mut()
-            .iter_mut()
-            .rev()
-            .find(|m| m.query_desc == query_desc)
-        {
-            if let Some(span) = m.running.take() {
-                span.add_to(&mut m.usage);
-            }
+            f(m);
         }
     });
 }
 
 fn open_statement(query_desc: *mut pg_sys::QueryDesc, running: bool) {
-    let key = current_key();
-    OPEN.with(|open| {
-        open.borrow_mut().push(Measured {
-            query_desc,
-            key,
-            usage: StatementUsage::default(),
-            running: running.then(Span::start),
-        })
-    });
+    if CPU_BASELINE.with(Cell::get).is_none() {
+        CPU_BASELINE.with(|b| b.set(Some(cpu_times())));
+    }
+    let mut measured = Measured {
+        query_desc,
+        key: current_key(),
+        usage: StatementUsage::default(),
+        running: None,
+        since: None,
+    };
+    if running {
+        measured.start_running();
+    }
+    OPEN.with(|open| open.borrow_mut().push(measured));
 }
 
 fn close_statement(query_desc: *mut pg_sys::QueryDesc) -> Option<Measured> {
     let i = open_position(query_desc)?;
     let mut measured = OPEN.with(|open| open.borrow_mut().remove(i));
-    if let Some(span) = measured.running.take() {
-        span.add_to(&mut measured.usage);
-    }
+    measured.conclude();
     Some(measured)
 }
 
@@ -291,7 +301,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
 #[pg_guard]
 unsafe extern "C-unwind" fn before_run(query_desc: *mut pg_sys::QueryDesc) {
     if nesting() == 0 {
-        start_running(query_desc);
+        with_open(query_desc, Measured::start_running);
     }
     enter_nested();
 }
@@ -301,7 +311,7 @@ unsafe extern "C-unwind" fn before_run(query_desc: *mut pg_sys::QueryDesc) {
 unsafe extern "C-unwind" fn after_run(query_desc: *mut pg_sys::QueryDesc) {
     leave_nested();
     if nesting() == 0 {
-        stop_running(query_desc);
+        with_open(query_desc, Measured::stop_running);
     }
 }
 
@@ -426,7 +436,7 @@ fn count_rows(
 
 /// Record a finished top-level statement, and log it when it was slow.
 fn finish(measured: Measured) {
-    usage_store::record(measured.key, &measured.usage);
+    add_pending(measured.key, &measured.usage);
     let slow_ms = gucs::SLOW_STATEMENT_MS.get();
     let elapsed_ms = measured.usage.time_ns as f64 / 1_000_000.0;
     if slow_ms >= 0 && !measured.usage.failed && elapsed_ms >= slow_ms as f64 {
@@ -580,16 +590,62 @@ unsafe fn copy_from(pstmt: *mut pg_sys::PlannedStmt) -> Option<bool> {
 
 // ---- Transaction ends ---------------------------------------------------------------------------------------------
 
-/// Record the top-level statements still open, whose end will never come: their portals died with the transaction
-/// (failed when it aborted, done when it committed). Called once Postgres has released the transaction's locks.
-fn record_leftovers(aborted: bool) {
+fn add_pending(key: UsageKey, usage: &StatementUsage) {
+    PENDING.with(|pending| {
+        let mut pending = pending.borrow_mut();
+        match pending.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, p)) => p.add_statement(usage),
+            None => {
+                let mut p = PendingUsage::default();
+                p.add_statement(usage);
+                pending.push((key, p));
+            }
+        }
+    });
+}
+
+/// The top-level statements still open, whose end will never come: their portals died with the (sub)transaction
+/// (failed when it aborted, done when it committed). They join the pending usage.
+fn close_leftovers(aborted: bool) {
     let leftovers: Vec<Measured> = OPEN.with(|open| open.borrow_mut().drain(..).collect());
     for mut measured in leftovers {
-        if let Some(span) = measured.running.take() {
-            span.add_to(&mut measured.usage);
-        }
+        measured.conclude();
         measured.usage.failed = aborted;
-        usage_store::record(measured.key, &measured.usage);
+        add_pending(measured.key, &measured.usage);
+    }
+}
+
+/// At the end of the transaction (after an abort has released its locks): record the pending usage, one lock
+/// acquisition per row. The process's CPU time since the last recording (one getrusage call per transaction, not
+/// per statement: it is a system call) is shared among the rows in proportion to their execution time; it includes
+/// parsing, planning and commit work, which the tenants caused too.
+fn record_pending() {
+    let mut pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    if pending.is_empty() {
+        CPU_BASELINE.with(|b| b.set(None));
+        return;
+    }
+    let now = cpu_times();
+    let (user, system) = match CPU_BASELINE.with(|b| b.replace(Some(now))) {
+        Some(before) => (
+            now.0.saturating_sub(before.0),
+            now.1.saturating_sub(before.1),
+        ),
+        None => (0, 0),
+    };
+    let total_time: u64 = pending.iter().map(|(_, p)| p.time_ns).sum();
+    let rows = pending.len() as u64;
+    for (_, p) in pending.iter_mut() {
+        let (share, whole) = if total_time > 0 {
+            (p.time_ns, total_time)
+        } else {
+            (1, rows)
+        };
+        p.cpu_user_ns += (user as u128 * share as u128 / whole as u128) as u64;
+        p.cpu_system_ns += (system as u128 * share as u128 / whole as u128) as u64;
+    }
+    for (key, p) in &pending {
+        usage_store::record(*key, p);
     }
 }
 
@@ -599,12 +655,13 @@ unsafe extern "C-unwind" fn on_xact_event(
     _arg: *mut std::ffi::c_void,
 ) {
     match event {
-        pg_sys::XactEvent::XACT_EVENT_ABORT => record_leftovers(true),
+        pg_sys::XactEvent::XACT_EVENT_ABORT => close_leftovers(true),
         pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
-            record_leftovers(false)
+            close_leftovers(false)
         }
         _ => return,
     }
+    record_pending();
     NESTING.with(|n| n.set(0));
     NESTING_AT_SUBXACT.with(|s| s.borrow_mut().clear());
 }
@@ -631,7 +688,7 @@ unsafe extern "C-unwind" fn on_subxact_event(
                 .unwrap_or(0);
             NESTING.with(|n| n.set(level));
             if level == 0 {
-                record_leftovers(true);
+                close_leftovers(true);
             }
         }
         _ => {}

@@ -92,7 +92,8 @@ impl UsageKey {
     }
 }
 
-/// What one top-level statement did, measured in the backend.
+/// What one top-level statement did, measured in the backend (its CPU time is shared out per transaction: see
+/// usage_hooks.rs).
 #[derive(Default, Clone, Copy, Debug)]
 pub struct StatementUsage {
     pub failed: bool,
@@ -101,11 +102,67 @@ pub struct StatementUsage {
     pub rows_updated: u64,
     pub rows_deleted: u64,
     pub time_ns: u64,
+    pub blks_hit: u64,
+    pub blks_read: u64,
+    pub blks_dirtied: u64,
+}
+
+/// The statements of one row that a backend has finished and not yet recorded (recorded together at the end of the
+/// transaction, with one lock acquisition per row).
+#[derive(Clone, Debug)]
+pub struct PendingUsage {
+    pub statements: u64,
+    pub errors: u64,
+    pub rows_returned: u64,
+    pub rows_inserted: u64,
+    pub rows_updated: u64,
+    pub rows_deleted: u64,
+    pub time_ns: u64,
+    pub max_time_ns: u64,
     pub cpu_user_ns: u64,
     pub cpu_system_ns: u64,
     pub blks_hit: u64,
     pub blks_read: u64,
     pub blks_dirtied: u64,
+    pub histogram: [u32; HISTOGRAM_BUCKETS],
+}
+
+impl Default for PendingUsage {
+    fn default() -> Self {
+        PendingUsage {
+            statements: 0,
+            errors: 0,
+            rows_returned: 0,
+            rows_inserted: 0,
+            rows_updated: 0,
+            rows_deleted: 0,
+            time_ns: 0,
+            max_time_ns: 0,
+            cpu_user_ns: 0,
+            cpu_system_ns: 0,
+            blks_hit: 0,
+            blks_read: 0,
+            blks_dirtied: 0,
+            histogram: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
+impl PendingUsage {
+    pub fn add_statement(&mut self, s: &StatementUsage) {
+        self.statements += 1;
+        self.errors += s.failed as u64;
+        self.rows_returned += s.rows_returned;
+        self.rows_inserted += s.rows_inserted;
+        self.rows_updated += s.rows_updated;
+        self.rows_deleted += s.rows_deleted;
+        self.time_ns += s.time_ns;
+        self.max_time_ns = self.max_time_ns.max(s.time_ns);
+        self.blks_hit += s.blks_hit;
+        self.blks_read += s.blks_read;
+        self.blks_dirtied += s.blks_dirtied;
+        self.histogram[bucket_of(s.time_ns)] += 1;
+    }
 }
 
 /// The counters of one row, updated with atomic adds (no lock but the table's SHARED lock held to find the row).
@@ -195,12 +252,10 @@ impl Counters {
         }
     }
 
-    fn add(&self, s: &StatementUsage, now: pg_sys::TimestampTz) {
-        self.statements.fetch_add(1, Relaxed);
-        if s.failed {
-            self.errors.fetch_add(1, Relaxed);
-        }
+    fn add(&self, s: &PendingUsage, now: pg_sys::TimestampTz) {
         for (counter, value) in [
+            (&self.statements, s.statements),
+            (&self.errors, s.errors),
             (&self.rows_returned, s.rows_returned),
             (&self.rows_inserted, s.rows_inserted),
             (&self.rows_updated, s.rows_updated),
@@ -216,8 +271,12 @@ impl Counters {
                 counter.fetch_add(value, Relaxed);
             }
         }
-        self.max_time_ns.fetch_max(s.time_ns, Relaxed);
-        self.histogram[bucket_of(s.time_ns)].fetch_add(1, Relaxed);
+        self.max_time_ns.fetch_max(s.max_time_ns, Relaxed);
+        for (bucket, &count) in s.histogram.iter().enumerate() {
+            if count != 0 {
+                self.histogram[bucket].fetch_add(count as u64, Relaxed);
+            }
+        }
         let _ = self
             .first_activity
             .compare_exchange(0, now, Relaxed, Relaxed);
@@ -501,8 +560,8 @@ fn remember_overflowed(key: &UsageKey) {
     });
 }
 
-/// Add one statement to its row (creating the row if needed; a tenant beyond capacity goes to the overflow row).
-pub fn record(key: UsageKey, usage: &StatementUsage) {
+/// Add statements to their row (creating the row if needed; a tenant beyond capacity goes to the overflow row).
+pub fn record(key: UsageKey, usage: &PendingUsage) {
     if !available() {
         return;
     }
