@@ -85,9 +85,12 @@ thread_local! {
     static OPEN: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
     /// Finished statements of this transaction, per row, recorded when it ends.
     static PENDING: RefCell<Vec<(UsageKey, PendingUsage)>> = const { RefCell::new(Vec::new()) };
-    /// This process's CPU time (user, system) when the usage recorded last took its share; None when it has to be
-    /// read afresh (nothing was recorded since, so the CPU used in between was not tracked work).
-    static CPU_BASELINE: Cell<Option<(u64, u64)>> = const { Cell::new(None) };
+    /// This process's CPU time (user, system) at the last reading, and when that was; None before any tracked work.
+    static CPU_READ: Cell<Option<((u64, u64), Instant)>> = const { Cell::new(None) };
+    /// Execution time per row since that reading: the CPU used meanwhile is shared out in these proportions.
+    static CPU_DEBT: RefCell<Vec<(UsageKey, u64)>> = const { RefCell::new(Vec::new()) };
+    /// Whether this backend's exit callback (which settles the CPU debt) is registered.
+    static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// The nesting level at the start of each open subtransaction, restored if it aborts.
     static NESTING_AT_SUBXACT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
 }
@@ -248,8 +251,12 @@ fn with_open(query_desc: *mut pg_sys::QueryDesc, f: impl FnOnce(&mut Measured)) 
 }
 
 fn open_statement(query_desc: *mut pg_sys::QueryDesc, running: bool) {
-    if CPU_BASELINE.with(Cell::get).is_none() {
-        CPU_BASELINE.with(|b| b.set(Some(cpu_times())));
+    if CPU_READ.with(Cell::get).is_none() {
+        CPU_READ.with(|r| r.set(Some((cpu_times(), Instant::now()))));
+    }
+    if !EXIT_CALLBACK.with(|e| e.replace(true)) {
+        // SAFETY: registers a process-exit callback of this backend (the postmaster's list is reset in each child).
+        unsafe { pg_sys::before_shmem_exit(Some(settle_cpu_at_exit), pg_sys::Datum::from(0)) };
     }
     let mut measured = Measured {
         query_desc,
@@ -615,38 +622,79 @@ fn close_leftovers(aborted: bool) {
     }
 }
 
-/// At the end of the transaction (after an abort has released its locks): record the pending usage, one lock
-/// acquisition per row. The process's CPU time since the last recording (one getrusage call per transaction, not
-/// per statement: it is a system call) is shared among the rows in proportion to their execution time; it includes
-/// parsing, planning and commit work, which the tenants caused too.
+/// How often CPU time is read: getrusage is a system call (about 1 µs here), too dear for every transaction.
+const CPU_READ_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// At the end of the transaction (after an abort has released its locks): record the pending usage, with one lock
+/// acquisition for all its rows.
+///
+/// CPU time is the process's (one getrusage call at most every 10 ms, not per statement), shared among the rows
+/// worked for since the previous reading in proportion to their execution time. It includes parsing, planning and
+/// commit work, which the tenants caused too. It reaches the rows up to 10 ms of work late; the exit callback
+/// settles the rest.
 fn record_pending() {
     let mut pending = PENDING.with(|p| std::mem::take(&mut *p.borrow_mut()));
     if pending.is_empty() {
-        CPU_BASELINE.with(|b| b.set(None));
         return;
     }
+    CPU_DEBT.with(|debt| {
+        let mut debt = debt.borrow_mut();
+        for (key, p) in &pending {
+            match debt.iter_mut().find(|(k, _)| k == key) {
+                Some((_, time)) => *time += p.time_ns,
+                None => debt.push((*key, p.time_ns)),
+            }
+        }
+    });
+    let due = CPU_READ
+        .with(Cell::get)
+        .is_none_or(|(_, at)| at.elapsed() >= CPU_READ_INTERVAL);
+    if due {
+        settle_cpu(&mut pending);
+    }
+    usage_store::record(&pending);
+}
+
+/// Read the CPU time, and share what was used since the last reading among the rows of the CPU debt, adding it to
+/// `rows` (a row of its own, with no statements, for a key `rows` does not have).
+fn settle_cpu(rows: &mut Vec<(UsageKey, PendingUsage)>) {
     let now = cpu_times();
-    let (user, system) = match CPU_BASELINE.with(|b| b.replace(Some(now))) {
-        Some(before) => (
+    let (user, system) = match CPU_READ.with(|r| r.replace(Some((now, Instant::now())))) {
+        Some((before, _)) => (
             now.0.saturating_sub(before.0),
             now.1.saturating_sub(before.1),
         ),
         None => (0, 0),
     };
-    let total_time: u64 = pending.iter().map(|(_, p)| p.time_ns).sum();
-    let rows = pending.len() as u64;
-    for (_, p) in pending.iter_mut() {
+    let debt = CPU_DEBT.with(|d| std::mem::take(&mut *d.borrow_mut()));
+    let total_time: u64 = debt.iter().map(|(_, t)| *t).sum();
+    for (key, time) in &debt {
         let (share, whole) = if total_time > 0 {
-            (p.time_ns, total_time)
+            (*time, total_time)
         } else {
-            (1, rows)
+            (1, debt.len() as u64)
         };
-        p.cpu_user_ns += (user as u128 * share as u128 / whole as u128) as u64;
-        p.cpu_system_ns += (system as u128 * share as u128 / whole as u128) as u64;
+        let i = match rows.iter().position(|(k, _)| k == key) {
+            Some(i) => i,
+            None => {
+                rows.push((*key, PendingUsage::default()));
+                rows.len() - 1
+            }
+        };
+        rows[i].1.cpu_user_ns += (user as u128 * share as u128 / whole as u128) as u64;
+        rows[i].1.cpu_system_ns += (system as u128 * share as u128 / whole as u128) as u64;
     }
-    for (key, p) in &pending {
-        usage_store::record(*key, p);
+}
+
+/// At backend exit: the CPU time not yet shared out.
+#[pg_guard]
+unsafe extern "C-unwind" fn settle_cpu_at_exit(_code: i32, _arg: pg_sys::Datum) {
+    if CPU_DEBT.with(|d| d.borrow().is_empty()) {
+        return;
     }
+    let mut rows = Vec::new();
+    settle_cpu(&mut rows);
+    usage_store::record(&rows);
 }
 
 #[pg_guard]

@@ -277,10 +277,12 @@ impl Counters {
                 self.histogram[bucket].fetch_add(count as u64, Relaxed);
             }
         }
-        let _ = self
-            .first_activity
-            .compare_exchange(0, now, Relaxed, Relaxed);
-        self.last_activity.fetch_max(now, Relaxed);
+        if s.statements > 0 {
+            let _ = self
+                .first_activity
+                .compare_exchange(0, now, Relaxed, Relaxed);
+            self.last_activity.fetch_max(now, Relaxed);
+        }
     }
 
     fn read(&self) -> CounterValues {
@@ -560,48 +562,60 @@ fn remember_overflowed(key: &UsageKey) {
     });
 }
 
-/// Add statements to their row (creating the row if needed; a tenant beyond capacity goes to the overflow row).
-pub fn record(key: UsageKey, usage: &PendingUsage) {
-    if !available() {
+/// Add each row's statements to it (creating rows as needed; a tenant beyond capacity goes to the overflow row). The
+/// rows that exist are found under one SHARED lock acquisition; only missing ones take the lock EXCLUSIVE.
+pub fn record(rows: &[(UsageKey, PendingUsage)]) {
+    if !available() || rows.is_empty() {
         return;
     }
     // SAFETY: plain call.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let key = if known_overflowed(&key) {
-        key.overflow_of()
-    } else {
-        key
+    let target = |key: &UsageKey| {
+        if known_overflowed(key) {
+            key.overflow_of()
+        } else {
+            *key
+        }
     };
+    let mut missing = Vec::new();
     // SAFETY: the shared memory exists; rows are only read or added to under the lock, and never freed while a
     // SHARED holder may use them (removal takes the lock EXCLUSIVE).
     unsafe {
         {
             let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
-            let entry = find(&key);
-            if !entry.is_null() {
-                (*entry).counters.add(usage, now);
-                return;
+            for (key, usage) in rows {
+                let entry = find(&target(key));
+                if entry.is_null() {
+                    missing.push((target(key), usage));
+                } else {
+                    (*entry).counters.add(usage, now);
+                }
             }
+        }
+        if missing.is_empty() {
+            return;
         }
         let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
-        let mut entry = find(&key);
-        if entry.is_null() {
-            entry = insert(&key);
-        }
-        if entry.is_null() && key.kind() == RowKind::Tenant {
-            remember_overflowed(&key);
-            let overflow = key.overflow_of();
-            entry = find(&overflow);
+        for (key, usage) in missing {
+            let mut entry = find(&key);
             if entry.is_null() {
-                entry = insert(&overflow);
+                entry = insert(&key);
             }
+            if entry.is_null() && key.kind() == RowKind::Tenant {
+                remember_overflowed(&key);
+                let overflow = key.overflow_of();
+                entry = find(&overflow);
+                if entry.is_null() {
+                    entry = insert(&overflow);
+                }
+            }
+            let counters = if entry.is_null() {
+                &(*SHARED).lost
+            } else {
+                &(*entry).counters
+            };
+            counters.add(usage, now);
         }
-        let counters = if entry.is_null() {
-            &(*SHARED).lost
-        } else {
-            &(*entry).counters
-        };
-        counters.add(usage, now);
     }
 }
 
