@@ -18,6 +18,7 @@
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
 //! - `usage_api`: the SQL functions under the usage views, and `nile.reset_usage()`
 //! - `usage_store`: per-tenant usage counters in shared memory
+//! - `usage_persist`: the usage counters saved at a clean shutdown and loaded at start
 //! - `usage_hooks`: measuring each top-level statement for its tenant's usage (executor and utility hooks)
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
 //! - `errors`: raising errors with a SQLSTATE, detail and hint
@@ -41,6 +42,7 @@ mod tenants;
 mod tokens;
 mod usage_api;
 mod usage_hooks;
+mod usage_persist;
 mod usage_store;
 mod uuid_text;
 

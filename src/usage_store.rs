@@ -66,7 +66,7 @@ impl RowKind {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct UsageKey {
     pub database: u32,
-    kind: u32,
+    pub(crate) kind: u32,
     pub tenant: [u8; 16],
 }
 
@@ -271,18 +271,58 @@ impl Counters {
                 counter.fetch_add(value, Relaxed);
             }
         }
-        self.max_time_ns.fetch_max(s.max_time_ns, Relaxed);
+        // The maximum and the activity times are read before they are written: a row that many backends add to
+        // (the no-tenant row, a busy tenant) then sees few writes to these words, which would otherwise move its
+        // cache line between cores on every statement. The last activity is kept to the millisecond.
+        if s.max_time_ns > self.max_time_ns.load(Relaxed) {
+            self.max_time_ns.fetch_max(s.max_time_ns, Relaxed);
+        }
         for (bucket, &count) in s.histogram.iter().enumerate() {
             if count != 0 {
                 self.histogram[bucket].fetch_add(count as u64, Relaxed);
             }
         }
         if s.statements > 0 {
-            let _ = self
-                .first_activity
-                .compare_exchange(0, now, Relaxed, Relaxed);
-            self.last_activity.fetch_max(now, Relaxed);
+            if self.first_activity.load(Relaxed) == 0 {
+                let _ = self
+                    .first_activity
+                    .compare_exchange(0, now, Relaxed, Relaxed);
+            }
+            if now >= self.last_activity.load(Relaxed) + 1_000 {
+                self.last_activity.fetch_max(now, Relaxed);
+            }
         }
+    }
+
+    /// Add saved values (a row restored at startup, possibly into an overflow row).
+    fn add_values(&self, v: &CounterValues) {
+        for (counter, value) in [
+            (&self.statements, v.statements),
+            (&self.errors, v.errors),
+            (&self.rows_returned, v.rows_returned),
+            (&self.rows_inserted, v.rows_inserted),
+            (&self.rows_updated, v.rows_updated),
+            (&self.rows_deleted, v.rows_deleted),
+            (&self.total_time_ns, v.total_time_ns),
+            (&self.cpu_user_ns, v.cpu_user_ns),
+            (&self.cpu_system_ns, v.cpu_system_ns),
+            (&self.blks_hit, v.blks_hit),
+            (&self.blks_read, v.blks_read),
+            (&self.blks_dirtied, v.blks_dirtied),
+        ] {
+            counter.fetch_add(value, Relaxed);
+        }
+        self.max_time_ns.fetch_max(v.max_time_ns, Relaxed);
+        for (bucket, &count) in v.histogram.iter().enumerate() {
+            self.histogram[bucket].fetch_add(count, Relaxed);
+        }
+        if v.first_activity != 0 {
+            let first = self.first_activity.load(Relaxed);
+            if first == 0 || v.first_activity < first {
+                self.first_activity.store(v.first_activity, Relaxed);
+            }
+        }
+        self.last_activity.fetch_max(v.last_activity, Relaxed);
     }
 
     fn read(&self) -> CounterValues {
@@ -455,6 +495,16 @@ unsafe extern "C-unwind" fn shmem_startup() {
         );
         SHARED = shared;
         pg_sys::LWLockRelease(init_lock);
+        // In the postmaster: bring back what the last clean shutdown saved, and save it again at the next one.
+        if !pg_sys::IsUnderPostmaster {
+            if !found {
+                crate::usage_persist::load();
+            }
+            pg_sys::on_shmem_exit(
+                Some(crate::usage_persist::save_at_shutdown),
+                pg_sys::Datum::from(0),
+            );
+        }
     }
 }
 
@@ -634,6 +684,58 @@ unsafe fn for_each_entry(mut visit: impl FnMut(&Entry)) {
                 break;
             }
             visit(&*entry);
+        }
+    }
+}
+
+/// A copy of every row of every database, with the lost row as database 0: for the file saved at shutdown. Only
+/// when no backend runs any more (the postmaster at shutdown), so without the lock.
+pub fn snapshot_for_shutdown() -> Vec<(UsageKey, CounterValues)> {
+    let mut rows = Vec::new();
+    if !available() {
+        return rows;
+    }
+    // SAFETY: the shared memory exists and nothing else uses it any more.
+    unsafe {
+        for_each_entry(|entry| rows.push((entry.key, entry.counters.read())));
+        rows.push((
+            UsageKey::new(pg_sys::InvalidOid, RowKind::Overflow, None),
+            (*SHARED).lost.read(),
+        ));
+    }
+    rows
+}
+
+/// Add saved rows back, at startup before any backend exists (so without the lock). A tenant that no longer fits
+/// (`nile.max_tracked_tenants` was lowered) goes to its database's overflow row, as at run time.
+pub fn restore(rows: &[(UsageKey, CounterValues)]) {
+    if !available() {
+        return;
+    }
+    // SAFETY: the shared memory exists and nothing else uses it yet.
+    unsafe {
+        for (key, values) in rows {
+            if key.database == 0 {
+                (*SHARED).lost.add_values(values);
+                continue;
+            }
+            let mut entry = find(key);
+            if entry.is_null() {
+                entry = insert(key);
+            }
+            if entry.is_null() && key.kind() == RowKind::Tenant {
+                let overflow = key.overflow_of();
+                entry = find(&overflow);
+                if entry.is_null() {
+                    entry = insert(&overflow);
+                }
+            }
+            let counters = if entry.is_null() {
+                &(*SHARED).lost
+            } else {
+                &(*entry).counters
+            };
+            counters.add_values(values);
         }
     }
 }

@@ -1,0 +1,175 @@
+//! usage_persist — the usage counters survive a clean restart: the postmaster saves them to
+//! `pg_stat/nile_tenancy_usage.stat` when it shuts down cleanly and loads (then deletes) that file when it starts.
+//! After a crash there is no file and the counters start from zero (the flushed history keeps what was flushed).
+
+use crate::usage_store::{self, CounterValues, UsageKey, HISTOGRAM_BUCKETS};
+use pgrx::prelude::*;
+use std::io::{Read, Write};
+
+const FILE: &str = "pg_stat/nile_tenancy_usage.stat";
+const TEMP_FILE: &str = "pg_stat/nile_tenancy_usage.stat.tmp";
+/// "NILU" and the format version: a file of another version is ignored.
+const MAGIC: u32 = 0x4e49_4c55;
+const VERSION: u32 = 1;
+
+/// The u64 fields of a saved row after its key: 15 counters, then the histogram.
+const FIELDS: usize = 15 + HISTOGRAM_BUCKETS;
+
+fn encode(key: &UsageKey, v: &CounterValues, out: &mut Vec<u8>) {
+    out.extend_from_slice(&key.database.to_le_bytes());
+    out.extend_from_slice(&key.kind.to_le_bytes());
+    out.extend_from_slice(&key.tenant);
+    for field in [
+        v.statements,
+        v.errors,
+        v.rows_returned,
+        v.rows_inserted,
+        v.rows_updated,
+        v.rows_deleted,
+        v.total_time_ns,
+        v.max_time_ns,
+        v.cpu_user_ns,
+        v.cpu_system_ns,
+        v.blks_hit,
+        v.blks_read,
+        v.blks_dirtied,
+        v.first_activity as u64,
+        v.last_activity as u64,
+    ]
+    .into_iter()
+    .chain(v.histogram.iter().copied())
+    {
+        out.extend_from_slice(&field.to_le_bytes());
+    }
+}
+
+fn decode(record: &[u8]) -> Option<(UsageKey, CounterValues)> {
+    let u32_at = |i: usize| Some(u32::from_le_bytes(record.get(i..i + 4)?.try_into().ok()?));
+    let key = UsageKey {
+        database: u32_at(0)?,
+        kind: u32_at(4)?,
+        tenant: record.get(8..24)?.try_into().ok()?,
+    };
+    let mut fields = [0u64; FIELDS];
+    for (i, field) in fields.iter_mut().enumerate() {
+        let at = 24 + 8 * i;
+        *field = u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?);
+    }
+    let values = CounterValues {
+        statements: fields[0],
+        errors: fields[1],
+        rows_returned: fields[2],
+        rows_inserted: fields[3],
+        rows_updated: fields[4],
+        rows_deleted: fields[5],
+        total_time_ns: fields[6],
+        max_time_ns: fields[7],
+        cpu_user_ns: fields[8],
+        cpu_system_ns: fields[9],
+        blks_hit: fields[10],
+        blks_read: fields[11],
+        blks_dirtied: fields[12],
+        first_activity: fields[13] as i64,
+        last_activity: fields[14] as i64,
+        histogram: std::array::from_fn(|b| fields[15 + b]),
+    };
+    Some((key, values))
+}
+
+const RECORD_LEN: usize = 24 + 8 * FIELDS;
+
+/// on_shmem_exit callback of the postmaster: save the counters, after a clean shutdown only (a crash restart runs it
+/// with a non-zero code).
+#[pg_guard]
+pub unsafe extern "C-unwind" fn save_at_shutdown(code: i32, _arg: pg_sys::Datum) {
+    if code != 0 {
+        return;
+    }
+    let rows = usage_store::snapshot_for_shutdown();
+    let mut bytes = Vec::with_capacity(12 + rows.len() * RECORD_LEN);
+    bytes.extend_from_slice(&MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(rows.len() as u32).to_le_bytes());
+    for (key, values) in &rows {
+        encode(key, values, &mut bytes);
+    }
+    // Written aside, synced, then renamed over the old file, so that a crash mid-write leaves no torn file.
+    let written = std::fs::File::create(TEMP_FILE)
+        .and_then(|mut f| f.write_all(&bytes).and_then(|_| f.sync_all()))
+        .and_then(|_| std::fs::rename(TEMP_FILE, FILE));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(TEMP_FILE);
+        pgrx::warning!("nile_tenancy: could not save the usage counters to {FILE}: {e}");
+    }
+}
+
+/// At postmaster start: load the saved counters, then delete the file (it describes only this start).
+pub fn load() {
+    let mut bytes = Vec::new();
+    match std::fs::File::open(FILE).and_then(|mut f| f.read_to_end(&mut bytes)) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+        Err(e) => {
+            pgrx::warning!("nile_tenancy: could not read the saved usage counters {FILE}: {e}");
+            return;
+        }
+    }
+    let _ = std::fs::remove_file(FILE);
+    let header = |i: usize| {
+        bytes
+            .get(i..i + 4)
+            .and_then(|b| b.try_into().ok())
+            .map(u32::from_le_bytes)
+    };
+    let (Some(MAGIC), Some(VERSION), Some(count)) = (header(0), header(4), header(8)) else {
+        pgrx::warning!("nile_tenancy: ignoring {FILE}: not a usage file of this version");
+        return;
+    };
+    let body = &bytes[12..];
+    if body.len() != count as usize * RECORD_LEN {
+        pgrx::warning!("nile_tenancy: ignoring {FILE}: truncated");
+        return;
+    }
+    let rows: Vec<(UsageKey, CounterValues)> =
+        body.chunks_exact(RECORD_LEN).filter_map(decode).collect();
+    usage_store::restore(&rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_row_reads_back_the_same() {
+        let key = UsageKey {
+            database: 5,
+            kind: 0,
+            tenant: [7; 16],
+        };
+        let values = CounterValues {
+            statements: 1,
+            errors: 2,
+            rows_returned: 3,
+            rows_inserted: 4,
+            rows_updated: 5,
+            rows_deleted: 6,
+            total_time_ns: 7,
+            max_time_ns: 8,
+            cpu_user_ns: 9,
+            cpu_system_ns: 10,
+            blks_hit: 11,
+            blks_read: 12,
+            blks_dirtied: 13,
+            first_activity: 14,
+            last_activity: 15,
+            histogram: std::array::from_fn(|b| b as u64 * 3),
+        };
+        let mut bytes = Vec::new();
+        encode(&key, &values, &mut bytes);
+        assert_eq!(bytes.len(), RECORD_LEN);
+        let (k, v) = decode(&bytes).unwrap();
+        assert_eq!(k, key);
+        assert_eq!(format!("{v:?}"), format!("{values:?}"));
+        assert!(decode(&bytes[..RECORD_LEN - 1]).is_none());
+    }
+}
