@@ -591,6 +591,34 @@ unsafe fn insert(key: &UsageKey) -> *mut Entry {
     }
 }
 
+/// The counters of `key`'s row, inserting it if needed: a tenant that does not fit goes to its database's overflow
+/// row (remembered by this backend), and what finds no room at all to the lost row.
+///
+/// # Safety
+/// The shared memory exists and the caller holds the lock EXCLUSIVE (or nothing else can use the memory yet).
+unsafe fn counters_for_new(key: &UsageKey) -> &'static Counters {
+    // SAFETY (caller): see above; entries stay in place until removed under the EXCLUSIVE lock.
+    unsafe {
+        let mut entry = find(key);
+        if entry.is_null() {
+            entry = insert(key);
+        }
+        if entry.is_null() && key.kind() == RowKind::Tenant {
+            remember_overflowed(key);
+            let overflow = key.overflow_of();
+            entry = find(&overflow);
+            if entry.is_null() {
+                entry = insert(&overflow);
+            }
+        }
+        if entry.is_null() {
+            &(*SHARED).lost
+        } else {
+            &(*entry).counters
+        }
+    }
+}
+
 fn known_overflowed(key: &UsageKey) -> bool {
     if key.kind() != RowKind::Tenant {
         return false;
@@ -647,24 +675,7 @@ pub fn record(rows: &[(UsageKey, PendingUsage)]) {
         }
         let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
         for (key, usage) in missing {
-            let mut entry = find(&key);
-            if entry.is_null() {
-                entry = insert(&key);
-            }
-            if entry.is_null() && key.kind() == RowKind::Tenant {
-                remember_overflowed(&key);
-                let overflow = key.overflow_of();
-                entry = find(&overflow);
-                if entry.is_null() {
-                    entry = insert(&overflow);
-                }
-            }
-            let counters = if entry.is_null() {
-                &(*SHARED).lost
-            } else {
-                &(*entry).counters
-            };
-            counters.add(usage, now);
+            counters_for_new(&key).add(usage, now);
         }
     }
 }
@@ -719,23 +730,7 @@ pub fn restore(rows: &[(UsageKey, CounterValues)]) {
                 (*SHARED).lost.add_values(values);
                 continue;
             }
-            let mut entry = find(key);
-            if entry.is_null() {
-                entry = insert(key);
-            }
-            if entry.is_null() && key.kind() == RowKind::Tenant {
-                let overflow = key.overflow_of();
-                entry = find(&overflow);
-                if entry.is_null() {
-                    entry = insert(&overflow);
-                }
-            }
-            let counters = if entry.is_null() {
-                &(*SHARED).lost
-            } else {
-                &(*entry).counters
-            };
-            counters.add_values(values);
+            counters_for_new(key).add_values(values);
         }
     }
 }
