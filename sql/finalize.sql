@@ -123,3 +123,34 @@ GRANT EXECUTE ON FUNCTION nile._usage() TO nile_admin, pg_monitor;
 GRANT SELECT ON nile.tenant_usage TO nile_admin, pg_monitor;
 GRANT EXECUTE ON FUNCTION nile._my_usage() TO PUBLIC;
 GRANT SELECT ON nile.my_usage TO PUBLIC;
+
+-- tenant_storage(only_tenant): rows and bytes per tenant per tenant table. It reads every row of every tenant table
+-- (a sequential scan each: run it off-peak on large databases), bypassing row-level security as the extension's
+-- owner, so it is for nile_admin only.
+CREATE FUNCTION nile.tenant_storage(only_tenant uuid DEFAULT NULL)
+    RETURNS TABLE(tenant_id uuid, tenant_name text, table_name regclass, row_count bigint, bytes bigint)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        t record;
+    BEGIN
+        FOR t IN
+            SELECT e.relid, e.tenant_column
+            FROM nile.tenant_tables e JOIN pg_class c ON c.oid = e.relid::oid
+            WHERE c.relkind = 'r'
+            ORDER BY e.relid::text
+        LOOP
+            -- ONLY: an inheritance parent's own rows; its children are enrolled and listed themselves.
+            RETURN QUERY EXECUTE format(
+                'SELECT x.%1$I, tn.name, %2$L::regclass, count(*), sum(pg_column_size(x.*))::bigint
+                 FROM ONLY %2$s x LEFT JOIN nile.tenants tn ON tn.id = x.%1$I
+                 WHERE $1 IS NULL OR x.%1$I = $1
+                 GROUP BY x.%1$I, tn.name', t.tenant_column, t.relid)
+                USING only_tenant;
+        END LOOP;
+    END
+    $$;
+COMMENT ON FUNCTION nile.tenant_storage(uuid) IS 'nile_tenancy: rows and bytes (the rows'' data, uncompressed, without indexes) per tenant per tenant table; scans every tenant table';
+REVOKE ALL ON FUNCTION nile.tenant_storage(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.tenant_storage(uuid) TO nile_admin;

@@ -194,3 +194,41 @@ fn tracking_is_a_superuser_switch() {
         "no row"
     );
 }
+
+#[test]
+fn storage_per_tenant_and_table_for_admins_only() {
+    let db = scenario("usage_storage");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute(&format!(
+        "CREATE TABLE files (tenant_id uuid NOT NULL, body text NOT NULL);
+         SELECT nile.enable_tenancy('files');
+         INSERT INTO files SELECT '{ACME}', repeat('a', 1000) FROM generate_series(1, 3);
+         INSERT INTO files SELECT '{GLOBEX}', repeat('g', 1000) FROM generate_series(1, 5);"
+    ))
+    .unwrap();
+    let mut admin = connect(&db, "it_admin");
+    let per_table: String = one(
+        &mut admin,
+        "SELECT string_agg(concat_ws(':', tenant_name, table_name, row_count, bytes > 1000 * row_count), ','
+                           ORDER BY tenant_name, table_name::text)
+         FROM nile.tenant_storage()",
+    );
+    assert_eq!(
+        per_table,
+        "Acme:files:3:t,Acme:projects:2:f,Globex:files:5:t,Globex:projects:1:f"
+    );
+    let one_tenant: i64 = one(
+        &mut admin,
+        &format!("SELECT sum(row_count)::bigint FROM nile.tenant_storage('{GLOBEX}')"),
+    );
+    assert_eq!(one_tenant, 6);
+    let mut app = connect(&db, "it_app");
+    app.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
+    assert_fails(
+        app.batch_execute("SELECT * FROM nile.tenant_storage()"),
+        "42501",
+    );
+}

@@ -146,7 +146,10 @@ fn capacity_overflow_clean_restart_and_crash() {
         "16 / 32 / 8",
         "16 tenant rows, 8 statements of 4 tenants in overflow"
     );
-    let inserted: i64 = one(&mut c, "SELECT sum(rows_inserted)::bigint FROM nile.tenant_usage");
+    let inserted: i64 = one(
+        &mut c,
+        "SELECT sum(rows_inserted)::bigint FROM nile.tenant_usage",
+    );
     assert_eq!(inserted, 20, "the sum over all rows is the true total");
     // Freeing a row lets a new tenant have one.
     c.execute("SELECT nile.reset_usage($1::text::uuid)", &[&tenant(0)])
