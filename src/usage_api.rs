@@ -133,5 +133,16 @@ fn reset_usage(tenant_id: default!(Option<Uuid>, "NULL")) {
     require_role("nile_admin", "nile.reset_usage()");
     usage_store::require_available("nile.reset_usage()");
     let tenant = tenant_id.map(|t| *t.as_bytes());
-    usage_store::reset(this_database(), tenant);
+    // Rows of dropped databases are removed on the way (pg_database is shared: every database sees all of them).
+    let live: Vec<u32> = Spi::connect(|client| {
+        client
+            .select("SELECT oid FROM pg_catalog.pg_database", None, &[])
+            .map(|rows| {
+                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
+                    .map(|o| o.to_u32())
+                    .collect()
+            })
+    })
+    .unwrap_or_default();
+    usage_store::reset(this_database(), tenant, &live);
 }

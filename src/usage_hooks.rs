@@ -41,6 +41,13 @@ extern "C-unwind" {
         direction: pg_sys::ScanDirection::Type,
         count: u64,
     );
+    #[link_name = "standard_planner"]
+    fn raw_standard_planner(
+        parse: *mut pg_sys::Query,
+        query_string: *const std::ffi::c_char,
+        cursor_options: i32,
+        bound_params: pg_sys::ParamListInfo,
+    ) -> *mut pg_sys::PlannedStmt;
     #[link_name = "standard_ExecutorFinish"]
     fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
     #[link_name = "standard_ExecutorEnd"]
@@ -63,6 +70,7 @@ static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 static mut PREV_EXECUTOR_FINISH: pg_sys::ExecutorFinish_hook_type = None;
 static mut PREV_EXECUTOR_END: pg_sys::ExecutorEnd_hook_type = None;
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+static mut PREV_PLANNER: pg_sys::planner_hook_type = None;
 
 /// A top-level statement being measured.
 struct Measured {
@@ -92,7 +100,9 @@ thread_local! {
     /// Whether this backend's exit callback (which settles the CPU debt) is registered.
     static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
     /// The nesting level at the start of each open subtransaction, restored if it aborts.
-    static NESTING_AT_SUBXACT: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    /// (nesting level, open top-level statements) at the start of each open subtransaction: what an abort of it puts
+    /// back.
+    static AT_SUBXACT_START: RefCell<Vec<(u32, usize)>> = const { RefCell::new(Vec::new()) };
 }
 
 pub fn init() {
@@ -112,6 +122,8 @@ pub fn init() {
         pg_sys::ExecutorEnd_hook = Some(executor_end);
         PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
         pg_sys::ProcessUtility_hook = Some(process_utility);
+        PREV_PLANNER = pg_sys::planner_hook;
+        pg_sys::planner_hook = Some(planner);
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
     }
@@ -123,16 +135,19 @@ fn usage_store_possible() -> bool {
 }
 
 /// Should this top-level statement be measured? Only with tracking on, in a database that has the extension (its
-/// schema `nile`: a syscache lookup), in a normal backend.
+/// schema `nile`: a syscache lookup), in a client backend (not autovacuum, not a parallel or other background
+/// worker), for a statement a client sent: one that runs in a portal. (Executor work at level 0 outside a portal is
+/// the deferred triggers of a commit, which are not a statement of their own.)
 fn tracking() -> bool {
-    // SAFETY: reads process-global flags.
-    let normal_backend = unsafe {
+    // SAFETY: reads process-global state.
+    let client_statement = unsafe {
         pg_sys::IsUnderPostmaster
+            && pg_sys::MyBackendType == pg_sys::BackendType::B_BACKEND
             && pg_sys::MyDatabaseId != pg_sys::InvalidOid
-            && pg_sys::ParallelWorkerNumber < 0
+            && !pg_sys::ActivePortal.is_null()
     };
     gucs::TRACK_USAGE.get()
-        && normal_backend
+        && client_statement
         && usage_store::available()
         && crate::own_tables::nile_namespace().is_some()
 }
@@ -256,7 +271,9 @@ fn open_statement(query_desc: *mut pg_sys::QueryDesc, running: bool) {
     }
     if !EXIT_CALLBACK.with(|e| e.replace(true)) {
         // SAFETY: registers a process-exit callback of this backend (the postmaster's list is reset in each child).
-        unsafe { pg_sys::before_shmem_exit(Some(settle_cpu_at_exit), pg_sys::Datum::from(0)) };
+        // on_shmem_exit, not before_shmem_exit: it runs after the transaction a dying backend aborts (in
+        // ShutdownPostgres) has been recorded, and before the backend leaves shared memory.
+        unsafe { pg_sys::on_shmem_exit(Some(settle_cpu_at_exit), pg_sys::Datum::from(0)) };
     }
     let mut measured = Measured {
         query_desc,
@@ -281,11 +298,46 @@ fn close_statement(query_desc: *mut pg_sys::QueryDesc) -> Option<Measured> {
 // ---- ExecutorStart ------------------------------------------------------------------------------------------------
 
 /// A top-level statement starts: note its tenant (backend memory only: no shared memory, no lock). Noted before the
-/// standard start, so that a statement failing there is counted as an error by the abort callback.
+/// standard start, so that a statement failing there is counted as an error by the abort callback. Then one level
+/// deeper for the start itself.
 #[pg_guard]
 unsafe extern "C-unwind" fn before_executor_start(query_desc: *mut pg_sys::QueryDesc) {
     if nesting() == 0 && tracking() {
         open_statement(query_desc, false);
+    }
+    enter_nested();
+}
+
+/// Back up a level after a nested phase (ExecutorStart, planning) returned normally.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_nested() {
+    leave_nested();
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn before_nested() {
+    enter_nested();
+}
+
+// ---- Planner ------------------------------------------------------------------------------------------------------
+
+/// SAFETY: called by Postgres as planner_hook; a trampoline (see the module comment). Functions the planner runs
+/// (constant folding, estimates) and the statements inside them are nested, not top-level statements.
+unsafe extern "C-unwind" fn planner(
+    parse: *mut pg_sys::Query,
+    query_string: *const std::ffi::c_char,
+    cursor_options: i32,
+    bound_params: pg_sys::ParamListInfo,
+) -> *mut pg_sys::PlannedStmt {
+    // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
+    unsafe {
+        before_nested();
+        let plan = match PREV_PLANNER {
+            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
+            None => raw_standard_planner(parse, query_string, cursor_options, bound_params),
+        };
+        after_nested();
+        plan
     }
 }
 
@@ -294,11 +346,13 @@ unsafe extern "C-unwind" fn before_executor_start(query_desc: *mut pg_sys::Query
 unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
     // SAFETY: our bookkeeping, then the previous hook or the standard function with the arguments we were given.
     unsafe {
+        // Statements run while a plan starts up (initial partition pruning calling functions) are nested ones.
         before_executor_start(query_desc);
         match PREV_EXECUTOR_START {
             Some(prev) => prev(query_desc, eflags),
             None => raw_standard_executor_start(query_desc, eflags),
         }
+        after_nested();
     }
 }
 
@@ -396,14 +450,18 @@ unsafe extern "C-unwind" fn after_executor_end(
     operation: pg_sys::CmdType::Type,
     processed: u64,
 ) {
-    if nesting() == 0 {
-        if let Some(mut measured) = close_statement(query_desc) {
-            count_rows(&mut measured.usage, operation, processed, true);
-            finish(measured);
-        }
-    } else {
+    if let Some(mut measured) = close_statement(query_desc) {
+        count_rows(&mut measured.usage, operation, processed, true);
+        finish(measured);
+    } else if nesting() > 0 {
+        // The top-level statement running now (the one whose ExecutorRun, ExecutorFinish or utility is in progress).
         OPEN.with(|open| {
-            if let Some(m) = open.borrow_mut().last_mut() {
+            if let Some(m) = open
+                .borrow_mut()
+                .iter_mut()
+                .rev()
+                .find(|m| m.running.is_some())
+            {
                 count_rows(&mut m.usage, operation, processed, false);
             }
         });
@@ -611,10 +669,15 @@ fn add_pending(key: UsageKey, usage: &StatementUsage) {
     });
 }
 
-/// The top-level statements still open, whose end will never come: their portals died with the (sub)transaction
-/// (failed when it aborted, done when it committed). They join the pending usage.
-fn close_leftovers(aborted: bool) {
-    let leftovers: Vec<Measured> = OPEN.with(|open| open.borrow_mut().drain(..).collect());
+/// The top-level statements opened since `from` (an index into the open list), whose end will never come: their
+/// portals died with the (sub)transaction (failed when it aborted, done when it committed). They join the pending
+/// usage.
+fn close_leftovers(from: usize, aborted: bool) {
+    let leftovers: Vec<Measured> = OPEN.with(|open| {
+        let mut open = open.borrow_mut();
+        let from = from.min(open.len());
+        open.drain(from..).collect()
+    });
     for mut measured in leftovers {
         measured.conclude();
         measured.usage.failed = aborted;
@@ -702,16 +765,24 @@ unsafe extern "C-unwind" fn on_xact_event(
     event: pg_sys::XactEvent::Type,
     _arg: *mut std::ffi::c_void,
 ) {
-    match event {
-        pg_sys::XactEvent::XACT_EVENT_ABORT => close_leftovers(true),
-        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => {
-            close_leftovers(false)
-        }
+    let aborted = match event {
+        pg_sys::XactEvent::XACT_EVENT_ABORT => true,
+        pg_sys::XactEvent::XACT_EVENT_COMMIT | pg_sys::XactEvent::XACT_EVENT_PREPARE => false,
         _ => return,
+    };
+    // A transaction that ends while a statement is still running (a procedure's COMMIT or ROLLBACK, VACUUM's
+    // transaction per table, CREATE INDEX CONCURRENTLY) ends inside that statement's portal: the statement goes on,
+    // at its level. Otherwise the transaction ended between statements or in error recovery, where Postgres has
+    // already left every portal (PortalRun puts ActivePortal back as an ERROR passes): whatever is still open is
+    // over, and an ERROR may have skipped the "after" halves of the hooks, so the level goes back to 0.
+    // SAFETY: reads a process-global pointer.
+    let inside_statement = unsafe { !pg_sys::ActivePortal.is_null() };
+    if !inside_statement {
+        close_leftovers(0, aborted);
+        NESTING.with(|n| n.set(0));
+        AT_SUBXACT_START.with(|s| s.borrow_mut().clear());
     }
     record_pending();
-    NESTING.with(|n| n.set(0));
-    NESTING_AT_SUBXACT.with(|s| s.borrow_mut().clear());
 }
 
 #[pg_guard]
@@ -723,20 +794,22 @@ unsafe extern "C-unwind" fn on_subxact_event(
 ) {
     match event {
         pg_sys::SubXactEvent::SUBXACT_EVENT_START_SUB => {
-            NESTING_AT_SUBXACT.with(|s| s.borrow_mut().push(nesting()));
+            let open = OPEN.with(|o| o.borrow().len());
+            AT_SUBXACT_START.with(|s| s.borrow_mut().push((nesting(), open)));
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB => {
-            NESTING_AT_SUBXACT.with(|s| s.borrow_mut().pop());
+            AT_SUBXACT_START.with(|s| s.borrow_mut().pop());
         }
         pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
             // An ERROR skipped the "after" halves of the hooks it went through: go back to the level the
-            // subtransaction started at. Back at top level, the statement that failed is recorded as an error.
-            let level = NESTING_AT_SUBXACT
+            // subtransaction started at. Back at top level, the statements opened inside it failed; those opened
+            // before it (a portal still being fetched from) go on.
+            let (level, open) = AT_SUBXACT_START
                 .with(|s| s.borrow_mut().pop())
-                .unwrap_or(0);
+                .unwrap_or((0, 0));
             NESTING.with(|n| n.set(level));
             if level == 0 {
-                close_leftovers(true);
+                close_leftovers(open, true);
             }
         }
         _ => {}

@@ -1,6 +1,7 @@
-//! usage_persist — the usage counters survive a clean restart: the postmaster saves them to
-//! `pg_stat/nile_tenancy_usage.stat` when it shuts down cleanly and loads (then deletes) that file when it starts.
-//! After a crash there is no file and the counters start from zero (the flushed history keeps what was flushed).
+//! usage_persist — the usage counters survive a restart: the postmaster saves them to
+//! `pg_stat/nile_tenancy_usage.stat` when it shuts down (smart, fast or immediate shutdown) and loads (then deletes)
+//! that file when it starts. After a crash (a backend dying, or the postmaster killed) there is no file and the
+//! counters start from zero.
 
 use crate::usage_store::{self, CounterValues, UsageKey, HISTOGRAM_BUCKETS};
 use pgrx::prelude::*;
@@ -45,11 +46,18 @@ fn encode(key: &UsageKey, v: &CounterValues, out: &mut Vec<u8>) {
 
 fn decode(record: &[u8]) -> Option<(UsageKey, CounterValues)> {
     let u32_at = |i: usize| Some(u32::from_le_bytes(record.get(i..i + 4)?.try_into().ok()?));
-    let key = UsageKey {
-        database: u32_at(0)?,
-        kind: u32_at(4)?,
-        tenant: record.get(8..24)?.try_into().ok()?,
+    // Rebuilt with UsageKey::new, so that a damaged kind or tenant cannot make two rows of one key.
+    let kind = match u32_at(4)? {
+        0 => usage_store::RowKind::Tenant,
+        1 => usage_store::RowKind::NoTenant,
+        2 => usage_store::RowKind::Admin,
+        _ => usage_store::RowKind::Overflow,
     };
+    let key = UsageKey::new(
+        u32_at(0)?.into(),
+        kind,
+        Some(record.get(8..24)?.try_into().ok()?),
+    );
     let mut fields = [0u64; FIELDS];
     for (i, field) in fields.iter_mut().enumerate() {
         let at = 24 + 8 * i;

@@ -543,9 +543,8 @@ impl Locked {
 
 impl Drop for Locked {
     fn drop(&mut self) {
-        // SAFETY: acquired in `acquire`; released exactly once. (On an ERROR, Postgres releases every LWLock itself
-        // and this guard is never dropped: pgrx turns the ERROR into an unwinding panic only at the FFI boundary,
-        // and nothing between acquire and drop raises.)
+        // SAFETY: acquired in `acquire`; released exactly once. (Nothing between acquire and drop is expected to
+        // raise; if something did, the unwinding would drop this guard before Postgres' own LWLockReleaseAll.)
         unsafe { pg_sys::LWLockRelease(self.0) }
     }
 }
@@ -635,6 +634,12 @@ fn known_overflowed(key: &UsageKey) -> bool {
 }
 
 fn remember_overflowed(key: &UsageKey) {
+    // SAFETY: reads a process-global flag.
+    if unsafe { !pg_sys::IsUnderPostmaster } {
+        // The postmaster restoring saved rows: its memory is inherited by every backend it starts, also after a
+        // crash restart, when the new table has room again.
+        return;
+    }
     OVERFLOWED.with(|o| {
         o.borrow_mut().1.insert(key.tenant);
     });
@@ -761,8 +766,9 @@ pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
     rows
 }
 
-/// Remove the rows of `database` (only the tenant's row when `tenant` is given). Returns how many were removed.
-pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>) -> u64 {
+/// Remove the rows of `database` (only the tenant's row when `tenant` is given), and the rows of databases that no
+/// longer exist (not in `live_databases`). Returns how many were removed.
+pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>, live_databases: &[u32]) -> u64 {
     if !available() {
         return 0;
     }
@@ -780,7 +786,7 @@ pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>) -> u64 {
                     Some(t) => key.kind() == RowKind::Tenant && key.tenant == t,
                     None => true,
                 };
-            if matches {
+            if matches || !live_databases.contains(&key.database) {
                 doomed.push(key);
             }
         });

@@ -232,3 +232,43 @@ fn storage_per_tenant_and_table_for_admins_only() {
         "42501",
     );
 }
+
+#[test]
+fn procedures_committing_and_planner_work_count_as_the_one_statement_they_are() {
+    let db = scenario("usage_nesting");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute(
+        "CREATE SEQUENCE ids START 500;
+         GRANT USAGE ON SEQUENCE ids TO it_app;
+         -- A procedure that commits after each insert: its transactions end inside the CALL.
+         CREATE PROCEDURE add_five() LANGUAGE plpgsql AS $$
+         BEGIN
+             FOR i IN 1..5 LOOP
+                 INSERT INTO projects (id, name) VALUES (nextval('ids'), 'from procedure');
+                 COMMIT;
+             END LOOP;
+         END $$;
+         GRANT EXECUTE ON PROCEDURE add_five() TO it_app;
+         -- An immutable function that runs a query: the planner folds it, running that query while planning.
+         CREATE FUNCTION two() RETURNS bigint LANGUAGE plpgsql IMMUTABLE AS $$
+         BEGIN RETURN (SELECT count(*) FROM (VALUES (1), (2)) v); END $$;
+         SELECT nile.reset_usage();",
+    )
+    .unwrap();
+    let mut app = connect(&db, "it_app");
+    // Session scope: the procedure's COMMITs would end a transaction-scoped context.
+    app.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
+    app.batch_execute("CALL add_five()").unwrap();
+    app.batch_execute("SELECT name FROM projects WHERE id = two()")
+        .unwrap();
+    app.batch_execute("SELECT count(*) FROM projects").unwrap();
+    // CALL: 1 statement, 5 rows inserted; the two SELECTs: 1 statement each (acme-2 and the count).
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{ACME}'")),
+        "3 0 2 5 0 0",
+        "statements errors returned inserted updated deleted"
+    );
+}
