@@ -235,10 +235,16 @@ fn nesting() -> u32 {
     NESTING.with(Cell::get)
 }
 
+/// One level deeper. Called straight from the trampolines, without a `#[pg_guard]` (which costs a catch_unwind per
+/// call): it cannot panic, since NESTING is a const-initialised thread-local without a destructor and the arithmetic
+/// wraps.
+#[inline]
 fn enter_nested() {
-    NESTING.with(|n| n.set(n.get() + 1));
+    NESTING.with(|n| n.set(n.get().wrapping_add(1)));
 }
 
+/// One level back up (see enter_nested).
+#[inline]
 fn leave_nested() {
     NESTING.with(|n| n.set(n.get().saturating_sub(1)));
 }
@@ -308,17 +314,6 @@ unsafe extern "C-unwind" fn before_executor_start(query_desc: *mut pg_sys::Query
     enter_nested();
 }
 
-/// Back up a level after a nested phase (ExecutorStart, planning) returned normally.
-#[pg_guard]
-unsafe extern "C-unwind" fn after_nested() {
-    leave_nested();
-}
-
-#[pg_guard]
-unsafe extern "C-unwind" fn before_nested() {
-    enter_nested();
-}
-
 // ---- Planner ------------------------------------------------------------------------------------------------------
 
 /// SAFETY: called by Postgres as planner_hook; a trampoline (see the module comment). Functions the planner runs
@@ -331,12 +326,12 @@ unsafe extern "C-unwind" fn planner(
 ) -> *mut pg_sys::PlannedStmt {
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
     unsafe {
-        before_nested();
+        enter_nested();
         let plan = match PREV_PLANNER {
             Some(prev) => prev(parse, query_string, cursor_options, bound_params),
             None => raw_standard_planner(parse, query_string, cursor_options, bound_params),
         };
-        after_nested();
+        leave_nested();
         plan
     }
 }
@@ -352,7 +347,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
             Some(prev) => prev(query_desc, eflags),
             None => raw_standard_executor_start(query_desc, eflags),
         }
-        after_nested();
+        leave_nested();
     }
 }
 
