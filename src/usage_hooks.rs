@@ -574,7 +574,13 @@ unsafe extern "C-unwind" fn after_utility(
     // SAFETY: qc is NULL or the completion the utility filled in; pstmt is the statement that ran.
     if let Some(qc) = unsafe { qc.as_ref() } {
         let copy_from = unsafe { copy_from(pstmt) };
+        // CREATE TABLE AS / SELECT INTO / CREATE MATERIALIZED VIEW report SELECT n for the rows they wrote.
+        let creates_table =
+            unsafe { utility_node(pstmt) } == Some(pg_sys::NodeTag::T_CreateTableAsStmt);
         match qc.commandTag {
+            pg_sys::CommandTag::CMDTAG_SELECT if creates_table => {
+                measured.usage.rows_inserted += qc.nprocessed
+            }
             pg_sys::CommandTag::CMDTAG_SELECT | pg_sys::CommandTag::CMDTAG_FETCH => {
                 measured.usage.rows_returned += qc.nprocessed
             }
@@ -635,6 +641,15 @@ unsafe fn is_transaction_control(pstmt: *mut pg_sys::PlannedStmt) -> bool {
     unsafe {
         let stmt = (*pstmt).utilityStmt;
         !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_TransactionStmt
+    }
+}
+
+/// The node type of a utility statement.
+unsafe fn utility_node(pstmt: *mut pg_sys::PlannedStmt) -> Option<pg_sys::NodeTag> {
+    // SAFETY (caller): pstmt is the utility statement that ran.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        (!stmt.is_null()).then(|| (*stmt).type_)
     }
 }
 

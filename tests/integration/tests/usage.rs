@@ -271,4 +271,17 @@ fn procedures_committing_and_planner_work_count_as_the_one_statement_they_are() 
         "3 0 2 5 0 0",
         "statements errors returned inserted updated deleted"
     );
+    // CREATE TABLE AS writes rows: they count as inserted, not returned.
+    su.batch_execute(&format!(
+        "SELECT nile.reset_usage('{ACME}');
+         SELECT nile.set_tenant('{ACME}', is_local => false);
+         CREATE TABLE names_copy AS SELECT name FROM generate_series(1, 4) g, LATERAL (SELECT 'n' || g AS name) n;
+         SELECT nile.clear_tenant();"
+    ))
+    .unwrap();
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{ACME}'")),
+        "2 0 1 4 0 0",
+        "CREATE TABLE AS (4 rows inserted), and clear_tenant(), which started in the tenant (1 row returned)"
+    );
 }
