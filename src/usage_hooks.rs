@@ -16,7 +16,7 @@
 //! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
 
 use crate::gucs;
-use crate::usage_store::{self, PendingUsage, RowKind, StatementUsage, UsageKey};
+use crate::usage_store::{self, CounterValues, RowKind, StatementUsage, UsageKey};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -92,7 +92,7 @@ thread_local! {
     /// Top-level executor statements started and not ended (usually one; more with interleaved portals).
     static OPEN: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
     /// Finished statements of this transaction, per row, recorded when it ends.
-    static PENDING: RefCell<Vec<(UsageKey, PendingUsage)>> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<(UsageKey, CounterValues)>> = const { RefCell::new(Vec::new()) };
     /// This process's CPU time (user, system) at the last reading, and when that was; None before any tracked work.
     static CPU_READ: Cell<Option<((u64, u64), Instant)>> = const { Cell::new(None) };
     /// Execution time per row since that reading: the CPU used meanwhile is shared out in these proportions.
@@ -671,7 +671,7 @@ fn add_pending(key: UsageKey, usage: &StatementUsage) {
         match pending.iter_mut().find(|(k, _)| *k == key) {
             Some((_, p)) => p.add_statement(usage),
             None => {
-                let mut p = PendingUsage::default();
+                let mut p = CounterValues::default();
                 p.add_statement(usage);
                 pending.push((key, p));
             }
@@ -714,8 +714,8 @@ fn record_pending() {
         let mut debt = debt.borrow_mut();
         for (key, p) in &pending {
             match debt.iter_mut().find(|(k, _)| k == key) {
-                Some((_, time)) => *time += p.time_ns,
-                None => debt.push((*key, p.time_ns)),
+                Some((_, time)) => *time += p.total_time_ns,
+                None => debt.push((*key, p.total_time_ns)),
             }
         }
     });
@@ -730,7 +730,7 @@ fn record_pending() {
 
 /// Read the CPU time, and share what was used since the last reading among the rows of the CPU debt, adding it to
 /// `rows` (a row of its own, with no statements, for a key `rows` does not have).
-fn settle_cpu(rows: &mut Vec<(UsageKey, PendingUsage)>) {
+fn settle_cpu(rows: &mut Vec<(UsageKey, CounterValues)>) {
     let now = cpu_times();
     let (user, system) = match CPU_READ.with(|r| r.replace(Some((now, Instant::now())))) {
         Some((before, _)) => (
@@ -750,7 +750,7 @@ fn settle_cpu(rows: &mut Vec<(UsageKey, PendingUsage)>) {
         let i = match rows.iter().position(|(k, _)| k == key) {
             Some(i) => i,
             None => {
-                rows.push((*key, PendingUsage::default()));
+                rows.push((*key, CounterValues::default()));
                 rows.len() - 1
             }
         };

@@ -107,64 +107,6 @@ pub struct StatementUsage {
     pub blks_dirtied: u64,
 }
 
-/// The statements of one row that a backend has finished and not yet recorded (recorded together at the end of the
-/// transaction, with one lock acquisition per row).
-#[derive(Clone, Debug)]
-pub struct PendingUsage {
-    pub statements: u64,
-    pub errors: u64,
-    pub rows_returned: u64,
-    pub rows_inserted: u64,
-    pub rows_updated: u64,
-    pub rows_deleted: u64,
-    pub time_ns: u64,
-    pub max_time_ns: u64,
-    pub cpu_user_ns: u64,
-    pub cpu_system_ns: u64,
-    pub blks_hit: u64,
-    pub blks_read: u64,
-    pub blks_dirtied: u64,
-    pub histogram: [u32; HISTOGRAM_BUCKETS],
-}
-
-impl Default for PendingUsage {
-    fn default() -> Self {
-        PendingUsage {
-            statements: 0,
-            errors: 0,
-            rows_returned: 0,
-            rows_inserted: 0,
-            rows_updated: 0,
-            rows_deleted: 0,
-            time_ns: 0,
-            max_time_ns: 0,
-            cpu_user_ns: 0,
-            cpu_system_ns: 0,
-            blks_hit: 0,
-            blks_read: 0,
-            blks_dirtied: 0,
-            histogram: [0; HISTOGRAM_BUCKETS],
-        }
-    }
-}
-
-impl PendingUsage {
-    pub fn add_statement(&mut self, s: &StatementUsage) {
-        self.statements += 1;
-        self.errors += s.failed as u64;
-        self.rows_returned += s.rows_returned;
-        self.rows_inserted += s.rows_inserted;
-        self.rows_updated += s.rows_updated;
-        self.rows_deleted += s.rows_deleted;
-        self.time_ns += s.time_ns;
-        self.max_time_ns = self.max_time_ns.max(s.time_ns);
-        self.blks_hit += s.blks_hit;
-        self.blks_read += s.blks_read;
-        self.blks_dirtied += s.blks_dirtied;
-        self.histogram[bucket_of(s.time_ns)] += 1;
-    }
-}
-
 /// The counters of one row, updated with atomic adds (no lock but the table's SHARED lock held to find the row).
 #[repr(C)]
 struct Counters {
@@ -186,7 +128,8 @@ struct Counters {
     histogram: [AtomicU64; HISTOGRAM_BUCKETS],
 }
 
-/// A plain copy of a row's counters, for reading.
+/// A plain copy of a row's counters: read from a row, saved at shutdown, or the statements of one row that a backend
+/// has finished and not yet recorded (recorded together at the end of the transaction).
 #[derive(Clone, Debug)]
 pub struct CounterValues {
     pub statements: u64,
@@ -252,50 +195,9 @@ impl Counters {
         }
     }
 
-    fn add(&self, s: &PendingUsage, now: pg_sys::TimestampTz) {
-        for (counter, value) in [
-            (&self.statements, s.statements),
-            (&self.errors, s.errors),
-            (&self.rows_returned, s.rows_returned),
-            (&self.rows_inserted, s.rows_inserted),
-            (&self.rows_updated, s.rows_updated),
-            (&self.rows_deleted, s.rows_deleted),
-            (&self.total_time_ns, s.time_ns),
-            (&self.cpu_user_ns, s.cpu_user_ns),
-            (&self.cpu_system_ns, s.cpu_system_ns),
-            (&self.blks_hit, s.blks_hit),
-            (&self.blks_read, s.blks_read),
-            (&self.blks_dirtied, s.blks_dirtied),
-        ] {
-            if value != 0 {
-                counter.fetch_add(value, Relaxed);
-            }
-        }
-        // The maximum and the activity times are read before they are written: a row that many backends add to
-        // (the no-tenant row, a busy tenant) then sees few writes to these words, which would otherwise move its
-        // cache line between cores on every statement. The last activity is kept to the millisecond.
-        if s.max_time_ns > self.max_time_ns.load(Relaxed) {
-            self.max_time_ns.fetch_max(s.max_time_ns, Relaxed);
-        }
-        for (bucket, &count) in s.histogram.iter().enumerate() {
-            if count != 0 {
-                self.histogram[bucket].fetch_add(count as u64, Relaxed);
-            }
-        }
-        if s.statements > 0 {
-            if self.first_activity.load(Relaxed) == 0 {
-                let _ = self
-                    .first_activity
-                    .compare_exchange(0, now, Relaxed, Relaxed);
-            }
-            if now >= self.last_activity.load(Relaxed) + 1_000 {
-                self.last_activity.fetch_max(now, Relaxed);
-            }
-        }
-    }
-
-    /// Add saved values (a row restored at startup, possibly into an overflow row).
-    fn add_values(&self, v: &CounterValues) {
+    /// Add `v` (a transaction's statements, or a row restored at start-up), with its first and last activity (0:
+    /// none).
+    fn add(&self, v: &CounterValues, first_activity: i64, last_activity: i64) {
         for (counter, value) in [
             (&self.statements, v.statements),
             (&self.errors, v.errors),
@@ -310,19 +212,30 @@ impl Counters {
             (&self.blks_read, v.blks_read),
             (&self.blks_dirtied, v.blks_dirtied),
         ] {
-            counter.fetch_add(value, Relaxed);
-        }
-        self.max_time_ns.fetch_max(v.max_time_ns, Relaxed);
-        for (bucket, &count) in v.histogram.iter().enumerate() {
-            self.histogram[bucket].fetch_add(count, Relaxed);
-        }
-        if v.first_activity != 0 {
-            let first = self.first_activity.load(Relaxed);
-            if first == 0 || v.first_activity < first {
-                self.first_activity.store(v.first_activity, Relaxed);
+            if value != 0 {
+                counter.fetch_add(value, Relaxed);
             }
         }
-        self.last_activity.fetch_max(v.last_activity, Relaxed);
+        for (bucket, &count) in v.histogram.iter().enumerate() {
+            if count != 0 {
+                self.histogram[bucket].fetch_add(count, Relaxed);
+            }
+        }
+        // The maximum and the activity times are read before they are written: a row that many backends add to
+        // (the no-tenant row, a busy tenant) then sees few writes to these words, which would otherwise move its
+        // cache line between cores on every statement. The last activity is kept to the millisecond.
+        if v.max_time_ns > self.max_time_ns.load(Relaxed) {
+            self.max_time_ns.fetch_max(v.max_time_ns, Relaxed);
+        }
+        let earlier =
+            |current: i64| (current == 0 || first_activity < current).then_some(first_activity);
+        if first_activity != 0 && earlier(self.first_activity.load(Relaxed)).is_some() {
+            let _ = self.first_activity.fetch_update(Relaxed, Relaxed, earlier);
+        }
+        let last = self.last_activity.load(Relaxed);
+        if last_activity != 0 && (last == 0 || last_activity >= last + 1_000) {
+            self.last_activity.fetch_max(last_activity, Relaxed);
+        }
     }
 
     fn read(&self) -> CounterValues {
@@ -347,7 +260,46 @@ impl Counters {
     }
 }
 
+impl Default for CounterValues {
+    fn default() -> Self {
+        CounterValues {
+            statements: 0,
+            errors: 0,
+            rows_returned: 0,
+            rows_inserted: 0,
+            rows_updated: 0,
+            rows_deleted: 0,
+            total_time_ns: 0,
+            max_time_ns: 0,
+            cpu_user_ns: 0,
+            cpu_system_ns: 0,
+            blks_hit: 0,
+            blks_read: 0,
+            blks_dirtied: 0,
+            first_activity: 0,
+            last_activity: 0,
+            histogram: [0; HISTOGRAM_BUCKETS],
+        }
+    }
+}
+
 impl CounterValues {
+    /// Add one finished statement.
+    pub fn add_statement(&mut self, s: &StatementUsage) {
+        self.statements += 1;
+        self.errors += s.failed as u64;
+        self.rows_returned += s.rows_returned;
+        self.rows_inserted += s.rows_inserted;
+        self.rows_updated += s.rows_updated;
+        self.rows_deleted += s.rows_deleted;
+        self.total_time_ns += s.time_ns;
+        self.max_time_ns = self.max_time_ns.max(s.time_ns);
+        self.blks_hit += s.blks_hit;
+        self.blks_read += s.blks_read;
+        self.blks_dirtied += s.blks_dirtied;
+        self.histogram[bucket_of(s.time_ns)] += 1;
+    }
+
     /// The `q` quantile (0 < q < 1) of the statements' execution time in milliseconds, interpolated inside its
     /// histogram bucket and never above the maximum seen; None without statements.
     pub fn percentile_ms(&self, q: f64) -> Option<f64> {
@@ -647,12 +599,14 @@ fn remember_overflowed(key: &UsageKey) {
 
 /// Add each row's statements to it (creating rows as needed; a tenant beyond capacity goes to the overflow row). The
 /// rows that exist are found under one SHARED lock acquisition; only missing ones take the lock EXCLUSIVE.
-pub fn record(rows: &[(UsageKey, PendingUsage)]) {
+pub fn record(rows: &[(UsageKey, CounterValues)]) {
     if !available() || rows.is_empty() {
         return;
     }
     // SAFETY: plain call.
     let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    // The rows' activity is now; a row that only receives CPU time shared out later ran no statement now.
+    let activity = |usage: &CounterValues| if usage.statements > 0 { now } else { 0 };
     let target = |key: &UsageKey| {
         if known_overflowed(key) {
             key.overflow_of()
@@ -671,7 +625,9 @@ pub fn record(rows: &[(UsageKey, PendingUsage)]) {
                 if entry.is_null() {
                     missing.push((target(key), usage));
                 } else {
-                    (*entry).counters.add(usage, now);
+                    (*entry)
+                        .counters
+                        .add(usage, activity(usage), activity(usage));
                 }
             }
         }
@@ -680,7 +636,7 @@ pub fn record(rows: &[(UsageKey, PendingUsage)]) {
         }
         let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
         for (key, usage) in missing {
-            counters_for_new(&key).add(usage, now);
+            counters_for_new(&key).add(usage, activity(usage), activity(usage));
         }
     }
 }
@@ -732,10 +688,12 @@ pub fn restore(rows: &[(UsageKey, CounterValues)]) {
     unsafe {
         for (key, values) in rows {
             if key.database == 0 {
-                (*SHARED).lost.add_values(values);
+                (*SHARED)
+                    .lost
+                    .add(values, values.first_activity, values.last_activity);
                 continue;
             }
-            counters_for_new(key).add_values(values);
+            counters_for_new(key).add(values, values.first_activity, values.last_activity);
         }
     }
 }
@@ -823,21 +781,8 @@ mod tests {
         assert_eq!(bucket_of(u64::MAX), HISTOGRAM_BUCKETS - 1);
         let mut values = CounterValues {
             statements: 100,
-            errors: 0,
-            rows_returned: 0,
-            rows_inserted: 0,
-            rows_updated: 0,
-            rows_deleted: 0,
-            total_time_ns: 0,
             max_time_ns: 50_000_000,
-            cpu_user_ns: 0,
-            cpu_system_ns: 0,
-            blks_hit: 0,
-            blks_read: 0,
-            blks_dirtied: 0,
-            first_activity: 0,
-            last_activity: 0,
-            histogram: [0; HISTOGRAM_BUCKETS],
+            ..Default::default()
         };
         // 90 statements of 1 ms, 10 of 40 ms.
         values.histogram[bucket_of(1_000_000)] = 90;
