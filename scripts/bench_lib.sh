@@ -16,3 +16,21 @@ bench_cluster() {
 
 # median N... — the median of the numbers.
 median() { printf '%s\n' "$@" | sort -n | awk '{a[NR] = $1} END {print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2}'; }
+
+# bench_tenants_sql N — the SQL every benchmark database starts with: the extension, schema bench, bench.tid(n)
+# (tenant number -> uuid; IMMUTABLE SQL, so every variant computes the id the same way), tenants 1..N, and the
+# non-owner application role bench_app (nile_app, USAGE on bench; each script grants its own table privileges).
+bench_tenants_sql() {
+  cat <<SQL
+CREATE EXTENSION nile_tenancy;
+CREATE SCHEMA bench;
+CREATE FUNCTION bench.tid(n int) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS \$\$ SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(n), 12, '0'))::uuid \$\$;
+SELECT count(nile.create_tenant('tenant ' || n, bench.tid(n))) AS tenants FROM generate_series(1, $1) n;
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app') THEN CREATE ROLE bench_app LOGIN; END IF;
+END \$\$;
+GRANT nile_app TO bench_app;
+GRANT USAGE ON SCHEMA bench TO bench_app;
+SQL
+}

@@ -28,12 +28,7 @@ psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
 
 echo "[bench] loading $tenants tenants x $rows rows"
 "${psql[@]}" -U postgres >/dev/null <<SQL
-CREATE EXTENSION nile_tenancy;
-CREATE SCHEMA bench;
--- Tenant number -> uuid; IMMUTABLE SQL, so both variants compute the id the same way.
-CREATE FUNCTION bench.tid(n int) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS \$\$ SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(n), 12, '0'))::uuid \$\$;
-SELECT count(nile.create_tenant('tenant ' || n, bench.tid(n))) AS tenants FROM generate_series(1, $big) n;
+$(bench_tenants_sql $big)
 CREATE TABLE bench.items (tenant_id uuid NOT NULL, id bigint NOT NULL, payload text NOT NULL, PRIMARY KEY (tenant_id, id));
 CREATE TABLE bench.items_plain (LIKE bench.items INCLUDING ALL);
 INSERT INTO bench.items SELECT bench.tid(t), i, md5(t || ':' || i) FROM generate_series(1, $tenants) t, generate_series(1, $rows) i;
@@ -42,11 +37,6 @@ INSERT INTO bench.items_plain SELECT * FROM bench.items;
 SELECT nile.enable_tenancy('bench.items');
 ALTER TABLE bench.items_plain ADD FOREIGN KEY (tenant_id) REFERENCES nile.tenants (id);
 VACUUM ANALYZE bench.items, bench.items_plain;
-DO \$\$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app') THEN CREATE ROLE bench_app LOGIN; END IF;
-END \$\$;
-GRANT nile_app TO bench_app;
-GRANT USAGE ON SCHEMA bench TO bench_app;
 GRANT SELECT ON bench.items, bench.items_plain TO bench_app;
 SQL
 

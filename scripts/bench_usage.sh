@@ -26,11 +26,7 @@ psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
 
 echo "[bench] loading $tenants tenants x $rows rows"
 "${psql[@]}" -U postgres >/dev/null <<SQL
-CREATE EXTENSION nile_tenancy;
-CREATE SCHEMA bench;
-CREATE FUNCTION bench.tid(n int) RETURNS uuid LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    AS \$\$ SELECT ('00000000-0000-7000-8000-' || lpad(to_hex(n), 12, '0'))::uuid \$\$;
-SELECT count(nile.create_tenant('tenant ' || n, bench.tid(n))) AS tenants FROM generate_series(1, $tenants) n;
+$(bench_tenants_sql $tenants)
 CREATE TABLE bench.items (tenant_id uuid NOT NULL, id bigint NOT NULL, balance bigint NOT NULL DEFAULT 0,
                           PRIMARY KEY (tenant_id, id));
 CREATE TABLE bench.history (tenant_id uuid NOT NULL, id bigint NOT NULL, delta bigint NOT NULL,
@@ -38,11 +34,6 @@ CREATE TABLE bench.history (tenant_id uuid NOT NULL, id bigint NOT NULL, delta b
 INSERT INTO bench.items (tenant_id, id) SELECT bench.tid(t), i FROM generate_series(1, $tenants) t, generate_series(1, $rows) i;
 SELECT nile.enable_tenancy('bench.items'), nile.enable_tenancy('bench.history');
 VACUUM ANALYZE bench.items;
-DO \$\$ BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_app') THEN CREATE ROLE bench_app LOGIN; END IF;
-END \$\$;
-GRANT nile_app TO bench_app;
-GRANT USAGE ON SCHEMA bench TO bench_app;
 GRANT SELECT, UPDATE ON bench.items TO bench_app;
 GRANT INSERT ON bench.history TO bench_app;
 SQL
