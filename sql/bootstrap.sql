@@ -82,17 +82,53 @@ CREATE TABLE nile.admin_audit (
 );
 COMMENT ON TABLE nile.admin_audit IS 'nile_tenancy: who entered nile.admin_context(), when, and why';
 
+-- Usage history for billing: what each tenant (and the no-tenant, admin and overflow rows) did in each period between
+-- two flushes of the shared usage counters (src/usage_history.rs, written every nile.usage_flush_interval by the
+-- background worker of src/usage_flusher.rs). Rows are never updated; delete old periods to keep it small.
+CREATE TABLE nile.usage_history (
+    period_start         timestamptz      NOT NULL,
+    period_end           timestamptz      NOT NULL,
+    kind                 text             NOT NULL,
+    tenant_id            uuid,
+    statements           bigint           NOT NULL,
+    errors               bigint           NOT NULL,
+    rows_returned        bigint           NOT NULL,
+    rows_inserted        bigint           NOT NULL,
+    rows_updated         bigint           NOT NULL,
+    rows_deleted         bigint           NOT NULL,
+    total_time_ms        double precision NOT NULL,
+    p50_ms               double precision,
+    p95_ms               double precision,
+    p99_ms               double precision,
+    cpu_user_ms          double precision NOT NULL,
+    cpu_system_ms        double precision NOT NULL,
+    shared_blks_hit      bigint           NOT NULL,
+    shared_blks_read     bigint           NOT NULL,
+    shared_blks_dirtied  bigint           NOT NULL,
+    CONSTRAINT usage_history_kind_valid CHECK (kind IN ('tenant', 'no tenant', 'admin', 'overflow')),
+    CONSTRAINT usage_history_tenant_matches_kind CHECK ((kind = 'tenant') = (tenant_id IS NOT NULL)),
+    CONSTRAINT usage_history_period_valid CHECK (period_start <= period_end)
+);
+CREATE INDEX usage_history_period_end_idx ON nile.usage_history (period_end);
+CREATE INDEX usage_history_tenant_idx ON nile.usage_history (tenant_id, period_end);
+COMMENT ON TABLE nile.usage_history IS 'nile_tenancy: usage per tenant per period between two flushes (nile.usage_flush_interval), for billing';
+
 -- Privileges: every write goes through the extension's functions, which check the caller's role first.
-REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.role_bindings, nile.admin_audit FROM PUBLIC;
+REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.role_bindings, nile.admin_audit,
+    nile.usage_history FROM PUBLIC;
 GRANT SELECT ON nile.tenants TO PUBLIC;               -- row-level security limits it to the session's own tenant
 GRANT SELECT ON nile.tenant_tables, nile.excluded_tables TO PUBLIC;
 GRANT SELECT ON nile.admin_audit, nile.role_bindings TO nile_admin;
+-- Every tenant's usage: for administrators and monitoring, never for PUBLIC; administrators delete old periods.
+GRANT SELECT, DELETE ON nile.usage_history TO nile_admin;
+GRANT SELECT ON nile.usage_history TO pg_monitor;
 
 -- pg_dump dumps the rows of these tables (the extension's own objects are recreated by CREATE EXTENSION): a restored
--- database keeps its tenants, its registry and its audit trail. The registry's regclass values are dumped as names.
+-- database keeps its tenants, its registry, its audit trail and its usage history. The registry's regclass values are dumped as names.
 SELECT pg_catalog.pg_extension_config_dump('nile.tenants', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.tenant_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.excluded_tables', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.role_bindings', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.admin_audit', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.admin_audit_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.usage_history', '');

@@ -96,7 +96,7 @@ GRANT EXECUTE ON FUNCTION
     nile.sign_tenant_token(uuid, interval, text),
     nile.bind_role(name, uuid), nile._bind_role(text, uuid), nile.unbind_role(name), nile._unbind_role(text),
     nile.verify(), nile._protection_problems(regclass),
-    nile.reset_usage(uuid)
+    nile.reset_usage(uuid), nile.flush_usage()
     TO nile_admin;
 
 -- Usage metering (src/usage_store.rs, src/usage_hooks.rs). Every tenant's figures are for nile_admin and pg_monitor;
@@ -123,6 +123,50 @@ GRANT EXECUTE ON FUNCTION nile._usage() TO nile_admin, pg_monitor;
 GRANT SELECT ON nile.tenant_usage TO nile_admin, pg_monitor;
 GRANT EXECUTE ON FUNCTION nile._my_usage() TO PUBLIC;
 GRANT SELECT ON nile.my_usage TO PUBLIC;
+
+-- Noisy neighbours: who used the most execution time lately? The periods of nile.usage_history that ended within
+-- `recent`, plus the period still open (not yet flushed), summed per row and ranked by their share of the time.
+GRANT EXECUTE ON FUNCTION nile._unflushed_usage() TO nile_admin, pg_monitor;
+CREATE FUNCTION nile.noisy_neighbours(recent interval DEFAULT '15 minutes')
+    RETURNS TABLE(rank bigint, tenant_id uuid, tenant_name text, kind text, share_of_time numeric,
+                  total_time_ms double precision, statements bigint, errors bigint, mean_time_ms double precision,
+                  worst_p99_ms double precision, cpu_ms double precision, shared_blks_read bigint,
+                  since timestamptz)
+    LANGUAGE sql VOLATILE PARALLEL RESTRICTED SECURITY DEFINER  -- tenant names: nile.tenants is row-level secured
+    SET search_path = pg_catalog, pg_temp
+    BEGIN ATOMIC
+        WITH periods AS (
+            SELECT h.kind, h.tenant_id, h.period_start, h.statements, h.errors, h.total_time_ms, h.p99_ms,
+                   h.cpu_user_ms + h.cpu_system_ms AS cpu_ms, h.shared_blks_read
+            FROM nile.usage_history h
+            WHERE h.period_end > now() - recent
+            UNION ALL
+            SELECT u.kind, u.tenant_id, u.period_start, u.statements, u.errors, u.total_time_ms, u.p99_ms,
+                   u.cpu_user_ms + u.cpu_system_ms, u.shared_blks_read
+            FROM nile._unflushed_usage() u
+        ), per_row AS (
+            SELECT p.kind, p.tenant_id, min(p.period_start) AS since, sum(p.statements)::bigint AS statements,
+                   sum(p.errors)::bigint AS errors, sum(p.total_time_ms) AS total_time_ms,
+                   max(p.p99_ms) AS worst_p99_ms, sum(p.cpu_ms) AS cpu_ms,
+                   sum(p.shared_blks_read)::bigint AS shared_blks_read
+            FROM periods p
+            GROUP BY p.kind, p.tenant_id
+        )
+        SELECT rank() OVER (ORDER BY r.total_time_ms DESC), r.tenant_id, t.name, r.kind,
+               round((r.total_time_ms / nullif(sum(r.total_time_ms) OVER (), 0))::numeric, 4),
+               r.total_time_ms, r.statements, r.errors, r.total_time_ms / nullif(r.statements, 0),
+               r.worst_p99_ms, r.cpu_ms, r.shared_blks_read, r.since
+        FROM per_row r
+        LEFT JOIN nile.tenants t ON t.id = r.tenant_id
+        ORDER BY 1, r.kind, r.tenant_id;
+    END;
+COMMENT ON FUNCTION nile.noisy_neighbours(interval) IS 'nile_tenancy: tenants ranked by their share of execution time over the recent periods of nile.usage_history and the period still open';
+CREATE VIEW nile.noisy_neighbours AS SELECT * FROM nile.noisy_neighbours();
+COMMENT ON VIEW nile.noisy_neighbours IS 'nile_tenancy: tenants ranked by their share of execution time over the last 15 minutes';
+REVOKE ALL ON FUNCTION nile.noisy_neighbours(interval) FROM PUBLIC;
+REVOKE ALL ON nile.noisy_neighbours FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.noisy_neighbours(interval) TO nile_admin, pg_monitor;
+GRANT SELECT ON nile.noisy_neighbours TO nile_admin, pg_monitor;
 
 -- tenant_storage(only_tenant): rows and bytes per tenant per tenant table. It reads every row of every tenant table
 -- (a sequential scan each: run it off-peak on large databases), bypassing row-level security as the extension's

@@ -61,13 +61,13 @@ pub fn require_not_null<T>(value: Option<T>, argument: &str) -> T {
     }
 }
 
-/// Turns an SPI failure (which is never caused by user input, since user input only reaches SPI as parameters) into an
-/// internal error that still carries the query's context.
+/// Turns a failure that user input cannot cause (SPI, where user input only arrives as parameters; converting values
+/// the extension made itself) into an internal error that still carries the query's context.
 pub trait OrInternal<T> {
     fn or_internal(self, what: &str) -> T;
 }
 
-impl<T> OrInternal<T> for Result<T, pgrx::spi::SpiError> {
+impl<T, E: std::fmt::Display> OrInternal<T> for Result<T, E> {
     #[track_caller]
     fn or_internal(self, what: &str) -> T {
         match self {

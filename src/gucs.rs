@@ -53,7 +53,8 @@ pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// database's overflow row. Sizes shared memory, so it takes a restart.
 pub static MAX_TRACKED_TENANTS: GucSetting<i32> = GucSetting::<i32>::new(5000);
 
-/// `nile.usage_flush_interval`: seconds between two flushes of usage into `nile.usage_history`.
+/// `nile.usage_flush_interval`: seconds between two flushes of usage into `nile.usage_history` (0: no background
+/// flush).
 pub static USAGE_FLUSH_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 
 /// `nile.slow_statement_ms`: log every top-level statement slower than this, with its tenant (-1: off).
@@ -220,9 +221,9 @@ pub fn init() {
     GucRegistry::define_int_guc(
         c"nile.usage_flush_interval",
         c"Seconds between two flushes of the usage counters into nile.usage_history.",
-        c"A crash loses at most this much usage history.",
+        c"A crash loses at most this much usage history. 0 turns the background flush off.",
         &USAGE_FLUSH_INTERVAL,
-        1,
+        0,
         86_400,
         GucContext::Sighup,
         GucFlags::UNIT_S,

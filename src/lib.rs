@@ -16,7 +16,9 @@
 //! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
-//! - `usage_api`: the SQL functions under the usage views, and `nile.reset_usage()`
+//! - `usage_api`: the SQL functions under the live usage views
+//! - `usage_history`: the durable history (`nile.flush_usage()`, `nile.reset_usage()`, `nile.usage_history`)
+//! - `usage_flusher`: the background workers that flush usage into the history every interval
 //! - `usage_store`: per-tenant usage counters in shared memory
 //! - `usage_persist`: the usage counters saved at a clean shutdown and loaded at start
 //! - `usage_hooks`: measuring each top-level statement for its tenant's usage (executor and utility hooks)
@@ -41,6 +43,8 @@ mod tenant_cache;
 mod tenants;
 mod tokens;
 mod usage_api;
+mod usage_flusher;
+mod usage_history;
 mod usage_hooks;
 mod usage_persist;
 mod usage_store;
@@ -66,6 +70,7 @@ pub extern "C-unwind" fn _PG_init() {
     role_binding::init();
     usage_store::init();
     usage_hooks::init();
+    usage_flusher::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -1,7 +1,7 @@
-//! usage_api — the SQL functions under the usage views (`nile.tenant_usage`, `nile.my_usage`) and
-//! `nile.reset_usage()`. The views themselves, and who may read them, are in sql/finalize.sql.
+//! usage_api — the SQL functions under the live usage views (`nile.tenant_usage`, `nile.my_usage`). The views
+//! themselves, and who may read them, are in sql/finalize.sql; the history and `nile.reset_usage()` are in
+//! usage_history.rs.
 
-use crate::privilege::require_role;
 use crate::usage_store::{self, CounterValues, RowKind, UsageKey};
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -23,11 +23,13 @@ macro_rules! usage_functions {
     };
 }
 
-fn ms(ns: u64) -> f64 {
+/// Nanoseconds as milliseconds, for the SQL columns.
+pub(crate) fn ms(ns: u64) -> f64 {
     ns as f64 / 1_000_000.0
 }
 
-fn count(n: u64) -> i64 {
+/// A counter as a bigint column (saturating).
+pub(crate) fn count(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
@@ -124,25 +126,4 @@ usage_functions! {
             None => Vec::new(),
         }
     }
-}
-
-/// `nile.reset_usage(tenant_id uuid DEFAULT NULL) RETURNS void`: forget the usage of one tenant of this database,
-/// or (NULL) of every row of this database. nile_admin only.
-#[pg_extern(volatile, parallel_unsafe)]
-fn reset_usage(tenant_id: default!(Option<Uuid>, "NULL")) {
-    require_role("nile_admin", "nile.reset_usage()");
-    usage_store::require_available("nile.reset_usage()");
-    let tenant = tenant_id.map(|t| *t.as_bytes());
-    // Rows of dropped databases are removed on the way (pg_database is shared: every database sees all of them).
-    let live: Vec<u32> = Spi::connect(|client| {
-        client
-            .select("SELECT oid FROM pg_catalog.pg_database", None, &[])
-            .map(|rows| {
-                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
-                    .map(|o| o.to_u32())
-                    .collect()
-            })
-    })
-    .unwrap_or_default();
-    usage_store::reset(this_database(), tenant, &live);
 }

@@ -89,6 +89,8 @@ struct Measured {
 thread_local! {
     /// How deep inside a top-level statement the executor currently is (0: at top level).
     static NESTING: Cell<u32> = const { Cell::new(0) };
+    /// Above 0 while the extension does its own bookkeeping (see `not_counted`).
+    static OWN_WORK: Cell<u32> = const { Cell::new(0) };
     /// Top-level executor statements started and not ended (usually one; more with interleaved portals).
     static OPEN: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
     /// Finished statements of this transaction, per row, recorded when it ends.
@@ -437,6 +439,20 @@ unsafe extern "C-unwind" fn rows_of(query_desc: *mut pg_sys::QueryDesc) -> u64 {
     }
 }
 
+/// Run `f`, the extension's own bookkeeping (writing the usage history), without adding the rows it writes to the
+/// statement that runs it: they are not the user's work.
+pub fn not_counted<R>(f: impl FnOnce() -> R) -> R {
+    struct Leave;
+    impl Drop for Leave {
+        fn drop(&mut self) {
+            OWN_WORK.with(|w| w.set(w.get().saturating_sub(1)));
+        }
+    }
+    OWN_WORK.with(|w| w.set(w.get() + 1));
+    let _leave = Leave;
+    f()
+}
+
 /// After ExecutorEnd: a top-level statement is finished and recorded; a nested one adds the rows it wrote to the
 /// top-level statement running it.
 #[pg_guard]
@@ -448,7 +464,7 @@ unsafe extern "C-unwind" fn after_executor_end(
     if let Some(mut measured) = close_statement(query_desc) {
         count_rows(&mut measured.usage, operation, processed, true);
         finish(measured);
-    } else if nesting() > 0 {
+    } else if nesting() > 0 && OWN_WORK.with(Cell::get) == 0 {
         // The top-level statement running now (the one whose ExecutorRun, ExecutorFinish or utility is in progress).
         OPEN.with(|open| {
             if let Some(m) = open

@@ -3,7 +3,7 @@
 //! that file when it starts. After a crash (a backend dying, or the postmaster killed) there is no file and the
 //! counters start from zero.
 
-use crate::usage_store::{self, CounterValues, UsageKey, HISTOGRAM_BUCKETS};
+use crate::usage_store::{self, CounterValues, SavedRow, UsageKey, HISTOGRAM_BUCKETS};
 use pgrx::prelude::*;
 use std::io::{Read, Write};
 
@@ -11,15 +11,17 @@ const FILE: &str = "pg_stat/nile_tenancy_usage.stat";
 const TEMP_FILE: &str = "pg_stat/nile_tenancy_usage.stat.tmp";
 /// "NILU" and the format version: a file of another version is ignored.
 const MAGIC: u32 = 0x4e49_4c55;
-const VERSION: u32 = 1;
+/// 2: each row also carries what of it is already in `nile.usage_history`, and when that was written.
+const VERSION: u32 = 2;
 
-/// The u64 fields of a saved row after its key: 15 counters, then the histogram.
+/// The u64 fields of one set of counters: 15 counters, then the histogram.
 const FIELDS: usize = 15 + HISTOGRAM_BUCKETS;
+const KEY_LEN: usize = 24;
+const VALUES_LEN: usize = 8 * FIELDS;
+/// A saved row: its key, its counters, its flushed counters, the time of its last flush.
+const RECORD_LEN: usize = KEY_LEN + 2 * VALUES_LEN + 8;
 
-fn encode(key: &UsageKey, v: &CounterValues, out: &mut Vec<u8>) {
-    out.extend_from_slice(&key.database.to_le_bytes());
-    out.extend_from_slice(&key.kind.to_le_bytes());
-    out.extend_from_slice(&key.tenant);
+fn encode_values(v: &CounterValues, out: &mut Vec<u8>) {
     for field in [
         v.statements,
         v.errors,
@@ -44,26 +46,25 @@ fn encode(key: &UsageKey, v: &CounterValues, out: &mut Vec<u8>) {
     }
 }
 
-fn decode(record: &[u8]) -> Option<(UsageKey, CounterValues)> {
-    let u32_at = |i: usize| Some(u32::from_le_bytes(record.get(i..i + 4)?.try_into().ok()?));
-    // Rebuilt with UsageKey::new, so that a damaged kind or tenant cannot make two rows of one key.
-    let kind = match u32_at(4)? {
-        0 => usage_store::RowKind::Tenant,
-        1 => usage_store::RowKind::NoTenant,
-        2 => usage_store::RowKind::Admin,
-        _ => usage_store::RowKind::Overflow,
-    };
-    let key = UsageKey::new(
-        u32_at(0)?.into(),
-        kind,
-        Some(record.get(8..24)?.try_into().ok()?),
-    );
+fn encode(row: &SavedRow, out: &mut Vec<u8>) {
+    out.extend_from_slice(&row.key.database.to_le_bytes());
+    out.extend_from_slice(&row.key.kind.to_le_bytes());
+    out.extend_from_slice(&row.key.tenant);
+    encode_values(&row.counters, out);
+    encode_values(&row.flushed, out);
+    out.extend_from_slice(&row.flushed_at.to_le_bytes());
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> Option<u64> {
+    Some(u64::from_le_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+}
+
+fn decode_values(bytes: &[u8]) -> Option<CounterValues> {
     let mut fields = [0u64; FIELDS];
     for (i, field) in fields.iter_mut().enumerate() {
-        let at = 24 + 8 * i;
-        *field = u64::from_le_bytes(record.get(at..at + 8)?.try_into().ok()?);
+        *field = u64_at(bytes, 8 * i)?;
     }
-    let values = CounterValues {
+    Some(CounterValues {
         statements: fields[0],
         errors: fields[1],
         rows_returned: fields[2],
@@ -80,11 +81,33 @@ fn decode(record: &[u8]) -> Option<(UsageKey, CounterValues)> {
         first_activity: fields[13] as i64,
         last_activity: fields[14] as i64,
         histogram: std::array::from_fn(|b| fields[15 + b]),
-    };
-    Some((key, values))
+    })
 }
 
-const RECORD_LEN: usize = 24 + 8 * FIELDS;
+fn decode(record: &[u8]) -> Option<SavedRow> {
+    if record.len() != RECORD_LEN {
+        return None;
+    }
+    let u32_at = |i: usize| Some(u32::from_le_bytes(record.get(i..i + 4)?.try_into().ok()?));
+    // Rebuilt with UsageKey::new, so that a damaged kind or tenant cannot make two rows of one key.
+    let kind = match u32_at(4)? {
+        0 => usage_store::RowKind::Tenant,
+        1 => usage_store::RowKind::NoTenant,
+        2 => usage_store::RowKind::Admin,
+        _ => usage_store::RowKind::Overflow,
+    };
+    let key = UsageKey::new(
+        u32_at(0)?.into(),
+        kind,
+        Some(record.get(8..KEY_LEN)?.try_into().ok()?),
+    );
+    Some(SavedRow {
+        key,
+        counters: decode_values(record.get(KEY_LEN..KEY_LEN + VALUES_LEN)?)?,
+        flushed: decode_values(record.get(KEY_LEN + VALUES_LEN..KEY_LEN + 2 * VALUES_LEN)?)?,
+        flushed_at: u64_at(record, KEY_LEN + 2 * VALUES_LEN)? as i64,
+    })
+}
 
 /// on_shmem_exit callback of the postmaster: save the counters, after a clean shutdown only (a crash restart runs it
 /// with a non-zero code).
@@ -98,8 +121,8 @@ pub unsafe extern "C-unwind" fn save_at_shutdown(code: i32, _arg: pg_sys::Datum)
     bytes.extend_from_slice(&MAGIC.to_le_bytes());
     bytes.extend_from_slice(&VERSION.to_le_bytes());
     bytes.extend_from_slice(&(rows.len() as u32).to_le_bytes());
-    for (key, values) in &rows {
-        encode(key, values, &mut bytes);
+    for row in &rows {
+        encode(row, &mut bytes);
     }
     // Written aside, synced, then renamed over the old file, so that a crash mid-write leaves no torn file.
     let written = std::fs::File::create(TEMP_FILE)
@@ -138,8 +161,7 @@ pub fn load() {
         pgrx::warning!("nile_tenancy: ignoring {FILE}: truncated");
         return;
     }
-    let rows: Vec<(UsageKey, CounterValues)> =
-        body.chunks_exact(RECORD_LEN).filter_map(decode).collect();
+    let rows: Vec<SavedRow> = body.chunks_exact(RECORD_LEN).filter_map(decode).collect();
     usage_store::restore(&rows);
 }
 
@@ -147,37 +169,44 @@ pub fn load() {
 mod tests {
     use super::*;
 
+    fn values(base: u64) -> CounterValues {
+        CounterValues {
+            statements: base + 1,
+            errors: base + 2,
+            rows_returned: base + 3,
+            rows_inserted: base + 4,
+            rows_updated: base + 5,
+            rows_deleted: base + 6,
+            total_time_ns: base + 7,
+            max_time_ns: base + 8,
+            cpu_user_ns: base + 9,
+            cpu_system_ns: base + 10,
+            blks_hit: base + 11,
+            blks_read: base + 12,
+            blks_dirtied: base + 13,
+            first_activity: base as i64 + 14,
+            last_activity: base as i64 + 15,
+            histogram: std::array::from_fn(|b| base + b as u64 * 3),
+        }
+    }
+
     #[test]
     fn a_saved_row_reads_back_the_same() {
-        let key = UsageKey {
-            database: 5,
-            kind: 0,
-            tenant: [7; 16],
-        };
-        let values = CounterValues {
-            statements: 1,
-            errors: 2,
-            rows_returned: 3,
-            rows_inserted: 4,
-            rows_updated: 5,
-            rows_deleted: 6,
-            total_time_ns: 7,
-            max_time_ns: 8,
-            cpu_user_ns: 9,
-            cpu_system_ns: 10,
-            blks_hit: 11,
-            blks_read: 12,
-            blks_dirtied: 13,
-            first_activity: 14,
-            last_activity: 15,
-            histogram: std::array::from_fn(|b| b as u64 * 3),
+        let row = SavedRow {
+            key: UsageKey {
+                database: 5,
+                kind: 0,
+                tenant: [7; 16],
+            },
+            counters: values(100),
+            flushed: values(0),
+            flushed_at: 1234,
         };
         let mut bytes = Vec::new();
-        encode(&key, &values, &mut bytes);
+        encode(&row, &mut bytes);
         assert_eq!(bytes.len(), RECORD_LEN);
-        let (k, v) = decode(&bytes).unwrap();
-        assert_eq!(k, key);
-        assert_eq!(format!("{v:?}"), format!("{values:?}"));
+        let back = decode(&bytes).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{row:?}"));
         assert!(decode(&bytes[..RECORD_LEN - 1]).is_none());
     }
 }

@@ -171,34 +171,12 @@ fn bucket_floor_us(bucket: usize) -> f64 {
 
 impl Counters {
     fn zero(&self) {
-        for counter in [
-            &self.statements,
-            &self.errors,
-            &self.rows_returned,
-            &self.rows_inserted,
-            &self.rows_updated,
-            &self.rows_deleted,
-            &self.total_time_ns,
-            &self.max_time_ns,
-            &self.cpu_user_ns,
-            &self.cpu_system_ns,
-            &self.blks_hit,
-            &self.blks_read,
-            &self.blks_dirtied,
-        ] {
-            counter.store(0, Relaxed);
-        }
-        self.first_activity.store(0, Relaxed);
-        self.last_activity.store(0, Relaxed);
-        for bucket in &self.histogram {
-            bucket.store(0, Relaxed);
-        }
+        self.store(&CounterValues::default());
     }
 
-    /// Add `v` (a transaction's statements, or a row restored at start-up), with its first and last activity (0:
-    /// none).
-    fn add(&self, v: &CounterValues, first_activity: i64, last_activity: i64) {
-        for (counter, value) in [
+    /// The counters that are sums (all but the maximum, the activity times and the histogram), each with `v`'s value.
+    fn sums_with<'a>(&'a self, v: &CounterValues) -> [(&'a AtomicU64, u64); 12] {
+        [
             (&self.statements, v.statements),
             (&self.errors, v.errors),
             (&self.rows_returned, v.rows_returned),
@@ -211,7 +189,13 @@ impl Counters {
             (&self.blks_hit, v.blks_hit),
             (&self.blks_read, v.blks_read),
             (&self.blks_dirtied, v.blks_dirtied),
-        ] {
+        ]
+    }
+
+    /// Add `v` (a transaction's statements, or a row restored at start-up), with its first and last activity (0:
+    /// none).
+    fn add(&self, v: &CounterValues, first_activity: i64, last_activity: i64) {
+        for (counter, value) in self.sums_with(v) {
             if value != 0 {
                 counter.fetch_add(value, Relaxed);
             }
@@ -235,6 +219,19 @@ impl Counters {
         let last = self.last_activity.load(Relaxed);
         if last_activity != 0 && (last == 0 || last_activity >= last + 1_000) {
             self.last_activity.fetch_max(last_activity, Relaxed);
+        }
+    }
+
+    /// Overwrite every counter with `v` (the flushed copy of a row).
+    fn store(&self, v: &CounterValues) {
+        for (counter, value) in self.sums_with(v) {
+            counter.store(value, Relaxed);
+        }
+        self.max_time_ns.store(v.max_time_ns, Relaxed);
+        self.first_activity.store(v.first_activity, Relaxed);
+        self.last_activity.store(v.last_activity, Relaxed);
+        for (bucket, &count) in self.histogram.iter().zip(v.histogram.iter()) {
+            bucket.store(count, Relaxed);
         }
     }
 
@@ -300,6 +297,39 @@ impl CounterValues {
         self.histogram[bucket_of(s.time_ns)] += 1;
     }
 
+    /// What was added since `earlier` (a copy of the same row taken before): the usage of one history period. The
+    /// maximum and the activity times are not differences; they are kept from `self` (the maximum so far bounds the
+    /// period's percentiles).
+    pub fn since(&self, earlier: &CounterValues) -> CounterValues {
+        let minus = |now: u64, then: u64| now.saturating_sub(then);
+        CounterValues {
+            statements: minus(self.statements, earlier.statements),
+            errors: minus(self.errors, earlier.errors),
+            rows_returned: minus(self.rows_returned, earlier.rows_returned),
+            rows_inserted: minus(self.rows_inserted, earlier.rows_inserted),
+            rows_updated: minus(self.rows_updated, earlier.rows_updated),
+            rows_deleted: minus(self.rows_deleted, earlier.rows_deleted),
+            total_time_ns: minus(self.total_time_ns, earlier.total_time_ns),
+            max_time_ns: self.max_time_ns,
+            cpu_user_ns: minus(self.cpu_user_ns, earlier.cpu_user_ns),
+            cpu_system_ns: minus(self.cpu_system_ns, earlier.cpu_system_ns),
+            blks_hit: minus(self.blks_hit, earlier.blks_hit),
+            blks_read: minus(self.blks_read, earlier.blks_read),
+            blks_dirtied: minus(self.blks_dirtied, earlier.blks_dirtied),
+            first_activity: self.first_activity,
+            last_activity: self.last_activity,
+            histogram: std::array::from_fn(|b| minus(self.histogram[b], earlier.histogram[b])),
+        }
+    }
+
+    /// Nothing counted (no statement and no time): a period without usage.
+    pub fn is_empty(&self) -> bool {
+        self.statements == 0
+            && self.total_time_ns == 0
+            && self.cpu_user_ns == 0
+            && self.cpu_system_ns == 0
+    }
+
     /// The `q` quantile (0 < q < 1) of the statements' execution time in milliseconds, interpolated inside its
     /// histogram bucket and never above the maximum seen; None without statements.
     pub fn percentile_ms(&self, q: f64) -> Option<f64> {
@@ -326,7 +356,33 @@ impl CounterValues {
 #[repr(C)]
 struct Entry {
     key: UsageKey,
+    /// Which incarnation of the key this is (a reset removes rows; a later insert of the same key gets a new epoch),
+    /// so that a flush marks only the row it read.
+    epoch: u64,
     counters: Counters,
+    /// The counters as last written to `nile.usage_history` (see usage_history.rs), and when.
+    flushed: Counters,
+    flushed_at: AtomicI64,
+}
+
+/// One row as a flush sees it: what it counts now and what of that is already in `nile.usage_history`.
+#[derive(Clone, Debug)]
+pub struct FlushView {
+    pub key: UsageKey,
+    pub epoch: u64,
+    pub current: CounterValues,
+    pub flushed: CounterValues,
+    /// When the flushed part was written (the row's creation when never).
+    pub flushed_at: i64,
+}
+
+/// A row as saved at shutdown: its counters and what of them the history already has.
+#[derive(Clone, Debug)]
+pub struct SavedRow {
+    pub key: UsageKey,
+    pub counters: CounterValues,
+    pub flushed: CounterValues,
+    pub flushed_at: i64,
 }
 
 #[repr(C)]
@@ -337,6 +393,8 @@ struct Shared {
     all_rows: u64,
     /// Bumped by every reset, so that backends drop what they cached about which tenants overflowed.
     generation: AtomicU64,
+    /// The epoch of the next row inserted (under `lock` EXCLUSIVE).
+    next_epoch: u64,
     /// Usage that found no row at all (the table's reserve exhausted): cluster-wide.
     lost: Counters,
 }
@@ -433,6 +491,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             (*shared).tenant_rows = 0;
             (*shared).all_rows = 0;
             (*shared).generation = AtomicU64::new(0);
+            (*shared).next_epoch = 1;
             (*shared).lost.zero();
         }
         let mut info: pg_sys::HASHCTL = std::mem::zeroed();
@@ -533,6 +592,10 @@ unsafe fn insert(key: &UsageKey) -> *mut Entry {
         ) as *mut Entry;
         if !entry.is_null() && !found {
             (*entry).counters.zero();
+            (*entry).flushed.zero();
+            (*entry).flushed_at = AtomicI64::new(pg_sys::GetCurrentTimestamp());
+            (*entry).epoch = (*shared).next_epoch;
+            (*shared).next_epoch += 1;
             (*shared).all_rows += 1;
             if key.kind() == RowKind::Tenant {
                 (*shared).tenant_rows += 1;
@@ -542,12 +605,12 @@ unsafe fn insert(key: &UsageKey) -> *mut Entry {
     }
 }
 
-/// The counters of `key`'s row, inserting it if needed: a tenant that does not fit goes to its database's overflow
-/// row (remembered by this backend), and what finds no room at all to the lost row.
+/// `key`'s row, inserting it if needed: a tenant that does not fit goes to its database's overflow row (remembered by
+/// this backend); null when not even that fits.
 ///
 /// # Safety
 /// The shared memory exists and the caller holds the lock EXCLUSIVE (or nothing else can use the memory yet).
-unsafe fn counters_for_new(key: &UsageKey) -> &'static Counters {
+unsafe fn entry_for_new(key: &UsageKey) -> *mut Entry {
     // SAFETY (caller): see above; entries stay in place until removed under the EXCLUSIVE lock.
     unsafe {
         let mut entry = find(key);
@@ -562,6 +625,18 @@ unsafe fn counters_for_new(key: &UsageKey) -> &'static Counters {
                 entry = insert(&overflow);
             }
         }
+        entry
+    }
+}
+
+/// The counters of `key`'s row (see `entry_for_new`), or the cluster-wide lost row when there is no room at all.
+///
+/// # Safety
+/// As for `entry_for_new`.
+unsafe fn counters_for_new(key: &UsageKey) -> &'static Counters {
+    // SAFETY (caller): as for entry_for_new.
+    unsafe {
+        let entry = entry_for_new(key);
         if entry.is_null() {
             &(*SHARED).lost
         } else {
@@ -662,44 +737,61 @@ unsafe fn for_each_entry(mut visit: impl FnMut(&Entry)) {
 
 /// A copy of every row of every database, with the lost row as database 0: for the file saved at shutdown. Only
 /// when no backend runs any more (the postmaster at shutdown), so without the lock.
-pub fn snapshot_for_shutdown() -> Vec<(UsageKey, CounterValues)> {
+pub fn snapshot_for_shutdown() -> Vec<SavedRow> {
     let mut rows = Vec::new();
     if !available() {
         return rows;
     }
     // SAFETY: the shared memory exists and nothing else uses it any more.
     unsafe {
-        for_each_entry(|entry| rows.push((entry.key, entry.counters.read())));
-        rows.push((
-            UsageKey::new(pg_sys::InvalidOid, RowKind::Overflow, None),
-            (*SHARED).lost.read(),
-        ));
+        for_each_entry(|entry| {
+            rows.push(SavedRow {
+                key: entry.key,
+                counters: entry.counters.read(),
+                flushed: entry.flushed.read(),
+                flushed_at: entry.flushed_at.load(Relaxed),
+            })
+        });
+        rows.push(SavedRow {
+            key: UsageKey::new(pg_sys::InvalidOid, RowKind::Overflow, None),
+            counters: (*SHARED).lost.read(),
+            flushed: CounterValues::default(),
+            flushed_at: 0,
+        });
     }
     rows
 }
 
 /// Add saved rows back, at startup before any backend exists (so without the lock). A tenant that no longer fits
-/// (`nile.max_tracked_tenants` was lowered) goes to its database's overflow row, as at run time.
-pub fn restore(rows: &[(UsageKey, CounterValues)]) {
+/// (`nile.max_tracked_tenants` was lowered) goes to its database's overflow row, as at run time, with its flushed part.
+pub fn restore(rows: &[SavedRow]) {
     if !available() {
         return;
     }
     // SAFETY: the shared memory exists and nothing else uses it yet.
     unsafe {
-        for (key, values) in rows {
-            if key.database == 0 {
-                (*SHARED)
-                    .lost
-                    .add(values, values.first_activity, values.last_activity);
+        for row in rows {
+            let c = &row.counters;
+            let entry = if row.key.database == 0 {
+                std::ptr::null_mut()
+            } else {
+                entry_for_new(&row.key)
+            };
+            if entry.is_null() {
+                (*SHARED).lost.add(c, c.first_activity, c.last_activity);
                 continue;
             }
-            counters_for_new(key).add(values, values.first_activity, values.last_activity);
+            (*entry).counters.add(c, c.first_activity, c.last_activity);
+            (*entry).flushed.add(&row.flushed, 0, 0);
+            if row.flushed_at != 0 {
+                (*entry).flushed_at.store(row.flushed_at, Relaxed);
+            }
         }
     }
 }
 
-/// A copy of every row of `database`, plus the cluster-wide lost row when it holds anything.
-pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
+/// `copy` of every row of `database`, taken under the SHARED lock.
+fn rows_of<T>(database: pg_sys::Oid, copy: impl Fn(&Entry) -> T) -> Vec<T> {
     let mut rows = Vec::new();
     if !available() {
         return rows;
@@ -710,10 +802,20 @@ pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
         let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
         for_each_entry(|entry| {
             if entry.key.database == database {
-                rows.push((entry.key, entry.counters.read()));
+                rows.push(copy(entry));
             }
         });
-        let lost = (*SHARED).lost.read();
+    }
+    rows
+}
+
+/// A copy of every row of `database`, plus the cluster-wide lost row when it holds anything.
+pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
+    let mut rows = rows_of(database, |entry| (entry.key, entry.counters.read()));
+    if available() {
+        // SAFETY: the shared memory exists; the lost row is only ever added to with atomic instructions (or zeroed
+        // by a reset, which a reader may see half done, as it may see any reset half done).
+        let lost = unsafe { (*SHARED).lost.read() };
         if lost.statements > 0 {
             rows.push((
                 UsageKey::new(pg_sys::InvalidOid, RowKind::Overflow, None),
@@ -724,13 +826,89 @@ pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
     rows
 }
 
+/// Every row of `database` with what of it the history already has, for a flush (see usage_history.rs).
+pub fn flush_view(database: pg_sys::Oid) -> Vec<FlushView> {
+    rows_of(database, |entry| FlushView {
+        key: entry.key,
+        epoch: entry.epoch,
+        current: entry.counters.read(),
+        flushed: entry.flushed.read(),
+        flushed_at: entry.flushed_at.load(Relaxed),
+    })
+}
+
+/// Record that `values` of row `key` (the incarnation `epoch`) are now in the history, as of `at`. A row that was
+/// reset since it was read is left alone. Cannot fail: called when a flush commits.
+pub fn mark_flushed(key: &UsageKey, epoch: u64, values: &CounterValues, at: i64) {
+    if !available() {
+        return;
+    }
+    // SAFETY: the shared memory exists; the row is found under the SHARED lock, and its flushed counters are written
+    // only by the one transaction that holds the history table's lock for this database (usage_history.rs).
+    unsafe {
+        let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
+        let entry = find(key);
+        if !entry.is_null() && (*entry).epoch == epoch {
+            (*entry).flushed.store(values);
+            (*entry).flushed_at.store(at, Relaxed);
+        }
+    }
+}
+
+/// The databases that have a row with usage not yet in their history.
+pub fn databases_with_unflushed_usage() -> Vec<u32> {
+    let mut databases = Vec::new();
+    if !available() {
+        return databases;
+    }
+    // SAFETY: the shared memory exists; the table is scanned under the SHARED lock.
+    unsafe {
+        let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
+        for_each_entry(|entry| {
+            let (c, f) = (&entry.counters, &entry.flushed);
+            let unflushed = [
+                (&c.statements, &f.statements),
+                (&c.total_time_ns, &f.total_time_ns),
+                (&c.cpu_user_ns, &f.cpu_user_ns),
+                (&c.cpu_system_ns, &f.cpu_system_ns),
+            ]
+            .iter()
+            .any(|(now, then)| now.load(Relaxed) != then.load(Relaxed));
+            if unflushed && !databases.contains(&entry.key.database) {
+                databases.push(entry.key.database);
+            }
+        });
+    }
+    databases
+}
+
 /// Remove the rows of `database` (only the tenant's row when `tenant` is given), and the rows of databases that no
 /// longer exist (not in `live_databases`). Returns how many were removed.
 pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>, live_databases: &[u32]) -> u64 {
+    let database = database.to_u32();
+    remove_rows(
+        |key| {
+            let matches = key.database == database
+                && match tenant {
+                    Some(t) => key.kind() == RowKind::Tenant && key.tenant == t,
+                    None => true,
+                };
+            matches || !live_databases.contains(&key.database)
+        },
+        tenant.is_none(),
+    )
+}
+
+/// Remove every row of the databases for which `doomed` is true (dropped, or without the extension any more).
+pub fn forget_databases(doomed: impl Fn(u32) -> bool) -> u64 {
+    remove_rows(|key| doomed(key.database), false)
+}
+
+/// Remove the rows whose key matches (and zero the lost row if asked); returns how many were removed.
+fn remove_rows(matches: impl Fn(&UsageKey) -> bool, zero_lost: bool) -> u64 {
     if !available() {
         return 0;
     }
-    let database = database.to_u32();
     // SAFETY: the shared memory exists; removal under the EXCLUSIVE lock, so no backend holds a pointer to a removed
     // row. Collect the keys first, then remove (dynahash allows removing the current element during a scan, but
     // collecting keeps this obviously correct).
@@ -738,14 +916,8 @@ pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>, live_databases: &[
         let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
         let mut doomed = Vec::new();
         for_each_entry(|entry| {
-            let key = entry.key;
-            let matches = key.database == database
-                && match tenant {
-                    Some(t) => key.kind() == RowKind::Tenant && key.tenant == t,
-                    None => true,
-                };
-            if matches || !live_databases.contains(&key.database) {
-                doomed.push(key);
+            if matches(&entry.key) {
+                doomed.push(entry.key);
             }
         });
         for key in &doomed {
@@ -760,10 +932,12 @@ pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>, live_databases: &[
                 (*SHARED).tenant_rows -= 1;
             }
         }
-        if tenant.is_none() {
+        if zero_lost {
             (*SHARED).lost.zero();
         }
-        (*SHARED).generation.fetch_add(1, Relaxed);
+        if !doomed.is_empty() || zero_lost {
+            (*SHARED).generation.fetch_add(1, Relaxed);
+        }
         doomed.len() as u64
     }
 }

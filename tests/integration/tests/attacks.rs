@@ -1362,6 +1362,12 @@ fn own_objects_usage_views() {
         "SELECT * FROM nile.tenant_usage",
         "SELECT * FROM nile._usage()",
         "SELECT nile.reset_usage()",
+        "SELECT * FROM nile.usage_history",
+        "DELETE FROM nile.usage_history",
+        "SELECT * FROM nile.noisy_neighbours",
+        "SELECT * FROM nile.noisy_neighbours('1 day')",
+        "SELECT * FROM nile._unflushed_usage()",
+        "SELECT nile.flush_usage()",
     ] {
         refused(&mut c, sql, "42501");
     }

@@ -207,13 +207,20 @@ fn a_table_owner_cannot_switch_isolation_off_with_ddl() {
 }
 
 /// pg_dump and pg_restore (custom format) and a plain SQL dump through psql: the restored database keeps its tenants,
-/// registry, exclusions and policies, isolation holds there, and verify() is clean.
+/// registry, exclusions, usage history and policies, isolation holds there, and verify() is clean.
 #[test]
 fn a_dumped_and_restored_database_keeps_its_isolation() {
     let db = schema_scenario("dump_source");
     let mut su = connect("postgres", "postgres");
     let dump_dir = std::env::temp_dir().join(format!("nile_it_dump_{}", std::process::id()));
     std::fs::create_dir_all(&dump_dir).unwrap();
+    // The usage so far (the scenario's set-up) goes into the history, which the dump must carry.
+    let history_rows: i64 = {
+        let mut source = connect(&db, "postgres");
+        one::<i64>(&mut source, "SELECT nile.flush_usage()");
+        one(&mut source, "SELECT count(*) FROM nile.usage_history")
+    };
+    assert!(history_rows > 0);
     let custom = dump_dir.join("source.dump");
     let plain = dump_dir.join("source.sql");
     let port = port().to_string();
@@ -275,6 +282,11 @@ fn a_dumped_and_restored_database_keeps_its_isolation() {
             "announcements"
         );
         assert_eq!(one::<i64>(&mut r, "SELECT count(*) FROM nile.tenants"), 2);
+        assert_eq!(
+            one::<i64>(&mut r, "SELECT count(*) FROM nile.usage_history"),
+            history_rows,
+            "{how}"
+        );
         assert_eq!(findings(&mut r), "", "{how}");
 
         let mut app = connect(restored, "it_app");

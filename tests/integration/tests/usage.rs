@@ -285,3 +285,49 @@ fn procedures_committing_and_planner_work_count_as_the_one_statement_they_are() 
         "CREATE TABLE AS (4 rows inserted), and clear_tenant(), which started in the tenant (1 row returned)"
     );
 }
+
+/// The tenant that takes most of the time ranks first in nile.noisy_neighbours, from the period still open and, after
+/// a flush, from nile.usage_history; an administrator who is not a superuser sees the tenants' names.
+#[test]
+fn the_noisy_neighbour_ranks_first() {
+    let db = scenario("usage_noisy");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute("SELECT nile.reset_usage()").unwrap();
+    let mut app = connect(&db, "it_app");
+    app.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{ACME}'); SELECT pg_sleep(0.3), count(*) FROM projects; COMMIT;"
+    ))
+    .unwrap();
+    for _ in 0..5 {
+        app.batch_execute(&format!(
+            "BEGIN; SELECT nile.set_tenant('{GLOBEX}'); SELECT count(*) FROM projects; COMMIT;"
+        ))
+        .unwrap();
+    }
+    let mut admin = connect(&db, "it_admin");
+    let ranking = |c: &mut postgres::Client| -> String {
+        one(
+            c,
+            "SELECT string_agg(concat_ws(':', tenant_name, statements, share_of_time > 0.5), ' '
+                              ORDER BY rank, tenant_name)
+                    || ' first:' || min(rank)
+             FROM nile.noisy_neighbours WHERE kind = 'tenant'",
+        )
+    };
+    assert_eq!(ranking(&mut admin), "Acme:1:t Globex:5:f first:1");
+    // Written to the history, the same periods give the same ranking (and the open period is then empty).
+    let written: i64 = one(&mut admin, "SELECT nile.flush_usage()");
+    assert!(written >= 2, "{written}");
+    assert_eq!(ranking(&mut admin), "Acme:1:t Globex:5:f first:1");
+    let open: i64 = one(
+        &mut admin,
+        "SELECT count(*) FROM nile._unflushed_usage() WHERE kind = 'tenant'",
+    );
+    assert_eq!(open, 0);
+    // A window that ends before the periods: nothing of the tenants.
+    let none: i64 = one(
+        &mut admin,
+        "SELECT count(*) FROM nile.noisy_neighbours('0 seconds') WHERE kind = 'tenant'",
+    );
+    assert_eq!(none, 0);
+}

@@ -1,6 +1,7 @@
-//! Usage metering across server restarts and at capacity, on a cluster of its own (the tests restart it and kill it):
+//! Usage metering across server restarts and at capacity, on clusters of their own (the tests restart and kill them):
 //! tenants beyond `nile.max_tracked_tenants` go to the overflow row and the totals stay exact; a clean restart keeps
-//! every counter; after the postmaster is killed the counters start again from zero.
+//! every counter; after the postmaster is killed the counters start again from zero. The usage history is written
+//! exactly once by the background worker and by `nile.flush_usage()`, and a crash loses at most its last interval.
 
 use nile_tenancy_integration::*;
 use postgres::{Client, NoTls};
@@ -105,6 +106,26 @@ fn tenant(n: usize) -> String {
     format!("{:08x}-0000-7000-8000-{:012x}", 0x6000_0000 + n, n)
 }
 
+/// A cluster of its own with `settings`, the extension, a tenant table `notes` and `tenants` tenants (`tenant(n)`).
+fn with_tenants(name: &str, settings: &str, tenants: usize) -> (OwnCluster, Client) {
+    let cluster = OwnCluster::start(name, settings);
+    let mut c = cluster.connect();
+    c.batch_execute(
+        "CREATE EXTENSION nile_tenancy;
+         CREATE TABLE notes (tenant_id uuid NOT NULL, body text);
+         SELECT nile.enable_tenancy('notes');",
+    )
+    .unwrap();
+    for n in 0..tenants {
+        c.execute(
+            "SELECT nile.create_tenant($1, $2::text::uuid)",
+            &[&format!("t{n}"), &tenant(n)],
+        )
+        .unwrap();
+    }
+    (cluster, c)
+}
+
 /// Statements per row kind: "tenant rows / tenant statements / overflow statements".
 fn figures(c: &mut Client) -> String {
     one::<String>(
@@ -118,21 +139,7 @@ fn figures(c: &mut Client) -> String {
 
 #[test]
 fn capacity_overflow_clean_restart_and_crash() {
-    let mut cluster = OwnCluster::start("usage_restart", "nile.max_tracked_tenants = 16\n");
-    let mut c = cluster.connect();
-    c.batch_execute(
-        "CREATE EXTENSION nile_tenancy;
-         CREATE TABLE notes (tenant_id uuid NOT NULL, body text);
-         SELECT nile.enable_tenancy('notes');",
-    )
-    .unwrap();
-    for n in 0..20 {
-        c.execute(
-            "SELECT nile.create_tenant($1, $2::text::uuid)",
-            &[&format!("t{n}"), &tenant(n)],
-        )
-        .unwrap();
-    }
+    let (mut cluster, mut c) = with_tenants("usage_restart", "nile.max_tracked_tenants = 16\n", 20);
     c.batch_execute("SELECT nile.reset_usage()").unwrap();
     // Two statements for each of 20 tenants: 16 get rows of their own, the last 4 go to the overflow row.
     for n in 0..20 {
@@ -183,4 +190,158 @@ fn capacity_overflow_clean_restart_and_crash() {
     cluster.kill_and_start();
     let mut c = cluster.connect();
     assert_eq!(figures(&mut c), "0 / 0 / 0");
+}
+
+/// Statements of one tenant: in the live counters, and in the history.
+fn live_and_history(c: &mut Client, tenant_id: &str) -> (i64, i64) {
+    let row = c
+        .query_one(
+            "SELECT (SELECT coalesce(sum(statements), 0)::bigint FROM nile.tenant_usage WHERE tenant_id = $1::text::uuid),
+                    (SELECT coalesce(sum(statements), 0)::bigint FROM nile.usage_history WHERE tenant_id = $1::text::uuid)",
+            &[&tenant_id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Wait (up to 20 s) until the background worker has written everything the live counters have for the tenant.
+fn wait_for_history(c: &mut Client, tenant_id: &str) -> (i64, i64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (live, history) = live_and_history(c, tenant_id);
+        if live == history || std::time::Instant::now() > deadline {
+            return (live, history);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+fn run_for(c: &mut Client, tenant_id: &str, statements: usize) {
+    for _ in 0..statements {
+        c.batch_execute(&format!(
+            "BEGIN; SELECT nile.set_tenant('{tenant_id}'); SELECT count(*) FROM notes; COMMIT;"
+        ))
+        .unwrap();
+    }
+}
+
+fn set_flush_interval(c: &mut Client, seconds: i32) {
+    c.batch_execute(&format!(
+        "ALTER SYSTEM SET nile.usage_flush_interval = {seconds}"
+    ))
+    .unwrap();
+    c.batch_execute("SELECT pg_reload_conf()").unwrap();
+}
+
+#[test]
+fn history_is_flushed_exactly_once_and_survives_a_crash() {
+    let (mut cluster, mut c) = with_tenants("usage_history", "nile.usage_flush_interval = 1\n", 2);
+    let (a, b) = (tenant(0), tenant(1));
+
+    // The background worker writes the history by itself, within a few intervals, and exactly what was counted.
+    run_for(&mut c, &a, 30);
+    assert_eq!(wait_for_history(&mut c, &a), (30, 30));
+    let launchers: i64 = one(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'nile_tenancy usage flusher'",
+    );
+    assert_eq!(launchers, 1, "one launcher for the cluster");
+
+    // With the worker off, a flush that rolls back (wholly, or to a savepoint) writes nothing and loses nothing: the
+    // next flush writes it exactly once.
+    set_flush_interval(&mut c, 0);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run_for(&mut c, &a, 5);
+    c.batch_execute("BEGIN; SELECT nile.flush_usage(); ROLLBACK;")
+        .unwrap();
+    c.batch_execute(
+        "BEGIN; SAVEPOINT s; SELECT nile.flush_usage(); ROLLBACK TO SAVEPOINT s; COMMIT;",
+    )
+    .unwrap();
+    assert_eq!(live_and_history(&mut c, &a), (35, 30));
+    // Twice in one transaction: the second writes only what came since the first.
+    c.batch_execute("BEGIN; SELECT nile.flush_usage(); SELECT nile.flush_usage(); COMMIT;")
+        .unwrap();
+    assert_eq!(live_and_history(&mut c, &a), (35, 35));
+    // A prepared transaction could commit in another session, which would not mark the rows flushed.
+    assert_fails(
+        c.batch_execute("BEGIN; SELECT nile.flush_usage(); PREPARE TRANSACTION 'p';"),
+        "0A000",
+    );
+    c.batch_execute("ROLLBACK").unwrap();
+
+    // reset_usage() first writes what the history does not have: the history keeps every statement.
+    run_for(&mut c, &a, 3);
+    c.execute("SELECT nile.reset_usage($1::text::uuid)", &[&a])
+        .unwrap();
+    assert_eq!(live_and_history(&mut c, &a), (0, 38));
+    // A reset that rolls back resets nothing.
+    run_for(&mut c, &a, 2);
+    c.batch_execute("BEGIN; SELECT nile.reset_usage(); ROLLBACK;")
+        .unwrap();
+    assert_eq!(live_and_history(&mut c, &a), (2, 38));
+
+    // A clean restart keeps what was not flushed yet, and nothing is written twice afterwards.
+    drop(c);
+    cluster.restart();
+    let mut c = cluster.connect();
+    assert_eq!(live_and_history(&mut c, &a), (2, 38));
+    c.batch_execute("SELECT nile.flush_usage()").unwrap();
+    assert_eq!(live_and_history(&mut c, &a), (2, 40));
+    let periods: String = one(
+        &mut c,
+        "SELECT concat_ws('/', count(*) FILTER (WHERE period_start > period_end),
+                              count(*) FILTER (WHERE statements < 0))
+         FROM nile.usage_history",
+    );
+    assert_eq!(periods, "0/0");
+
+    // SIGKILL to the postmaster during load: the history loses at most the last interval (plus the time a flush
+    // takes). Each client statement's completion time is noted, and the kill time.
+    set_flush_interval(&mut c, 1);
+    drop(c);
+    let port = cluster.port;
+    let b_load = b.clone();
+    let load = std::thread::spawn(move || {
+        let mut c = Client::connect(
+            &format!("host=127.0.0.1 port={port} user=postgres dbname=nile"),
+            NoTls,
+        )
+        .unwrap();
+        let mut done = Vec::new();
+        while c
+            .batch_execute(&format!(
+                "BEGIN; SELECT nile.set_tenant('{b_load}'); SELECT count(*) FROM notes; COMMIT;"
+            ))
+            .is_ok()
+        {
+            done.push(std::time::Instant::now());
+        }
+        done
+    });
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let killed_at = std::time::Instant::now();
+    cluster.kill_and_start();
+    let done = load.join().unwrap();
+    let mut c = cluster.connect();
+    let (_, history) = live_and_history(&mut c, &b);
+    let interval_and_flush = std::time::Duration::from_millis(2500);
+    let before_last_interval = done
+        .iter()
+        .filter(|t| **t + interval_and_flush < killed_at)
+        .count() as i64;
+    eprintln!(
+        "SIGKILL during load: {} statements done, {before_last_interval} of them over {interval_and_flush:?} before \
+         the kill, {history} in the history",
+        done.len()
+    );
+    assert!(done.len() > 100, "the load ran: {} statements", done.len());
+    assert!(
+        history >= before_last_interval && history <= done.len() as i64 + 1,
+        "history {history}: at least the {before_last_interval} statements done more than {interval_and_flush:?} \
+         before the kill, at most the {} done",
+        done.len()
+    );
+    // Tenant A's history is untouched by the crash.
+    assert_eq!(live_and_history(&mut c, &a).1, 40);
 }
