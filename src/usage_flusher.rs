@@ -68,6 +68,10 @@ pub extern "C-unwind" fn nile_usage_flush_launcher_main(_arg: pg_sys::Datum) {
             _ => {}
         }
     }
+    // Exit code 1: unless the server is shutting down, the postmaster starts the launcher again after its restart
+    // time (10 s), also after an administrator's pg_terminate_backend(); exit code 0 would unregister it for good.
+    // SAFETY: ends this background worker process the way Postgres expects (exit callbacks run).
+    unsafe { pg_sys::proc_exit(1) };
 }
 
 /// One round: forget dropped databases, then flush each database with new usage in a worker of its own.

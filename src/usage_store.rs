@@ -343,9 +343,9 @@ impl CounterValues {
             if count > 0 && (below + count) as f64 >= rank {
                 let (low, high) = (bucket_floor_us(bucket), bucket_floor_us(bucket + 1));
                 let within = ((rank - below as f64) / count as f64).clamp(0.0, 1.0);
-                let micros = low + (high - low) * within;
-                let max_micros = self.max_time_ns as f64 / 1000.0;
-                return Some(micros.min(max_micros) / 1000.0);
+                let millis = (low + (high - low) * within) / 1000.0;
+                // Clamped with the very expression the max_time_ms column uses, so that p99 <= max holds exactly.
+                return Some(millis.min(self.max_time_ns as f64 / 1_000_000.0));
             }
             below += count;
         }
@@ -966,5 +966,24 @@ mod tests {
         assert!((0.87..=1.15).contains(&p50), "p50 {p50}");
         assert!((35.0..=46.0).contains(&p95), "p95 {p95}");
         assert!(values.percentile_ms(0.999).unwrap() <= 50.0);
+    }
+
+    #[test]
+    fn a_percentile_is_never_above_the_maximum_column() {
+        // One statement per row, its time also the maximum: the percentile is clamped to exactly max_time_ms.
+        let rounding = (1_000u64..200_000)
+            .map(|i| i * 7_919)
+            .find(|&ns| (ns as f64 / 1000.0) / 1000.0 > ns as f64 / 1_000_000.0);
+        assert!(rounding.is_some(), "a time where the two divisions differ");
+        for ns in (1_000u64..200_000).map(|i| i * 7_919) {
+            let mut values = CounterValues {
+                statements: 1,
+                max_time_ns: ns,
+                ..Default::default()
+            };
+            values.histogram[bucket_of(ns)] = 1;
+            let max_ms = ns as f64 / 1_000_000.0;
+            assert!(values.percentile_ms(0.99).unwrap() <= max_ms, "{ns} ns");
+        }
     }
 }

@@ -246,6 +246,13 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'nile_tenancy usage flusher'",
     );
     assert_eq!(launchers, 1, "one launcher for the cluster");
+    // An administrator's pg_terminate_backend() does not stop the history for good: the launcher comes back (checked
+    // before the restart below).
+    let terminated: bool = one(
+        &mut c,
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE backend_type = 'nile_tenancy usage flusher'",
+    );
+    assert!(terminated);
 
     // With the worker off, a flush that rolls back (wholly, or to a savepoint) writes nothing and loses nothing: the
     // next flush writes it exactly once.
@@ -281,6 +288,18 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
         .unwrap();
     assert_eq!(live_and_history(&mut c, &a), (2, 38));
 
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while one::<i64>(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'nile_tenancy usage flusher'",
+    ) == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the launcher did not come back"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     // A clean restart keeps what was not flushed yet, and nothing is written twice afterwards.
     drop(c);
     cluster.restart();
