@@ -511,7 +511,13 @@ fn count_rows(
 }
 
 /// Record a finished top-level statement, and log it when it was slow.
-fn finish(measured: Measured) {
+fn finish(mut measured: Measured) {
+    // A statement that started without a tenant and entered one (`SELECT nile.set_tenant(…)`) or the admin context
+    // counts there: it is that tenant's work, and the shared no-tenant row is then not written by every transaction
+    // of every backend (its counters' cache lines would bounce between cores on each one).
+    if measured.key.kind() == RowKind::NoTenant && !measured.usage.failed {
+        measured.key = current_key();
+    }
     add_pending(measured.key, &measured.usage);
     let slow_ms = gucs::SLOW_STATEMENT_MS.get();
     let elapsed_ms = measured.usage.time_ns as f64 / 1_000_000.0;

@@ -711,6 +711,13 @@ pub fn record(rows: &[(UsageKey, CounterValues)]) {
         }
         let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
         for (key, usage) in missing {
+            // CPU time shared out late (see usage_hooks.rs) to a tenant without a row (reset since, or beyond
+            // capacity) does not take a row: it ran no statement now, and a reset row would come back as a ghost.
+            let key = if usage.statements == 0 && key.kind() == RowKind::Tenant {
+                key.overflow_of()
+            } else {
+                key
+            };
             counters_for_new(&key).add(usage, activity(usage), activity(usage));
         }
     }

@@ -141,7 +141,7 @@ fn figures(c: &mut Client) -> String {
 fn capacity_overflow_clean_restart_and_crash() {
     let (mut cluster, mut c) = with_tenants("usage_restart", "nile.max_tracked_tenants = 16\n", 20);
     c.batch_execute("SELECT nile.reset_usage()").unwrap();
-    // Two statements for each of 20 tenants: 16 get rows of their own, the last 4 go to the overflow row.
+    // Three statements (set_tenant counts for the tenant it enters) for each of 20 tenants: 16 get rows of their own, the last 4 go to the overflow row.
     for n in 0..20 {
         c.batch_execute(&format!(
             "BEGIN; SELECT nile.set_tenant('{}'); SELECT count(*) FROM notes; INSERT INTO notes (body) VALUES ('x'); COMMIT;",
@@ -151,8 +151,8 @@ fn capacity_overflow_clean_restart_and_crash() {
     }
     assert_eq!(
         figures(&mut c),
-        "16 / 32 / 8",
-        "16 tenant rows, 8 statements of 4 tenants in overflow"
+        "16 / 48 / 12",
+        "16 tenant rows, 12 statements of 4 tenants in overflow"
     );
     let inserted: i64 = one(
         &mut c,
@@ -167,7 +167,7 @@ fn capacity_overflow_clean_restart_and_crash() {
         tenant(0)
     ))
     .unwrap();
-    assert_eq!(figures(&mut c), "16 / 31 / 8");
+    assert_eq!(figures(&mut c), "16 / 47 / 12");
     let before = one::<String>(
         &mut c,
         "SELECT string_agg(concat_ws(':', tenant_id, statements, rows_inserted, round(total_time_ms::numeric, 6)),
@@ -216,8 +216,9 @@ fn wait_for_history(c: &mut Client, tenant_id: &str) -> (i64, i64) {
     }
 }
 
-fn run_for(c: &mut Client, tenant_id: &str, statements: usize) {
-    for _ in 0..statements {
+/// `transactions` transactions of two statements for the tenant (set_tenant and a count).
+fn run_for(c: &mut Client, tenant_id: &str, transactions: usize) {
+    for _ in 0..transactions {
         c.batch_execute(&format!(
             "BEGIN; SELECT nile.set_tenant('{tenant_id}'); SELECT count(*) FROM notes; COMMIT;"
         ))
@@ -240,7 +241,7 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
 
     // The background worker writes the history by itself, within a few intervals, and exactly what was counted.
     run_for(&mut c, &a, 30);
-    assert_eq!(wait_for_history(&mut c, &a), (30, 30));
+    assert_eq!(wait_for_history(&mut c, &a), (60, 60));
     let launchers: i64 = one(
         &mut c,
         "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'nile_tenancy usage flusher'",
@@ -265,11 +266,11 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
         "BEGIN; SAVEPOINT s; SELECT nile.flush_usage(); ROLLBACK TO SAVEPOINT s; COMMIT;",
     )
     .unwrap();
-    assert_eq!(live_and_history(&mut c, &a), (35, 30));
+    assert_eq!(live_and_history(&mut c, &a), (70, 60));
     // Twice in one transaction: the second writes only what came since the first.
     c.batch_execute("BEGIN; SELECT nile.flush_usage(); SELECT nile.flush_usage(); COMMIT;")
         .unwrap();
-    assert_eq!(live_and_history(&mut c, &a), (35, 35));
+    assert_eq!(live_and_history(&mut c, &a), (70, 70));
     // A prepared transaction could commit in another session, which would not mark the rows flushed.
     assert_fails(
         c.batch_execute("BEGIN; SELECT nile.flush_usage(); PREPARE TRANSACTION 'p';"),
@@ -281,12 +282,12 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
     run_for(&mut c, &a, 3);
     c.execute("SELECT nile.reset_usage($1::text::uuid)", &[&a])
         .unwrap();
-    assert_eq!(live_and_history(&mut c, &a), (0, 38));
+    assert_eq!(live_and_history(&mut c, &a), (0, 76));
     // A reset that rolls back resets nothing.
     run_for(&mut c, &a, 2);
     c.batch_execute("BEGIN; SELECT nile.reset_usage(); ROLLBACK;")
         .unwrap();
-    assert_eq!(live_and_history(&mut c, &a), (2, 38));
+    assert_eq!(live_and_history(&mut c, &a), (4, 76));
 
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while one::<i64>(
@@ -304,9 +305,9 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
     drop(c);
     cluster.restart();
     let mut c = cluster.connect();
-    assert_eq!(live_and_history(&mut c, &a), (2, 38));
+    assert_eq!(live_and_history(&mut c, &a), (4, 76));
     c.batch_execute("SELECT nile.flush_usage()").unwrap();
-    assert_eq!(live_and_history(&mut c, &a), (2, 40));
+    assert_eq!(live_and_history(&mut c, &a), (4, 80));
     let periods: String = one(
         &mut c,
         "SELECT concat_ws('/', count(*) FILTER (WHERE period_start > period_end),
@@ -343,24 +344,30 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
     cluster.kill_and_start();
     let done = load.join().unwrap();
     let mut c = cluster.connect();
-    let (_, history) = live_and_history(&mut c, &b);
+    // Each transaction is two statements of tenant B (set_tenant and the count).
+    let (_, statements) = live_and_history(&mut c, &b);
+    let history = statements / 2;
     let interval_and_flush = std::time::Duration::from_millis(2500);
     let before_last_interval = done
         .iter()
         .filter(|t| **t + interval_and_flush < killed_at)
         .count() as i64;
     eprintln!(
-        "SIGKILL during load: {} statements done, {before_last_interval} of them over {interval_and_flush:?} before \
-         the kill, {history} in the history",
+        "SIGKILL during load: {} transactions done, {before_last_interval} of them over {interval_and_flush:?} \
+         before the kill, {history} in the history",
         done.len()
     );
-    assert!(done.len() > 100, "the load ran: {} statements", done.len());
+    assert!(
+        done.len() > 100,
+        "the load ran: {} transactions",
+        done.len()
+    );
     assert!(
         history >= before_last_interval && history <= done.len() as i64 + 1,
-        "history {history}: at least the {before_last_interval} statements done more than {interval_and_flush:?} \
+        "history {history}: at least the {before_last_interval} transactions done more than {interval_and_flush:?} \
          before the kill, at most the {} done",
         done.len()
     );
     // Tenant A's history is untouched by the crash.
-    assert_eq!(live_and_history(&mut c, &a).1, 40);
+    assert_eq!(live_and_history(&mut c, &a).1, 80);
 }
