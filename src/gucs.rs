@@ -208,16 +208,20 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::default(),
     );
-    GucRegistry::define_int_guc(
-        c"nile.max_tracked_tenants",
-        c"How many tenants, over all databases, get a usage row of their own.",
-        c"Usage of further tenants goes to their database's overflow row, so totals stay exact. Each row takes           about 1 kB of shared memory. Takes effect at server start.",
-        &MAX_TRACKED_TENANTS,
-        16,
-        10_000_000,
-        GucContext::Postmaster,
-        GucFlags::default(),
-    );
+    // A server-start setting can only be defined while the library is preloaded (Postgres refuses it later, with a
+    // FATAL error); it only sizes the shared memory that preloading creates.
+    if preloading {
+        GucRegistry::define_int_guc(
+            c"nile.max_tracked_tenants",
+            c"How many tenants, over all databases, get a usage row of their own.",
+            c"Usage of further tenants goes to their database's overflow row, so totals stay exact. Each row takes about 1.8 kB of shared memory. Takes effect at server start.",
+            &MAX_TRACKED_TENANTS,
+            16,
+            10_000_000,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
     GucRegistry::define_int_guc(
         c"nile.usage_flush_interval",
         c"Seconds between two flushes of the usage counters into nile.usage_history.",

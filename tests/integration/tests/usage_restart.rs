@@ -371,3 +371,60 @@ fn history_is_flushed_exactly_once_and_survives_a_crash() {
     // Tenant A's history is untouched by the crash.
     assert_eq!(live_and_history(&mut c, &a).1, 80);
 }
+
+/// Without nile_tenancy in shared_preload_libraries: isolation works, every usage object raises 55000 with a hint,
+/// and no flush launcher runs.
+#[test]
+fn without_preloading_isolation_works_and_usage_objects_say_why_not() {
+    let (_cluster, mut c) =
+        with_tenants("usage_not_preloaded", "shared_preload_libraries = ''\n", 2);
+    c.batch_execute(&format!(
+        "INSERT INTO notes VALUES ('{}', 'zero'), ('{}', 'one');
+         CREATE ROLE it_np_app LOGIN IN ROLE nile_app;
+         GRANT SELECT ON notes TO it_np_app;",
+        tenant(0),
+        tenant(1)
+    ))
+    .unwrap();
+    let preload: String = one(&mut c, "SHOW shared_preload_libraries");
+    assert_eq!(preload, "");
+    let mut app = Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=it_np_app dbname=nile",
+            _cluster.port
+        ),
+        NoTls,
+    )
+    .unwrap();
+    let mut tx = app.transaction().unwrap();
+    tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant(1)])
+        .unwrap();
+    let seen: String = tx
+        .query_one("SELECT string_agg(body, ',') FROM notes", &[])
+        .unwrap()
+        .get(0);
+    assert_eq!(seen, "one");
+    tx.rollback().unwrap();
+    for sql in [
+        "SELECT * FROM nile.tenant_usage",
+        "SELECT * FROM nile.my_usage",
+        "SELECT nile.reset_usage()",
+        "SELECT nile.flush_usage()",
+        "SELECT * FROM nile.noisy_neighbours",
+    ] {
+        let err = c.batch_execute(sql).expect_err(sql);
+        let db = err.as_db_error().expect("a server error");
+        assert_eq!(db.code().code(), "55000", "{sql}");
+        assert!(
+            db.hint()
+                .is_some_and(|h| h.contains("shared_preload_libraries")),
+            "{sql}: {:?}",
+            db.hint()
+        );
+    }
+    let launchers: i64 = one(
+        &mut c,
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type LIKE 'nile_tenancy%'",
+    );
+    assert_eq!(launchers, 0);
+}
