@@ -138,6 +138,11 @@ fn timestamp(t: i64) -> TimestampWithTimeZone {
     TimestampWithTimeZone::try_from(t).or_internal("converting a usage period's time")
 }
 
+/// One column of `rows`, as the array an `unnest` parameter of INSERT_PERIODS takes.
+fn column<T>(rows: &[PeriodRow], field: impl Fn(&PeriodRow) -> T) -> Vec<T> {
+    rows.iter().map(field).collect()
+}
+
 /// Write this database's usage not yet in the history into `nile.usage_history`; the rows count as flushed when
 /// the transaction commits. Returns how many history rows were written. Runs as the extension's owner: callers check
 /// the caller's rights first.
@@ -156,55 +161,28 @@ pub fn flush_database() -> i64 {
                 if periods.is_empty() {
                     return 0;
                 }
-                let column = |f: &dyn Fn(&Period) -> i64| {
-                    periods.iter().map(|(p, _)| f(p)).collect::<Vec<i64>>()
-                };
-                let column_ms = |f: &dyn Fn(&CounterValues) -> u64| {
-                    periods
-                        .iter()
-                        .map(|(p, _)| ms(f(&p.usage)))
-                        .collect::<Vec<f64>>()
-                };
-                let percentile = |q: f64| {
-                    periods
-                        .iter()
-                        .map(|(p, _)| p.usage.percentile_ms(q))
-                        .collect::<Vec<_>>()
-                };
-                let starts: Vec<TimestampWithTimeZone> =
-                    periods.iter().map(|(p, _)| timestamp(p.start)).collect();
-                let ends: Vec<TimestampWithTimeZone> =
-                    periods.iter().map(|(p, _)| timestamp(p.end)).collect();
-                let kinds: Vec<String> = periods
-                    .iter()
-                    .map(|(p, _)| p.key.kind().label().to_string())
-                    .collect();
-                let tenants: Vec<Option<Uuid>> = periods
-                    .iter()
-                    .map(|(p, _)| {
-                        (p.key.kind() == RowKind::Tenant).then(|| Uuid::from_bytes(p.key.tenant))
-                    })
-                    .collect();
+                // The same rows `nile._unflushed_usage()` shows, passed column by column (one array each).
+                let rows: Vec<PeriodRow> = periods.iter().map(|(p, _)| period_row(p)).collect();
                 let args: Vec<DatumWithOid<'_>> = vec![
-                    starts.into(),
-                    ends.into(),
-                    kinds.into(),
-                    tenants.into(),
-                    column(&|p| count(p.usage.statements)).into(),
-                    column(&|p| count(p.usage.errors)).into(),
-                    column(&|p| count(p.usage.rows_returned)).into(),
-                    column(&|p| count(p.usage.rows_inserted)).into(),
-                    column(&|p| count(p.usage.rows_updated)).into(),
-                    column(&|p| count(p.usage.rows_deleted)).into(),
-                    column_ms(&|u| u.total_time_ns).into(),
-                    percentile(0.50).into(),
-                    percentile(0.95).into(),
-                    percentile(0.99).into(),
-                    column_ms(&|u| u.cpu_user_ns).into(),
-                    column_ms(&|u| u.cpu_system_ns).into(),
-                    column(&|p| count(p.usage.blks_hit)).into(),
-                    column(&|p| count(p.usage.blks_read)).into(),
-                    column(&|p| count(p.usage.blks_dirtied)).into(),
+                    column(&rows, |r| r.0).into(),
+                    column(&rows, |r| r.1).into(),
+                    column(&rows, |r| r.2.clone()).into(),
+                    column(&rows, |r| r.3).into(),
+                    column(&rows, |r| r.4).into(),
+                    column(&rows, |r| r.5).into(),
+                    column(&rows, |r| r.6).into(),
+                    column(&rows, |r| r.7).into(),
+                    column(&rows, |r| r.8).into(),
+                    column(&rows, |r| r.9).into(),
+                    column(&rows, |r| r.10).into(),
+                    column(&rows, |r| r.11).into(),
+                    column(&rows, |r| r.12).into(),
+                    column(&rows, |r| r.13).into(),
+                    column(&rows, |r| r.14).into(),
+                    column(&rows, |r| r.15).into(),
+                    column(&rows, |r| r.16).into(),
+                    column(&rows, |r| r.17).into(),
+                    column(&rows, |r| r.18).into(),
                 ];
                 let written = crate::spi_util::execute(client, INSERT_PERIODS, &args);
                 for (period, row) in periods {
