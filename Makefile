@@ -5,7 +5,8 @@
 #   make stop       stop that cluster
 #   make test       every test suite on PostgreSQL $(PG_MAJOR) (unit, pg_regress, multi-session integration)
 #   make test-all   every test suite on every supported major ($(ALL_MAJORS))
-#   make bench-point  the point-read benchmark: policy vs hand-written WHERE tenant_id = $$1 (see README)
+#   make bench      isolation cost, side by side: no RLS vs hand-written policies vs nile_tenancy (BENCH_QUICK=1:
+#                   under 3 minutes); writes bench/results.md and bench/results.png (see README "Performance")
 #   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
 #   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see README)
 #   make setup      only install what is missing (Debian packages, cargo-pgrx, PostgreSQL builds)
@@ -18,7 +19,7 @@ export NILE_CACHE
 
 SHELL := /bin/bash
 
-.PHONY: setup run stop test test-all bench-point bench-ddl bench-usage fmt clean
+.PHONY: setup run stop test test-all bench bench-ddl bench-usage fmt clean
 
 setup:
 	scripts/setup.sh $(PG_MAJOR)
@@ -42,9 +43,9 @@ test-all:
 	@cat $(foreach m,$(ALL_MAJORS),$${NILE_TEST_DIR:-/tmp/nile-tenancy-test}/pg$(m)/counts) | \
 	  awk '{p += $$1; f += $$2} END {printf "test-all: %d passed, %d failed\n", p, f}'
 
-bench-point:
+bench:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
-	scripts/bench_point.sh $(PG_MAJOR)
+	scripts/bench.sh $(PG_MAJOR)
 
 bench-ddl:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null

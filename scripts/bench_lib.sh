@@ -34,3 +34,16 @@ GRANT nile_app TO bench_app;
 GRANT USAGE ON SCHEMA bench TO bench_app;
 SQL
 }
+
+# chart_python — a Python with matplotlib for the benchmark charts: a virtualenv in $NILE_CACHE, created on first use
+# (only `make bench` needs it, so scripts/setup.sh does not install it).
+chart_python() {
+  local venv=${NILE_CACHE:-/var/cache/nile-tenancy}/bench-venv
+  if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    echo "[bench] installing matplotlib into $venv" >&2
+    rm -rf "$venv"
+    python3 -m venv "$venv" >&2
+    "$venv/bin/pip" install --quiet 'matplotlib==3.9.*' >&2
+  fi
+  echo "$venv/bin/python"
+}

@@ -677,7 +677,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn point_read_uses_the_tenant_in_the_index_condition() {
+    fn tenant_comparison_is_an_index_condition_for_reads_joins_and_writes() {
         fixture();
         run(&format!(
             "INSERT INTO public.projects SELECT '{ACME}', g, 'bulk' FROM generate_series(100, 5000) g;
@@ -690,10 +690,15 @@ mod tests {
              ANALYZE public.projects, public.tasks;
              SET LOCAL ROLE app; SELECT nile.set_tenant('{ACME}');"
         ));
-        for query in [
-            "SELECT * FROM public.projects WHERE id = 42",
-            "SELECT * FROM public.projects WHERE id BETWEEN 100 AND 120",
-            "SELECT * FROM public.projects p JOIN public.tasks t ON t.tenant_id = p.tenant_id AND t.project_id = p.id WHERE p.id = 42",
+        // (query, the function whose InitPlan feeds the tenant comparison)
+        for (query, policy_function) in [
+            ("SELECT * FROM public.projects WHERE id = 42", "policy_read_tenant"),
+            ("SELECT * FROM public.projects WHERE id BETWEEN 100 AND 120", "policy_read_tenant"),
+            ("SELECT * FROM public.projects p JOIN public.tasks t ON t.tenant_id = p.tenant_id AND t.project_id = p.id WHERE p.id = 42", "policy_read_tenant"),
+            // A join that leaves the tenant to the policies: each side still finds its rows through its index.
+            ("SELECT * FROM public.projects p JOIN public.tasks t ON t.project_id = p.id WHERE p.id = 42", "policy_read_tenant"),
+            ("UPDATE public.projects SET name = 'x' WHERE id = 42", "policy_write_tenant"),
+            ("DELETE FROM public.projects WHERE id = 42", "policy_write_tenant"),
         ] {
             let plan: String = Spi::connect_mut(|c| {
                 c.update(&format!("EXPLAIN (VERBOSE, COSTS OFF) {query}"), None, &[])
@@ -707,7 +712,7 @@ mod tests {
             let index_conds: Vec<&str> = plan.lines().filter(|l| l.trim_start().starts_with("Index Cond:")).collect();
             let tenant_first = |l: &&str| l.contains("tenant_id = $") || l.contains("tenant_id = (InitPlan");
             assert!(!index_conds.is_empty() && index_conds.iter().all(tenant_first), "{query}\n{plan}");
-            assert!(plan.contains("Output: nile.policy_read_tenant()"), "{query}\n{plan}");
+            assert!(plan.contains(&format!("Output: nile.{policy_function}()")), "{query}\n{plan}");
             assert!(!plan.lines().any(|l| l.contains("Filter:") && l.contains("tenant_id")), "{query}\n{plan}");
             assert!(!plan.contains("Seq Scan"), "{query}\n{plan}");
         }

@@ -1,0 +1,329 @@
+#!/usr/bin/env bash
+# scripts/bench.sh [MAJOR] — `make bench`: what tenant isolation costs, side by side against hand-written alternatives.
+#
+# Starts its own throwaway cluster (scripts/bench_lib.sh: release build, preloaded, as for `make run`), loads one
+# dataset into four identical tables and runs pgbench (-M prepared, as the non-owner role bench_app) custom scripts
+# for each variant, alternating the variants run by run in ABBA order (a b1 b2 c d, then d c b2 b1 a, ...) so that
+# machine drift cancels out:
+#   a   no row-level security: the explicit `WHERE tenant_id = $1` of a hand-written query (the baseline)
+#   b1  hand-written policy  USING (tenant_id = current_setting('app.tenant_id')::uuid)
+#   b2  the same, wrapped:   USING (tenant_id = (SELECT current_setting('app.tenant_id')::uuid))
+#   c   nile_tenancy (nile.enable_tenancy), usage tracking off
+#   d   nile_tenancy, usage tracking on (the role bench_metered, which has nile.track_usage = on)
+# Every transaction has the same shape: BEGIN; <enter the tenant>; <the statement>; COMMIT. Variants a, b1 and b2
+# enter with set_config('app.tenant_id', ..., true) (what SET LOCAL does), c and d with nile.set_tenant(...).
+#
+# The dataset: BENCH_TENANTS tenants and BENCH_ROWS rows; tenant 1 holds 30 % of the rows, the others share the rest
+# equally. Workloads (see README "Performance"): point, range, insert, update, mixed (80/15/5), switching (a random
+# tenant of all in every transaction), zipf (tenants drawn from a Zipf distribution, tenant 1 the most frequent),
+# scan (a report over all of tenant 1's rows, one client) and noisy (one client scans tenant 1 in a loop while the
+# others run point reads for the other tenants; their p99 latency is what counts).
+#
+# It also times nile.set_tenant() against set_config(..., true) / SET LOCAL: server-side per call (a PL/pgSQL loop)
+# and per round trip (pgbench).
+#
+# Writes bench/results.md and bench/results.png (scripts/bench_report.py); raw figures stay in $BENCH_DIR.
+#
+# Besides the run-by-run rounds, each workload but noisy is also measured interleaved (see interleave()): all the
+# variants in the same connections, transaction by transaction.
+# The machine's speed moves by ±10-20 % from one run to the next here; interleaving cancels that out.
+#
+# Environment: BENCH_QUICK=1 (a small dataset, 2 rounds of 1 s, 1 interleaved: under 3 minutes), BENCH_ROUNDS
+#   (default 6), BENCH_INTERLEAVED_ROUNDS (default 6), BENCH_SECONDS per run (default 4), BENCH_WARMUP seconds per
+#   variant and workload (default 2),
+#   BENCH_CLIENTS (default 2), BENCH_TENANTS (default 10000), BENCH_ROWS (default 1000000),
+#   BENCH_WORKLOADS (default: all, in the order above), BENCH_OUT (default bench/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+major=${1:-15}
+if [ -n "${BENCH_QUICK:-}" ]; then
+  rounds=${BENCH_ROUNDS:-2} interleaved_rounds=${BENCH_INTERLEAVED_ROUNDS:-1} seconds=${BENCH_SECONDS:-1}
+  warmup=${BENCH_WARMUP:-0} tenants=${BENCH_TENANTS:-1000} rows=${BENCH_ROWS:-100000} loop_calls=20000
+else
+  rounds=${BENCH_ROUNDS:-6} interleaved_rounds=${BENCH_INTERLEAVED_ROUNDS:-6} seconds=${BENCH_SECONDS:-4}
+  warmup=${BENCH_WARMUP:-2} tenants=${BENCH_TENANTS:-10000} rows=${BENCH_ROWS:-1000000} loop_calls=200000
+fi
+clients=${BENCH_CLIENTS:-2}
+workloads=(${BENCH_WORKLOADS:-point range insert update mixed switching zipf scan noisy})
+variants=(a b1 b2 c d)
+out=${BENCH_OUT:-bench}
+dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-all}/pg$major
+big_rows=$((rows * 3 / 10))
+small_rows=$(((rows - big_rows) / (tenants - 1)))
+[ "$tenants" -ge 2 ] && [ "$small_rows" -ge 20 ] \
+  || { echo "[bench] need at least 2 tenants and 20 rows per small tenant ($tenants tenants, $rows rows)" >&2; exit 1; }
+started=$(date +%s)
+
+. scripts/bench_lib.sh
+bench_cluster "$major" "$dir"
+psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
+# Every table fits in shared memory, so that no variant reads from the OS cache what another finds in its buffers.
+"${psql[@]}" -U postgres -c "ALTER SYSTEM SET shared_buffers = '1GB'" -c "ALTER SYSTEM SET nile.track_usage = off" \
+  -c "ALTER SYSTEM SET max_wal_size = '4GB'" -c "ALTER SYSTEM SET checkpoint_timeout = '1h'" >/dev/null
+scripts/cluster.sh stop "$dir" >/dev/null 2>&1
+port=$(scripts/cluster.sh start "$pg_config" "$dir" bench)
+psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
+
+echo "[bench] loading $tenants tenants, $rows rows (tenant 1: $big_rows rows, the others $small_rows each) into 4 tables"
+"${psql[@]}" -U postgres >/dev/null <<SQL
+$(bench_tenants_sql "$tenants")
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_metered') THEN CREATE ROLE bench_metered LOGIN; END IF;
+END \$\$;
+GRANT bench_app TO bench_metered;
+ALTER ROLE bench_metered SET nile.track_usage = on;
+-- The tables of variants a, b1 and b2 must stay plain: only bench.items_nile is enrolled, explicitly, below.
+SET nile.auto_enable = off;
+SET client_min_messages = error;
+CREATE TABLE bench.items_a (tenant_id uuid NOT NULL REFERENCES nile.tenants (id), id bigint NOT NULL,
+                            balance bigint NOT NULL DEFAULT 0, payload text NOT NULL, PRIMARY KEY (tenant_id, id));
+INSERT INTO bench.items_a (tenant_id, id, payload)
+    SELECT bench.tid(1), i, md5('1:' || i) FROM generate_series(1, $big_rows) i;
+INSERT INTO bench.items_a (tenant_id, id, payload)
+    SELECT bench.tid(t), i, md5(t || ':' || i) FROM generate_series(2, $tenants) t, generate_series(1, $small_rows) i;
+CREATE TABLE bench.items_b1 (LIKE bench.items_a INCLUDING ALL, FOREIGN KEY (tenant_id) REFERENCES nile.tenants (id));
+CREATE TABLE bench.items_b2 (LIKE bench.items_a INCLUDING ALL, FOREIGN KEY (tenant_id) REFERENCES nile.tenants (id));
+CREATE TABLE bench.items_nile (LIKE bench.items_a INCLUDING ALL);
+INSERT INTO bench.items_b1 SELECT * FROM bench.items_a;
+INSERT INTO bench.items_b2 SELECT * FROM bench.items_a;
+INSERT INTO bench.items_nile SELECT * FROM bench.items_a;
+-- Inserted rows take ids from a sequence per table, above every loaded id.
+CREATE SEQUENCE bench.ids_a START 1000000000; CREATE SEQUENCE bench.ids_b1 START 1000000000;
+CREATE SEQUENCE bench.ids_b2 START 1000000000; CREATE SEQUENCE bench.ids_nile START 1000000000;
+ALTER TABLE bench.items_b1 ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON bench.items_b1
+    USING (tenant_id = current_setting('app.tenant_id')::uuid)
+    WITH CHECK (tenant_id = current_setting('app.tenant_id')::uuid);
+ALTER TABLE bench.items_b2 ENABLE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON bench.items_b2
+    USING (tenant_id = (SELECT current_setting('app.tenant_id')::uuid))
+    WITH CHECK (tenant_id = (SELECT current_setting('app.tenant_id')::uuid));
+SELECT nile.enable_tenancy('bench.items_nile');
+GRANT SELECT, INSERT, UPDATE ON bench.items_a, bench.items_b1, bench.items_b2, bench.items_nile TO bench_app;
+GRANT USAGE ON SEQUENCE bench.ids_a, bench.ids_b1, bench.ids_b2, bench.ids_nile TO bench_app;
+GRANT SET ON PARAMETER nile.track_usage TO bench_app;
+-- No autovacuum or autoanalyze in the middle of a run (the runs are short; HOT pruning keeps the updates cheap).
+ALTER TABLE bench.items_a SET (autovacuum_enabled = off); ALTER TABLE bench.items_b1 SET (autovacuum_enabled = off);
+ALTER TABLE bench.items_b2 SET (autovacuum_enabled = off); ALTER TABLE bench.items_nile SET (autovacuum_enabled = off);
+VACUUM ANALYZE bench.items_a, bench.items_b1, bench.items_b2, bench.items_nile;
+CHECKPOINT;
+SQL
+
+table_of() { case $1 in a) echo bench.items_a ;; b1) echo bench.items_b1 ;; b2) echo bench.items_b2 ;; *) echo bench.items_nile ;; esac; }
+seq_of() { case $1 in a | b1 | b2) echo "bench.ids_$1" ;; *) echo bench.ids_nile ;; esac; }
+role_of() { if [ "$1" = d ]; then echo bench_metered; else echo bench_app; fi; }
+enter_of() { # the statement that enters tenant :t
+  case $1 in
+    a | b1 | b2) echo "SELECT set_config('app.tenant_id', bench.tid(:t)::text, true);" ;;
+    # c and d in one connection (interleaved runs only): the same statement turns tracking off or on for the
+    # transaction (bench_app may, through GRANT SET ON PARAMETER), so the two cost the same but for the tracking.
+    c_off) echo "SELECT nile.set_tenant(bench.tid(:t)), set_config('nile.track_usage', 'off', true);" ;;
+    d_on) echo "SELECT nile.set_tenant(bench.tid(:t)), set_config('nile.track_usage', 'on', true);" ;;
+    *) echo "SELECT nile.set_tenant(bench.tid(:t));" ;;
+  esac
+}
+pred_of() { if [ "$1" = a ]; then echo "tenant_id = bench.tid(:t) AND "; fi; }
+
+# Tenant choices: one tenant per connection (of the small ones), any tenant, or Zipf-distributed (1 the most frequent).
+own_tenant="\\set t 2 + (:client_id * 7919) % $((tenants - 1))"
+any_tenant="\\set t random(1, $tenants)"
+zipf_tenant="\\set t random_zipfian(1, $tenants, 1.1)"
+small_key="\\set k random(1, $small_rows)"
+any_key="\\set k random(1, CASE WHEN :t = 1 THEN $big_rows ELSE $small_rows END)"
+
+# script VARIANT KIND TENANT-CHOICE -> a pgbench script on stdout
+script() {
+  local v=$1 kind=$2 choice=$3 t p body
+  t=$(table_of "$v") p=$(pred_of "$v")
+  echo "$choice"
+  case $kind in
+    point) echo "${4:-$small_key}"; body="SELECT payload FROM $t WHERE ${p}id = :k;" ;;
+    range) echo "\\set k random(1, $((small_rows - 19)))"; body="SELECT id, payload FROM $t WHERE ${p}id BETWEEN :k AND :k + 19;" ;;
+    insert) body="INSERT INTO $t (tenant_id, id, payload) VALUES (bench.tid(:t), nextval('$(seq_of "$v")'), md5(random()::text));" ;;
+    update) echo "$small_key"; body="UPDATE $t SET balance = balance + 1 WHERE ${p}id = :k;" ;;
+    scan) body="SELECT count(*), sum(length(payload)), sum(balance) FROM $t WHERE ${p}true;" ;;
+  esac
+  printf 'BEGIN;\n%s\n%s\nCOMMIT;\n' "$(enter_of "$v")" "$body"
+}
+
+for v in "${variants[@]}" c_off d_on; do
+  script "$v" point "$own_tenant" >"$dir/point_$v.sql"
+  script "$v" range "$own_tenant" >"$dir/range_$v.sql"
+  script "$v" insert "$own_tenant" >"$dir/insert_$v.sql"
+  script "$v" update "$own_tenant" >"$dir/update_$v.sql"
+  script "$v" point "$any_tenant" "$any_key" >"$dir/switching_$v.sql"
+  script "$v" point "$zipf_tenant" "$any_key" >"$dir/zipf_$v.sql"
+  script "$v" scan "\\set t 1" >"$dir/scan_$v.sql"
+  script "$v" point "\\set t random(2, $tenants)" >"$dir/victim_$v.sql"
+done
+
+# Sanity: under every variant, tenant 2 sees exactly its own rows, and the plans are the ones we mean to compare.
+: >"$dir/plans.txt"
+for v in "${variants[@]}"; do
+  t=$(table_of "$v")
+  where_t=""; [ "$v" = a ] && where_t=" WHERE tenant_id = bench.tid(2)"
+  seen=$("${psql[@]}" -U "$(role_of "$v")" -At -c "BEGIN" -c "$(enter_of "$v" | sed 's/:t/2/')" -c "SELECT count(*) FROM $t$where_t" -c "COMMIT" | tail -n1)
+  [ "$seen" = "$small_rows" ] || { echo "[bench] sanity check failed: variant $v sees $seen rows of tenant 2, not $small_rows" >&2; exit 1; }
+  for w in point scan; do
+    {
+      echo "== $v $w: $(grep -v '^\\' "$dir/${w}_$v.sql" | sed -n 3p | sed 's/:t/1/g; s/:k/42/g')"
+      "${psql[@]}" -U "$(role_of "$v")" -At -c "BEGIN" -c "$(enter_of "$v" | sed 's/:t/1/')" \
+        -c "EXPLAIN (COSTS OFF) $(grep -v '^\\' "$dir/${w}_$v.sql" | sed -n 3p | sed 's/:t/1/g; s/:k/42/g')" -c "COMMIT" \
+        | tail -n +2 | sed 's/^/    /'
+    } >>"$dir/plans.txt"
+  done
+done
+
+# run SCRIPT-BASE VARIANT CLIENTS [extra pgbench args] -> prints tps (fails loudly if pgbench did)
+run() {
+  local base=$1 v=$2 c=$3 log=$dir/pgbench.log; shift 3
+  local files=(-f "$dir/${base}_$v.sql")
+  [ "$base" = mixed ] && files=(-f "$dir/point_$v.sql@80" -f "$dir/update_$v.sql@15" -f "$dir/insert_$v.sql@5")
+  if ! "$bindir/pgbench" -n -M prepared -c "$c" -j "$c" -T "$seconds" -h 127.0.0.1 -p "$port" -U "$(role_of "$v")" \
+       "${files[@]}" "$@" bench >"$log" 2>&1 || grep -q 'aborted' "$log"; then
+    echo "[bench] pgbench failed ($base, variant $v):" >&2; tail -n 20 "$log" >&2; exit 1
+  fi
+  awk '/^tps = / {printf "%.2f\n", $3}' "$log"
+}
+
+# noisy VARIANT -> p99 latency in ms of the point reads that run beside one client scanning tenant 1 in a loop
+noisy() {
+  local v=$1 heavy_pid p99
+  rm -f "$dir"/victim_log*
+  "$bindir/pgbench" -n -M prepared -c 1 -j 1 -T "$seconds" -h 127.0.0.1 -p "$port" -U "$(role_of "$v")" \
+    -f "$dir/scan_$v.sql" bench >"$dir/heavy.log" 2>&1 &
+  heavy_pid=$!
+  run victim "$v" "$clients" -l --log-prefix="$dir/victim_log" >/dev/null
+  wait "$heavy_pid" || { echo "[bench] the heavy client failed (variant $v):" >&2; tail -n 20 "$dir/heavy.log" >&2; exit 1; }
+  p99=$(cat "$dir"/victim_log* | awk '{print $3}' | sort -n | awk '{a[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f\n", a[i] / 1000}')
+  echo "$p99"
+}
+
+measure() { # measure WORKLOAD VARIANT -> the run's figure
+  case $1 in
+    scan) run scan "$2" 1 ;;
+    noisy) noisy "$2" ;;
+    *) run "$1" "$2" "$clients" ;;
+  esac
+}
+
+# mean_latencies LOG-PREFIX VARIANT... -> "variant mean-latency-µs" per variant, from pgbench's per-transaction logs
+# (field 3: latency in µs, field 4: the script's number; scripts are given in variant order, $per_variant each).
+mean_latencies() {
+  local prefix=$1; shift
+  cat "$prefix"* | awk -v per="$per_variant" -v names="$*" '
+    BEGIN {n = split(names, v, " ")}
+    {i = int($4 / per) + 1; sum[i] += $3; count[i]++}
+    END {for (i = 1; i <= n; i++) printf "%s %.3f\n", v[i], sum[i] / count[i]}'
+}
+
+# interleave WORKLOAD ROUND: the variants in the same connections, pgbench choosing one of their scripts at random for
+# every transaction, so that all meet the same machine at the same moments. a, b1, b2 and c as in the rounds, and
+# c_off / d_on: c and d whose first statement also sets nile.track_usage for the transaction. Appends the mean
+# latency of each to interleaved.tsv.
+interleave() {
+  local w=$1 r=$2 c=$clients files=() v
+  [ "$w" = scan ] && c=1
+  per_variant=1
+  for v in a b1 b2 c c_off d_on; do
+    if [ "$w" = mixed ]; then
+      per_variant=3; files+=(-f "$dir/point_$v.sql@80" -f "$dir/update_$v.sql@15" -f "$dir/insert_$v.sql@5")
+    else
+      files+=(-f "$dir/${w}_$v.sql")
+    fi
+  done
+  rm -f "$dir"/il_*
+  "$bindir/pgbench" -n -M prepared -c "$c" -j "$c" -T "$seconds" -h 127.0.0.1 -p "$port" -U bench_app \
+    "${files[@]}" -l --log-prefix="$dir/il_mix" bench >"$dir/pgbench.log" 2>&1 \
+    || { echo "[bench] interleaved pgbench failed ($w):" >&2; tail -n 20 "$dir/pgbench.log" >&2; exit 1; }
+  mean_latencies "$dir/il_mix" a b1 b2 c c_off d_on | while read -r v us; do printf '%s\tmix\t%s\t%s\t%s\n' "$w" "$v" "$r" "$us"; done >>"$il"
+}
+
+raw=$dir/raw.tsv il=$dir/interleaved.tsv
+printf 'workload\tvariant\tround\tvalue\n' >"$raw"
+printf 'workload\tmeasure\tvariant\tround\tmean_us\n' >"$il"
+for w in "${workloads[@]}"; do
+  if [ "$warmup" -gt 0 ]; then
+    echo "[bench] $w: warm-up"
+    for v in "${variants[@]}"; do (seconds=$warmup; measure "$w" "$v" >/dev/null); done
+  fi
+  for r in $(seq 1 "$rounds"); do
+    order=("${variants[@]}")
+    [ $((r % 2)) -eq 0 ] && order=(d c b2 b1 a)
+    line="[bench] $w round $r:"
+    for v in "${order[@]}"; do
+      value=$(measure "$w" "$v")
+      printf '%s\t%s\t%s\t%s\n' "$w" "$v" "$r" "$value" >>"$raw"
+      line+=" $v $value"
+    done
+    echo "$line"
+    if [ "$w" != noisy ] && [ "$r" -le "$interleaved_rounds" ]; then
+      interleave "$w" "$r"
+      echo "[bench] $w round $r, interleaved (mean µs): $(awk -v w="$w" -v r="$r" '$1 == w && $4 == r {printf "%s %s %s ", $2, $3, $5}' "$il")"
+    fi
+  done
+done
+
+# nile.set_tenant() against set_config(..., true), the function behind SET LOCAL.
+echo "[bench] set_tenant: server-side cost per call ($loop_calls calls per run) and per round trip"
+"${psql[@]}" -U postgres >/dev/null <<'SQL'
+CREATE FUNCTION bench.time_calls(kind text, calls int, tenants int) RETURNS float8 LANGUAGE plpgsql AS $$
+DECLARE
+    ids uuid[] := ARRAY(SELECT bench.tid(n) FROM generate_series(1, tenants) n);
+    texts text[] := ARRAY(SELECT bench.tid(n)::text FROM generate_series(1, tenants) n);
+    started timestamptz;
+BEGIN
+    started := clock_timestamp();
+    IF kind = 'nothing' THEN
+        FOR i IN 1..calls LOOP PERFORM texts[1 + i % tenants]; END LOOP;
+    ELSIF kind = 'set_config' THEN
+        FOR i IN 1..calls LOOP PERFORM set_config('app.tenant_id', texts[1 + i % tenants], true); END LOOP;
+    ELSE
+        FOR i IN 1..calls LOOP PERFORM nile.set_tenant(ids[1 + i % tenants]); END LOOP;
+    END IF;
+    RETURN extract(epoch FROM clock_timestamp() - started) * 1e6 / calls;
+END $$;
+GRANT EXECUTE ON FUNCTION bench.time_calls(text, int, int) TO bench_app;
+SQL
+uuid7=$("${psql[@]}" -U postgres -At -c "SELECT bench.tid(7)")
+printf 'BEGIN;\nSET LOCAL app.tenant_id = %s;\nCOMMIT;\n' "'$uuid7'" >"$dir/rt_set_local.sql"
+printf 'BEGIN;\nSELECT nile.set_tenant(%s);\nCOMMIT;\n' "'$uuid7'" >"$dir/rt_set_tenant.sql"
+printf 'BEGIN;\nCOMMIT;\n' >"$dir/rt_nothing.sql"
+st=$dir/set_tenant.tsv
+printf 'measure\tkind\tround\tvalue\n' >"$st"
+for r in $(seq 1 "$rounds"); do
+  kinds=(nothing set_config set_tenant)
+  [ $((r % 2)) -eq 0 ] && kinds=(set_tenant set_config nothing)
+  for k in "${kinds[@]}"; do
+    us=$("${psql[@]}" -U bench_app -At -c "BEGIN" -c "SELECT bench.time_calls('$k', $loop_calls, $tenants)" -c "COMMIT" | sed -n 1p)
+    printf 'per_call\t%s\t%s\t%s\n' "$k" "$r" "$us" >>"$st"
+  done
+  kinds=(nothing set_local set_tenant)
+  [ $((r % 2)) -eq 0 ] && kinds=(set_tenant set_local nothing)
+  for k in "${kinds[@]}"; do
+    "$bindir/pgbench" -n -M prepared -c 1 -j 1 -T "$seconds" -h 127.0.0.1 -p "$port" -U bench_app \
+      -f "$dir/rt_$k.sql" bench >"$dir/pgbench.log" 2>&1 || { tail -n 20 "$dir/pgbench.log" >&2; exit 1; }
+    printf 'round_trip\t%s\t%s\t%s\n' "$k" "$r" "$(awk '/^latency average = / {printf "%.2f", $4 * 1000}' "$dir/pgbench.log")" >>"$st"
+  done
+done
+
+cat >"$dir/meta.env" <<EOF
+postgres=$("$bindir/postgres" --version | awk '{print $3}')
+cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+cores=$(nproc)
+memory_gib=$(awk '/^MemTotal/ {printf "%.0f", $2 / 1048576}' /proc/meminfo)
+tenants=$tenants
+rows=$rows
+big_rows=$big_rows
+small_rows=$small_rows
+rounds=$rounds
+interleaved_rounds=$interleaved_rounds
+seconds=$seconds
+clients=$clients
+quick=${BENCH_QUICK:-}
+loop_calls=$loop_calls
+minutes=$(( ($(date +%s) - started + 59) / 60 ))
+EOF
+mkdir -p "$out"
+"$(chart_python)" scripts/bench_report.py "$dir" "$out"
+echo "[bench] done in $(( $(date +%s) - started )) s: $out/results.md, $out/results.png"
