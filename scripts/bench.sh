@@ -165,38 +165,63 @@ for v in "${variants[@]}"; do
   seen=$("${psql[@]}" -U "$(role_of "$v")" -At -c "BEGIN" -c "$(enter_of "$v" | sed 's/:t/2/')" -c "SELECT count(*) FROM $t$where_t" -c "COMMIT" | tail -n1)
   [ "$seen" = "$small_rows" ] || { echo "[bench] sanity check failed: variant $v sees $seen rows of tenant 2, not $small_rows" >&2; exit 1; }
   for w in point scan; do
+    # The script's statement (third line after the \set lines) for tenant 1 and key 42.
+    statement=$(grep -v '^\\' "$dir/${w}_$v.sql" | sed -n 3p | sed 's/:t/1/g; s/:k/42/g')
     {
-      echo "== $v $w: $(grep -v '^\\' "$dir/${w}_$v.sql" | sed -n 3p | sed 's/:t/1/g; s/:k/42/g')"
+      echo "== $v $w: $statement"
       "${psql[@]}" -U "$(role_of "$v")" -At -c "BEGIN" -c "$(enter_of "$v" | sed 's/:t/1/')" \
-        -c "EXPLAIN (COSTS OFF) $(grep -v '^\\' "$dir/${w}_$v.sql" | sed -n 3p | sed 's/:t/1/g; s/:k/42/g')" -c "COMMIT" \
-        | tail -n +2 | sed 's/^/    /'
+        -c "EXPLAIN (COSTS OFF) $statement" -c "COMMIT" | tail -n +2 | sed 's/^/    /'
     } >>"$dir/plans.txt"
   done
 done
 
-# run SCRIPT-BASE VARIANT CLIENTS [extra pgbench args] -> prints tps (fails loudly if pgbench did)
-run() {
-  local base=$1 v=$2 c=$3 log=$dir/pgbench.log; shift 3
-  local files=(-f "$dir/${base}_$v.sql")
-  [ "$base" = mixed ] && files=(-f "$dir/point_$v.sql@80" -f "$dir/update_$v.sql@15" -f "$dir/insert_$v.sql@5")
-  if ! "$bindir/pgbench" -n -M prepared -c "$c" -j "$c" -T "$seconds" -h 127.0.0.1 -p "$port" -U "$(role_of "$v")" \
-       "${files[@]}" "$@" bench >"$log" 2>&1 || grep -q 'aborted' "$log"; then
-    echo "[bench] pgbench failed ($base, variant $v):" >&2; tail -n 20 "$log" >&2; exit 1
+# abba ROUND ITEM... -> the items in order for odd rounds and reversed for even ones (ABBA: drift over the run does
+# not always fall on the same item).
+abba() {
+  local r=$1 i; shift
+  local items=("$@")
+  if [ $((r % 2)) -eq 1 ]; then printf '%s\n' "${items[@]}"; else for ((i = ${#items[@]} - 1; i >= 0; i--)); do echo "${items[i]}"; done; fi
+}
+
+# pgbench_as ROLE CLIENTS LOG PGBENCH-ARGS... — one pgbench run of $seconds against the bench database, output in LOG;
+# fails loudly if pgbench failed or a client aborted.
+pgbench_as() {
+  local role=$1 c=$2 log=$3; shift 3
+  if ! "$bindir/pgbench" -n -M prepared -c "$c" -j "$c" -T "$seconds" -h 127.0.0.1 -p "$port" -U "$role" "$@" bench \
+       >"$log" 2>&1 || grep -q 'aborted' "$log"; then
+    echo "[bench] pgbench failed ($log):" >&2; tail -n 20 "$log" >&2; exit 1
   fi
-  awk '/^tps = / {printf "%.2f\n", $3}' "$log"
+}
+
+# workload_files ARRAY WORKLOAD VARIANT — append the pgbench -f arguments of one variant's workload to ARRAY: the
+# weighted point, update and insert scripts for mixed, else the workload's one script.
+workload_files() {
+  local -n into=$1
+  if [ "$2" = mixed ]; then
+    into+=(-f "$dir/point_$3.sql@80" -f "$dir/update_$3.sql@15" -f "$dir/insert_$3.sql@5")
+  else
+    into+=(-f "$dir/${2}_$3.sql")
+  fi
+}
+
+# run SCRIPT-BASE VARIANT CLIENTS [extra pgbench args] -> prints tps
+run() {
+  local base=$1 v=$2 c=$3 files=(); shift 3
+  workload_files files "$base" "$v"
+  pgbench_as "$(role_of "$v")" "$c" "$dir/pgbench.log" "${files[@]}" "$@"
+  awk '/^tps = / {printf "%.2f\n", $3}' "$dir/pgbench.log"
 }
 
 # noisy VARIANT -> p99 latency in ms of the point reads that run beside one client scanning tenant 1 in a loop
 noisy() {
-  local v=$1 heavy_pid p99
+  local v=$1 heavy_pid
   rm -f "$dir"/victim_log*
-  "$bindir/pgbench" -n -M prepared -c 1 -j 1 -T "$seconds" -h 127.0.0.1 -p "$port" -U "$(role_of "$v")" \
-    -f "$dir/scan_$v.sql" bench >"$dir/heavy.log" 2>&1 &
+  pgbench_as "$(role_of "$v")" 1 "$dir/heavy.log" -f "$dir/scan_$v.sql" &
   heavy_pid=$!
   run victim "$v" "$clients" -l --log-prefix="$dir/victim_log" >/dev/null
-  wait "$heavy_pid" || { echo "[bench] the heavy client failed (variant $v):" >&2; tail -n 20 "$dir/heavy.log" >&2; exit 1; }
-  p99=$(cat "$dir"/victim_log* | awk '{print $3}' | sort -n | awk '{a[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f\n", a[i] / 1000}')
-  echo "$p99"
+  wait "$heavy_pid" || exit 1
+  cat "$dir"/victim_log* | awk '{print $3}' | sort -n \
+    | awk '{a[NR] = $1} END {i = int(NR * 0.99); if (i < 1) i = 1; printf "%.3f\n", a[i] / 1000}'
 }
 
 measure() { # measure WORKLOAD VARIANT -> the run's figure
@@ -207,11 +232,11 @@ measure() { # measure WORKLOAD VARIANT -> the run's figure
   esac
 }
 
-# mean_latencies LOG-PREFIX VARIANT... -> "variant mean-latency-µs" per variant, from pgbench's per-transaction logs
-# (field 3: latency in µs, field 4: the script's number; scripts are given in variant order, $per_variant each).
+# mean_latencies LOG-PREFIX SCRIPTS-PER-VARIANT VARIANT... -> "variant mean-latency-µs" per variant, from pgbench's
+# per-transaction logs (field 3: latency in µs, field 4: the script's number; scripts are given in variant order).
 mean_latencies() {
-  local prefix=$1; shift
-  cat "$prefix"* | awk -v per="$per_variant" -v names="$*" '
+  local prefix=$1 per=$2; shift 2
+  cat "$prefix"* | awk -v per="$per" -v names="$*" '
     BEGIN {n = split(names, v, " ")}
     {i = int($4 / per) + 1; sum[i] += $3; count[i]++}
     END {for (i = 1; i <= n; i++) printf "%s %.3f\n", v[i], sum[i] / count[i]}'
@@ -222,21 +247,13 @@ mean_latencies() {
 # c_off / d_on: c and d whose first statement also sets nile.track_usage for the transaction. Appends the mean
 # latency of each to interleaved.tsv.
 interleave() {
-  local w=$1 r=$2 c=$clients files=() v
+  local w=$1 r=$2 c=$clients files=() v mixed=(a b1 b2 c c_off d_on)
   [ "$w" = scan ] && c=1
-  per_variant=1
-  for v in a b1 b2 c c_off d_on; do
-    if [ "$w" = mixed ]; then
-      per_variant=3; files+=(-f "$dir/point_$v.sql@80" -f "$dir/update_$v.sql@15" -f "$dir/insert_$v.sql@5")
-    else
-      files+=(-f "$dir/${w}_$v.sql")
-    fi
-  done
+  for v in "${mixed[@]}"; do workload_files files "$w" "$v"; done
   rm -f "$dir"/il_*
-  "$bindir/pgbench" -n -M prepared -c "$c" -j "$c" -T "$seconds" -h 127.0.0.1 -p "$port" -U bench_app \
-    "${files[@]}" -l --log-prefix="$dir/il_mix" bench >"$dir/pgbench.log" 2>&1 \
-    || { echo "[bench] interleaved pgbench failed ($w):" >&2; tail -n 20 "$dir/pgbench.log" >&2; exit 1; }
-  mean_latencies "$dir/il_mix" a b1 b2 c c_off d_on | while read -r v us; do printf '%s\tmix\t%s\t%s\t%s\n' "$w" "$v" "$r" "$us"; done >>"$il"
+  pgbench_as bench_app "$c" "$dir/pgbench.log" "${files[@]}" -l --log-prefix="$dir/il_mix"
+  # Each script is two arguments (-f PATH); every variant has the same number of scripts.
+  mean_latencies "$dir/il_mix" $(( ${#files[@]} / 2 / ${#mixed[@]} )) "${mixed[@]}" | while read -r v us; do printf '%s\tmix\t%s\t%s\t%s\n' "$w" "$v" "$r" "$us"; done >>"$il"
 }
 
 raw=$dir/raw.tsv il=$dir/interleaved.tsv
@@ -248,10 +265,8 @@ for w in "${workloads[@]}"; do
     for v in "${variants[@]}"; do (seconds=$warmup; measure "$w" "$v" >/dev/null); done
   fi
   for r in $(seq 1 "$rounds"); do
-    order=("${variants[@]}")
-    [ $((r % 2)) -eq 0 ] && order=(d c b2 b1 a)
     line="[bench] $w round $r:"
-    for v in "${order[@]}"; do
+    for v in $(abba "$r" "${variants[@]}"); do
       value=$(measure "$w" "$v")
       printf '%s\t%s\t%s\t%s\n' "$w" "$v" "$r" "$value" >>"$raw"
       line+=" $v $value"
@@ -292,17 +307,12 @@ printf 'BEGIN;\nCOMMIT;\n' >"$dir/rt_nothing.sql"
 st=$dir/set_tenant.tsv
 printf 'measure\tkind\tround\tvalue\n' >"$st"
 for r in $(seq 1 "$rounds"); do
-  kinds=(nothing set_config set_tenant)
-  [ $((r % 2)) -eq 0 ] && kinds=(set_tenant set_config nothing)
-  for k in "${kinds[@]}"; do
+  for k in $(abba "$r" nothing set_config set_tenant); do
     us=$("${psql[@]}" -U bench_app -At -c "BEGIN" -c "SELECT bench.time_calls('$k', $loop_calls, $tenants)" -c "COMMIT" | sed -n 1p)
     printf 'per_call\t%s\t%s\t%s\n' "$k" "$r" "$us" >>"$st"
   done
-  kinds=(nothing set_local set_tenant)
-  [ $((r % 2)) -eq 0 ] && kinds=(set_tenant set_local nothing)
-  for k in "${kinds[@]}"; do
-    "$bindir/pgbench" -n -M prepared -c 1 -j 1 -T "$seconds" -h 127.0.0.1 -p "$port" -U bench_app \
-      -f "$dir/rt_$k.sql" bench >"$dir/pgbench.log" 2>&1 || { tail -n 20 "$dir/pgbench.log" >&2; exit 1; }
+  for k in $(abba "$r" nothing set_local set_tenant); do
+    pgbench_as bench_app 1 "$dir/pgbench.log" -f "$dir/rt_$k.sql"
     printf 'round_trip\t%s\t%s\t%s\n' "$k" "$r" "$(awk '/^latency average = / {printf "%.2f", $4 * 1000}' "$dir/pgbench.log")" >>"$st"
   done
 done
