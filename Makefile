@@ -9,6 +9,7 @@
 #                   under 3 minutes); writes bench/results.md and bench/results.png (see README "Performance")
 #   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
 #   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see README)
+#   make bench-lifecycle  for_each_tenant / import_schema / move_tenant.sh against the hand-written way (see README)
 #   make setup      only install what is missing (Debian packages, cargo-pgrx, PostgreSQL builds)
 
 PG_MAJOR    ?= 15
@@ -19,7 +20,7 @@ export NILE_CACHE
 
 SHELL := /bin/bash
 
-.PHONY: setup run stop test test-all bench bench-ddl bench-usage fmt clean
+.PHONY: setup run stop test test-all bench bench-ddl bench-usage bench-lifecycle fmt clean
 
 setup:
 	scripts/setup.sh $(PG_MAJOR)
@@ -54,6 +55,10 @@ bench-ddl:
 bench-usage:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
 	scripts/bench_usage.sh $(PG_MAJOR)
+
+bench-lifecycle:
+	scripts/setup.sh $(PG_MAJOR) >/dev/null
+	scripts/bench_lifecycle.sh $(PG_MAJOR)
 
 fmt:
 	cargo fmt --all

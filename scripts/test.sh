@@ -30,6 +30,9 @@ RUST_TEST_THREADS=1 cargo pgrx test "pg$major" "${runas[@]}" --pgdata "$work/pgr
 
 say "installing the extension and starting a throwaway cluster"
 cargo pgrx install --pg-config "$pg_config" >/dev/null
+# The earlier releases' install scripts, for the upgrade test (tests/integration/tests/upgrade.rs); cargo pgrx install
+# copies only this release's script and the upgrade scripts in sql/.
+cp tests/upgrade/nile_tenancy--*.sql "$("$pg_config" --sharedir)/extension/"
 port=$(scripts/cluster.sh start "$pg_config" "$work/integration" postgres)
 
 say "pg_regress tests (tests/pg_regress)"

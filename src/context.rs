@@ -39,6 +39,34 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
     tenant_id
 }
 
+/// `nile._enter_tenant_for_routine(tenant_id uuid) RETURNS void`, for the extension's own PL/pgSQL routines
+/// (`nile.for_each_tenant()`, `nile.import_schema()`): enter the tenant until the end of the transaction, or until the
+/// calling function's `SET` clause restores the context, without `nile.set_tenant()`'s transaction-block check (a
+/// `CALL` outside `BEGIN` runs its transactions outside a block, but its routine ends them itself). Every other check
+/// applies. For members of `nile_admin` only.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _enter_tenant_for_routine(tenant_id: Option<Uuid>) {
+    crate::privilege::require_role("nile_admin", "nile._enter_tenant_for_routine()");
+    let tenant_id = crate::errors::require_not_null(tenant_id, "tenant_id");
+    enter_tenant_checked(*tenant_id.as_bytes(), None, true, false, false);
+}
+
+/// `nile._require_no_transaction_block(routine text) RETURNS void`: raise 25001 inside `BEGIN ... COMMIT`, where a
+/// procedure that commits as it goes (`nile.for_each_tenant()`) cannot run.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _require_no_transaction_block(routine: Option<&str>) {
+    if in_transaction_block() {
+        let routine = routine.unwrap_or("this procedure");
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_ACTIVE_SQL_TRANSACTION,
+            format!("{routine} cannot run inside a transaction block"),
+        )
+        .detail("It commits after every batch, which is only possible when CALL is a statement of its own.")
+        .hint("Run the CALL on its own, outside BEGIN ... COMMIT (with autocommit on in your client).")
+        .raise();
+    }
+}
+
 /// Raise unless tenant `id` exists (42704) and is not deleted (55000): what entering, signing for or binding to a
 /// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
 pub fn require_usable_tenant(id: &[u8; 16]) {
@@ -61,12 +89,22 @@ pub fn require_usable_tenant(id: &[u8; 16]) {
 /// `is_local` needs a transaction block, a session under `nile.require_token` needs a token, and the tenant must exist
 /// and not be deleted.
 pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: bool) {
+    enter_tenant_checked(id, user, is_local, by_token, true);
+}
+
+fn enter_tenant_checked(
+    id: [u8; 16],
+    user: Option<&str>,
+    is_local: bool,
+    by_token: bool,
+    needs_block: bool,
+) {
     refuse_if_bound(if by_token {
         "nile.set_tenant_token()"
     } else {
         "nile.set_tenant()"
     });
-    if is_local && !in_transaction_block() {
+    if is_local && needs_block && !in_transaction_block() {
         let function = if by_token {
             "nile.set_tenant_token()"
         } else {

@@ -5,7 +5,7 @@
 //! - `gucs`: every `nile.*` setting, and the guard that lets only the extension set the tenant and admin contexts
 //! - `context`: `nile.set_tenant()`, `nile.clear_tenant()`, `nile.current_tenant()` and the policy functions
 //! - `tenant_cache`: per-backend cache of tenant status, read from `nile.tenants` by index, invalidated on change
-//! - `tenants`: the tenant lifecycle (create, update, soft delete, purge)
+//! - `tenants`: the tenant lifecycle (create, update, soft delete, purge), and tenant tables in foreign-key order
 //! - `tokens`: signed tenant tokens (`nile.set_tenant_token()`, `nile.sign_tenant_token()`)
 //! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
 //! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
@@ -57,6 +57,11 @@ pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap)
 pgrx::extension_sql_file!(
     "../sql/verify.sql",
     name = "verify",
+    requires = ["bootstrap"]
+);
+pgrx::extension_sql_file!(
+    "../sql/lifecycle.sql",
+    name = "lifecycle",
     requires = ["bootstrap"]
 );
 pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

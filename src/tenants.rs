@@ -225,6 +225,28 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
     });
 }
 
+/// `nile._tenant_tables_in_load_order() RETURNS TABLE(load_order int, relid oid, tenant_column text)`: every table that
+/// holds tenant rows (as `nile.delete_tenant(purge => true)` sees them), each after the tables its foreign keys point
+/// to: the order in which a tenant's rows can be loaded (`nile.export_tenant()`, `nile.import_schema()`).
+#[pg_extern(volatile, parallel_safe, name = "_tenant_tables_in_load_order")]
+fn tenant_tables_in_load_order() -> TableIterator<
+    'static,
+    (
+        name!(load_order, i32),
+        name!(relid, pg_sys::Oid),
+        name!(tenant_column, String),
+    ),
+> {
+    let mut tables = tables_holding_tenant_rows();
+    tables.reverse();
+    TableIterator::new(
+        tables
+            .into_iter()
+            .zip(1..)
+            .map(|(t, position)| (position, t.relid, t.column)),
+    )
+}
+
 /// A table holding tenant rows: its oid, qualified name, tenant column and owner.
 struct TenantRowHolder {
     relid: pg_sys::Oid,

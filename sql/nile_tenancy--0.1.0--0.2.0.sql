@@ -1,0 +1,536 @@
+-- sql/nile_tenancy--0.1.0--0.2.0.sql — upgrade from 0.1.0 to 0.2.0 (ALTER EXTENSION nile_tenancy UPDATE).
+--
+-- 0.2.0 adds the tenant lifecycle at scale (sql/lifecycle.sql): nile.for_each_tenant() with its run and failure
+-- tables, nile.import_schema(), nile.export_tenant(), and the three Rust helpers they call. Nothing of 0.1.0 changes,
+-- so existing tenants, tenant tables, policies and usage history are untouched. After the upgrade, a database is
+-- what CREATE EXTENSION nile_tenancy VERSION '0.2.0' makes (tests/integration/tests/upgrade.rs checks it object by
+-- object).
+
+\echo Use "ALTER EXTENSION nile_tenancy UPDATE TO '0.2.0'" to load this file. \quit
+
+-- The Rust helpers (src/context.rs, src/tenants.rs), as pgrx declares them in nile_tenancy--0.2.0.sql.
+CREATE FUNCTION nile."_enter_tenant_for_routine"(
+	"tenant_id" uuid /* Option < Uuid > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_enter_tenant_for_routine_wrapper';
+
+CREATE FUNCTION nile."_require_no_transaction_block"(
+	"routine" TEXT /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_require_no_transaction_block_wrapper';
+
+CREATE FUNCTION nile."_tenant_tables_in_load_order"() RETURNS TABLE (
+	"load_order" INT,  /* i32 */
+	"relid" oid,  /* pg_sys :: Oid */
+	"tenant_column" TEXT  /* String */
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_tables_in_load_order_wrapper';
+
+REVOKE ALL ON FUNCTION nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text),
+    nile._tenant_tables_in_load_order() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text),
+    nile._tenant_tables_in_load_order() TO nile_admin;
+
+-- sql/lifecycle.sql of 0.2.0, as it is.
+-- ---------------------------------------------------------------------------------------------------------------
+-- nile.for_each_tenant(): its runs and their failures. Administrators read them (and may delete old runs).
+CREATE TABLE nile.for_each_tenant_runs (
+    id              bigint      GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    statement       text        NOT NULL,
+    batch_size      integer     NOT NULL,
+    status          text        NOT NULL DEFAULT 'running',
+    tenants_total   integer     NOT NULL,
+    tenants_done    integer     NOT NULL DEFAULT 0,
+    tenants_failed  integer     NOT NULL DEFAULT 0,
+    rows_affected   bigint      NOT NULL DEFAULT 0,
+    last_tenant_id  uuid,
+    started_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    finished_at     timestamptz,
+    started_by      name        NOT NULL DEFAULT CURRENT_USER,
+    backend_pid     integer,
+    backend_start   timestamptz,
+    CONSTRAINT for_each_tenant_runs_status_valid CHECK (status IN ('running', 'finished', 'stopped')),
+    CONSTRAINT for_each_tenant_runs_batch_size_valid CHECK (batch_size BETWEEN 1 AND 100000)
+);
+CREATE INDEX for_each_tenant_runs_running_idx ON nile.for_each_tenant_runs (statement) WHERE status = 'running';
+COMMENT ON TABLE nile.for_each_tenant_runs IS 'nile_tenancy: runs of nile.for_each_tenant(): progress (committed with every batch), and where an interrupted run resumes';
+
+CREATE TABLE nile.for_each_tenant_failures (
+    run_id     bigint      NOT NULL REFERENCES nile.for_each_tenant_runs (id) ON DELETE CASCADE,
+    tenant_id  uuid        NOT NULL,
+    sqlstate   text        NOT NULL,
+    message    text        NOT NULL,
+    detail     text,
+    hint       text,
+    failed_at  timestamptz NOT NULL DEFAULT pg_catalog.clock_timestamp(),
+    PRIMARY KEY (run_id, tenant_id)
+);
+COMMENT ON TABLE nile.for_each_tenant_failures IS 'nile_tenancy: the tenants for which a nile.for_each_tenant() statement failed, with the error';
+
+REVOKE ALL ON nile.for_each_tenant_runs, nile.for_each_tenant_failures FROM PUBLIC;
+GRANT SELECT, INSERT, UPDATE, DELETE ON nile.for_each_tenant_runs, nile.for_each_tenant_failures TO nile_admin;
+GRANT SELECT ON nile.for_each_tenant_runs, nile.for_each_tenant_failures TO pg_monitor;
+SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_runs_id_seq', '');
+SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_failures', '');
+
+-- Raise 42501 unless the current user has nile_admin's privileges: the routines below check it themselves, in case
+-- EXECUTE on them is granted further.
+CREATE FUNCTION nile._require_nile_admin(routine text)
+    RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    BEGIN
+        IF NOT pg_has_role('nile_admin', 'USAGE') THEN
+            RAISE EXCEPTION 'permission denied: % requires membership in role nile_admin', routine
+                USING ERRCODE = 'insufficient_privilege', HINT = 'A superuser can run GRANT nile_admin TO <role>.';
+        END IF;
+    END
+    $$;
+
+-- The active tenants after `after` (all of them when NULL), in id order: nile.tenants is row-level secured, and
+-- nile.for_each_tenant() lists them outside any tenant context.
+CREATE FUNCTION nile._active_tenants_after(after_id uuid, how_many integer)
+    RETURNS SETOF uuid
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT t.id FROM nile.tenants t
+    WHERE t.status = 'active' AND (after_id IS NULL OR t.id > after_id)
+    ORDER BY t.id
+    LIMIT how_many
+    $$;
+CREATE FUNCTION nile._active_tenant_count(after_id uuid)
+    RETURNS integer
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT count(*)::integer FROM nile.tenants t WHERE t.status = 'active' AND (after_id IS NULL OR t.id > after_id)
+    $$;
+
+-- Start a run of `statement`, or resume its unfinished one; returns the run. Checks everything first.
+CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
+    RETURNS nile.for_each_tenant_runs
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        run nile.for_each_tenant_runs;
+        still_running boolean;
+    BEGIN
+        PERFORM nile._require_nile_admin('nile.for_each_tenant()');
+        IF statement IS NULL OR btrim(statement) = '' THEN
+            RAISE EXCEPTION 'statement must not be empty'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Pass the SQL to run under each tenant, e.g. ''UPDATE users SET last_login_at = created_at WHERE last_login_at IS NULL''.';
+        END IF;
+        IF batch_size IS NULL OR batch_size NOT BETWEEN 1 AND 100000 THEN
+            RAISE EXCEPTION 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::text, 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The run commits after every batch of this many tenants; 50 to 100 is typical.';
+        END IF;
+        PERFORM nile._require_no_transaction_block('nile.for_each_tenant()');
+        IF nile.current_tenant() IS NOT NULL THEN
+            RAISE EXCEPTION 'nile.for_each_tenant() cannot run inside a tenant''s context'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'It enters every active tenant''s context in turn; the session is in tenant ' || nile.current_tenant() || '''s.',
+                      HINT = 'Call nile.clear_tenant() first, from a role that is not bound to a tenant.';
+        END IF;
+
+        -- One start at a time per statement, so that two sessions never claim the same run.
+        PERFORM pg_advisory_xact_lock(hashtext('nile.for_each_tenant'), hashtext(statement));
+        SELECT * INTO run FROM nile.for_each_tenant_runs r
+        WHERE r.statement = _for_each_tenant_start.statement AND r.status = 'running'
+        ORDER BY r.id DESC LIMIT 1
+        FOR UPDATE;
+        IF FOUND THEN
+            still_running := run.backend_pid IS DISTINCT FROM pg_backend_pid() AND EXISTS (
+                SELECT 1 FROM pg_stat_activity a WHERE a.pid = run.backend_pid AND a.backend_start = run.backend_start);
+            IF still_running THEN
+                RAISE EXCEPTION 'run % of this statement is still running in the session with process id %', run.id, run.backend_pid
+                    USING ERRCODE = 'object_in_use',
+                          HINT = 'Wait for it to finish, or stop it with pg_cancel_backend(' || run.backend_pid || '); calling nile.for_each_tenant() again then resumes it.';
+            END IF;
+            UPDATE nile.for_each_tenant_runs r
+            SET batch_size = _for_each_tenant_start.batch_size,
+                tenants_total = r.tenants_done + nile._active_tenant_count(r.last_tenant_id),
+                backend_pid = pg_backend_pid(),
+                backend_start = (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
+                updated_at = clock_timestamp()
+            WHERE r.id = run.id
+            RETURNING * INTO run;
+            RAISE NOTICE 'nile.for_each_tenant: resuming run % after %/% tenants (% failed)',
+                run.id, run.tenants_done, run.tenants_total, run.tenants_failed;
+        ELSE
+            INSERT INTO nile.for_each_tenant_runs (statement, batch_size, tenants_total, backend_pid, backend_start)
+            VALUES (statement, batch_size, nile._active_tenant_count(NULL), pg_backend_pid(),
+                    (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()))
+            RETURNING * INTO run;
+            RAISE NOTICE 'nile.for_each_tenant: run % over % active tenants, in batches of %',
+                run.id, run.tenants_total, run.batch_size;
+        END IF;
+        RETURN run;
+    END
+    $$;
+
+-- for_each_tenant(statement, batch_size): run `statement` once under each active tenant's context, in id order,
+-- committing after every `batch_size` tenants. A tenant whose statement fails is recorded in
+-- nile.for_each_tenant_failures and the run goes on; calling it again with the same statement after an interruption
+-- resumes after the last committed batch.
+CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT 100)
+    LANGUAGE plpgsql
+    AS $$
+    DECLARE
+        run nile.for_each_tenant_runs;
+        batch uuid[];
+        tenant uuid;
+        affected bigint;
+        succeeded_in_run boolean;
+        started timestamptz := clock_timestamp();
+        done_now integer := 0;
+        failed_in_batch integer;
+        err_state text;
+        err_message text;
+        err_detail text;
+        err_hint text;
+    BEGIN
+        run := nile._for_each_tenant_start(statement, batch_size);
+        COMMIT;
+        succeeded_in_run := run.tenants_done > run.tenants_failed;
+        LOOP
+            batch := ARRAY(SELECT nile._active_tenants_after(run.last_tenant_id, run.batch_size));
+            EXIT WHEN cardinality(batch) = 0;
+            failed_in_batch := 0;
+            FOREACH tenant IN ARRAY batch LOOP
+                BEGIN
+                    PERFORM nile._enter_tenant_for_routine(tenant);
+                    EXECUTE statement;
+                    GET DIAGNOSTICS affected = ROW_COUNT;
+                    PERFORM nile.clear_tenant();
+                    run.rows_affected := run.rows_affected + affected;
+                    succeeded_in_run := true;
+                EXCEPTION WHEN OTHERS THEN
+                    -- The tenant's changes and its context are rolled back with the block.
+                    GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
+                                            err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
+                    INSERT INTO nile.for_each_tenant_failures (run_id, tenant_id, sqlstate, message, detail, hint)
+                    VALUES (run.id, tenant, err_state, err_message, nullif(err_detail, ''), nullif(err_hint, ''))
+                    ON CONFLICT (run_id, tenant_id) DO UPDATE
+                        SET sqlstate = excluded.sqlstate, message = excluded.message, detail = excluded.detail,
+                            hint = excluded.hint, failed_at = excluded.failed_at;
+                    run.tenants_failed := run.tenants_failed + 1;
+                    failed_in_batch := failed_in_batch + 1;
+                END;
+                run.tenants_done := run.tenants_done + 1;
+                run.last_tenant_id := tenant;
+            END LOOP;
+            done_now := done_now + cardinality(batch);
+
+            IF NOT succeeded_in_run THEN
+                -- Failing for every tenant of the first batch: the statement is wrong, not the tenants' data.
+                ROLLBACK;
+                UPDATE nile.for_each_tenant_runs r SET status = 'stopped', backend_pid = NULL, updated_at = clock_timestamp()
+                WHERE r.id = run.id;
+                COMMIT;
+                RAISE EXCEPTION 'nile.for_each_tenant: the statement failed for each of the first % tenants; run % stopped',
+                    cardinality(batch), run.id
+                    USING ERRCODE = err_state, DETAIL = 'The last error was: ' || err_message,
+                          HINT = 'Fix the statement and call nile.for_each_tenant() again; nothing of this batch was kept.';
+            END IF;
+
+            UPDATE nile.for_each_tenant_runs r
+            SET tenants_done = run.tenants_done, tenants_failed = run.tenants_failed, rows_affected = run.rows_affected,
+                last_tenant_id = run.last_tenant_id, updated_at = clock_timestamp()
+            WHERE r.id = run.id;
+            COMMIT;
+            RAISE NOTICE 'nile.for_each_tenant: %/% tenants done (% failed), % tenants/s',
+                run.tenants_done, greatest(run.tenants_total, run.tenants_done), run.tenants_failed,
+                round(done_now / greatest(extract(epoch FROM clock_timestamp() - started), 0.001)::numeric, 1);
+        END LOOP;
+
+        UPDATE nile.for_each_tenant_runs r
+        SET status = 'finished', finished_at = clock_timestamp(), updated_at = clock_timestamp(), backend_pid = NULL,
+            tenants_total = run.tenants_done
+        WHERE r.id = run.id;
+        COMMIT;
+        IF run.tenants_failed > 0 THEN
+            RAISE WARNING 'nile.for_each_tenant: run % finished: % tenants, % failed, % rows affected',
+                run.id, run.tenants_done, run.tenants_failed, run.rows_affected
+                USING HINT = format('SELECT * FROM nile.for_each_tenant_failures WHERE run_id = %s lists the failures.', run.id);
+        ELSE
+            RAISE NOTICE 'nile.for_each_tenant: run % finished: % tenants, % rows affected',
+                run.id, run.tenants_done, run.rows_affected;
+        END IF;
+    END
+    $$;
+COMMENT ON PROCEDURE nile.for_each_tenant(text, integer) IS 'nile_tenancy: run a statement under every active tenant''s context, committing per batch; failures go to nile.for_each_tenant_failures; resumable';
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- After rows were copied in with their own values, move the sequences behind the table's serial and identity columns
+-- past the highest value the caller can see, so that the next default does not collide with a copied row.
+CREATE FUNCTION nile._advance_sequences(tbl regclass)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        col record;
+        highest bigint;
+    BEGIN
+        FOR col IN
+            SELECT a.attname, pg_get_serial_sequence(tbl::text, a.attname)::regclass AS seq
+            FROM pg_attribute a
+            WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+              AND pg_get_serial_sequence(tbl::text, a.attname) IS NOT NULL
+        LOOP
+            EXECUTE format('SELECT max(%I)::bigint FROM %s', col.attname, tbl) INTO highest;
+            CONTINUE WHEN highest IS NULL;
+            IF has_sequence_privilege(col.seq, 'UPDATE') AND has_sequence_privilege(col.seq, 'SELECT, USAGE') THEN
+                IF highest > coalesce(pg_sequence_last_value(col.seq), 0) THEN
+                    PERFORM setval(col.seq, highest);
+                END IF;
+            ELSE
+                RAISE WARNING 'sequence % of %.% was not advanced to %: permission denied', col.seq, tbl, col.attname, highest
+                    USING HINT = format('Its owner can run SELECT setval(%L, %s).', col.seq, highest);
+            END IF;
+        END LOOP;
+    END
+    $$;
+
+-- import_schema(source_schema, tenant_id, target_schema, dry_run): copy every table of a legacy schema-per-tenant
+-- schema into the tenant tables of the same name in target_schema, as tenant_id's rows, in foreign-key order, in the
+-- caller's transaction. Every table and column is checked before anything is written. Returns rows per table.
+CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_schema name DEFAULT 'public',
+                                   dry_run boolean DEFAULT false)
+    RETURNS TABLE(load_order integer, source_table regclass, target_table regclass, rows_copied bigint)
+    LANGUAGE plpgsql VOLATILE
+    -- The SET clause also ends the tenant context entered below when the function returns.
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        source_oid oid;
+        target_oid oid;
+        problems text[] := '{}';
+        first_code text;
+        pair record;
+        copied bigint;
+        foreign_rows bigint;
+        existing_rows bigint;
+    BEGIN
+        PERFORM nile._require_nile_admin('nile.import_schema()');
+        IF source_schema IS NULL OR tenant_id IS NULL OR target_schema IS NULL OR dry_run IS NULL THEN
+            RAISE EXCEPTION 'source_schema, tenant_id, target_schema and dry_run must not be NULL'
+                USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        SELECT n.oid INTO source_oid FROM pg_namespace n WHERE n.nspname = source_schema;
+        SELECT n.oid INTO target_oid FROM pg_namespace n WHERE n.nspname = target_schema;
+        IF source_oid IS NULL OR target_oid IS NULL THEN
+            RAISE EXCEPTION 'schema "%" does not exist', CASE WHEN source_oid IS NULL THEN source_schema ELSE target_schema END
+                USING ERRCODE = 'invalid_schema_name';
+        END IF;
+        IF source_oid = target_oid THEN
+            RAISE EXCEPTION 'source_schema and target_schema are both "%"', source_schema
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The source is the legacy tenant''s own schema; the target holds the shared tenant tables.';
+        END IF;
+        -- Checks that the tenant exists and is not deleted, and enters its context: the tenant policies check every
+        -- row written below.
+        PERFORM nile._enter_tenant_for_routine(tenant_id);
+        IF NOT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = import_schema.tenant_id AND t.status = 'active') THEN
+            RAISE EXCEPTION 'tenant % is inactive: rows cannot be imported into it', tenant_id
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Reactivate it first with nile.reactivate_tenant().';
+        END IF;
+
+        CREATE TEMP TABLE pg_temp.nile_import_plan (
+            source_table regclass, target_table regclass, tenant_column name, load_order integer,
+            source_has_tenant_column boolean, columns text
+        ) ON COMMIT DROP;
+        INSERT INTO pg_temp.nile_import_plan
+        SELECT s.oid::regclass, t.oid::regclass, e.tenant_column, o.load_order,
+               EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = s.oid AND a.attname = e.tenant_column
+                       AND a.attnum > 0 AND NOT a.attisdropped),
+               (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+                WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+                  AND a.attname <> e.tenant_column)
+        FROM pg_class s
+        LEFT JOIN pg_class t ON t.relnamespace = target_oid AND t.relname = s.relname AND t.relkind IN ('r', 'p')
+        LEFT JOIN nile.tenant_tables e ON e.relid = t.oid::regclass
+        LEFT JOIN nile._tenant_tables_in_load_order() o ON o.relid = t.oid
+        WHERE s.relnamespace = source_oid AND s.relkind IN ('r', 'p') AND NOT s.relispartition;
+
+        IF NOT EXISTS (SELECT 1 FROM pg_temp.nile_import_plan) THEN
+            RAISE EXCEPTION 'schema "%" has no tables to import', source_schema USING ERRCODE = 'no_data_found';
+        END IF;
+
+        -- Every problem, before anything is written: a missing or unenrolled target table, a source column the
+        -- target lacks or cannot take, a required target column the source cannot fill.
+        SELECT array_agg(p.problem ORDER BY p.kind, p.problem), (array_agg(p.code ORDER BY p.kind, p.problem))[1]
+        INTO problems, first_code
+        FROM (
+            SELECT 1 AS kind, format('table %s has no table %I.%I to go to', p.source_table, target_schema,
+                                     (SELECT c.relname FROM pg_class c WHERE c.oid = p.source_table)) AS problem, '42P01' AS code
+            FROM pg_temp.nile_import_plan p WHERE p.target_table IS NULL
+            UNION ALL
+            SELECT 2, format('table %s is not a tenant table', p.target_table), '55000'
+            FROM pg_temp.nile_import_plan p WHERE p.target_table IS NOT NULL AND p.tenant_column IS NULL
+            UNION ALL
+            SELECT 3, CASE
+                       WHEN ta.attname IS NULL THEN format('column %s.%I has no column of that name in %s', p.source_table, sa.attname, p.target_table)
+                       ELSE format('column %s.%I is a generated column', p.target_table, ta.attname)
+                   END,
+                   CASE WHEN ta.attname IS NULL THEN '42703' ELSE '428C9' END
+            FROM pg_temp.nile_import_plan p
+            JOIN pg_attribute sa ON sa.attrelid = p.source_table AND sa.attnum > 0 AND NOT sa.attisdropped
+                                AND sa.attgenerated = '' AND sa.attname <> p.tenant_column
+            LEFT JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attname = sa.attname AND ta.attnum > 0
+                                     AND NOT ta.attisdropped
+            WHERE p.tenant_column IS NOT NULL AND (ta.attname IS NULL OR ta.attgenerated <> '')
+            UNION ALL
+            SELECT 4, format('column %s.%I is NOT NULL without a default, and %s has no such column', p.target_table,
+                          ta.attname, p.source_table), '23502'
+            FROM pg_temp.nile_import_plan p
+            JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attnum > 0 AND NOT ta.attisdropped
+                                AND ta.attnotnull AND NOT ta.atthasdef AND ta.attidentity = '' AND ta.attgenerated = ''
+                                AND ta.attname <> p.tenant_column
+            WHERE p.tenant_column IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM pg_attribute sa WHERE sa.attrelid = p.source_table AND sa.attname = ta.attname
+                              AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = '')
+        ) p;
+        -- Column types: Postgres itself decides whether each source column can be assigned to its target column, by
+        -- planning (not running) the insert.
+        FOR pair IN
+            SELECT * FROM pg_temp.nile_import_plan p
+            WHERE p.tenant_column IS NOT NULL
+              AND NOT EXISTS (  -- already reported above
+                  SELECT 1 FROM pg_attribute sa
+                  LEFT JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attname = sa.attname AND ta.attnum > 0
+                                           AND NOT ta.attisdropped
+                  WHERE sa.attrelid = p.source_table AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
+                    AND sa.attname <> p.tenant_column AND (ta.attname IS NULL OR ta.attgenerated <> ''))
+        LOOP
+            -- The tenant must not have rows there yet: importing twice would duplicate or collide.
+            EXECUTE format('SELECT count(*) FROM %s WHERE %I = $1', pair.target_table, pair.tenant_column)
+                INTO existing_rows USING tenant_id;
+            IF existing_rows > 0 THEN
+                problems := coalesce(problems, '{}') || format('table %s already holds %s row(s) of tenant %s',
+                                                                pair.target_table, existing_rows, tenant_id);
+                first_code := coalesce(first_code, '55000');
+            END IF;
+            BEGIN
+                EXECUTE format('EXPLAIN (COSTS OFF) INSERT INTO %s (%s%s) OVERRIDING SYSTEM VALUE SELECT %s%s FROM %s',
+                               pair.target_table, coalesce(pair.columns || ', ', ''), quote_ident(pair.tenant_column),
+                               coalesce(pair.columns || ', ', ''), quote_literal(tenant_id) || '::uuid', pair.source_table);
+            EXCEPTION WHEN OTHERS THEN
+                problems := coalesce(problems, '{}') || format('%s cannot be copied into %s: %s', pair.source_table,
+                                                                pair.target_table, SQLERRM);
+                first_code := coalesce(first_code, SQLSTATE);
+            END;
+        END LOOP;
+        IF cardinality(problems) > 0 THEN
+            RAISE EXCEPTION 'schema "%" cannot be imported into "%": % problem(s)', source_schema, target_schema, cardinality(problems)
+                USING ERRCODE = first_code, DETAIL = array_to_string(problems, E'\n'),
+                      HINT = 'Nothing was written. Create or enroll the missing tables (nile.enable_tenancy()), align the columns, import into a tenant that has no rows yet, then call it again.';
+        END IF;
+
+        -- A source table that already has the tenant column may only hold this tenant's rows (or NULL there).
+        FOR pair IN SELECT * FROM pg_temp.nile_import_plan p WHERE p.source_has_tenant_column LOOP
+            EXECUTE format('SELECT count(*) FROM %s WHERE %I IS DISTINCT FROM $1 AND %I IS NOT NULL',
+                           pair.source_table, pair.tenant_column, pair.tenant_column)
+                INTO foreign_rows USING tenant_id;
+            IF foreign_rows > 0 THEN
+                RAISE EXCEPTION 'table % has % row(s) whose % is not tenant %', pair.source_table, foreign_rows,
+                    pair.tenant_column, tenant_id
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Nothing was written. A legacy schema holds one tenant''s rows; import each tenant''s schema with its own id.';
+            END IF;
+        END LOOP;
+
+        FOR pair IN SELECT * FROM pg_temp.nile_import_plan p ORDER BY p.load_order, p.target_table::text LOOP
+            IF dry_run THEN
+                EXECUTE format('SELECT count(*) FROM %s', pair.source_table) INTO copied;
+            ELSE
+                EXECUTE format('INSERT INTO %s (%s%s) OVERRIDING SYSTEM VALUE SELECT %s%s FROM %s',
+                               pair.target_table, coalesce(pair.columns || ', ', ''), quote_ident(pair.tenant_column),
+                               coalesce(pair.columns || ', ', ''), '$1', pair.source_table)
+                    USING tenant_id;
+                GET DIAGNOSTICS copied = ROW_COUNT;
+                PERFORM nile._advance_sequences(pair.target_table);
+            END IF;
+            load_order := pair.load_order;
+            source_table := pair.source_table;
+            target_table := pair.target_table;
+            rows_copied := copied;
+            RETURN NEXT;
+        END LOOP;
+        DROP TABLE pg_temp.nile_import_plan;
+    END
+    $$;
+COMMENT ON FUNCTION nile.import_schema(name, uuid, name, boolean) IS 'nile_tenancy: copy a legacy schema-per-tenant schema''s tables into the shared tenant tables as one tenant''s rows, in foreign-key order, in one transaction';
+
+-- ---------------------------------------------------------------------------------------------------------------
+-- export_tenant(tenant_id): for every table holding tenant rows, in foreign-key order (referenced tables first), the
+-- SQL that reads exactly that tenant's rows: rows_sql (a SELECT), copy_sql (COPY ... TO STDOUT) and checksum_sql
+-- (row count and an order-independent checksum, the same text on both sides of a move). scripts/move_tenant.sh
+-- runs them. Reading the rows needs the tenant's context (or the admin context): the policies apply.
+CREATE FUNCTION nile.export_tenant(tenant_id uuid)
+    RETURNS TABLE(load_order integer, table_name regclass, tenant_column name, column_list text, rows_sql text,
+                  copy_sql text, checksum_sql text)
+    LANGUAGE plpgsql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    BEGIN
+        PERFORM nile._require_nile_admin('nile.export_tenant()');
+        IF tenant_id IS NULL THEN
+            RAISE EXCEPTION 'tenant_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        IF NOT nile._tenant_exists(tenant_id) THEN
+            RAISE EXCEPTION 'tenant % does not exist', tenant_id
+                USING ERRCODE = 'undefined_object',
+                      HINT = 'Check the id; SELECT id, name FROM nile.tenants lists the tenants (in nile.admin_context()).';
+        END IF;
+        RETURN QUERY
+        SELECT (row_number() OVER (ORDER BY o.load_order))::integer, o.relid::regclass, o.tenant_column::name, x.columns,
+               x.rows_sql, format('COPY (%s) TO STDOUT', x.rows_sql),
+               format('SELECT count(*) AS row_count, coalesce(sum((''x'' || left(md5(r::text), 15))::bit(60)::bigint), 0)::text AS checksum FROM (%s) r',
+                      x.rows_sql)
+        FROM nile._tenant_tables_in_load_order() o
+        CROSS JOIN LATERAL (
+            SELECT c.columns, format('SELECT %s FROM %s WHERE %I = %L', c.columns, o.relid::regclass, o.tenant_column,
+                                     export_tenant.tenant_id) AS rows_sql
+            FROM (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS columns
+                  FROM pg_attribute a
+                  WHERE a.attrelid = o.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') c
+        ) x
+        -- The extension's own tables (role bindings) are not user data: roles are re-bound on the other side.
+        WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
+                          WHERE d.classid = 'pg_class'::regclass AND d.objid = o.relid
+                            AND d.refclassid = 'pg_extension'::regclass AND d.deptype = 'e')
+        ORDER BY o.load_order;
+    END
+    $$;
+COMMENT ON FUNCTION nile.export_tenant(uuid) IS 'nile_tenancy: per tenant table, in foreign-key order, the SQL that reads (rows_sql), copies out (copy_sql) and checksums (checksum_sql) one tenant''s rows';
+
+CREATE FUNCTION nile._tenant_exists(tenant_id uuid)
+    RETURNS boolean
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = tenant_id) $$;
+
+-- Privileges: for administrators only.
+REVOKE ALL ON FUNCTION nile._require_nile_admin(text), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
+    nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
+    nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) FROM PUBLIC;
+REVOKE ALL ON PROCEDURE nile.for_each_tenant(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._require_nile_admin(text), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
+    nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
+    nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) TO nile_admin;
+GRANT EXECUTE ON PROCEDURE nile.for_each_tenant(text, integer) TO nile_admin;

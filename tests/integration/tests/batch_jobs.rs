@@ -1,0 +1,273 @@
+//! `nile.for_each_tenant()` over real sessions: the README's backfill, failures recorded and skipped, isolation of each
+//! tenant's run of the statement, an interrupted run resumed exactly where it stopped, a second session refused while
+//! a run is alive, and the refusals before anything runs.
+
+use nile_tenancy_integration::*;
+use std::time::{Duration, Instant};
+
+/// Ten more tenants after Acme and Globex, in id order: the ids sort after theirs.
+fn more_tenants(client: &mut postgres::Client) -> Vec<String> {
+    let ids: Vec<String> = (1..=10)
+        .map(|i| format!("0c000000-0000-7000-8000-{i:012}"))
+        .collect();
+    for (i, id) in ids.iter().enumerate() {
+        client
+            .execute(
+                "SELECT nile.create_tenant($1, $2::text::uuid)",
+                &[&format!("tenant-{}", i + 1), id],
+            )
+            .unwrap();
+    }
+    ids
+}
+
+/// The run's (status, tenants_done, tenants_failed, rows_affected).
+fn run_state(client: &mut postgres::Client, run_id: i64) -> (String, i32, i32, i64) {
+    let row = client
+        .query_one(
+            "SELECT status, tenants_done, tenants_failed, rows_affected FROM nile.for_each_tenant_runs WHERE id = $1",
+            &[&run_id],
+        )
+        .unwrap();
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+fn latest_run(client: &mut postgres::Client) -> i64 {
+    one(client, "SELECT max(id) FROM nile.for_each_tenant_runs")
+}
+
+#[test]
+fn the_backfill_runs_once_per_active_tenant_and_records_failures() {
+    let db = scenario("fet_backfill");
+    let mut su = connect(&db, "postgres");
+    let others = more_tenants(&mut su);
+    su.batch_execute(&format!(
+        "CREATE TABLE users (tenant_id uuid NOT NULL, id int NOT NULL, created_at timestamptz NOT NULL,
+                             last_login_at timestamptz, PRIMARY KEY (tenant_id, id));
+         GRANT SELECT, INSERT, UPDATE ON users TO it_app, it_admin;
+         BEGIN; SELECT nile.admin_context('test data');
+         INSERT INTO users SELECT t.id, g, '2026-01-01', NULL FROM nile.tenants t, generate_series(1, 4) g;
+         COMMIT;
+         -- tenant 3 refuses the backfill; tenant 4 is inactive and is skipped
+         CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.tenant_id = '{t3}' THEN RAISE EXCEPTION 'frozen account' USING HINT = 'ask support'; END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse BEFORE UPDATE ON users FOR EACH ROW EXECUTE FUNCTION refuse();
+         SELECT nile.deactivate_tenant('{t4}');",
+        t3 = others[2],
+        t4 = others[3],
+    ))
+    .unwrap();
+
+    let mut admin = connect(&db, "it_admin");
+    admin
+        .batch_execute(
+            "CALL nile.for_each_tenant(
+                 'UPDATE users SET last_login_at = created_at WHERE last_login_at IS NULL', batch_size => 5)",
+        )
+        .unwrap();
+    let run = latest_run(&mut admin);
+    // 12 tenants, 11 active; 10 succeed with 4 rows each.
+    assert_eq!(run_state(&mut admin, run), ("finished".into(), 11, 1, 40));
+    let failure = admin
+        .query_one(
+            "SELECT tenant_id::text, sqlstate, message, hint FROM nile.for_each_tenant_failures WHERE run_id = $1",
+            &[&run],
+        )
+        .unwrap();
+    assert_eq!(failure.get::<_, String>(0), others[2]);
+    assert_eq!(failure.get::<_, String>(1), "P0001");
+    assert_eq!(failure.get::<_, String>(2), "frozen account");
+    assert_eq!(failure.get::<_, String>(3), "ask support");
+    let left: String = one(
+        &mut su,
+        "SELECT string_agg(DISTINCT tenant_id::text, ',' ORDER BY tenant_id::text) FROM users WHERE last_login_at IS NULL",
+    );
+    assert_eq!(left, format!("{},{}", others[2], others[3]));
+    // The session is left outside any tenant context.
+    assert_eq!(
+        one::<Option<String>>(&mut admin, "SELECT nile.current_tenant()::text"),
+        None
+    );
+}
+
+#[test]
+fn each_tenant_run_of_the_statement_sees_and_writes_only_that_tenant() {
+    let db = scenario("fet_isolation");
+    let mut admin = connect(&db, "it_admin");
+    // Appends the count of rows the statement can see: each tenant sees only its own.
+    admin
+        .batch_execute(
+            "CALL nile.for_each_tenant('UPDATE projects SET name = name || ''/'' || (SELECT count(*) FROM projects)')",
+        )
+        .unwrap();
+    let mut su = connect(&db, "postgres");
+    assert_eq!(
+        one::<String>(
+            &mut su,
+            "SELECT string_agg(name, ',' ORDER BY name) FROM projects"
+        ),
+        "acme-1/2,acme-2/2,globex-1/1"
+    );
+    // Writing Acme's row works under Acme and fails under Globex: recorded, and the run goes on.
+    admin
+        .batch_execute(&format!(
+            "CALL nile.for_each_tenant('INSERT INTO projects VALUES (''{ACME}'', 99, ''acme-99'')')"
+        ))
+        .unwrap();
+    let run = latest_run(&mut admin);
+    assert_eq!(run_state(&mut admin, run), ("finished".into(), 2, 1, 1));
+    assert_eq!(
+        one::<String>(
+            &mut admin,
+            &format!("SELECT tenant_id::text || ' ' || sqlstate FROM nile.for_each_tenant_failures WHERE run_id = {run}")
+        ),
+        format!("{GLOBEX} 42501")
+    );
+    assert_eq!(
+        one::<String>(
+            &mut su,
+            "SELECT string_agg(tenant_id::text, ',') FROM projects WHERE id = 99"
+        ),
+        ACME
+    );
+    // A statement that fails for every tenant of the first batch is wrong itself: the run stops, keeping nothing.
+    let error = assert_fails(
+        admin.batch_execute("CALL nile.for_each_tenant('UPDATE projects SET nope = 1')"),
+        "42703",
+    );
+    assert!(
+        error.contains("failed for each of the first 2 tenants"),
+        "{error}"
+    );
+    let stopped = latest_run(&mut su);
+    assert_eq!(run_state(&mut su, stopped), ("stopped".into(), 0, 0, 0));
+}
+
+#[test]
+fn an_interrupted_run_resumes_after_its_last_committed_batch() {
+    let db = scenario("fet_resume");
+    let mut su = connect(&db, "postgres");
+    let others = more_tenants(&mut su);
+    let slow = &others[2]; // the 5th tenant in id order: in the second batch of 3
+    su.batch_execute(
+        "CREATE TABLE hold (on_hold boolean); INSERT INTO hold VALUES (true); GRANT SELECT ON hold TO it_admin;
+         CREATE TABLE visits (tenant_id uuid NOT NULL, at timestamptz DEFAULT clock_timestamp());
+         GRANT SELECT, INSERT ON visits TO it_admin;",
+    )
+    .unwrap();
+    let statement = format!(
+        "WITH pause AS (SELECT pg_sleep(CASE WHEN nile.current_tenant() = ''{slow}'' AND (SELECT on_hold FROM hold) THEN 60 ELSE 0 END))
+         INSERT INTO visits (tenant_id) SELECT nile.current_tenant() FROM pause"
+    );
+    let call = format!("CALL nile.for_each_tenant('{statement}', batch_size => 3)");
+
+    let mut runner = connect(&db, "it_admin");
+    let runner_pid: i32 = one(&mut runner, "SELECT pg_backend_pid()");
+    let background_call = call.clone();
+    let running = std::thread::spawn(move || outcome(runner.batch_execute(&background_call)));
+
+    // Wait until the first batch is committed and the run sleeps in the second.
+    let mut admin = connect(&db, "it_admin");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let done: Option<i32> = one(
+            &mut admin,
+            "SELECT max(tenants_done) FROM nile.for_each_tenant_runs WHERE status = 'running'",
+        );
+        let sleeping: bool = one(
+            &mut su,
+            &format!("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {runner_pid} AND wait_event = 'PgSleep')"),
+        );
+        if done == Some(3) && sleeping {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached its second batch"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // A second session cannot take over a run that is alive.
+    let refused = assert_fails(admin.batch_execute(&call), "55006");
+    assert!(refused.contains("still running"), "{refused}");
+
+    let cancelled: bool = one(&mut su, &format!("SELECT pg_cancel_backend({runner_pid})"));
+    assert!(cancelled);
+    assert!(
+        running.join().unwrap().starts_with("57014"),
+        "the CALL is cancelled"
+    );
+    let run = latest_run(&mut admin);
+    assert_eq!(
+        run_state(&mut admin, run),
+        ("running".into(), 3, 0, 3),
+        "progress is the committed batch"
+    );
+    assert_eq!(
+        one::<i64>(&mut su, "SELECT count(*) FROM visits"),
+        3,
+        "the interrupted batch left nothing"
+    );
+
+    su.batch_execute("UPDATE hold SET on_hold = false").unwrap();
+    admin.batch_execute(&call).unwrap();
+    assert_eq!(latest_run(&mut admin), run, "the same run went on");
+    assert_eq!(run_state(&mut admin, run), ("finished".into(), 12, 0, 12));
+    let (visits, tenants): (i64, i64) = {
+        let row = su
+            .query_one(
+                "SELECT count(*), count(DISTINCT tenant_id) FROM visits",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((visits, tenants), (12, 12), "every tenant exactly once");
+}
+
+#[test]
+fn for_each_tenant_refuses_before_running_anything() {
+    let db = scenario("fet_refusals");
+    let mut admin = connect(&db, "it_admin");
+    let mut app = connect(&db, "it_app");
+    for (user, call, sqlstate) in [
+        ("it_app", "CALL nile.for_each_tenant('SELECT 1')", "42501"),
+        ("it_admin", "CALL nile.for_each_tenant('  ')", "22023"),
+        (
+            "it_admin",
+            "CALL nile.for_each_tenant('SELECT 1', 0)",
+            "22023",
+        ),
+        ("it_admin", "CALL nile.for_each_tenant(NULL)", "22023"),
+        (
+            "it_admin",
+            "BEGIN; CALL nile.for_each_tenant('SELECT 1')",
+            "25001",
+        ),
+    ] {
+        let client = if user == "it_app" {
+            &mut app
+        } else {
+            &mut admin
+        };
+        assert_fails(client.batch_execute(call), sqlstate);
+        client.batch_execute("ROLLBACK").ok();
+    }
+    admin
+        .batch_execute(&format!(
+            "SELECT nile.set_tenant('{ACME}', is_local => false)"
+        ))
+        .unwrap();
+    assert_fails(
+        admin.batch_execute("CALL nile.for_each_tenant('SELECT 1')"),
+        "55000",
+    );
+    admin.batch_execute("SELECT nile.clear_tenant()").unwrap();
+    assert_eq!(
+        one::<i64>(&mut admin, "SELECT count(*) FROM nile.for_each_tenant_runs"),
+        0
+    );
+}
