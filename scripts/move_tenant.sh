@@ -21,7 +21,8 @@
 #      earlier run without --purge), nothing is loaded: running again with --purge just verifies and purges.
 #   4. With --purge, and only after step 3 committed: the source's rows are checksummed once more, compared with the
 #      target's, and the tenant is purged from the source (nile.delete_tenant(purge => true)) in the same REPEATABLE
-#      READ transaction, so that nothing written on the source after the copy can be purged unnoticed.
+#      READ transaction, so that nothing written on the source after the copy can be purged unnoticed. If that fails,
+#      the tenant stays inactive on the source (reactivating it would make it writable in both databases).
 #
 # Checksums: per table, the sum over the rows of the first 60 bits of md5(row as text), with the same session settings
 # for the text of dates, times and numbers on both sides. DIR (default: a new temporary directory, removed at the end)
@@ -89,7 +90,11 @@ restore_status() {
 }
 cleanup() {
   local rc=$?
-  if [ $rc -ne 0 ] && [ "${frozen:-false}" = true ]; then
+  if [ $rc -ne 0 ] && [ "${target_committed:-false}" = true ] && [ "${frozen:-false}" = true ]; then
+    # Reactivating now would leave the tenant writable in both databases.
+    say "the purge failed after the target committed: the tenant stays inactive on the source; purge it there, or"
+    say "reactivate it (SELECT nile.reactivate_tenant('$tenant')) and delete the target's copy"
+  elif [ $rc -ne 0 ] && [ "${frozen:-false}" = true ]; then
     say "the move failed: nothing was purged; restoring the tenant's status on the source"
     restore_status || say "could not reactivate the tenant on the source: run SELECT nile.reactivate_tenant('$tenant')"
   fi
@@ -110,6 +115,14 @@ BEGIN ISOLATION LEVEL REPEATABLE READ;
 $SESSION_SETTINGS
 SELECT nile.set_tenant(:'tenant') \g /dev/null
 CREATE TEMP TABLE nile_move_tables ON COMMIT DROP AS SELECT * FROM nile.export_tenant(:'tenant');
+-- Names travel through psql scripts, one statement a line: a line break in a name could end a line early.
+DO \$\$
+BEGIN
+    IF EXISTS (SELECT 1 FROM nile_move_tables WHERE rows_sql ~ '[[:cntrl:]]') THEN
+        RAISE EXCEPTION 'a tenant table or column name contains a control character: move_tenant.sh cannot move it safely';
+    END IF;
+END
+\$\$;
 \copy (SELECT load_order, table_name::text, column_list FROM nile_move_tables ORDER BY load_order) TO '$workdir/tables'
 SELECT format(E'\\\\copy (%s) TO %L', rows_sql, '$workdir/' || load_order || '.copy') FROM nile_move_tables ORDER BY load_order \g '$workdir/export.psql'
 \i '$workdir/export.psql'
@@ -155,10 +168,10 @@ SQL
 CREATE TEMP TABLE nile_move_$load_order ON COMMIT DROP AS SELECT $columns FROM $table WITH NO DATA;
 \copy nile_move_$load_order FROM '$workdir/$load_order.copy'
 INSERT INTO $table ($columns) OVERRIDING SYSTEM VALUE SELECT $columns FROM nile_move_$load_order;
-SELECT nile._advance_sequences('$table') \g /dev/null
 SQL
   done <"$workdir/tables"
   cat <<SQL
+SELECT nile._advance_sequences(s.table_name::regclass) FROM nile_move_source_sums s ORDER BY s.load_order \g /dev/null
 \endif
 CREATE TEMP TABLE nile_move_target_sums ON COMMIT DROP AS $checksums;
 \copy (SELECT * FROM nile_move_target_sums ORDER BY load_order) TO '$workdir/target.sums'
@@ -182,6 +195,7 @@ SQL
   echo "COMMIT;"
 } >"$workdir/import.psql"
 target_sql -v tenant_json="$tenant_json" -f "$workdir/import.psql" >&2
+target_committed=true
 say "target committed: every table's row count and checksum match the source"
 
 # 4. Purge from the source, after checking once more that its rows are still exactly what the target holds.

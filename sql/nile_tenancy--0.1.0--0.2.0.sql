@@ -116,6 +116,39 @@ CREATE FUNCTION nile._active_tenant_count(after_id uuid)
     SELECT count(*)::integer FROM nile.tenants t WHERE t.status = 'active' AND (after_id IS NULL OR t.id > after_id)
     $$;
 
+-- The two keys of the session-level advisory lock that the session working on run `run_id` holds.
+CREATE FUNCTION nile._run_lock_keys(run_id bigint)
+    RETURNS integer[]
+    LANGUAGE sql IMMUTABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT ARRAY[hashtext('nile.for_each_tenant') & 2147483647, (run_id % 2147483647)::integer] $$;
+
+-- Take that lock for this session, once (a session that holds it already keeps its single hold); false when another
+-- session holds it.
+CREATE FUNCTION nile._hold_run_lock(run_id bigint)
+    RETURNS boolean
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        keys integer[] := nile._run_lock_keys(run_id);
+    BEGIN
+        IF EXISTS (SELECT 1 FROM pg_locks l
+                   WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2 AND l.pid = pg_backend_pid()
+                     AND l.classid = keys[1]::oid AND l.objid = keys[2]::oid) THEN
+            RETURN true;
+        END IF;
+        RETURN pg_try_advisory_lock(keys[1], keys[2]);
+    END
+    $$;
+
+-- Release it at the end of the run.
+CREATE FUNCTION nile._release_run_lock(run_id bigint)
+    RETURNS void
+    LANGUAGE sql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$ SELECT pg_advisory_unlock(k[1], k[2]) FROM (SELECT nile._run_lock_keys(run_id) AS k) x $$;
+
 -- Start a run of `statement`, or resume its unfinished one; returns the run. Checks everything first.
 CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
     RETURNS nile.for_each_tenant_runs
@@ -124,7 +157,7 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
     AS $$
     DECLARE
         run nile.for_each_tenant_runs;
-        still_running boolean;
+        holder integer;
     BEGIN
         PERFORM nile._require_nile_admin('nile.for_each_tenant()');
         IF statement IS NULL OR btrim(statement) = '' THEN
@@ -152,12 +185,18 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
         ORDER BY r.id DESC LIMIT 1
         FOR UPDATE;
         IF FOUND THEN
-            still_running := run.backend_pid IS DISTINCT FROM pg_backend_pid() AND EXISTS (
-                SELECT 1 FROM pg_stat_activity a WHERE a.pid = run.backend_pid AND a.backend_start = run.backend_start);
-            IF still_running THEN
-                RAISE EXCEPTION 'run % of this statement is still running in the session with process id %', run.id, run.backend_pid
+            -- The session working on a run holds a session-level advisory lock on it until the run ends or the session
+            -- does (pg_locks shows it to every role): a run whose session is gone, or this session's own interrupted
+            -- run, is resumed; a run held by another live session is not.
+            IF NOT nile._hold_run_lock(run.id) THEN
+                holder := (SELECT l.pid FROM pg_locks l
+                           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                             AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                             AND l.classid = (nile._run_lock_keys(run.id))[1]::oid AND l.objid = (nile._run_lock_keys(run.id))[2]::oid
+                           LIMIT 1);
+                RAISE EXCEPTION 'run % of this statement is still running in the session with process id %', run.id, holder
                     USING ERRCODE = 'object_in_use',
-                          HINT = 'Wait for it to finish, or stop it with pg_cancel_backend(' || run.backend_pid || '); calling nile.for_each_tenant() again then resumes it.';
+                          HINT = format('Wait for it to finish. A run that was cancelled stays with its session until that session calls nile.for_each_tenant() again or disconnects (pg_terminate_backend(%s)); then any session resumes it.', holder);
             END IF;
             UPDATE nile.for_each_tenant_runs r
             SET batch_size = _for_each_tenant_start.batch_size,
@@ -174,6 +213,7 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
             VALUES (statement, batch_size, nile._active_tenant_count(NULL), pg_backend_pid(),
                     (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()))
             RETURNING * INTO run;
+            PERFORM nile._hold_run_lock(run.id);  -- a new run: nobody else can hold it
             RAISE NOTICE 'nile.for_each_tenant: run % over % active tenants, in batches of %',
                 run.id, run.tenants_total, run.batch_size;
         END IF;
@@ -240,6 +280,7 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
                 UPDATE nile.for_each_tenant_runs r SET status = 'stopped', backend_pid = NULL, updated_at = clock_timestamp()
                 WHERE r.id = run.id;
                 COMMIT;
+                PERFORM nile._release_run_lock(run.id);
                 RAISE EXCEPTION 'nile.for_each_tenant: the statement failed for each of the first % tenants; run % stopped',
                     cardinality(batch), run.id
                     USING ERRCODE = err_state, DETAIL = 'The last error was: ' || err_message,
@@ -261,6 +302,7 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
             tenants_total = run.tenants_done
         WHERE r.id = run.id;
         COMMIT;
+        PERFORM nile._release_run_lock(run.id);
         IF run.tenants_failed > 0 THEN
             RAISE WARNING 'nile.for_each_tenant: run % finished: % tenants, % failed, % rows affected',
                 run.id, run.tenants_done, run.tenants_failed, run.rows_affected
@@ -312,7 +354,6 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
                                    dry_run boolean DEFAULT false)
     RETURNS TABLE(load_order integer, source_table regclass, target_table regclass, rows_copied bigint)
     LANGUAGE plpgsql VOLATILE
-    -- The SET clause also ends the tenant context entered below when the function returns.
     SET search_path = pg_catalog, pg_temp
     AS $$
     DECLARE
@@ -340,6 +381,14 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
             RAISE EXCEPTION 'source_schema and target_schema are both "%"', source_schema
                 USING ERRCODE = 'invalid_parameter_value',
                       HINT = 'The source is the legacy tenant''s own schema; the target holds the shared tenant tables.';
+        END IF;
+        -- The caller must be outside any tenant context, which is where the function leaves it (a SET clause would
+        -- not end a context entered inside the function: it restores only the settings it names).
+        IF nile.current_tenant() IS NOT NULL THEN
+            RAISE EXCEPTION 'nile.import_schema() cannot run inside a tenant''s context'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'It enters the context of tenant ' || tenant_id || ' for the copy and leaves the session without one.',
+                      HINT = 'Call nile.clear_tenant() first, from a role that is not bound to a tenant.';
         END IF;
         -- Checks that the tenant exists and is not deleted, and enters its context: the tenant policies check every
         -- row written below.
@@ -472,6 +521,8 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
             RETURN NEXT;
         END LOOP;
         DROP TABLE pg_temp.nile_import_plan;
+        -- Back to no context (after an error, the rollback of the caller's transaction or savepoint does it).
+        PERFORM nile.clear_tenant();
     END
     $$;
 COMMENT ON FUNCTION nile.import_schema(name, uuid, name, boolean) IS 'nile_tenancy: copy a legacy schema-per-tenant schema''s tables into the shared tenant tables as one tenant''s rows, in foreign-key order, in one transaction';
@@ -526,11 +577,13 @@ CREATE FUNCTION nile._tenant_exists(tenant_id uuid)
     AS $$ SELECT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = tenant_id) $$;
 
 -- Privileges: for administrators only.
-REVOKE ALL ON FUNCTION nile._require_nile_admin(text), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
+REVOKE ALL ON FUNCTION nile._require_nile_admin(text), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
+    nile._release_run_lock(bigint), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
     nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
     nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE nile.for_each_tenant(text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION nile._require_nile_admin(text), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
+GRANT EXECUTE ON FUNCTION nile._require_nile_admin(text), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
+    nile._release_run_lock(bigint), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
     nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
     nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) TO nile_admin;
 GRANT EXECUTE ON PROCEDURE nile.for_each_tenant(text, integer) TO nile_admin;

@@ -40,10 +40,10 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
 }
 
 /// `nile._enter_tenant_for_routine(tenant_id uuid) RETURNS void`, for the extension's own PL/pgSQL routines
-/// (`nile.for_each_tenant()`, `nile.import_schema()`): enter the tenant until the end of the transaction, or until the
-/// calling function's `SET` clause restores the context, without `nile.set_tenant()`'s transaction-block check (a
-/// `CALL` outside `BEGIN` runs its transactions outside a block, but its routine ends them itself). Every other check
-/// applies. For members of `nile_admin` only.
+/// (`nile.for_each_tenant()`, `nile.import_schema()`): enter the tenant until the end of the transaction (or of the
+/// subtransaction, if it rolls back), without `nile.set_tenant()`'s transaction-block check (a `CALL` outside `BEGIN`
+/// runs its transactions outside a block, but the procedure ends them itself). Every other check applies. The routines
+/// leave the context with `nile.clear_tenant()` when they are done. For members of `nile_admin` only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _enter_tenant_for_routine(tenant_id: Option<Uuid>) {
     crate::privilege::require_role("nile_admin", "nile._enter_tenant_for_routine()");

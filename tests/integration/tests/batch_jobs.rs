@@ -167,10 +167,19 @@ fn an_interrupted_run_resumes_after_its_last_committed_batch() {
     let mut runner = connect(&db, "it_admin");
     let runner_pid: i32 = one(&mut runner, "SELECT pg_backend_pid()");
     let background_call = call.clone();
-    let running = std::thread::spawn(move || outcome(runner.batch_execute(&background_call)));
+    let running = std::thread::spawn(move || {
+        let result = outcome(runner.batch_execute(&background_call));
+        (result, runner)
+    });
 
-    // Wait until the first batch is committed and the run sleeps in the second.
-    let mut admin = connect(&db, "it_admin");
+    // Wait until the first batch is committed and the run sleeps in the second. The other administrator is another
+    // role: pg_stat_activity hides the runner's details from it, the run's lock does not.
+    ensure_login_role(&mut su, "it_admin2", "");
+    su.batch_execute(
+        "GRANT nile_admin TO it_admin2; GRANT SELECT ON hold TO it_admin2; GRANT SELECT, INSERT ON visits TO it_admin2",
+    )
+    .unwrap();
+    let mut admin = connect(&db, "it_admin2");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let done: Option<i32> = one(
@@ -196,10 +205,26 @@ fn an_interrupted_run_resumes_after_its_last_committed_batch() {
 
     let cancelled: bool = one(&mut su, &format!("SELECT pg_cancel_backend({runner_pid})"));
     assert!(cancelled);
+    let (result, runner) = running.join().unwrap();
     assert!(
-        running.join().unwrap().starts_with("57014"),
-        "the CALL is cancelled"
+        result.starts_with("57014"),
+        "the CALL is cancelled: {result}"
     );
+    // The cancelled run stays with its session while that session lives.
+    let refused = assert_fails(admin.batch_execute(&call), "55006");
+    assert!(refused.contains(&runner_pid.to_string()), "{refused}");
+    drop(runner);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while one::<bool>(
+        &mut su,
+        &format!("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {runner_pid})"),
+    ) {
+        assert!(
+            Instant::now() < deadline,
+            "the runner's backend never exited"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let run = latest_run(&mut admin);
     assert_eq!(
         run_state(&mut admin, run),

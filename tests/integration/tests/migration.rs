@@ -106,8 +106,25 @@ fn three_legacy_schemas_are_imported_each_as_its_tenant() {
     assert_eq!(
         one::<Option<String>>(&mut admin, "SELECT nile.current_tenant()::text"),
         None,
-        "context restored"
+        "no context left"
     );
+    // Inside a transaction too, the session is left without a context; inside a tenant's context it is refused.
+    let fresh = "1d000000-0000-7000-8000-000000000004";
+    let mut tx = admin.transaction().unwrap();
+    tx.execute(
+        "SELECT nile.create_tenant('fresh', $1::text::uuid)",
+        &[&fresh],
+    )
+    .unwrap();
+    tx.query(REPORT, &[&"acme", &fresh, &true]).unwrap();
+    assert_eq!(
+        one::<Option<String>>(&mut tx, "SELECT nile.current_tenant()::text"),
+        None
+    );
+    tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&LEGACY[1].1])
+        .unwrap();
+    assert_fails(tx.query(REPORT, &[&"acme", &fresh, &true]), "55000");
+    tx.rollback().unwrap();
     // Each tenant sees its own legacy rows only, with their legacy ids.
     let mut app = connect(&db, "it_app");
     for (i, (schema, id)) in LEGACY.iter().enumerate() {
@@ -239,6 +256,17 @@ fn failure(admin: &mut postgres::Client, schema: &str, tenant: &str) -> (String,
     )
 }
 
+/// A new, empty database `name` (the target of a move), replacing any earlier one.
+fn empty_database(name: &str) {
+    let mut postgres = connect("postgres", "postgres");
+    postgres
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .unwrap();
+    postgres
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .unwrap();
+}
+
 fn move_tenant(args: &[&str]) -> (bool, String) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/move_tenant.sh");
     let bindir =
@@ -287,13 +315,7 @@ fn a_tenant_moves_to_another_database_verified_and_then_purged() {
     ))
     .unwrap();
     let target = "it_move_target";
-    let mut postgres = connect("postgres", "postgres");
-    postgres
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {target} WITH (FORCE)"))
-        .unwrap();
-    postgres
-        .batch_execute(&format!("CREATE DATABASE {target}"))
-        .unwrap();
+    empty_database(target);
     let mut t = connect(target, "postgres");
     t.batch_execute(
         "CREATE EXTENSION nile_tenancy;
@@ -402,4 +424,60 @@ fn a_tenant_moves_to_another_database_verified_and_then_purged() {
     );
     tx.commit().unwrap();
     assert_fails(app.query("SELECT * FROM todos", &[]), "42501");
+}
+
+#[test]
+fn table_names_cannot_inject_sql_into_a_move() {
+    let source = scenario("move_names_source");
+    let target = "it_move_names_target";
+    empty_database(target);
+    // A name made to break out of a string literal in the scripts, enrolled as a tenant table on both sides.
+    let tables = r#"CREATE TABLE projects (tenant_id uuid NOT NULL, id bigint NOT NULL, name text NOT NULL, PRIMARY KEY (tenant_id, id));
+         CREATE TABLE "t'||chr(34));DROP TABLE public.victim;SELECT('" (tenant_id uuid NOT NULL, "v'); DROP TABLE public.victim; --" int);
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO it_admin;"#;
+    let mut src = connect(&source, "postgres");
+    src.batch_execute(&format!(
+        "DROP TABLE projects; {tables}
+         INSERT INTO projects VALUES ('{ACME}', 1, 'acme-1');
+         INSERT INTO \"t'||chr(34));DROP TABLE public.victim;SELECT('\" VALUES ('{ACME}', 7);
+         CREATE TABLE victim (x int)"
+    ))
+    .unwrap();
+    let mut t = connect(target, "postgres");
+    t.batch_execute(&format!(
+        "CREATE EXTENSION nile_tenancy; {tables} CREATE TABLE victim (x int);"
+    ))
+    .unwrap();
+    let (from, to) = (dsn(&source, "it_admin"), dsn(target, "it_admin"));
+    let acme_move = [
+        "--from",
+        from.as_str(),
+        "--to",
+        to.as_str(),
+        "--tenant",
+        ACME,
+    ];
+    let (ok, log) = move_tenant(&[&acme_move[..], &["--purge"]].concat());
+    assert!(ok, "{log}");
+    for client in [&mut src, &mut t] {
+        assert_eq!(
+            one::<i64>(client, "SELECT count(*) FROM victim"),
+            0,
+            "victim still there"
+        );
+    }
+    assert_eq!(
+        one::<i64>(
+            &mut t,
+            &format!("SELECT count(*) FROM \"t'||chr(34));DROP TABLE public.victim;SELECT('\" WHERE tenant_id = '{ACME}'")
+        ),
+        1
+    );
+    // A line break in a name could end a psql line early: refused before anything is copied.
+    src.batch_execute(&format!(
+        "CREATE TABLE \"line\nbreak\" (tenant_id uuid NOT NULL); SELECT nile.create_tenant('Acme', '{ACME}')"
+    ))
+    .unwrap();
+    let (ok, log) = move_tenant(&acme_move);
+    assert!(!ok && log.contains("contains a control character"), "{log}");
 }
