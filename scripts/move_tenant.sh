@@ -70,6 +70,15 @@ target_sql() { run_psql "$to" "$@"; }
 SESSION_SETTINGS="SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';
 SET LOCAL extra_float_digits = 1; SET LOCAL bytea_output = 'hex';"
 
+# A checksum file (source.sums, target.sums) as a temporary table: one row per table, as the checksum_sql of
+# nile.export_tenant() gives it.
+SUMS_COLUMNS="(load_order integer, table_name text, row_count bigint, checksum text)"
+# sums_differ A B: SQL that is true when the checksum tables A and B disagree on any table's row count or checksum.
+sums_differ() {
+  echo "EXISTS (SELECT 1 FROM $1 a FULL JOIN $2 b USING (load_order)
+               WHERE a.row_count IS DISTINCT FROM b.row_count OR a.checksum IS DISTINCT FROM b.checksum)"
+}
+
 # The tenant's row on the source, as one line of JSON.
 tenant_json=$(source_sql <<'SQL'
 BEGIN;
@@ -118,6 +127,9 @@ CREATE TEMP TABLE nile_move_tables ON COMMIT DROP AS SELECT * FROM nile.export_t
 -- Names travel through psql scripts, one statement a line: a line break in a name could end a line early.
 DO \$\$
 BEGIN
+    IF NOT EXISTS (SELECT 1 FROM nile_move_tables) THEN
+        RAISE EXCEPTION 'the source has no tenant tables';
+    END IF;
     IF EXISTS (SELECT 1 FROM nile_move_tables WHERE rows_sql ~ '[[:cntrl:]]') THEN
         RAISE EXCEPTION 'a tenant table or column name contains a control character: move_tenant.sh cannot move it safely';
     END IF;
@@ -126,16 +138,15 @@ END
 \copy (SELECT load_order, table_name::text, column_list FROM nile_move_tables ORDER BY load_order) TO '$workdir/tables'
 SELECT format(E'\\\\copy (%s) TO %L', rows_sql, '$workdir/' || load_order || '.copy') FROM nile_move_tables ORDER BY load_order \g '$workdir/export.psql'
 \i '$workdir/export.psql'
+-- Every table's row count and checksum, as one query: kept for the target (and the purge), and run here.
 SELECT string_agg(format('SELECT %s AS load_order, %L AS table_name, * FROM (%s) s', load_order, table_name::text, checksum_sql),
-                  ' UNION ALL ' ORDER BY load_order) FROM nile_move_tables \g '$workdir/checksums.sql'
-SELECT format(E'\\\\copy (%s) TO %L', string_agg(format('SELECT %s AS load_order, %L AS table_name, * FROM (%s) s', load_order,
-                                                        table_name::text, checksum_sql), ' UNION ALL ' ORDER BY load_order),
-              '$workdir/source.sums') FROM nile_move_tables \g '$workdir/source_sums.psql'
-\i '$workdir/source_sums.psql'
+                  ' UNION ALL ' ORDER BY load_order) AS checksums FROM nile_move_tables \gset
+SELECT :'checksums' \g '$workdir/checksums.sql'
+CREATE TEMP VIEW nile_move_source_sums AS :checksums;
+\copy (SELECT * FROM nile_move_source_sums) TO '$workdir/source.sums'
 COMMIT;
 SQL
 checksums=$(cat "$workdir/checksums.sql")
-[ -n "$checksums" ] || die "the source has no tenant tables"
 say "exported $(wc -l <"$workdir/tables") table(s) from the source"
 
 # 3. Import into the target, verify, and commit only if every table matches.
@@ -146,11 +157,10 @@ $SESSION_SETTINGS
 SELECT nile.create_tenant(t->>'name', id => :'tenant', metadata => (t->'metadata')::jsonb)
 FROM (SELECT :'tenant_json'::json AS t) x \g /dev/null
 SELECT nile.set_tenant(:'tenant') \g /dev/null
-CREATE TEMP TABLE nile_move_source_sums (load_order integer, table_name text, row_count bigint, checksum text) ON COMMIT DROP;
+CREATE TEMP TABLE nile_move_source_sums $SUMS_COLUMNS ON COMMIT DROP;
 \copy nile_move_source_sums FROM '$workdir/source.sums'
 CREATE TEMP TABLE nile_move_before_sums ON COMMIT DROP AS $checksums;
-SELECT NOT EXISTS (SELECT 1 FROM nile_move_source_sums s LEFT JOIN nile_move_before_sums b USING (load_order)
-                   WHERE b.row_count IS DISTINCT FROM s.row_count OR b.checksum IS DISTINCT FROM s.checksum) AS already_copied,
+SELECT NOT $(sums_differ nile_move_source_sums nile_move_before_sums) AS already_copied,
        EXISTS (SELECT 1 FROM nile_move_before_sums b WHERE b.row_count > 0) AS target_has_rows \gset
 \if :already_copied
 \warn '[move_tenant] the target already holds exactly these rows of the tenant: nothing to load'
@@ -183,8 +193,7 @@ SELECT s.table_name AS "table", s.row_count AS source_rows, t.row_count AS targe
 FROM nile_move_source_sums s LEFT JOIN nile_move_target_sums t USING (load_order) ORDER BY s.load_order;
 DO \$\$
 BEGIN
-    IF EXISTS (SELECT 1 FROM nile_move_source_sums s LEFT JOIN nile_move_target_sums t USING (load_order)
-               WHERE t.row_count IS DISTINCT FROM s.row_count OR t.checksum IS DISTINCT FROM s.checksum) THEN
+    IF $(sums_differ nile_move_source_sums nile_move_target_sums) THEN
         RAISE EXCEPTION 'row counts or checksums differ between source and target: the target transaction is rolled back'
             USING HINT = 'Does the target already hold rows of this tenant, or do the tables differ (triggers, defaults, types)?';
     END IF;
@@ -204,13 +213,12 @@ if [ "$purge" = true ]; then
 BEGIN ISOLATION LEVEL REPEATABLE READ;
 $SESSION_SETTINGS
 SELECT nile.set_tenant(:'tenant') \g /dev/null
-CREATE TEMP TABLE nile_move_target_sums (load_order integer, table_name text, row_count bigint, checksum text) ON COMMIT DROP;
+CREATE TEMP TABLE nile_move_target_sums $SUMS_COLUMNS ON COMMIT DROP;
 \copy nile_move_target_sums FROM '$workdir/target.sums'
 CREATE TEMP TABLE nile_move_source_sums ON COMMIT DROP AS $checksums;
 DO \$\$
 BEGIN
-    IF EXISTS (SELECT 1 FROM nile_move_target_sums t FULL JOIN nile_move_source_sums s USING (load_order)
-               WHERE t.row_count IS DISTINCT FROM s.row_count OR t.checksum IS DISTINCT FROM s.checksum) THEN
+    IF $(sums_differ nile_move_target_sums nile_move_source_sums) THEN
         RAISE EXCEPTION 'the tenant''s rows on the source changed after they were copied: nothing is purged'
             USING HINT = 'The tenant exists on both sides now; compare them, then purge by hand or move again.';
     END IF;

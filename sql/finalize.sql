@@ -98,7 +98,8 @@ GRANT EXECUTE ON FUNCTION
     nile.verify(), nile._protection_problems(regclass),
     nile.reset_usage(uuid), nile.flush_usage(),
     -- what the routines of sql/lifecycle.sql call
-    nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text), nile._tenant_tables_in_load_order()
+    nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text), nile._tenant_tables_in_load_order(),
+    nile._require_nile_admin(text)
     TO nile_admin;
 
 -- Usage metering (src/usage_store.rs, src/usage_hooks.rs). Every tenant's figures are for nile_admin and pg_monitor;

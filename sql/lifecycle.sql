@@ -4,7 +4,8 @@
 --
 -- Everything here runs with the caller's rights and, while it touches tenant rows, in the tenant's context, so the
 -- tenant policies check every row it reads or writes. The Rust helpers it calls are in src/context.rs
--- (nile._enter_tenant_for_routine, nile._require_no_transaction_block) and src/tenants.rs
+-- (nile._enter_tenant_for_routine, nile._require_no_transaction_block), src/privilege.rs (nile._require_nile_admin,
+-- which the routines call themselves in case EXECUTE on them is granted further) and src/tenants.rs
 -- (nile._tenant_tables_in_load_order).
 
 -- ---------------------------------------------------------------------------------------------------------------
@@ -49,21 +50,6 @@ GRANT SELECT ON nile.for_each_tenant_runs, nile.for_each_tenant_failures TO pg_m
 SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_runs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_failures', '');
-
--- Raise 42501 unless the current user has nile_admin's privileges: the routines below check it themselves, in case
--- EXECUTE on them is granted further.
-CREATE FUNCTION nile._require_nile_admin(routine text)
-    RETURNS void
-    LANGUAGE plpgsql STABLE
-    SET search_path = pg_catalog, pg_temp
-    AS $$
-    BEGIN
-        IF NOT pg_has_role('nile_admin', 'USAGE') THEN
-            RAISE EXCEPTION 'permission denied: % requires membership in role nile_admin', routine
-                USING ERRCODE = 'insufficient_privilege', HINT = 'A superuser can run GRANT nile_admin TO <role>.';
-        END IF;
-    END
-    $$;
 
 -- The active tenants after `after` (all of them when NULL), in id order: nile.tenants is row-level secured, and
 -- nile.for_each_tenant() lists them outside any tenant context.
@@ -127,6 +113,7 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
     DECLARE
         run nile.for_each_tenant_runs;
         holder integer;
+        my_start timestamptz := (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid());
     BEGIN
         PERFORM nile._require_nile_admin('nile.for_each_tenant()');
         IF statement IS NULL OR btrim(statement) = '' THEN
@@ -171,7 +158,7 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
             SET batch_size = _for_each_tenant_start.batch_size,
                 tenants_total = r.tenants_done + nile._active_tenant_count(r.last_tenant_id),
                 backend_pid = pg_backend_pid(),
-                backend_start = (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()),
+                backend_start = my_start,
                 updated_at = clock_timestamp()
             WHERE r.id = run.id
             RETURNING * INTO run;
@@ -179,8 +166,7 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
                 run.id, run.tenants_done, run.tenants_total, run.tenants_failed;
         ELSE
             INSERT INTO nile.for_each_tenant_runs (statement, batch_size, tenants_total, backend_pid, backend_start)
-            VALUES (statement, batch_size, nile._active_tenant_count(NULL), pg_backend_pid(),
-                    (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid()))
+            VALUES (statement, batch_size, nile._active_tenant_count(NULL), pg_backend_pid(), my_start)
             RETURNING * INTO run;
             PERFORM nile._hold_run_lock(run.id);  -- a new run: nobody else can hold it
             RAISE NOTICE 'nile.for_each_tenant: run % over % active tenants, in batches of %',
@@ -285,6 +271,19 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
 COMMENT ON PROCEDURE nile.for_each_tenant(text, integer) IS 'nile_tenancy: run a statement under every active tenant''s context, committing per batch; failures go to nile.for_each_tenant_failures; resumable';
 
 -- ---------------------------------------------------------------------------------------------------------------
+-- The columns of `tbl` that an INSERT can write (not dropped, not generated), quoted, in table order, without
+-- `leave_out`: what nile.import_schema() copies and nile.export_tenant() reads.
+CREATE FUNCTION nile._insertable_columns(tbl regclass, leave_out name DEFAULT NULL)
+    RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+    FROM pg_attribute a
+    WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
+      AND a.attname IS DISTINCT FROM leave_out
+    $$;
+
 -- After rows were copied in with their own values, move the sequences behind the table's serial and identity columns
 -- past the highest value the caller can see, so that the next default does not collide with a copied row.
 CREATE FUNCTION nile._advance_sequences(tbl regclass)
@@ -330,6 +329,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
         target_oid oid;
         problems text[] := '{}';
         first_code text;
+        mismatched_tables regclass[];
         pair record;
         copied bigint;
         foreign_rows bigint;
@@ -368,21 +368,24 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
                       HINT = 'Reactivate it first with nile.reactivate_tenant().';
         END IF;
 
+        -- One row per source table; insert_sql ($1: the tenant) is planned below to check the types, then run.
         CREATE TEMP TABLE pg_temp.nile_import_plan (
             source_table regclass, target_table regclass, tenant_column name, load_order integer,
-            source_has_tenant_column boolean, columns text
+            source_has_tenant_column boolean, insert_sql text
         ) ON COMMIT DROP;
         INSERT INTO pg_temp.nile_import_plan
         SELECT s.oid::regclass, t.oid::regclass, e.tenant_column, o.load_order,
                EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = s.oid AND a.attname = e.tenant_column
                        AND a.attnum > 0 AND NOT a.attisdropped),
-               (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
-                WHERE a.attrelid = s.oid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
-                  AND a.attname <> e.tenant_column)
+               CASE WHEN e.tenant_column IS NOT NULL THEN
+                   format('INSERT INTO %s (%s%I) OVERRIDING SYSTEM VALUE SELECT %s$1 FROM %s', t.oid::regclass,
+                          coalesce(c.columns || ', ', ''), e.tenant_column, coalesce(c.columns || ', ', ''), s.oid::regclass)
+               END
         FROM pg_class s
         LEFT JOIN pg_class t ON t.relnamespace = target_oid AND t.relname = s.relname AND t.relkind IN ('r', 'p')
         LEFT JOIN nile.tenant_tables e ON e.relid = t.oid::regclass
         LEFT JOIN nile._tenant_tables_in_load_order() o ON o.relid = t.oid
+        CROSS JOIN LATERAL (SELECT nile._insertable_columns(s.oid::regclass, e.tenant_column) AS columns) c
         WHERE s.relnamespace = source_oid AND s.relkind IN ('r', 'p') AND NOT s.relispartition;
 
         IF NOT EXISTS (SELECT 1 FROM pg_temp.nile_import_plan) THEN
@@ -391,17 +394,18 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
 
         -- Every problem, before anything is written: a missing or unenrolled target table, a source column the
         -- target lacks or cannot take, a required target column the source cannot fill.
-        SELECT array_agg(p.problem ORDER BY p.kind, p.problem), (array_agg(p.code ORDER BY p.kind, p.problem))[1]
-        INTO problems, first_code
+        SELECT array_agg(p.problem ORDER BY p.kind, p.problem), (array_agg(p.code ORDER BY p.kind, p.problem))[1],
+               array_agg(DISTINCT p.source_table) FILTER (WHERE p.kind = 3)
+        INTO problems, first_code, mismatched_tables
         FROM (
-            SELECT 1 AS kind, format('table %s has no table %I.%I to go to', p.source_table, target_schema,
+            SELECT 1 AS kind, p.source_table, format('table %s has no table %I.%I to go to', p.source_table, target_schema,
                                      (SELECT c.relname FROM pg_class c WHERE c.oid = p.source_table)) AS problem, '42P01' AS code
             FROM pg_temp.nile_import_plan p WHERE p.target_table IS NULL
             UNION ALL
-            SELECT 2, format('table %s is not a tenant table', p.target_table), '55000'
+            SELECT 2, p.source_table, format('table %s is not a tenant table', p.target_table), '55000'
             FROM pg_temp.nile_import_plan p WHERE p.target_table IS NOT NULL AND p.tenant_column IS NULL
             UNION ALL
-            SELECT 3, CASE
+            SELECT 3, p.source_table, CASE
                        WHEN ta.attname IS NULL THEN format('column %s.%I has no column of that name in %s', p.source_table, sa.attname, p.target_table)
                        ELSE format('column %s.%I is a generated column', p.target_table, ta.attname)
                    END,
@@ -413,7 +417,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
                                      AND NOT ta.attisdropped
             WHERE p.tenant_column IS NOT NULL AND (ta.attname IS NULL OR ta.attgenerated <> '')
             UNION ALL
-            SELECT 4, format('column %s.%I is NOT NULL without a default, and %s has no such column', p.target_table,
+            SELECT 4, p.source_table, format('column %s.%I is NOT NULL without a default, and %s has no such column', p.target_table,
                           ta.attname, p.source_table), '23502'
             FROM pg_temp.nile_import_plan p
             JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attnum > 0 AND NOT ta.attisdropped
@@ -428,12 +432,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
         FOR pair IN
             SELECT * FROM pg_temp.nile_import_plan p
             WHERE p.tenant_column IS NOT NULL
-              AND NOT EXISTS (  -- already reported above
-                  SELECT 1 FROM pg_attribute sa
-                  LEFT JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attname = sa.attname AND ta.attnum > 0
-                                           AND NOT ta.attisdropped
-                  WHERE sa.attrelid = p.source_table AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
-                    AND sa.attname <> p.tenant_column AND (ta.attname IS NULL OR ta.attgenerated <> ''))
+              AND p.source_table <> ALL (coalesce(mismatched_tables, '{}'))  -- already reported above
         LOOP
             -- The tenant must not have rows there yet: importing twice would duplicate or collide.
             EXECUTE format('SELECT count(*) FROM %s WHERE %I = $1', pair.target_table, pair.tenant_column)
@@ -444,9 +443,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
                 first_code := coalesce(first_code, '55000');
             END IF;
             BEGIN
-                EXECUTE format('EXPLAIN (COSTS OFF) INSERT INTO %s (%s%s) OVERRIDING SYSTEM VALUE SELECT %s%s FROM %s',
-                               pair.target_table, coalesce(pair.columns || ', ', ''), quote_ident(pair.tenant_column),
-                               coalesce(pair.columns || ', ', ''), quote_literal(tenant_id) || '::uuid', pair.source_table);
+                EXECUTE 'EXPLAIN (COSTS OFF) ' || pair.insert_sql USING tenant_id;
             EXCEPTION WHEN OTHERS THEN
                 problems := coalesce(problems, '{}') || format('%s cannot be copied into %s: %s', pair.source_table,
                                                                 pair.target_table, SQLERRM);
@@ -476,10 +473,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
             IF dry_run THEN
                 EXECUTE format('SELECT count(*) FROM %s', pair.source_table) INTO copied;
             ELSE
-                EXECUTE format('INSERT INTO %s (%s%s) OVERRIDING SYSTEM VALUE SELECT %s%s FROM %s',
-                               pair.target_table, coalesce(pair.columns || ', ', ''), quote_ident(pair.tenant_column),
-                               coalesce(pair.columns || ', ', ''), '$1', pair.source_table)
-                    USING tenant_id;
+                EXECUTE pair.insert_sql USING tenant_id;
                 GET DIAGNOSTICS copied = ROW_COUNT;
                 PERFORM nile._advance_sequences(pair.target_table);
             END IF;
@@ -526,9 +520,7 @@ CREATE FUNCTION nile.export_tenant(tenant_id uuid)
         CROSS JOIN LATERAL (
             SELECT c.columns, format('SELECT %s FROM %s WHERE %I = %L', c.columns, o.relid::regclass, o.tenant_column,
                                      export_tenant.tenant_id) AS rows_sql
-            FROM (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) AS columns
-                  FROM pg_attribute a
-                  WHERE a.attrelid = o.relid AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = '') c
+            FROM (SELECT nile._insertable_columns(o.relid::regclass) AS columns) c
         ) x
         -- The extension's own tables (role bindings) are not user data: roles are re-bound on the other side.
         WHERE NOT EXISTS (SELECT 1 FROM pg_depend d
@@ -546,12 +538,12 @@ CREATE FUNCTION nile._tenant_exists(tenant_id uuid)
     AS $$ SELECT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = tenant_id) $$;
 
 -- Privileges: for administrators only.
-REVOKE ALL ON FUNCTION nile._require_nile_admin(text), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
+REVOKE ALL ON FUNCTION nile._insertable_columns(regclass, name), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
     nile._release_run_lock(bigint), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
     nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
     nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) FROM PUBLIC;
 REVOKE ALL ON PROCEDURE nile.for_each_tenant(text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION nile._require_nile_admin(text), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
+GRANT EXECUTE ON FUNCTION nile._insertable_columns(regclass, name), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
     nile._release_run_lock(bigint), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
     nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
     nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) TO nile_admin;

@@ -34,6 +34,13 @@ pub fn require_role(role: &str, what: &str) {
     }
 }
 
+/// `nile._require_nile_admin(routine text) RETURNS void`: `require_role("nile_admin", routine)` for the extension's
+/// PL/pgSQL routines (sql/lifecycle.sql).
+#[pg_extern(stable, parallel_safe)]
+fn _require_nile_admin(routine: &str) {
+    require_role("nile_admin", routine);
+}
+
 /// Is this backend inside an explicit transaction block (BEGIN ... COMMIT)?
 pub fn in_transaction_block() -> bool {
     // SAFETY: reads transaction state; valid in any backend.

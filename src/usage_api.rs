@@ -72,7 +72,8 @@ fn usage_row(key: &UsageKey, v: &CounterValues) -> UsageRow {
     )
 }
 
-fn this_database() -> pg_sys::Oid {
+/// The database this backend is connected to.
+pub(crate) fn this_database() -> pg_sys::Oid {
     // SAFETY: reads the backend's database id.
     unsafe { pg_sys::MyDatabaseId }
 }

@@ -10,7 +10,7 @@
 
 use crate::errors::{OrInternal, Problem};
 use crate::privilege::require_role;
-use crate::usage_api::{count, ms};
+use crate::usage_api::{count, ms, this_database};
 use crate::usage_store::{self, CounterValues, FlushView, RowKind, UsageKey};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -87,11 +87,6 @@ fn open_periods(database: pg_sys::Oid, now: i64) -> Vec<(Period, FlushView)> {
             })
         })
         .collect()
-}
-
-fn this_database() -> pg_sys::Oid {
-    // SAFETY: reads the backend's database id.
-    unsafe { pg_sys::MyDatabaseId }
 }
 
 fn now() -> i64 {

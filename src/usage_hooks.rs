@@ -156,8 +156,7 @@ fn tracking() -> bool {
 
 /// The row a statement starting now counts in.
 fn current_key() -> UsageKey {
-    // SAFETY: reads the backend's database id.
-    let database = unsafe { pg_sys::MyDatabaseId };
+    let database = crate::usage_api::this_database();
     if gucs::admin_in_force() {
         return UsageKey::new(database, RowKind::Admin, None);
     }
