@@ -44,8 +44,9 @@ chart_python() {
   if [ "$(cat "$venv/.requirements" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
     echo "[bench] installing matplotlib into $venv (bench/requirements.txt)" >&2
     rm -rf "$venv"
-    python3 -m venv "$venv" >&2
-    "$venv/bin/pip" install --quiet --require-hashes --only-binary=:all: --no-deps -r bench/requirements.txt >&2
+    python3 -m venv "$venv" >&2 || return 1
+    "$venv/bin/pip" install --quiet --require-hashes --only-binary=:all: --no-deps -r bench/requirements.txt >&2 \
+      || return 1
     echo "$want" >"$venv/.requirements"
   fi
   echo "$venv/bin/python"

@@ -23,7 +23,7 @@ log() { printf '[install] %s\n' "$*" >&2; }
 setup_line=$(scripts/setup.sh "$major")
 read -r _ _ pristine <<<"$setup_line"
 mkdir -p "$(dirname "$tree")"
-tree=$(cd "$(dirname "$tree")" && pwd)/$(basename "$tree")
+tree=$(cd "$(dirname "$tree")" && pwd -P)/$(basename "$tree")   # pg_config reports real paths
 if [ "$(cat "$tree/.source" 2>/dev/null)" != "$(cat "$pristine/.complete")" ]; then
   log "PostgreSQL $major install tree $tree (a copy of $pristine)"
   # Removing files never disturbs a server still running from an older tree: it keeps its mapped copies.

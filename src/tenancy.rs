@@ -12,7 +12,7 @@
 
 use crate::ddl_events::{own_ddl, running_user_code};
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
-use crate::privilege::{as_extension_owner, as_table_owner, require_role};
+use crate::privilege::{as_extension_owner, as_table_owner, require_role, with_safe_search_path};
 use crate::spi_util::{execute, first_value, required_column};
 use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
@@ -157,7 +157,9 @@ pub fn check_can_enroll(facts: &TableFacts, action: &str) {
 fn checked_table(tbl: Option<pg_sys::Oid>, action: &str) -> (pg_sys::Oid, TableFacts) {
     require_role("nile_admin", &format!("nile.{action}_tenancy()"));
     let relid = require_not_null(tbl, "tbl");
-    let facts = Spi::connect(|client| table_facts(client, relid));
+    // The caller's rights (ownership is checked), but not the caller's search_path: an overload planted in one of its
+    // schemas must not run here (tests/integration/tests/attacks.rs, hijack_search_path_of_enable_and_disable_tenancy).
+    let facts = with_safe_search_path(|| Spi::connect(|client| table_facts(client, relid)));
     check_can_enroll(&facts, action);
     (relid, facts)
 }

@@ -1379,3 +1379,41 @@ fn own_objects_usage_views() {
         ACME
     );
 }
+
+/// Issue 17, finding 3: an overload planted in a schema on the administrator's search_path must not run while
+/// `nile.enable_tenancy()` / `nile.disable_tenancy()` read the table's catalog entry. `format(text, name, name)`
+/// matches the catalog query's `format('%I.%I', nspname, relname)` better than `pg_catalog.format(text, VARIADIC
+/// "any")`, so before the fix it ran with the caller's rights (here a superuser's) on every call.
+#[test]
+fn hijack_search_path_of_enable_and_disable_tenancy() {
+    let mut s = Siege::new("search_path_format");
+    let mut c = s.attacker();
+    c.batch_execute(
+        "CREATE TABLE public.loot (who text, superuser text);
+         GRANT INSERT ON public.loot TO PUBLIC;
+         CREATE FUNCTION public.format(text, name, name) RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO public.loot VALUES (current_user, current_setting('is_superuser'));
+             RETURN pg_catalog.format($1, $2, $3);
+         END $$;",
+    )
+    .unwrap();
+    s.su.batch_execute(
+        "SET search_path = \"$user\", public;
+         SET nile.auto_enable = off;
+         CREATE TABLE public.invoices (tenant_id uuid NOT NULL, id bigint NOT NULL, PRIMARY KEY (tenant_id, id));
+         SELECT nile.enable_tenancy('public.invoices');
+         SELECT nile.disable_tenancy('public.invoices');
+         SELECT nile.enable_tenancy('public.invoices');",
+    )
+    .unwrap();
+    let fired: i64 = one(&mut s.su, "SELECT count(*) FROM public.loot");
+    assert_eq!(fired, 0, "the planted format() ran inside enable/disable_tenancy");
+    // The table is enrolled as asked.
+    let enrolled: bool = one(
+        &mut s.su,
+        "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = 'public.invoices'::regclass)",
+    );
+    assert!(enrolled);
+    s.assert_globex_intact();
+}
