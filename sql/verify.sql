@@ -177,6 +177,22 @@ CREATE FUNCTION nile.verify()
                    LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[n])
           AND NOT EXISTS (SELECT 1 FROM pg_inherits ih WHERE ih.inhrelid = i.indexrelid)
 
+        -- Exclusion constraints that do not compare the tenant column with =: a conflict (23P01) tells one tenant that
+        -- another tenant has a row there, e.g. a booking of the same room at the same time. (Partitions' copies of a
+        -- partitioned table's constraint are reported once, on the partitioned table.)
+        UNION ALL
+        SELECT 'warning', format('constraint %I on %s', k.conname, e.name),
+               'exclusion constraint without the tenant column compared with =: a conflict error tells one tenant that another tenant''s row exists',
+               format('ALTER TABLE %s DROP CONSTRAINT %I, ADD CONSTRAINT %I %s;  -- uuid in a gist index needs the btree_gist extension',
+                      e.name, k.conname, k.conname,
+                      regexp_replace(pg_get_constraintdef(k.oid), 'USING (\w+) \(', 'USING \1 (' || quote_ident(e.col) || ' WITH =, '))
+        FROM enrolled e
+        JOIN pg_constraint k ON k.conrelid = e.relid AND k.contype = 'x' AND k.conparentid = 0
+        WHERE e.attnum IS NOT NULL
+          AND NOT EXISTS (SELECT 1 FROM generate_subscripts(k.conkey, 1) n
+                          JOIN pg_operator o ON o.oid = k.conexclop[n]
+                          WHERE k.conkey[n] = e.attnum AND o.oprname = '=')
+
         -- Foreign keys between tenant tables without the tenant column: a row can point at another tenant's row.
         UNION ALL
         SELECT 'warning', format('constraint %I on %s', k.conname, e.name),

@@ -1244,6 +1244,37 @@ fn covert_channel_unique_key() {
 }
 
 #[test]
+fn covert_channel_exclusion_constraint() {
+    let mut s = Siege::new("exclusion_channel");
+    s.su.batch_execute(&format!(
+        "CREATE EXTENSION btree_gist;
+         CREATE TABLE bookings (tenant_id uuid NOT NULL, room int NOT NULL, during tsrange NOT NULL,
+                                CONSTRAINT bookings_room_excl EXCLUDE USING gist (room WITH =, during WITH &&));
+         GRANT SELECT, INSERT ON bookings TO it_attacker;
+         INSERT INTO bookings VALUES ('{GLOBEX}', 7, '[2026-12-24 09:00, 2026-12-24 17:00)');"
+    ))
+    .unwrap();
+    let mut c = s.attacker();
+    let probe =
+        "INSERT INTO bookings (room, during) VALUES (7, '[2026-12-24 10:00, 2026-12-24 11:00)')";
+    // The channel: a conflict tells Acme that some tenant has room 7 booked then (issue 17: verify() said nothing).
+    let got = assert_fails(c.batch_execute(probe), "23P01");
+    assert!(!leaks(&got), "{got}");
+    assert!(s
+        .finding("constraint bookings_room_excl%")
+        .contains("exclusion constraint without the tenant column"));
+    // The fix verify() gives closes it: the same insert now succeeds, and tells nothing.
+    let fix: String = one(
+        &mut s.su,
+        "SELECT fix FROM nile.verify() WHERE object LIKE 'constraint bookings_room_excl%'",
+    );
+    s.su.batch_execute(&fix).unwrap();
+    c.batch_execute(probe).unwrap();
+    assert_eq!(s.finding("constraint bookings_room_excl%"), "");
+    s.assert_globex_intact();
+}
+
+#[test]
 fn covert_channel_foreign_key() {
     let mut s = Siege::new("foreign_key_channel");
     s.su.batch_execute(&format!(
@@ -1408,7 +1439,10 @@ fn hijack_search_path_of_enable_and_disable_tenancy() {
     )
     .unwrap();
     let fired: i64 = one(&mut s.su, "SELECT count(*) FROM public.loot");
-    assert_eq!(fired, 0, "the planted format() ran inside enable/disable_tenancy");
+    assert_eq!(
+        fired, 0,
+        "the planted format() ran inside enable/disable_tenancy"
+    );
     // The table is enrolled as asked.
     let enrolled: bool = one(
         &mut s.su,

@@ -81,6 +81,22 @@ fn the_backfill_runs_once_per_active_tenant_and_records_failures() {
     assert_eq!(failure.get::<_, String>(1), "P0001");
     assert_eq!(failure.get::<_, String>(2), "frozen account");
     assert_eq!(failure.get::<_, String>(3), "ask support");
+    // The failures' texts can quote a tenant's values: nile_admin only. A monitoring role sees the runs, not them
+    // (issue 17: pg_monitor could read them).
+    ensure_login_role(&mut su, "it_monitor", "");
+    su.batch_execute("GRANT pg_monitor TO it_monitor").unwrap();
+    let mut monitor = connect(&db, "it_monitor");
+    assert_fails(
+        monitor.batch_execute("SELECT * FROM nile.for_each_tenant_failures"),
+        "42501",
+    );
+    assert_eq!(
+        one::<i64>(
+            &mut monitor,
+            "SELECT count(*) FROM nile.for_each_tenant_runs"
+        ),
+        1
+    );
     let left: String = one(
         &mut su,
         "SELECT string_agg(DISTINCT tenant_id::text, ',' ORDER BY tenant_id::text) FROM users WHERE last_login_at IS NULL",

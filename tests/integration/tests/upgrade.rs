@@ -1,10 +1,9 @@
-//! Upgrades: a database made with the previous release (0.1.0, its install script kept in tests/upgrade/ and installed
-//! by scripts/test.sh), filled with tenants and rows, `ALTER EXTENSION nile_tenancy UPDATE`: the data and the isolation
-//! are intact, the new functions work, and the catalog is exactly what a fresh `CREATE EXTENSION` of this release makes.
+//! Upgrades: a database made with an earlier release (0.1.0 or 0.2.0, their install scripts kept in tests/upgrade/
+//! and installed by scripts/install.sh), filled with tenants and rows, `ALTER EXTENSION nile_tenancy UPDATE` (from
+//! 0.1.0 through every upgrade script in between): the data and the isolation are intact, the new functions work, and
+//! the catalog is exactly what a fresh `CREATE EXTENSION` of this release makes.
 
 use nile_tenancy_integration::*;
-
-const PREVIOUS: &str = "0.1.0";
 
 /// This release: the version in the extension's Cargo.toml.
 fn current_version() -> String {
@@ -66,17 +65,25 @@ SELECT string_agg(line, E'\n' ORDER BY line) FROM (
 
 #[test]
 fn an_upgraded_database_keeps_its_data_and_isolation_and_matches_a_fresh_install() {
+    upgrade_from("0.1.0", "it_upgrade");
+}
+
+#[test]
+fn a_database_of_the_last_release_upgrades_and_matches_a_fresh_install() {
+    upgrade_from("0.2.0", "it_upgrade_020");
+}
+
+fn upgrade_from(previous: &str, db: &str) {
     let current = current_version();
     let mut su = connect("postgres", "postgres");
     let available: i64 = one(
         &mut su,
-        &format!("SELECT count(*) FROM pg_available_extension_versions WHERE name = 'nile_tenancy' AND version IN ('{PREVIOUS}', '{current}')"),
+        &format!("SELECT count(*) FROM pg_available_extension_versions WHERE name = 'nile_tenancy' AND version IN ('{previous}', '{current}')"),
     );
-    assert_eq!(available, 2, "nile_tenancy {PREVIOUS} and {current} must both be installed (scripts/test.sh copies tests/upgrade/*.sql)");
+    assert_eq!(available, 2, "nile_tenancy {previous} and {current} must both be installed (scripts/install.sh copies tests/upgrade/*.sql)");
     ensure_login_role(&mut su, "it_app", "");
     ensure_login_role(&mut su, "it_admin", "");
     ensure_login_role(&mut su, "it_bound_upgrade", "");
-    let db = "it_upgrade";
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .unwrap();
     su.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
@@ -85,7 +92,7 @@ fn an_upgraded_database_keeps_its_data_and_isolation_and_matches_a_fresh_install
     // admin audit row, usage history.
     let mut old = connect(db, "postgres");
     old.batch_execute(&format!(
-        "CREATE EXTENSION nile_tenancy VERSION '{PREVIOUS}';
+        "CREATE EXTENSION nile_tenancy VERSION '{previous}';
          GRANT nile_app TO it_app; GRANT nile_admin TO it_admin;
          SELECT nile.create_tenant('Acme', '{ACME}'), nile.create_tenant('Globex', '{GLOBEX}');
          CREATE TABLE projects (tenant_id uuid NOT NULL, id bigint NOT NULL, name text NOT NULL, PRIMARY KEY (tenant_id, id));
@@ -110,7 +117,7 @@ fn an_upgraded_database_keeps_its_data_and_isolation_and_matches_a_fresh_install
             &mut old,
             "SELECT extversion FROM pg_extension WHERE extname = 'nile_tenancy'"
         ),
-        PREVIOUS
+        previous
     );
     let counts = "SELECT (SELECT count(*) FROM nile.tenants) || ' ' || (SELECT count(*) FROM nile.tenant_tables) || ' '
                   || (SELECT count(*) FROM nile.excluded_tables) || ' ' || (SELECT count(*) FROM nile.role_bindings) || ' '
@@ -185,7 +192,7 @@ fn an_upgraded_database_keeps_its_data_and_isolation_and_matches_a_fresh_install
     );
 
     // The upgraded catalog is exactly a fresh install's.
-    let fresh = "it_upgrade_fresh";
+    let fresh = &format!("{db}_fresh");
     su.batch_execute(&format!("DROP DATABASE IF EXISTS {fresh} WITH (FORCE)"))
         .unwrap();
     su.batch_execute(&format!("CREATE DATABASE {fresh}"))

@@ -65,6 +65,20 @@ CREATE UNIQUE INDEX tasks_id_idx ON tasks (id);
 SELECT * FROM nile.verify();
 ROLLBACK TO SAVEPOINT s;
 
+-- An exclusion constraint that does not compare the tenant column with = (a conflict tells one tenant that another
+-- tenant's row exists); one that does is fine.
+SAVEPOINT s;
+ALTER TABLE tasks ADD COLUMN during tsrange;
+ALTER TABLE tasks ADD CONSTRAINT tasks_during_excl EXCLUDE USING gist (during WITH &&);
+SELECT * FROM nile.verify();
+ROLLBACK TO SAVEPOINT s;
+SAVEPOINT s;
+CREATE EXTENSION btree_gist;
+ALTER TABLE tasks ADD COLUMN during tsrange;
+ALTER TABLE tasks ADD CONSTRAINT tasks_during_excl EXCLUDE USING gist (tenant_id WITH =, during WITH &&);
+SELECT count(*) AS findings FROM nile.verify();
+ROLLBACK TO SAVEPOINT s;
+
 -- A foreign key between tenant tables without the tenant column.
 SAVEPOINT s;
 ALTER TABLE tasks ADD CONSTRAINT tasks_project_fk FOREIGN KEY (project_id) REFERENCES projects (id);
