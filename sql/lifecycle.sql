@@ -182,6 +182,10 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
 -- committing after every `batch_size` tenants. A tenant whose statement fails is recorded in
 -- nile.for_each_tenant_failures and the run goes on; calling it again with the same statement after an interruption
 -- resumes after the last committed batch.
+--
+-- A procedure that commits cannot have SET search_path, so it runs in the caller's search_path: every function and
+-- operator of its own is schema-qualified (an overload planted in a schema on that path, such as cardinality(uuid[])
+-- or /(integer, numeric), would otherwise beat pg_catalog's). Only `statement` itself is the caller's SQL.
 CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT 100)
     LANGUAGE plpgsql
     AS $$
@@ -191,7 +195,7 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
         tenant uuid;
         affected bigint;
         succeeded_in_run boolean;
-        started timestamptz := clock_timestamp();
+        started timestamptz := pg_catalog.clock_timestamp();
         done_now integer := 0;
         failed_in_batch integer;
         err_state text;
@@ -201,10 +205,10 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
     BEGIN
         run := nile._for_each_tenant_start(statement, batch_size);
         COMMIT;
-        succeeded_in_run := run.tenants_done > run.tenants_failed;
+        succeeded_in_run := run.tenants_done OPERATOR(pg_catalog.>) run.tenants_failed;
         LOOP
             batch := ARRAY(SELECT nile._active_tenants_after(run.last_tenant_id, run.batch_size));
-            EXIT WHEN cardinality(batch) = 0;
+            EXIT WHEN pg_catalog.cardinality(batch) OPERATOR(pg_catalog.=) 0;
             failed_in_batch := 0;
             FOREACH tenant IN ARRAY batch LOOP
                 BEGIN
@@ -212,58 +216,62 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
                     EXECUTE statement;
                     GET DIAGNOSTICS affected = ROW_COUNT;
                     PERFORM nile.clear_tenant();
-                    run.rows_affected := run.rows_affected + affected;
+                    run.rows_affected := run.rows_affected OPERATOR(pg_catalog.+) affected;
                     succeeded_in_run := true;
                 EXCEPTION WHEN OTHERS THEN
                     -- The tenant's changes and its context are rolled back with the block.
                     GET STACKED DIAGNOSTICS err_state = RETURNED_SQLSTATE, err_message = MESSAGE_TEXT,
                                             err_detail = PG_EXCEPTION_DETAIL, err_hint = PG_EXCEPTION_HINT;
                     INSERT INTO nile.for_each_tenant_failures (run_id, tenant_id, sqlstate, message, detail, hint)
-                    VALUES (run.id, tenant, err_state, err_message, nullif(err_detail, ''), nullif(err_hint, ''))
+                    VALUES (run.id, tenant, err_state, err_message,
+                            CASE WHEN err_detail OPERATOR(pg_catalog.=) '' THEN NULL ELSE err_detail END,
+                            CASE WHEN err_hint OPERATOR(pg_catalog.=) '' THEN NULL ELSE err_hint END)
                     ON CONFLICT (run_id, tenant_id) DO UPDATE
                         SET sqlstate = excluded.sqlstate, message = excluded.message, detail = excluded.detail,
                             hint = excluded.hint, failed_at = excluded.failed_at;
-                    run.tenants_failed := run.tenants_failed + 1;
-                    failed_in_batch := failed_in_batch + 1;
+                    run.tenants_failed := run.tenants_failed OPERATOR(pg_catalog.+) 1;
+                    failed_in_batch := failed_in_batch OPERATOR(pg_catalog.+) 1;
                 END;
-                run.tenants_done := run.tenants_done + 1;
+                run.tenants_done := run.tenants_done OPERATOR(pg_catalog.+) 1;
                 run.last_tenant_id := tenant;
             END LOOP;
-            done_now := done_now + cardinality(batch);
+            done_now := done_now OPERATOR(pg_catalog.+) pg_catalog.cardinality(batch);
 
             IF NOT succeeded_in_run THEN
                 -- Failing for every tenant of the first batch: the statement is wrong, not the tenants' data.
                 ROLLBACK;
-                UPDATE nile.for_each_tenant_runs r SET status = 'stopped', backend_pid = NULL, updated_at = clock_timestamp()
-                WHERE r.id = run.id;
+                UPDATE nile.for_each_tenant_runs r
+                SET status = 'stopped', backend_pid = NULL, updated_at = pg_catalog.clock_timestamp()
+                WHERE r.id OPERATOR(pg_catalog.=) run.id;
                 COMMIT;
                 PERFORM nile._release_run_lock(run.id);
                 RAISE EXCEPTION 'nile.for_each_tenant: the statement failed for each of the first % tenants; run % stopped',
-                    cardinality(batch), run.id
-                    USING ERRCODE = err_state, DETAIL = 'The last error was: ' || err_message,
+                    pg_catalog.cardinality(batch), run.id
+                    USING ERRCODE = err_state, DETAIL = 'The last error was: ' OPERATOR(pg_catalog.||) err_message,
                           HINT = 'Fix the statement and call nile.for_each_tenant() again; nothing of this batch was kept.';
             END IF;
 
             UPDATE nile.for_each_tenant_runs r
             SET tenants_done = run.tenants_done, tenants_failed = run.tenants_failed, rows_affected = run.rows_affected,
-                last_tenant_id = run.last_tenant_id, updated_at = clock_timestamp()
-            WHERE r.id = run.id;
+                last_tenant_id = run.last_tenant_id, updated_at = pg_catalog.clock_timestamp()
+            WHERE r.id OPERATOR(pg_catalog.=) run.id;
             COMMIT;
             RAISE NOTICE 'nile.for_each_tenant: %/% tenants done (% failed), % tenants/s',
-                run.tenants_done, greatest(run.tenants_total, run.tenants_done), run.tenants_failed,
-                round(done_now / greatest(extract(epoch FROM clock_timestamp() - started), 0.001)::numeric, 1);
+                run.tenants_done, GREATEST(run.tenants_total, run.tenants_done), run.tenants_failed,
+                pg_catalog.round(done_now::numeric OPERATOR(pg_catalog./)
+                                 GREATEST(EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) started), 0.001)::numeric, 1);
         END LOOP;
 
         UPDATE nile.for_each_tenant_runs r
-        SET status = 'finished', finished_at = clock_timestamp(), updated_at = clock_timestamp(), backend_pid = NULL,
-            tenants_total = run.tenants_done
-        WHERE r.id = run.id;
+        SET status = 'finished', finished_at = pg_catalog.clock_timestamp(), updated_at = pg_catalog.clock_timestamp(),
+            backend_pid = NULL, tenants_total = run.tenants_done
+        WHERE r.id OPERATOR(pg_catalog.=) run.id;
         COMMIT;
         PERFORM nile._release_run_lock(run.id);
-        IF run.tenants_failed > 0 THEN
+        IF run.tenants_failed OPERATOR(pg_catalog.>) 0 THEN
             RAISE WARNING 'nile.for_each_tenant: run % finished: % tenants, % failed, % rows affected',
                 run.id, run.tenants_done, run.tenants_failed, run.rows_affected
-                USING HINT = format('SELECT * FROM nile.for_each_tenant_failures WHERE run_id = %s lists the failures.', run.id);
+                USING HINT = pg_catalog.format('SELECT * FROM nile.for_each_tenant_failures WHERE run_id = %s lists the failures.', run.id);
         ELSE
             RAISE NOTICE 'nile.for_each_tenant: run % finished: % tenants, % rows affected',
                 run.id, run.tenants_done, run.rows_affected;

@@ -1451,3 +1451,58 @@ fn hijack_search_path_of_enable_and_disable_tenancy() {
     assert!(enrolled);
     s.assert_globex_intact();
 }
+
+/// Issue 17, finding 4: `nile.for_each_tenant()` commits, so it cannot pin its search_path, and ran in the caller's:
+/// overloads planted in `public` (`cardinality(uuid[])`, `format(text, bigint)`, `/(integer, numeric)`) beat
+/// pg_catalog's polymorphic, variadic or casting ones and ran with the administrator's rights. Every call of its own is
+/// now schema-qualified; the statement it is given still runs in the caller's search_path, as it should.
+#[test]
+fn hijack_search_path_of_for_each_tenant() {
+    let mut s = Siege::new("search_path_for_each");
+    let mut c = s.attacker();
+    c.batch_execute(
+        "CREATE TABLE public.loot (what text, who text);
+         GRANT INSERT ON public.loot TO PUBLIC;
+         CREATE FUNCTION public.cardinality(uuid[]) RETURNS integer LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.loot VALUES ('cardinality', current_user); RETURN pg_catalog.cardinality($1); END $$;
+         CREATE FUNCTION public.format(text, bigint) RETURNS text LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.loot VALUES ('format', current_user); RETURN pg_catalog.format($1, $2); END $$;
+         CREATE FUNCTION public.trap_div(integer, numeric) RETURNS numeric LANGUAGE plpgsql AS $$
+         BEGIN INSERT INTO public.loot VALUES ('/', current_user); RETURN $1::numeric OPERATOR(pg_catalog./) $2; END $$;
+         CREATE OPERATOR public./ (LEFTARG = integer, RIGHTARG = numeric, FUNCTION = public.trap_div);",
+    )
+    .unwrap();
+    // The administrator's run: a statement that fails for Globex (so the failure path runs too), from a session
+    // whose search_path has the attacker's schema on it.
+    s.su.batch_execute(&format!(
+        "SET search_path = \"$user\", public;
+         CREATE FUNCTION public.refuse_globex() RETURNS integer LANGUAGE plpgsql AS $$
+         BEGIN IF nile.current_tenant() = '{GLOBEX}' THEN RAISE EXCEPTION 'no'; END IF; RETURN 1; END $$;"
+    ))
+    .unwrap();
+    // A statement of its own: the procedure commits.
+    s.su.batch_execute(
+        "CALL nile.for_each_tenant('SELECT public.refuse_globex()', batch_size => 1)",
+    )
+    .unwrap();
+    let fired: Option<String> = one(
+        &mut s.su,
+        "SELECT string_agg(DISTINCT what || ' as ' || who, ', ') FROM public.loot",
+    );
+    assert_eq!(
+        fired, None,
+        "a planted overload ran inside nile.for_each_tenant()"
+    );
+    let (done, failed): (i32, i32) = {
+        let row = s
+            .su
+            .query_one(
+                "SELECT tenants_done, tenants_failed FROM nile.for_each_tenant_runs ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((done, failed), (2, 1));
+    s.assert_globex_intact();
+}
