@@ -50,7 +50,9 @@ EOF
       log "already running on port $port"
     else
       port=$(free_port)
-      as_postgres "$bindir/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -o "-p $port" -w start >/dev/null \
+      # RUST_BACKTRACE=1, as many developers' and containers' environments have it: the extension must keep Rust
+      # backtraces out of every message a client receives (tests/integration/tests/attacks.rs checks it).
+      as_postgres env RUST_BACKTRACE=1 "$bindir/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -o "-p $port" -w start >/dev/null \
         || { tail -n 30 "$dir/data/server.log" >&2; exit 1; }
       echo "$port" >"$dir/port"
       echo "$bindir" >"$dir/bindir"

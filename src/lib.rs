@@ -23,7 +23,7 @@
 //! - `usage_persist`: the usage counters saved at a clean shutdown and loaded at start
 //! - `usage_hooks`: measuring each top-level statement for its tenant's usage (executor and utility hooks)
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
-//! - `errors`: raising errors with a SQLSTATE, detail and hint
+//! - `errors`: raising errors with a SQLSTATE, detail and hint; Rust backtraces kept out of them (to the server log)
 
 use pgrx::prelude::*;
 
@@ -68,6 +68,7 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    errors::init();
     gucs::init();
     tenant_cache::init();
     admin::init();

@@ -1506,3 +1506,41 @@ fn hijack_search_path_of_for_each_tenant() {
     assert_eq!((done, failed), (2, 1));
     s.assert_globex_intact();
 }
+
+/// Issue 17 ("also seen"): with RUST_BACKTRACE set in the server's environment (scripts/cluster.sh starts every test
+/// server so), an error that PostgreSQL raised inside the extension's Rust code reached the client with a Rust
+/// backtrace in its DETAIL: file names, symbols and the extension's inner structure, to whoever can provoke an error.
+/// Here `enable_tenancy()` waits for a lock past `lock_timeout`; the client must get 55P03 and nothing of Rust.
+#[test]
+fn leak_rust_backtrace_in_error_detail() {
+    let mut s = Siege::new("backtrace");
+    s.su.batch_execute(
+        "SET nile.auto_enable = off;
+         CREATE TABLE public.ledger (tenant_id uuid NOT NULL, amount int);",
+    )
+    .unwrap();
+    let mut holder = connect(&s.db, "postgres");
+    holder
+        .batch_execute("BEGIN; LOCK TABLE public.ledger IN ACCESS SHARE MODE")
+        .unwrap();
+    s.su.batch_execute("SET lock_timeout = '200ms'").unwrap();
+    let err =
+        s.su.batch_execute("SELECT nile.enable_tenancy('public.ledger')")
+            .expect_err("the table is locked by another session");
+    let db = err.as_db_error().expect("a server error");
+    assert_eq!(db.code().code(), "55P03", "{db:?}");
+    for text in [Some(db.message()), db.detail(), db.hint(), db.where_()]
+        .into_iter()
+        .flatten()
+    {
+        assert!(
+            !text.contains("backtrace")
+                && !text.contains("rust_begin_unwind")
+                && !text.contains(".rs:"),
+            "a Rust backtrace reached the client: {text}"
+        );
+    }
+    holder.batch_execute("ROLLBACK").unwrap();
+    s.su.batch_execute("RESET lock_timeout; SELECT nile.enable_tenancy('public.ledger')")
+        .unwrap();
+}
