@@ -26,6 +26,10 @@ CREATE TABLE nile.for_each_tenant_runs (
     started_by      name        NOT NULL DEFAULT CURRENT_USER,
     backend_pid     integer,
     backend_start   timestamptz,
+    -- The key of the session-level advisory lock by which the session working on the run claims it: random, so that
+    -- no other session can take it before the run's session does (nile._run_lock_keys).
+    claim_key       bigint      NOT NULL
+                                DEFAULT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16))::bit(64)::bigint,
     CONSTRAINT for_each_tenant_runs_status_valid CHECK (status IN ('running', 'finished', 'stopped')),
     CONSTRAINT for_each_tenant_runs_batch_size_valid CHECK (batch_size BETWEEN 1 AND 100000)
 );
@@ -47,8 +51,10 @@ COMMENT ON TABLE nile.for_each_tenant_failures IS 'nile_tenancy: the tenants for
 REVOKE ALL ON nile.for_each_tenant_runs, nile.for_each_tenant_failures FROM PUBLIC;
 GRANT SELECT, INSERT, UPDATE, DELETE ON nile.for_each_tenant_runs, nile.for_each_tenant_failures TO nile_admin;
 -- The failures keep error texts, which may quote a tenant's values: nile_admin only (issue 17). The runs are for
--- monitoring too.
-GRANT SELECT ON nile.for_each_tenant_runs TO pg_monitor;
+-- monitoring too, but not their claim keys.
+GRANT SELECT (id, statement, batch_size, status, tenants_total, tenants_done, tenants_failed, rows_affected,
+              last_tenant_id, started_at, updated_at, finished_at, started_by, backend_pid, backend_start)
+    ON nile.for_each_tenant_runs TO pg_monitor;
 SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_runs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('nile.for_each_tenant_failures', '');
@@ -73,12 +79,17 @@ CREATE FUNCTION nile._active_tenant_count(after_id uuid)
     SELECT count(*)::integer FROM nile.tenants t WHERE t.status = 'active' AND (after_id IS NULL OR t.id > after_id)
     $$;
 
--- The two keys of the session-level advisory lock that the session working on run `run_id` holds.
+-- The two keys of the session-level advisory lock that the session working on run `run_id` holds: the halves of the
+-- run's random claim_key (a key made of the run's id could be taken first by any role: advisory locks have no
+-- privileges).
 CREATE FUNCTION nile._run_lock_keys(run_id bigint)
     RETURNS integer[]
-    LANGUAGE sql IMMUTABLE
+    LANGUAGE sql STABLE
     SET search_path = pg_catalog, pg_temp
-    AS $$ SELECT ARRAY[hashtext('nile.for_each_tenant') & 2147483647, (run_id % 2147483647)::integer] $$;
+    AS $$
+    SELECT ARRAY[(r.claim_key >> 32)::integer, (r.claim_key & 2147483647)::integer]
+    FROM nile.for_each_tenant_runs r WHERE r.id = run_id
+    $$;
 
 -- Take that lock for this session, once (a session that holds it already keeps its single hold); false when another
 -- session holds it.
@@ -170,7 +181,12 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
             INSERT INTO nile.for_each_tenant_runs (statement, batch_size, tenants_total, backend_pid, backend_start)
             VALUES (statement, batch_size, nile._active_tenant_count(NULL), pg_backend_pid(), my_start)
             RETURNING * INTO run;
-            PERFORM nile._hold_run_lock(run.id);  -- a new run: nobody else can hold it
+            -- A new run, whose random key nobody could know before this transaction: the claim cannot fail, and a run
+            -- never goes on without it.
+            IF NOT nile._hold_run_lock(run.id) THEN
+                RAISE EXCEPTION 'could not claim run % of nile.for_each_tenant()', run.id
+                    USING ERRCODE = 'object_in_use', HINT = 'Call nile.for_each_tenant() again.';
+            END IF;
             RAISE NOTICE 'nile.for_each_tenant: run % over % active tenants, in batches of %',
                 run.id, run.tenants_total, run.batch_size;
         END IF;

@@ -6,12 +6,109 @@
 --   * nile.verify() also reports exclusion constraints that do not compare the tenant column with =.
 --   * nile.for_each_tenant() schema-qualifies every function and operator of its own: it commits, so it cannot pin its
 --     search_path, and overloads planted on the caller's path ran with the caller's rights.
+--   * A run of nile.for_each_tenant() is claimed by an advisory lock on its own random claim_key (a new column), not on
+--     a key made of its id, which any role could take first; pg_monitor reads every column of the runs but that one.
+--     Finish or stop running runs before the upgrade: a run started before it is claimed by its old key.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
 -- (tests/integration/tests/upgrade.rs checks it object by object, from 0.1.0 and from 0.2.0).
 
 \echo Use "ALTER EXTENSION nile_tenancy UPDATE TO '0.3.0'" to load this file. \quit
 
 REVOKE SELECT ON nile.for_each_tenant_failures FROM pg_monitor;
+
+ALTER TABLE nile.for_each_tenant_runs
+    ADD COLUMN claim_key bigint NOT NULL
+        DEFAULT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16))::bit(64)::bigint;
+REVOKE SELECT ON nile.for_each_tenant_runs FROM pg_monitor;
+GRANT SELECT (id, statement, batch_size, status, tenants_total, tenants_done, tenants_failed, rows_affected,
+              last_tenant_id, started_at, updated_at, finished_at, started_by, backend_pid, backend_start)
+    ON nile.for_each_tenant_runs TO pg_monitor;
+
+-- nile._run_lock_keys() and nile._for_each_tenant_start(), as in sql/lifecycle.sql.
+CREATE OR REPLACE FUNCTION nile._run_lock_keys(run_id bigint)
+    RETURNS integer[]
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT ARRAY[(r.claim_key >> 32)::integer, (r.claim_key & 2147483647)::integer]
+    FROM nile.for_each_tenant_runs r WHERE r.id = run_id
+    $$;
+
+CREATE OR REPLACE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
+    RETURNS nile.for_each_tenant_runs
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        run nile.for_each_tenant_runs;
+        holder integer;
+        my_start timestamptz := (SELECT a.backend_start FROM pg_stat_activity a WHERE a.pid = pg_backend_pid());
+    BEGIN
+        PERFORM nile._require_nile_admin('nile.for_each_tenant()');
+        IF statement IS NULL OR btrim(statement) = '' THEN
+            RAISE EXCEPTION 'statement must not be empty'
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Pass the SQL to run under each tenant, e.g. ''UPDATE users SET last_login_at = created_at WHERE last_login_at IS NULL''.';
+        END IF;
+        IF batch_size IS NULL OR batch_size NOT BETWEEN 1 AND 100000 THEN
+            RAISE EXCEPTION 'batch_size must be between 1 and 100000, not %', coalesce(batch_size::text, 'NULL')
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The run commits after every batch of this many tenants; 50 to 100 is typical.';
+        END IF;
+        PERFORM nile._require_no_transaction_block('nile.for_each_tenant()');
+        IF nile.current_tenant() IS NOT NULL THEN
+            RAISE EXCEPTION 'nile.for_each_tenant() cannot run inside a tenant''s context'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'It enters every active tenant''s context in turn; the session is in tenant ' || nile.current_tenant() || '''s.',
+                      HINT = 'Call nile.clear_tenant() first, from a role that is not bound to a tenant.';
+        END IF;
+
+        -- One start at a time per statement, so that two sessions never claim the same run.
+        PERFORM pg_advisory_xact_lock(hashtext('nile.for_each_tenant'), hashtext(statement));
+        SELECT * INTO run FROM nile.for_each_tenant_runs r
+        WHERE r.statement = _for_each_tenant_start.statement AND r.status = 'running'
+        ORDER BY r.id DESC LIMIT 1
+        FOR UPDATE;
+        IF FOUND THEN
+            -- The session working on a run holds a session-level advisory lock on it until the run ends or the session
+            -- does (pg_locks shows it to every role): a run whose session is gone, or this session's own interrupted
+            -- run, is resumed; a run held by another live session is not.
+            IF NOT nile._hold_run_lock(run.id) THEN
+                holder := (SELECT l.pid FROM pg_locks l
+                           WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                             AND l.database = (SELECT d.oid FROM pg_database d WHERE d.datname = current_database())
+                             AND l.classid = (nile._run_lock_keys(run.id))[1]::oid AND l.objid = (nile._run_lock_keys(run.id))[2]::oid
+                           LIMIT 1);
+                RAISE EXCEPTION 'run % of this statement is still running in the session with process id %', run.id, holder
+                    USING ERRCODE = 'object_in_use',
+                          HINT = format('Wait for it to finish. A run that was cancelled stays with its session until that session calls nile.for_each_tenant() again or disconnects (pg_terminate_backend(%s)); then any session resumes it.', holder);
+            END IF;
+            UPDATE nile.for_each_tenant_runs r
+            SET batch_size = _for_each_tenant_start.batch_size,
+                tenants_total = r.tenants_done + nile._active_tenant_count(r.last_tenant_id),
+                backend_pid = pg_backend_pid(),
+                backend_start = my_start,
+                updated_at = clock_timestamp()
+            WHERE r.id = run.id
+            RETURNING * INTO run;
+            RAISE NOTICE 'nile.for_each_tenant: resuming run % after %/% tenants (% failed)',
+                run.id, run.tenants_done, run.tenants_total, run.tenants_failed;
+        ELSE
+            INSERT INTO nile.for_each_tenant_runs (statement, batch_size, tenants_total, backend_pid, backend_start)
+            VALUES (statement, batch_size, nile._active_tenant_count(NULL), pg_backend_pid(), my_start)
+            RETURNING * INTO run;
+            -- A new run, whose random key nobody could know before this transaction: the claim cannot fail, and a run
+            -- never goes on without it.
+            IF NOT nile._hold_run_lock(run.id) THEN
+                RAISE EXCEPTION 'could not claim run % of nile.for_each_tenant()', run.id
+                    USING ERRCODE = 'object_in_use', HINT = 'Call nile.for_each_tenant() again.';
+            END IF;
+            RAISE NOTICE 'nile.for_each_tenant: run % over % active tenants, in batches of %',
+                run.id, run.tenants_total, run.batch_size;
+        END IF;
+        RETURN run;
+    END
+    $$;
 
 -- nile.verify(), as in sql/verify.sql.
 CREATE OR REPLACE FUNCTION nile.verify()

@@ -312,3 +312,102 @@ fn for_each_tenant_refuses_before_running_anything() {
         0
     );
 }
+
+/// Issue 17, finding 9: the claim on a run was an advisory lock on a predictable key (a constant and the run's id), so
+/// any role could take it first; the run then went on without its lock, and once that role let go a second
+/// administrator's session resumed the same run while the first was still in it (the statement ran twice for some
+/// tenants). Now the key is the run's own random `claim_key`, taken in the transaction that creates the run, and a run
+/// that cannot take it does not start.
+#[test]
+fn a_run_claim_cannot_be_taken_first_by_another_role() {
+    let db = scenario("fet_claim");
+    let mut su = connect(&db, "postgres");
+    let others = more_tenants(&mut su);
+    let slow = &others[2];
+    su.batch_execute(
+        "CREATE TABLE hold (on_hold boolean); INSERT INTO hold VALUES (true); GRANT SELECT ON hold TO it_admin;
+         CREATE TABLE visits (tenant_id uuid NOT NULL, at timestamptz DEFAULT clock_timestamp());
+         GRANT SELECT, INSERT ON visits TO it_admin;",
+    )
+    .unwrap();
+    ensure_login_role(&mut su, "it_admin2", "");
+    su.batch_execute(
+        "GRANT nile_admin TO it_admin2; GRANT SELECT ON hold TO it_admin2; GRANT SELECT, INSERT ON visits TO it_admin2",
+    )
+    .unwrap();
+    // The statement waits at the slow tenant while `hold` says so.
+    let statement = format!(
+        "INSERT INTO visits (tenant_id) SELECT nile.current_tenant() FROM (SELECT nile_test_wait(nile.current_tenant() = ''{slow}'')) w"
+    );
+    su.batch_execute(
+        "CREATE FUNCTION public.nile_test_wait(slow boolean) RETURNS void LANGUAGE plpgsql AS $$
+         BEGIN
+             WHILE slow AND (SELECT on_hold FROM hold) LOOP PERFORM pg_sleep(0.05); END LOOP;
+         END $$;
+         GRANT EXECUTE ON FUNCTION public.nile_test_wait(boolean) TO it_admin, it_admin2;",
+    )
+    .unwrap();
+    let call = format!("CALL nile.for_each_tenant('{statement}', batch_size => 3)");
+
+    // A role with no privileges at all takes the keys the claims of the first runs used to have.
+    let mut squatter = connect(&db, "it_app");
+    squatter
+        .batch_execute(
+            "SELECT pg_advisory_lock(hashtext('nile.for_each_tenant') & 2147483647, id) FROM generate_series(1, 5) id",
+        )
+        .unwrap();
+
+    let mut runner = connect(&db, "it_admin");
+    let runner_pid: i32 = one(&mut runner, "SELECT pg_backend_pid()");
+    let background_call = call.clone();
+    let running = std::thread::spawn(move || outcome(runner.batch_execute(&background_call)));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let waiting: bool = one(
+            &mut su,
+            &format!("SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = {runner_pid} AND wait_event = 'PgSleep')"),
+        );
+        if waiting {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never reached the slow tenant"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    squatter
+        .batch_execute("SELECT pg_advisory_unlock_all()")
+        .unwrap();
+
+    // Another administrator cannot resume the run while its session is in it.
+    let mut admin2 = connect(&db, "it_admin2");
+    // (Before the fix it resumed the run and waited at the slow tenant too: the timeout ends that wait.)
+    admin2
+        .batch_execute("SET statement_timeout = '5s'")
+        .unwrap();
+    let refused = assert_fails(admin2.batch_execute(&call), "55006");
+    assert!(refused.contains("still running"), "{refused}");
+
+    su.batch_execute("UPDATE hold SET on_hold = false").unwrap();
+    let result = running.join().unwrap();
+    assert_eq!(result, "ok", "the run finishes");
+    let (visits, tenants): (i64, i64) = {
+        let row = su
+            .query_one(
+                "SELECT count(*), count(DISTINCT tenant_id) FROM visits",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((visits, tenants), (12, 12), "every tenant exactly once");
+    // pg_monitor sees the runs, not their claim keys.
+    ensure_login_role(&mut su, "it_monitor", "");
+    su.batch_execute("GRANT pg_monitor TO it_monitor").unwrap();
+    let mut monitor = connect(&db, "it_monitor");
+    assert_fails(
+        monitor.batch_execute("SELECT claim_key FROM nile.for_each_tenant_runs"),
+        "42501",
+    );
+}
