@@ -26,10 +26,11 @@ CREATE TABLE nile.for_each_tenant_runs (
     started_by      name        NOT NULL DEFAULT CURRENT_USER,
     backend_pid     integer,
     backend_start   timestamptz,
-    -- The key of the session-level advisory lock by which the session working on the run claims it: random, so that
-    -- no other session can take it before the run's session does (nile._run_lock_keys).
+    -- The key of the session-level advisory lock by which the session working on the run claims it: random (the last
+    -- 64 bits of a random UUID, 62 of them random; no md5(), which FIPS builds refuse), so that no other session can
+    -- take it before the run's session does (nile._run_lock_keys).
     claim_key       bigint      NOT NULL
-                                DEFAULT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16))::bit(64)::bigint,
+                                DEFAULT ('x' || pg_catalog.substr(pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''), 17, 16))::bit(64)::bigint,
     CONSTRAINT for_each_tenant_runs_status_valid CHECK (status IN ('running', 'finished', 'stopped')),
     CONSTRAINT for_each_tenant_runs_batch_size_valid CHECK (batch_size BETWEEN 1 AND 100000)
 );
@@ -199,25 +200,25 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
 -- nile.for_each_tenant_failures and the run goes on; calling it again with the same statement after an interruption
 -- resumes after the last committed batch.
 --
--- A procedure that commits cannot have SET search_path, so it runs in the caller's search_path: every function and
--- operator of its own is schema-qualified (an overload planted in a schema on that path, such as cardinality(uuid[])
+-- A procedure that commits cannot have SET search_path, so it runs in the caller's search_path: every function,
+-- operator and type name of its own is schema-qualified (an overload planted in a schema on that path, such as cardinality(uuid[])
 -- or /(integer, numeric), would otherwise beat pg_catalog's). Only `statement` itself is the caller's SQL.
 CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT 100)
     LANGUAGE plpgsql
     AS $$
     DECLARE
         run nile.for_each_tenant_runs;
-        batch uuid[];
-        tenant uuid;
+        batch pg_catalog.uuid[];
+        tenant pg_catalog.uuid;
         affected bigint;
         succeeded_in_run boolean;
-        started timestamptz := pg_catalog.clock_timestamp();
+        started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
         done_now integer := 0;
         failed_in_batch integer;
-        err_state text;
-        err_message text;
-        err_detail text;
-        err_hint text;
+        err_state pg_catalog.text;
+        err_message pg_catalog.text;
+        err_detail pg_catalog.text;
+        err_hint pg_catalog.text;
     BEGIN
         run := nile._for_each_tenant_start(statement, batch_size);
         COMMIT;

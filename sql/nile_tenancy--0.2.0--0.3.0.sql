@@ -8,7 +8,7 @@
 --     search_path, and overloads planted on the caller's path ran with the caller's rights.
 --   * A run of nile.for_each_tenant() is claimed by an advisory lock on its own random claim_key (a new column), not on
 --     a key made of its id, which any role could take first; pg_monitor reads every column of the runs but that one.
---     Finish or stop running runs before the upgrade: a run started before it is claimed by its old key.
+--     A run going on during the upgrade keeps its 0.2.0 key.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
 -- (tests/integration/tests/upgrade.rs checks it object by object, from 0.1.0 and from 0.2.0).
 
@@ -18,7 +18,13 @@ REVOKE SELECT ON nile.for_each_tenant_failures FROM pg_monitor;
 
 ALTER TABLE nile.for_each_tenant_runs
     ADD COLUMN claim_key bigint NOT NULL
-        DEFAULT ('x' || pg_catalog.substr(pg_catalog.md5(pg_catalog.gen_random_uuid()::text), 1, 16))::bit(64)::bigint;
+        DEFAULT ('x' || pg_catalog.substr(pg_catalog.replace(pg_catalog.gen_random_uuid()::text, '-', ''), 17, 16))::bit(64)::bigint;
+-- A run still going on during the upgrade keeps the key its session holds (the 0.2.0 key, from the run's id), so that
+-- no other session can resume it meanwhile; runs started after the upgrade get random keys.
+UPDATE nile.for_each_tenant_runs
+SET claim_key = ((pg_catalog.hashtext('nile.for_each_tenant') OPERATOR(pg_catalog.&) 2147483647)::bigint OPERATOR(pg_catalog.<<) 32)
+                OPERATOR(pg_catalog.|) (id OPERATOR(pg_catalog.%) 2147483647)
+WHERE status OPERATOR(pg_catalog.=) 'running';
 REVOKE SELECT ON nile.for_each_tenant_runs FROM pg_monitor;
 GRANT SELECT (id, statement, batch_size, status, tenants_total, tenants_done, tenants_failed, rows_affected,
               last_tenant_id, started_at, updated_at, finished_at, started_by, backend_pid, backend_start)
@@ -236,7 +242,7 @@ CREATE OR REPLACE FUNCTION nile.verify()
         WHERE e.attnum IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM generate_subscripts(k.conkey, 1) n
                           JOIN pg_operator o ON o.oid = k.conexclop[n]
-                          WHERE k.conkey[n] = e.attnum AND o.oprname = '=')
+                          WHERE k.conkey[n] = e.attnum AND o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace)
 
         -- Foreign keys between tenant tables without the tenant column: a row can point at another tenant's row.
         UNION ALL
@@ -378,17 +384,17 @@ CREATE OR REPLACE PROCEDURE nile.for_each_tenant(statement text, batch_size inte
     AS $$
     DECLARE
         run nile.for_each_tenant_runs;
-        batch uuid[];
-        tenant uuid;
+        batch pg_catalog.uuid[];
+        tenant pg_catalog.uuid;
         affected bigint;
         succeeded_in_run boolean;
-        started timestamptz := pg_catalog.clock_timestamp();
+        started pg_catalog.timestamptz := pg_catalog.clock_timestamp();
         done_now integer := 0;
         failed_in_batch integer;
-        err_state text;
-        err_message text;
-        err_detail text;
-        err_hint text;
+        err_state pg_catalog.text;
+        err_message pg_catalog.text;
+        err_detail pg_catalog.text;
+        err_hint pg_catalog.text;
     BEGIN
         run := nile._for_each_tenant_start(statement, batch_size);
         COMMIT;

@@ -191,7 +191,7 @@ CREATE FUNCTION nile.verify()
         WHERE e.attnum IS NOT NULL
           AND NOT EXISTS (SELECT 1 FROM generate_subscripts(k.conkey, 1) n
                           JOIN pg_operator o ON o.oid = k.conexclop[n]
-                          WHERE k.conkey[n] = e.attnum AND o.oprname = '=')
+                          WHERE k.conkey[n] = e.attnum AND o.oprname = '=' AND o.oprnamespace = 'pg_catalog'::regnamespace)
 
         -- Foreign keys between tenant tables without the tenant column: a row can point at another tenant's row.
         UNION ALL

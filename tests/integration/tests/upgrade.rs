@@ -132,8 +132,24 @@ fn upgrade_from(previous: &str, db: &str) {
     assert_eq!(visible(&mut tx), "acme-1,acme-2");
     tx.commit().unwrap();
 
+    // A run of 0.2.0 still going on during the upgrade: its session holds the 0.2.0 key (made of the run's id), and
+    // 0.3.0 must claim the run by that same key, or another session could resume it meanwhile.
+    if previous == "0.2.0" {
+        old.batch_execute(
+            "INSERT INTO nile.for_each_tenant_runs (statement, batch_size, tenants_total) VALUES ('SELECT 1', 10, 2)",
+        )
+        .unwrap();
+    }
     old.batch_execute("ALTER EXTENSION nile_tenancy UPDATE")
         .unwrap();
+    if previous == "0.2.0" {
+        let same_key: bool = one(
+            &mut old,
+            "SELECT nile._run_lock_keys(id) = ARRAY[hashtext('nile.for_each_tenant') & 2147483647, (id % 2147483647)::integer]
+             FROM nile.for_each_tenant_runs WHERE statement = 'SELECT 1' AND status = 'running'",
+        );
+        assert!(same_key, "a running run keeps the key its session holds");
+    }
     assert_eq!(
         one::<String>(
             &mut old,
