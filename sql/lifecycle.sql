@@ -148,8 +148,9 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
                       HINT = 'Call nile.clear_tenant() first, from a role that is not bound to a tenant.';
         END IF;
 
-        -- One start at a time per statement, so that two sessions never claim the same run.
-        PERFORM pg_advisory_xact_lock(hashtext('nile.for_each_tenant'), hashtext(statement));
+        -- One start at a time, so that two sessions never claim the same run. A table lock only nile_admin can take
+        -- (it needs UPDATE on the runs), not an advisory lock on a key any role could take first and keep.
+        LOCK TABLE nile.for_each_tenant_runs IN SHARE ROW EXCLUSIVE MODE;
         SELECT * INTO run FROM nile.for_each_tenant_runs r
         WHERE r.statement = _for_each_tenant_start.statement AND r.status = 'running'
         ORDER BY r.id DESC LIMIT 1

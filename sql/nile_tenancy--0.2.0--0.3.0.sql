@@ -8,7 +8,8 @@
 --     search_path, and overloads planted on the caller's path ran with the caller's rights.
 --   * A run of nile.for_each_tenant() is claimed by an advisory lock on its own random claim_key (a new column), not on
 --     a key made of its id, which any role could take first; pg_monitor reads every column of the runs but that one.
---     A run going on during the upgrade keeps its 0.2.0 key.
+--     A run going on during the upgrade keeps its 0.2.0 key. Starts are serialized by a lock on the runs table that
+--     only nile_admin can take, not by an advisory lock on a key made of the statement.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
 -- (tests/integration/tests/upgrade.rs checks it object by object, from 0.1.0 and from 0.2.0).
 
@@ -69,8 +70,9 @@ CREATE OR REPLACE FUNCTION nile._for_each_tenant_start(statement text, batch_siz
                       HINT = 'Call nile.clear_tenant() first, from a role that is not bound to a tenant.';
         END IF;
 
-        -- One start at a time per statement, so that two sessions never claim the same run.
-        PERFORM pg_advisory_xact_lock(hashtext('nile.for_each_tenant'), hashtext(statement));
+        -- One start at a time, so that two sessions never claim the same run. A table lock only nile_admin can take
+        -- (it needs UPDATE on the runs), not an advisory lock on a key any role could take first and keep.
+        LOCK TABLE nile.for_each_tenant_runs IN SHARE ROW EXCLUSIVE MODE;
         SELECT * INTO run FROM nile.for_each_tenant_runs r
         WHERE r.statement = _for_each_tenant_start.statement AND r.status = 'running'
         ORDER BY r.id DESC LIMIT 1

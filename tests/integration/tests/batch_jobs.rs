@@ -411,3 +411,39 @@ fn a_run_claim_cannot_be_taken_first_by_another_role() {
         "42501",
     );
 }
+
+/// Issue 17 (review of finding 9): a start was serialized by an advisory lock on a key made of the statement, which any
+/// role that can guess the statement (or read it, as pg_monitor reads the runs) could take and keep, so that every
+/// administrator's `CALL` of it waited forever. Starts now take a lock on the runs table, which needs UPDATE on it.
+#[test]
+fn a_start_cannot_be_held_up_by_another_role() {
+    let db = scenario("fet_start_lock");
+    let mut squatter = connect(&db, "it_app");
+    squatter
+        .batch_execute(
+            "SELECT pg_advisory_lock(hashtext('nile.for_each_tenant'), hashtext('SELECT 1'))",
+        )
+        .unwrap();
+    assert_fails(
+        squatter.batch_execute(
+            "BEGIN; LOCK TABLE nile.for_each_tenant_runs IN SHARE ROW EXCLUSIVE MODE",
+        ),
+        "42501",
+    );
+    squatter.batch_execute("ROLLBACK").unwrap();
+    let mut admin = connect(&db, "it_admin");
+    admin.batch_execute("SET statement_timeout = '5s'").unwrap();
+    admin
+        .batch_execute("CALL nile.for_each_tenant('SELECT 1')")
+        .unwrap();
+    let (status, done): (String, i32) = {
+        let row = admin
+            .query_one(
+                "SELECT status, tenants_done FROM nile.for_each_tenant_runs ORDER BY id DESC LIMIT 1",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    };
+    assert_eq!((status.as_str(), done), ("finished", 2));
+}
