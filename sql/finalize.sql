@@ -172,32 +172,21 @@ GRANT EXECUTE ON FUNCTION nile.noisy_neighbours(interval) TO nile_admin, pg_moni
 GRANT SELECT ON nile.noisy_neighbours TO nile_admin, pg_monitor;
 
 -- tenant_storage(only_tenant): rows and bytes per tenant per tenant table. It reads every row of every tenant table
--- (a sequential scan each: run it off-peak on large databases), bypassing row-level security as the extension's
--- owner, so it is for nile_admin only.
+-- with a plain heap scan (nile._tenant_table_storage() in src/tenant_storage.rs: no planner, no policies, no table
+-- owner's expression runs), so it is for nile_admin only; SECURITY DEFINER for the tenants' names.
 CREATE FUNCTION nile.tenant_storage(only_tenant uuid DEFAULT NULL)
     RETURNS TABLE(tenant_id uuid, tenant_name text, table_name regclass, row_count bigint, bytes bigint)
-    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $$
-    DECLARE
-        t record;
-    BEGIN
-        FOR t IN
-            SELECT e.relid, e.tenant_column
-            FROM nile.tenant_tables e JOIN pg_class c ON c.oid = e.relid::oid
-            WHERE c.relkind = 'r'
-            ORDER BY e.relid::text
-        LOOP
-            -- ONLY: an inheritance parent's own rows; its children are enrolled and listed themselves.
-            RETURN QUERY EXECUTE format(
-                'SELECT x.%1$I, tn.name, %2$L::regclass, count(*), sum(pg_column_size(x.*))::bigint
-                 FROM ONLY %2$s x LEFT JOIN nile.tenants tn ON tn.id = x.%1$I
-                 WHERE $1 IS NULL OR x.%1$I = $1
-                 GROUP BY x.%1$I, tn.name', t.tenant_column, t.relid)
-                USING only_tenant;
-        END LOOP;
-    END
+    SELECT s.tenant_id, tn.name, e.relid, s.row_count, s.bytes
+    FROM nile.tenant_tables e
+    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relid::oid
+    CROSS JOIN LATERAL nile._tenant_table_storage(e.relid::oid, only_tenant) s
+    LEFT JOIN nile.tenants tn ON tn.id OPERATOR(pg_catalog.=) s.tenant_id
+    WHERE c.relkind OPERATOR(pg_catalog.=) 'r'
+    ORDER BY e.relid::text, s.tenant_id
     $$;
-COMMENT ON FUNCTION nile.tenant_storage(uuid) IS 'nile_tenancy: rows and bytes (the rows'' data, uncompressed, without indexes) per tenant per tenant table; scans every tenant table';
-REVOKE ALL ON FUNCTION nile.tenant_storage(uuid) FROM PUBLIC;
+COMMENT ON FUNCTION nile.tenant_storage(uuid) IS 'nile_tenancy: rows and bytes (each row''s data without its tuple header, plus its values moved out to TOAST, uncompressed; no indexes) per tenant per tenant table; scans every tenant table';
+REVOKE ALL ON FUNCTION nile.tenant_storage(uuid), nile._tenant_table_storage(oid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION nile.tenant_storage(uuid) TO nile_admin;

@@ -10,6 +10,8 @@
 --     a key made of its id, which any role could take first; pg_monitor reads every column of the runs but that one.
 --     A run going on during the upgrade keeps its 0.2.0 key. Starts are serialized by a lock on the runs table that
 --     only nile_admin can take, not by an advisory lock on a key made of the statement.
+--   * nile.tenant_storage() reads each table with a heap scan (the new nile._tenant_table_storage()) instead of a query
+--     planned, as a SECURITY DEFINER function, with the superuser's rights over the table owner's functions.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
 -- (tests/integration/tests/upgrade.rs checks it object by object, from 0.1.0 and from 0.2.0).
 
@@ -474,3 +476,34 @@ CREATE OR REPLACE PROCEDURE nile.for_each_tenant(statement text, batch_size inte
     END
     $$;
 COMMENT ON PROCEDURE nile.for_each_tenant(text, integer) IS 'nile_tenancy: run a statement under every active tenant''s context, committing per batch; failures go to nile.for_each_tenant_failures; resumable';
+
+CREATE FUNCTION nile."_tenant_table_storage"(
+	"tbl" oid, /* core::option::Option<pgrx_pg_sys::submodules::oids::Oid> */
+	"only_tenant" uuid /* core::option::Option<pgrx::datum::uuid::Uuid> */
+) RETURNS TABLE (
+	"tenant_id" uuid,  /* pgrx::datum::uuid::Uuid */
+	"row_count" bigint,  /* i64 */
+	"bytes" bigint  /* i64 */
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'tenant_table_storage_wrapper';
+
+-- tenant_storage(only_tenant): rows and bytes per tenant per tenant table. It reads every row of every tenant table
+-- with a plain heap scan (nile._tenant_table_storage() in src/tenant_storage.rs: no planner, no policies, no table
+-- owner's expression runs), so it is for nile_admin only; SECURITY DEFINER for the tenants' names.
+CREATE OR REPLACE FUNCTION nile.tenant_storage(only_tenant uuid DEFAULT NULL)
+    RETURNS TABLE(tenant_id uuid, tenant_name text, table_name regclass, row_count bigint, bytes bigint)
+    LANGUAGE sql STABLE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    SELECT s.tenant_id, tn.name, e.relid, s.row_count, s.bytes
+    FROM nile.tenant_tables e
+    JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) e.relid::oid
+    CROSS JOIN LATERAL nile._tenant_table_storage(e.relid::oid, only_tenant) s
+    LEFT JOIN nile.tenants tn ON tn.id OPERATOR(pg_catalog.=) s.tenant_id
+    WHERE c.relkind OPERATOR(pg_catalog.=) 'r'
+    ORDER BY e.relid::text, s.tenant_id
+    $$;
+COMMENT ON FUNCTION nile.tenant_storage(uuid) IS 'nile_tenancy: rows and bytes (each row''s data without its tuple header, plus its values moved out to TOAST, uncompressed; no indexes) per tenant per tenant table; scans every tenant table';
+REVOKE ALL ON FUNCTION nile.tenant_storage(uuid), nile._tenant_table_storage(oid, uuid) FROM PUBLIC;

@@ -182,15 +182,45 @@ fn current_tenant() -> Option<Uuid> {
     effective_tenant().map(Uuid::from_bytes)
 }
 
-/// The tenant this session works for: the one its role is bound to (nile.bind_role()), else its tenant context.
+/// The tenant this session works for: the one being purged while `nile.delete_tenant(purge => true)` deletes its rows,
+/// else the one its role is bound to (nile.bind_role()), else its tenant context.
 pub fn effective_tenant() -> Option<[u8; 16]> {
-    bound_tenant().or_else(gucs::current_tenant)
+    purging_tenant()
+        .or_else(bound_tenant)
+        .or_else(gucs::current_tenant)
+}
+
+thread_local! {
+    /// The tenant whose rows `while_purging` is deleting.
+    static PURGING_TENANT: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
+}
+
+fn purging_tenant() -> Option<[u8; 16]> {
+    PURGING_TENANT.with(|p| p.get())
+}
+
+/// Run `f` (the deletes of a purge) in tenant `id`'s context whatever its status (a purged tenant is often deleted
+/// already), so that the tenant policies, which stay forced, let the deletes and the table owners' triggers see that
+/// tenant's rows and no other's. Ends when `f` returns or raises; nothing but the policies' functions and
+/// `nile.current_tenant()` sees it.
+pub fn while_purging<R>(id: [u8; 16], f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<[u8; 16]>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            PURGING_TENANT.with(|p| p.set(self.0));
+        }
+    }
+    let _reset = Reset(PURGING_TENANT.with(|p| p.replace(Some(id))));
+    f()
 }
 
 /// The tenant whose rows a statement may read: used by the generated `nile_tenant_select` policies.
 #[pg_extern(stable, parallel_safe)]
 fn policy_read_tenant() -> Option<Uuid> {
     let id = effective_tenant().or_else(missing_context)?;
+    if purging_tenant() == Some(id) {
+        return Some(Uuid::from_bytes(id));
+    }
     match tenant_cache::status_of(&id) {
         Some(TenantStatus::Active | TenantStatus::Inactive) => Some(Uuid::from_bytes(id)),
         _ => tenant_gone(&id),
@@ -201,6 +231,9 @@ fn policy_read_tenant() -> Option<Uuid> {
 #[pg_extern(stable, parallel_safe)]
 fn policy_write_tenant() -> Option<Uuid> {
     let id = effective_tenant().or_else(missing_context)?;
+    if purging_tenant() == Some(id) {
+        return Some(Uuid::from_bytes(id));
+    }
     match tenant_cache::status_of(&id) {
         Some(TenantStatus::Active) => Some(Uuid::from_bytes(id)),
         Some(TenantStatus::Inactive) => Problem::new(

@@ -40,6 +40,7 @@ mod role_binding;
 mod spi_util;
 mod tenancy;
 mod tenant_cache;
+mod tenant_storage;
 mod tenants;
 mod tokens;
 mod usage_api;

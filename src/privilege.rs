@@ -1,9 +1,16 @@
 //! privilege — who may call what, and running the extension's own SQL with the extension's rights.
 //!
-//! Functions that write the extension's tables or change other tables' security run their SQL as the bootstrap
-//! superuser with a safe `search_path`, after checking the caller's rights themselves; rows of user tables are
-//! changed as the table's owner in a security-restricted operation. Nothing here is SECURITY DEFINER: a function's
-//! `SET` clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
+//! The principle (README "Security model"): no query over a user object is planned or executed with rights its owner
+//! does not have. Planning a query over a table evaluates its owner's IMMUTABLE functions (index expressions and
+//! predicates, statistics expressions, CHECK constraints of inheritance children), and running it fires the owner's
+//! triggers, policies and defaults; so:
+//! - `as_extension_owner`: the bootstrap superuser, for the extension's own tables and for catalog reads only;
+//! - `as_table_owner` / `as_table_owner_policed`: a user table's owner inside a security-restricted operation (what
+//!   `VACUUM`, `ANALYZE`, `CREATE INDEX` and `REFRESH MATERIALIZED VIEW` do), for every query and every DDL command
+//!   over that table; the settings its code changes are rolled back when the operation ends;
+//! - `with_safe_search_path`: the caller, with `search_path = pg_catalog, pg_temp`.
+//! Each entry point checks the caller's rights itself first. Nothing here is SECURITY DEFINER: a function's `SET`
+//! clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
 
 use crate::errors::Problem;
 use pgrx::prelude::*;
@@ -48,19 +55,38 @@ pub fn in_transaction_block() -> bool {
 }
 
 /// Run `f` as the bootstrap superuser with `search_path = pg_catalog, pg_temp`, the way a SECURITY DEFINER function
-/// would. Only for the extension's own tables and for DDL that runs no user code: a data-changing statement on a user
-/// table would fire that table's triggers as superuser, so those go through `as_table_owner`.
+/// would. Only for the extension's own tables, catalog reads, and DDL that evaluates no user expression (`GRANT`, and
+/// `CREATE INDEX`, which builds the index as the table's owner itself): a query over a user table is planned with its
+/// owner's functions and fires its owner's triggers, so those go through `as_table_owner`.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
-    run_as(pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID), 0, f)
+    run_as(
+        pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
+        0,
+        Settings::Keep,
+        f,
+    )
 }
 
-/// Run `f` as `owner` (the owner of the user table it changes) the way Postgres runs referential-integrity actions:
-/// a security-restricted operation in which row-level security is not forced on the owner. Triggers that fire run
-/// with the owner's own rights, so nobody gains anything by defining them.
+/// Run `f` as `owner` (the owner of the user table it reads or changes) the way Postgres runs referential-integrity
+/// actions: a security-restricted operation in which row-level security is not forced on the owner. Whatever of the
+/// owner's code runs (planning, triggers, defaults) runs with the owner's own rights, so nobody gains anything by
+/// writing it; the settings it changes are rolled back at the end, as `VACUUM` and `CREATE INDEX` do.
 pub fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     run_as(
         owner,
         (pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS) as i32,
+        Settings::RollBack,
+        f,
+    )
+}
+
+/// Like `as_table_owner`, but row-level security stays forced: the owner's code sees only the rows the tenant
+/// policies let it see (a purge, which deletes one tenant's rows and must not show its triggers any other tenant's).
+pub fn as_table_owner_policed<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
+    run_as(
+        owner,
+        pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        Settings::RollBack,
         f,
     )
 }
@@ -70,12 +96,22 @@ pub fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: reads the current user id.
     let caller = unsafe { pg_sys::GetUserId() };
-    run_as(caller, 0, f)
+    run_as(caller, 0, Settings::Keep, f)
+}
+
+/// What happens, when `f` returns, to the settings changed inside it (other than the search_path pinned here, which
+/// is always restored).
+#[derive(Clone, Copy, PartialEq)]
+enum Settings {
+    /// Kept, as after a function without SET clauses (the extension's own code sets tenant contexts on purpose).
+    Keep,
+    /// Rolled back: a table owner's code may not change the caller's session.
+    RollBack,
 }
 
 /// The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
 /// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
-fn run_as<R>(role: pg_sys::Oid, security_flags: i32, f: impl FnOnce() -> R) -> R {
+fn run_as<R>(role: pg_sys::Oid, security_flags: i32, settings: Settings, f: impl FnOnce() -> R) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: GetUserIdAndSecContext writes through two valid pointers; NewGUCNestLevel opens a GUC nesting level that
@@ -103,6 +139,7 @@ fn run_as<R>(role: pg_sys::Oid, security_flags: i32, f: impl FnOnce() -> R) -> R
         saved_user,
         saved_context,
         nest_level,
+        settings,
     };
     f()
 }
@@ -111,6 +148,7 @@ struct Restore {
     saved_user: pg_sys::Oid,
     saved_context: i32,
     nest_level: i32,
+    settings: Settings,
 }
 
 impl Drop for Restore {
@@ -119,9 +157,10 @@ impl Drop for Restore {
             // An ERROR is on its way to Postgres; (sub)transaction abort restores the user and the GUC nest level.
             return;
         }
-        // SAFETY: closes exactly the nesting level opened in as_extension_owner and restores the saved identity.
+        // SAFETY: closes exactly the nesting level opened in run_as and restores the saved identity; isCommit = false
+        // undoes every setting changed at that level, as index_build() and vacuum_rel() do after running an owner's code.
         unsafe {
-            pg_sys::AtEOXact_GUC(true, self.nest_level);
+            pg_sys::AtEOXact_GUC(self.settings == Settings::Keep, self.nest_level);
             pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);
         }
     }

@@ -212,6 +212,8 @@ pub struct TreeMember {
     pub relname: String,
     /// An inheritance child (not a partition) below the top: indexes and foreign keys are not inherited by those.
     pub inheritance_child: bool,
+    /// The table's owner, as whom it is changed (privilege.rs).
+    pub owner: pg_sys::Oid,
 }
 
 pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
@@ -225,7 +227,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
                  SELECT $1::oid, 0
                  UNION SELECT i.inhrelid, d.level + 1 FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
              SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text, d.level > 0 AND NOT c.relispartition,
-                    c.relname::text
+                    c.relname::text, c.relowner
              FROM (SELECT relid, min(level) AS level FROM down GROUP BY relid) d
              JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
              ORDER BY d.level, 2",
@@ -242,6 +244,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
                 name,
                 relname: required_column::<String>(&row, 5),
                 inheritance_child: required_column::<bool>(&row, 4),
+                owner: required_column::<pg_sys::Oid>(&row, 6),
             }),
         }
     }
@@ -302,62 +305,70 @@ fn enable_tenancy(
 
 /// Enroll an already-checked table (see `check_can_enroll`) and everything below it. Used by `nile.enable_tenancy()`
 /// and by the DDL event trigger's automatic enrollment.
+///
+/// Every query over the table and every change to it runs as its owner in a security-restricted operation
+/// (`as_table_owner`; each table of the tree as its own owner): planning a query over the table evaluates its owner's
+/// functions, which must never run with more rights than the owner has (issue 17, finding 1). Only the registry, the
+/// list of tenants and `CREATE INDEX` (which builds as the owner itself) are touched with the extension's rights.
 pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Option<&Uuid>) {
-    as_extension_owner(|| {
-        own_ddl(|| {
-            Spi::connect_mut(|client| {
-                // Block concurrent writes while we look at the data and change the table.
-                run(
-                    client,
-                    &format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", facts.qualified),
-                );
-                let tree = table_tree(client, relid);
-                refuse_foreign_member(&facts.qualified, &tree);
-                let table = &facts.qualified;
-                let col = quote_identifier(column);
+    own_ddl(|| {
+        Spi::connect_mut(|client| {
+            let table = &facts.qualified;
+            let col = quote_identifier(column);
+            let tree = as_table_owner(facts.owner, || {
+                // Block concurrent writes (and partitions being attached) while we look at the data and change it.
+                run(client, &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"));
+                table_tree(client, relid)
+            });
+            refuse_foreign_member(table, &tree);
+            as_table_owner(facts.owner, || {
                 let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
-                ensure_foreign_key(client, relid, table, &col, attnum);
+                ensure_foreign_key(client, facts.owner, relid, table, &col, attnum);
                 ensure_index(client, relid, table, &facts.relname, column, &col, attnum);
-                for member in &tree.members {
-                    protect_member(client, member, column, &col);
-                }
+            });
+            for member in &tree.members {
+                protect_member(client, member, column, &col);
+            }
+            as_extension_owner(|| {
                 register(client, relid, &tree.members, column);
                 execute(
                     client,
                     "DELETE FROM nile.excluded_tables WHERE relid = $1::oid::regclass",
                     &[relid.into()],
                 );
-            })
+            });
         })
     });
 }
 
-/// Protect one table of a tenant tree. Inheritance children do not inherit indexes, foreign keys or defaults, so they
-/// get their own; partitions get them from their parent.
+/// Protect one table of a tenant tree, as its owner. Inheritance children do not inherit indexes, foreign keys or
+/// defaults, so they get their own; partitions get them from their parent.
 pub fn protect_member(client: &mut SpiClient<'_>, member: &TreeMember, column: &str, col: &str) {
-    if member.inheritance_child {
-        let attnum = column_facts(client, member.relid, column)
-            .map(|c| c.attnum)
-            .unwrap_or(0);
-        run(
-            client,
-            &format!(
-                "ALTER TABLE ONLY {} ALTER COLUMN {col} SET DEFAULT nile.current_tenant()",
-                member.name
-            ),
-        );
-        ensure_foreign_key(client, member.relid, &member.name, col, attnum);
-        ensure_index(
-            client,
-            member.relid,
-            &member.name,
-            &member.relname,
-            column,
-            col,
-            attnum,
-        );
-    }
-    protect(client, member.relid, &member.name, col);
+    as_table_owner(member.owner, || {
+        if member.inheritance_child {
+            let attnum = column_facts(client, member.relid, column)
+                .map(|c| c.attnum)
+                .unwrap_or(0);
+            run(
+                client,
+                &format!(
+                    "ALTER TABLE ONLY {} ALTER COLUMN {col} SET DEFAULT nile.current_tenant()",
+                    member.name
+                ),
+            );
+            ensure_foreign_key(client, member.owner, member.relid, &member.name, col, attnum);
+            ensure_index(
+                client,
+                member.relid,
+                &member.name,
+                &member.relname,
+                column,
+                col,
+                attnum,
+            );
+        }
+        protect(client, member.relid, &member.name, col);
+    });
 }
 
 /// Make sure the tenant column exists as `uuid NOT NULL DEFAULT nile.current_tenant()`; returns its attnum.
@@ -432,8 +443,10 @@ fn ensure_tenant_column(
     }
 }
 
+/// Give the table the foreign key to `nile.tenants`, as its owner (the caller runs this inside `as_table_owner`).
 fn ensure_foreign_key(
     client: &mut SpiClient<'_>,
+    owner: pg_sys::Oid,
     relid: pg_sys::Oid,
     table: &str,
     col: &str,
@@ -448,12 +461,20 @@ fn ensure_foreign_key(
     if has_fk {
         return;
     }
-    // Name the first missing tenant instead of letting the constraint fail with a row dump.
-    let orphan = first_value::<String>(
-        client,
-        &format!("SELECT {col}::text FROM {table} x WHERE NOT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = x.{col}) LIMIT 1"),
-        &[],
-    );
+    // Name the first missing tenant instead of letting the constraint fail with a row dump: the table's tenants are
+    // read as its owner, and looked up in nile.tenants (whose policies hide them from the owner) with our rights.
+    let tenants: Vec<Uuid> = client
+        .select(&format!("SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL"), None, &[])
+        .or_internal("listing the table's tenants")
+        .map(|row| required_column::<Uuid>(&row, 1))
+        .collect();
+    let orphan = as_extension_owner(|| {
+        first_value::<String>(
+            client,
+            "SELECT u::text FROM unnest($1::uuid[]) u WHERE NOT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = u) LIMIT 1",
+            &[tenants.into()],
+        )
+    });
     if let Some(orphan) = orphan {
         raise(
             PgSqlErrorCode::ERRCODE_FOREIGN_KEY_VIOLATION,
@@ -463,7 +484,28 @@ fn ensure_foreign_key(
             ),
         );
     }
+    // A foreign key needs its creator to hold REFERENCES on nile.tenants, which table owners are not given (it would
+    // let them hold up tenant purges with foreign keys of their own). The owner holds it only for this one statement,
+    // inside this transaction: nobody else can see the grant, and a failure rolls it back with everything else.
+    let granted = !query_bool(
+        client,
+        "SELECT has_column_privilege($1, 'nile.tenants'::regclass, 'id', 'REFERENCES')",
+        &[owner.into()],
+    );
+    let Some(owner_name) = first_value::<String>(
+        client,
+        "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
+        &[owner.into()],
+    ) else {
+        Problem::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the owner of table {table} does not exist")).raise()
+    };
+    if granted {
+        as_extension_owner(|| run(client, &format!("GRANT REFERENCES (id) ON nile.tenants TO {owner_name}")));
+    }
     run(client, &format!("ALTER TABLE {table} ADD CONSTRAINT nile_tenant_fk FOREIGN KEY ({col}) REFERENCES nile.tenants (id)"));
+    if granted {
+        as_extension_owner(|| run(client, &format!("REVOKE REFERENCES (id) ON nile.tenants FROM {owner_name}")));
+    }
 }
 
 fn ensure_index(
@@ -496,10 +538,15 @@ fn ensure_index(
         (Some(name), false) => quote_identifier(name),
         _ => String::new(),
     };
-    run(
-        client,
-        &format!("CREATE INDEX {name_clause} ON {table} ({col})"),
-    );
+    // As the extension, so that an owner who may no longer create objects in the table's schema still gets the index;
+    // CREATE INDEX builds it as the table's owner in a security-restricted operation itself, and the index has no
+    // expression of anybody's.
+    as_extension_owner(|| {
+        run(
+            client,
+            &format!("CREATE INDEX {name_clause} ON {table} ({col})"),
+        )
+    });
 }
 
 /// `nile_<table>_<column>_idx`, with the table part shortened to fit Postgres' 63-byte identifier limit.
@@ -612,31 +659,35 @@ fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
     });
 }
 
-/// Take one table of a tree out of tenancy: its generated policies, row-level security (unless it has policies of its
-/// own) and its registry entry.
+/// Take one table of a tree out of tenancy, as its owner: its generated policies, row-level security (unless it has
+/// policies of its own) and its registry entry.
 fn unprotect(client: &mut SpiClient<'_>, member: &TreeMember) {
     let name = &member.name;
-    drop_generated_policies(client, member.relid, name);
-    let other_policies = query_bool(
-        client,
-        "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)",
-        &[member.relid.into()],
-    );
-    if other_policies {
-        Problem::new(
-            PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
-            format!("row-level security stays enabled on {name}: it has policies of its own"),
-        )
-        .notice();
-    } else {
-        run(
+    as_table_owner(member.owner, || {
+        drop_generated_policies(client, member.relid, name);
+        let other_policies = query_bool(
             client,
-            &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"),
+            "SELECT EXISTS (SELECT 1 FROM pg_policy WHERE polrelid = $1)",
+            &[member.relid.into()],
         );
-    }
-    execute(
-        client,
-        "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass",
-        &[member.relid.into()],
-    );
+        if other_policies {
+            Problem::new(
+                PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
+                format!("row-level security stays enabled on {name}: it has policies of its own"),
+            )
+            .notice();
+        } else {
+            run(
+                client,
+                &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"),
+            );
+        }
+    });
+    as_extension_owner(|| {
+        execute(
+            client,
+            "DELETE FROM nile.tenant_tables WHERE relid = $1::oid::regclass",
+            &[member.relid.into()],
+        )
+    });
 }

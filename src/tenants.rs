@@ -6,7 +6,8 @@
 //! get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
 
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
-use crate::privilege::{as_extension_owner, as_table_owner, require_role};
+use crate::context::while_purging;
+use crate::privilege::{as_extension_owner, as_table_owner_policed, require_role};
 use crate::spi_util::{execute, query_value, required_column, write_returning};
 use crate::uuid_text::{format_uuid, new_uuid_v7};
 use pgrx::prelude::*;
@@ -205,9 +206,12 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
                 "DELETE FROM {table} WHERE {} = $1",
                 spi::quote_identifier(&column)
             );
-            // Row deletions fire the table's triggers: run them with the table owner's rights, not ours.
-            let removed = as_table_owner(owner, || {
-                Spi::connect_mut(|client| execute(client, &sql, &[tenant_id.into()]))
+            // Row deletions fire the table's triggers: run them with the table owner's rights, not ours, and with the
+            // tenant policies still forced and set to this tenant, so that they see no other tenant's rows.
+            let removed = while_purging(*tenant_id.as_bytes(), || {
+                as_table_owner_policed(owner, || {
+                    Spi::connect_mut(|client| execute(client, &sql, &[tenant_id.into()]))
+                })
             });
             if removed > 0 {
                 Problem::new(

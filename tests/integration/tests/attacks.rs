@@ -1544,3 +1544,169 @@ fn leak_rust_backtrace_in_error_detail() {
     s.su.batch_execute("RESET lock_timeout; SELECT nile.enable_tenancy('public.ledger')")
         .unwrap();
 }
+
+/// Functions a table owner (`it_atk_owner`) hangs on its tables to learn who runs them: each records `current_user`,
+/// `is_superuser` and the place it hangs in `public.trap_log`. The IMMUTABLE ones take no argument, so the planner
+/// folds them to constants wherever it plans a query over their table.
+const OWNER_TRAPS: &str = "
+    CREATE TABLE public.trap_log (who text, super text, place text);
+    GRANT INSERT ON public.trap_log TO PUBLIC;
+    CREATE FUNCTION public.trap(place text) RETURNS int LANGUAGE plpgsql AS $$
+    BEGIN INSERT INTO public.trap_log VALUES (current_user, current_setting('is_superuser'), place); RETURN 1; END $$;
+    CREATE FUNCTION public.trap_check() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.trap('check'); END $$;
+    CREATE FUNCTION public.trap_stat() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.trap('statistics'); END $$;
+    CREATE FUNCTION public.trap_pred() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.trap('predicate'); END $$;";
+
+impl Siege {
+    /// Every trap run with rights other than its owner's, as `who:place` (empty when there was none).
+    fn traps_run_by_others(&mut self) -> String {
+        one::<Option<String>>(
+            &mut self.su,
+            "SELECT string_agg(DISTINCT who || ':' || place, ', ') FROM public.trap_log WHERE who <> 'it_atk_owner'",
+        )
+        .unwrap_or_default()
+    }
+}
+
+/// Issue 17, finding 1 (critical): the DDL event trigger's automatic enrolment, and `nile.enable_tenancy()`, planned
+/// queries over the user's table as the bootstrap superuser (the NULL-tenant check, the foreign key's validation), and
+/// planning evaluates the table owner's IMMUTABLE functions: CHECK constraints of inheritance children, statistics
+/// and index-predicate expressions. Any role that could create a table ran code as superuser. Now every query over a
+/// table and every change to it runs as its owner in a security-restricted operation.
+#[test]
+fn run_owner_code_as_superuser_through_enrolment() {
+    let mut s = Siege::new("owner_code_enrolment");
+    let mut owner = s.login("it_atk_owner");
+    owner.batch_execute(OWNER_TRAPS).unwrap();
+    owner
+        .batch_execute(
+            "-- The review's repro: a parent whose inheritance child has a trapping CHECK, given a tenant column.
+             CREATE TABLE public.p (a int);
+             CREATE TABLE public.c (CHECK (a > public.trap_check())) INHERITS (public.p);
+             ALTER TABLE public.p ADD COLUMN tenant_id uuid;
+             -- Statistics and a partial index over a table that is given a tenant column.
+             CREATE TABLE public.s (a int);
+             CREATE STATISTICS public.s_stat ON (a + public.trap_stat()), a FROM public.s;
+             CREATE INDEX ON public.s (a) WHERE a > public.trap_pred();
+             ALTER TABLE public.s ADD COLUMN tenant_id uuid;
+             -- A table that joins an enrolled tree, with rows its foreign key validates.
+             SET nile.auto_enable = off;
+             CREATE TABLE public.kid (tenant_id uuid NOT NULL, id bigint NOT NULL, name text NOT NULL);
+             CREATE STATISTICS public.kid_stat ON (id + public.trap_stat()), id FROM public.kid;
+             RESET nile.auto_enable;",
+        )
+        .unwrap();
+    s.su.batch_execute(&format!(
+        "INSERT INTO public.kid VALUES ('{ACME}', 7, 'kid-row');
+         SET nile.auto_enable = off;
+         CREATE TABLE public.s2 (tenant_id uuid, a int);
+         ALTER TABLE public.s2 OWNER TO it_atk_owner;"
+    ))
+    .unwrap();
+    owner
+        .batch_execute(
+            "CREATE STATISTICS public.s2_stat ON (a + public.trap_stat()), a FROM public.s2;
+             ALTER TABLE public.kid INHERIT public.projects;",
+        )
+        .unwrap();
+    // An administrator (here the superuser) enrolls the owner's table by hand, from a fresh backend.
+    let mut su = connect(&s.db, "postgres");
+    su.batch_execute(&format!(
+        "INSERT INTO public.s2 VALUES ('{ACME}', 1), (NULL, 2);
+         SELECT nile.enable_tenancy('public.s2', backfill_tenant => '{ACME}');"
+    ))
+    .unwrap();
+    let enrolled: i64 = one(
+        &mut s.su,
+        "SELECT count(*) FROM nile.tenant_tables
+         WHERE relid IN ('public.p'::regclass, 'public.c'::regclass, 'public.s'::regclass, 'public.kid'::regclass,
+                         'public.s2'::regclass)",
+    );
+    assert_eq!(enrolled, 5, "every table was enrolled");
+    assert_eq!(s.traps_run_by_others(), "", "a table owner's function ran with other rights");
+    let owner_is_superuser: bool = one(
+        &mut s.su,
+        "SELECT rolsuper FROM pg_roles WHERE rolname = 'it_atk_owner'",
+    );
+    assert!(!owner_is_superuser);
+    // The owner was given no lasting REFERENCES on nile.tenants along the way.
+    let references: bool = one(
+        &mut s.su,
+        "SELECT has_table_privilege('it_atk_owner', 'nile.tenants', 'REFERENCES')
+                OR has_column_privilege('it_atk_owner', 'nile.tenants', 'id', 'REFERENCES')",
+    );
+    assert!(!references, "the owner kept REFERENCES on nile.tenants");
+    s.assert_globex_intact();
+}
+
+/// Issue 17, finding 2: `nile.tenant_storage()` is SECURITY DEFINER and planned a query over every tenant table with
+/// the superuser's rights, so a tenant table's owner ran code as superuser when an administrator called it. It now
+/// reads each table with a heap scan that evaluates nothing of anybody's.
+#[test]
+fn run_owner_code_as_superuser_through_tenant_storage() {
+    let mut s = Siege::new("owner_code_storage");
+    let mut owner = s.login("it_atk_owner");
+    owner.batch_execute(OWNER_TRAPS).unwrap();
+    owner
+        .batch_execute(
+            "CREATE STATISTICS public.projects_stat ON (id + public.trap_stat()), id FROM public.projects;
+             CREATE INDEX ON public.projects (id) WHERE id > public.trap_pred();",
+        )
+        .unwrap();
+    let mut su = connect(&s.db, "postgres");
+    let storage: String = one(
+        &mut su,
+        "SELECT string_agg(concat_ws(':', tenant_name, table_name, row_count), ',' ORDER BY tenant_name)
+         FROM nile.tenant_storage()",
+    );
+    assert_eq!(storage, "Acme:projects:2,Globex:projects:1");
+    assert_eq!(s.traps_run_by_others(), "", "a table owner's function ran with other rights");
+}
+
+/// Issue 17, finding 7: a purge deleted each table's rows as its owner with row-level security not forced, so a
+/// statement trigger the owner added saw (and copied) every tenant's rows; and a setting the trigger changed stayed
+/// changed in the administrator's session. Now the deletes run with the policies forced, in the purged tenant's
+/// context, and the owner's setting changes are rolled back.
+#[test]
+fn copy_every_tenant_from_a_purge_trigger() {
+    let mut s = Siege::new("purge_trigger");
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "CREATE TABLE public.loot (name text);
+             CREATE FUNCTION public.grab() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.loot SELECT name FROM public.projects;
+                 PERFORM set_config('search_path', 'public', false);
+                 PERFORM set_config('work_mem', '7777kB', false);
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER grab BEFORE DELETE ON public.projects FOR EACH STATEMENT EXECUTE FUNCTION public.grab();",
+        )
+        .unwrap();
+    let mut admin = connect(&s.db, "postgres");
+    admin
+        .batch_execute("SET search_path = pg_catalog; SET work_mem = '4MB';")
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "SELECT nile.delete_tenant('{ACME}', purge => true)"
+        ))
+        .unwrap();
+    let settings: String = one(
+        &mut admin,
+        "SELECT current_setting('search_path') || ' ' || current_setting('work_mem')",
+    );
+    assert_eq!(settings, "pg_catalog 4MB", "the purge trigger changed the session's settings");
+    let loot: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(name, ',' ORDER BY name), '') FROM public.loot",
+    );
+    assert_eq!(loot, "acme-1,acme-2", "the purge trigger saw other tenants' rows");
+    s.assert_globex_intact();
+    let acme_rows: i64 = one(
+        &mut s.su,
+        &format!("SELECT count(*) FROM public.projects WHERE tenant_id = '{ACME}'"),
+    );
+    assert_eq!(acme_rows, 0, "the purge deleted Acme's rows");
+}
