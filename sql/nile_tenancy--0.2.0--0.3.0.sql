@@ -10,6 +10,8 @@
 --     a key made of its id, which any role could take first; pg_monitor reads every column of the runs but that one.
 --     A run going on during the upgrade keeps its 0.2.0 key. Starts are serialized by a lock on the runs table that
 --     only nile_admin can take, not by an advisory lock on a key made of the statement.
+--   * nile._protection_problems() (and so nile.verify() and the DDL event trigger) reports an enrolled table that
+--     inherits from a table that is not a tenant table: reading the parent returns its rows of every tenant.
 --   * nile.tenant_storage() reads each table with a heap scan (the new nile._tenant_table_storage()) instead of a query
 --     planned, as a SECURITY DEFINER function, with the superuser's rights over the table owner's functions.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
@@ -118,6 +120,75 @@ CREATE OR REPLACE FUNCTION nile._for_each_tenant_start(statement text, batch_siz
         END IF;
         RETURN run;
     END
+    $$;
+
+-- What is wrong with one enrolled table's protection: the table or its tenant column is gone, row-level security is
+-- not enabled or not forced, a nile_tenant_* policy is missing or differs from what enable_tenancy generates, or it
+-- inherits from a table that is not a tenant table.
+CREATE OR REPLACE FUNCTION nile._protection_problems(tbl regclass)
+    RETURNS TABLE(object text, problem text, fix text)
+    LANGUAGE sql STABLE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    WITH t AS (
+        SELECT e.relid::oid AS relid, e.relid::text AS name, e.tenant_column AS col,
+               format('SELECT nile.enable_tenancy(%L%s);', coalesce(e.parent, e.relid)::text,
+                      CASE WHEN e.tenant_column <> 'tenant_id' THEN format(', tenant_column => %L', e.tenant_column) ELSE '' END)
+                   AS fix,
+               c.oid IS NOT NULL AS table_exists, c.relrowsecurity, c.relforcerowsecurity,
+               a.atttypid
+        FROM nile.tenant_tables e
+        LEFT JOIN pg_class c ON c.oid = e.relid::oid
+        LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = e.tenant_column AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE e.relid = tbl
+    ),
+    expected AS (
+        SELECT 'nile_tenant_' || e.suffix AS polname, e.polcmd,
+               CASE e.using_side WHEN 'read' THEN format('(%s = ( SELECT nile.policy_read_tenant() AS policy_read_tenant))', quote_ident(t.col))
+                                 WHEN 'write' THEN format('(%s = ( SELECT nile.policy_write_tenant() AS policy_write_tenant))', quote_ident(t.col)) END
+                   AS using_expr,
+               CASE WHEN e.checks THEN format('(%s = ( SELECT nile.policy_write_tenant() AS policy_write_tenant))', quote_ident(t.col)) END
+                   AS check_expr
+        FROM t, (VALUES ('select', 'r', 'read', false), ('insert', 'a', NULL, true),
+                        ('update', 'w', 'write', true), ('delete', 'd', 'write', false)) AS e(suffix, polcmd, using_side, checks)
+    )
+    SELECT 'table ' || t.name, 'the table is in nile.tenant_tables but no longer exists',
+           format('DELETE FROM nile.tenant_tables WHERE relid = %s;', t.relid)
+    FROM t WHERE NOT t.table_exists
+    UNION ALL
+    SELECT 'table ' || t.name, format('tenant column %I is missing', t.col), t.fix
+    FROM t WHERE t.table_exists AND t.atttypid IS NULL
+    UNION ALL
+    SELECT 'table ' || t.name, format('tenant column %I is of type %s, not uuid', t.col, format_type(t.atttypid, NULL)),
+           format('ALTER TABLE %s ALTER COLUMN %I TYPE uuid USING %I::uuid; %s', t.name, t.col, t.col, t.fix)
+    FROM t WHERE t.atttypid IS NOT NULL AND t.atttypid <> 'uuid'::regtype
+    UNION ALL
+    SELECT 'table ' || t.name, 'row-level security is not enabled', t.fix
+    FROM t WHERE t.table_exists AND NOT t.relrowsecurity
+    UNION ALL
+    SELECT 'table ' || t.name, 'row-level security is not forced (the table owner bypasses the policies)', t.fix
+    FROM t WHERE t.table_exists AND NOT t.relforcerowsecurity
+    UNION ALL
+    SELECT format('policy %I on %s', x.polname, t.name),
+           CASE WHEN p.oid IS NULL THEN 'the policy is missing'
+                ELSE 'the policy differs from the one nile.enable_tenancy() generates' END,
+           t.fix
+    FROM t CROSS JOIN expected x
+    LEFT JOIN pg_policy p ON p.polrelid = t.relid AND p.polname = x.polname
+    WHERE t.table_exists
+      AND (p.oid IS NULL
+           OR p.polcmd::text <> x.polcmd OR NOT p.polpermissive OR p.polroles <> '{0}'::oid[]
+           OR pg_get_expr(p.polqual, p.polrelid) IS DISTINCT FROM x.using_expr
+           OR pg_get_expr(p.polwithcheck, p.polrelid) IS DISTINCT FROM x.check_expr)
+    UNION ALL
+    -- A parent that is not a tenant table: reading it returns this table's rows with the parent's policies (none).
+    SELECT 'table ' || t.name,
+           format('it inherits from %s, which is not a tenant table: reading %s returns this table''s rows of every tenant',
+                  i.inhparent::regclass, i.inhparent::regclass),
+           format('ALTER TABLE %s NO INHERIT %s;  -- or enroll the parent, which covers its children: SELECT nile.enable_tenancy(%L);',
+                  t.name, i.inhparent::regclass, i.inhparent::regclass::text)
+    FROM t JOIN pg_inherits i ON i.inhrelid = t.relid
+    WHERE NOT EXISTS (SELECT 1 FROM nile.tenant_tables pe WHERE pe.relid::oid = i.inhparent)
     $$;
 
 -- nile.verify(), as in sql/verify.sql.

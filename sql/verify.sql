@@ -7,7 +7,8 @@
 -- cross-tenant references, roles able to switch it off, missing indexes).
 
 -- What is wrong with one enrolled table's protection: the table or its tenant column is gone, row-level security is
--- not enabled or not forced, or a nile_tenant_* policy is missing or differs from what enable_tenancy generates.
+-- not enabled or not forced, a nile_tenant_* policy is missing or differs from what enable_tenancy generates, or it
+-- inherits from a table that is not a tenant table.
 CREATE FUNCTION nile._protection_problems(tbl regclass)
     RETURNS TABLE(object text, problem text, fix text)
     LANGUAGE sql STABLE
@@ -63,6 +64,15 @@ CREATE FUNCTION nile._protection_problems(tbl regclass)
            OR p.polcmd::text <> x.polcmd OR NOT p.polpermissive OR p.polroles <> '{0}'::oid[]
            OR pg_get_expr(p.polqual, p.polrelid) IS DISTINCT FROM x.using_expr
            OR pg_get_expr(p.polwithcheck, p.polrelid) IS DISTINCT FROM x.check_expr)
+    UNION ALL
+    -- A parent that is not a tenant table: reading it returns this table's rows with the parent's policies (none).
+    SELECT 'table ' || t.name,
+           format('it inherits from %s, which is not a tenant table: reading %s returns this table''s rows of every tenant',
+                  i.inhparent::regclass, i.inhparent::regclass),
+           format('ALTER TABLE %s NO INHERIT %s;  -- or enroll the parent, which covers its children: SELECT nile.enable_tenancy(%L);',
+                  t.name, i.inhparent::regclass, i.inhparent::regclass::text)
+    FROM t JOIN pg_inherits i ON i.inhrelid = t.relid
+    WHERE NOT EXISTS (SELECT 1 FROM nile.tenant_tables pe WHERE pe.relid::oid = i.inhparent)
     $$;
 
 -- nile.verify(): every way the database's tenancy is not sound, empty when it is.

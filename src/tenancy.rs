@@ -49,6 +49,8 @@ pub struct TableFacts {
     partition_of: Option<String>,
     /// The enrolled table this one inherits from (through any number of levels), if any.
     enrolled_ancestor: Option<String>,
+    /// A table this one inherits from (not as a partition) that is not a tenant table, if any.
+    unprotected_parent: Option<String>,
 }
 
 pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
@@ -61,7 +63,12 @@ pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
                     (WITH RECURSIVE up(relid) AS (
                          SELECT inhparent FROM pg_inherits WHERE inhrelid = c.oid
                          UNION SELECT i.inhparent FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
-                     SELECT t.relid::text FROM up JOIN nile.tenant_tables t ON t.relid = up.relid::regclass LIMIT 1)
+                     SELECT t.relid::text FROM up JOIN nile.tenant_tables t ON t.relid = up.relid::regclass LIMIT 1),
+                    (SELECT format('%I.%I', pn.nspname, p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
+                      JOIN pg_namespace pn ON pn.oid = p.relnamespace
+                      WHERE i.inhrelid = c.oid AND NOT c.relispartition
+                        AND NOT EXISTS (SELECT 1 FROM nile.tenant_tables t WHERE t.relid::oid = i.inhparent)
+                      ORDER BY 1 LIMIT 1)
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = $1",
             Some(1),
@@ -88,6 +95,9 @@ pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
             .or_internal("reading the table's catalog entry"),
         enrolled_ancestor: row
             .get::<String>(9)
+            .or_internal("reading the table's catalog entry"),
+        unprotected_parent: row
+            .get::<String>(10)
             .or_internal("reading the table's catalog entry"),
     }
 }
@@ -140,6 +150,24 @@ pub fn check_can_enroll(facts: &TableFacts, action: &str) {
             &format!("a child of tenant table {ancestor}"),
             &format!("Its parent's enrollment covers it; run nile.{action}_tenancy('{ancestor}')."),
         );
+    }
+    if let (Some(parent), "enable") = (&facts.unprotected_parent, action) {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!(
+                "cannot enable tenancy on {}: it inherits from {parent}, which is not a tenant table",
+                facts.qualified
+            ),
+        )
+        .detail(format!(
+            "Reading {parent} returns the rows of {} with {parent}'s policies, that is every tenant's.",
+            facts.qualified
+        ))
+        .hint(format!(
+            "Enroll the parent, which covers its children: SELECT nile.enable_tenancy('{parent}'). Or detach it first: ALTER TABLE {} NO INHERIT {parent}.",
+            facts.qualified
+        ))
+        .raise();
     }
     if !facts.owned_by_caller {
         raise(

@@ -1710,3 +1710,41 @@ fn copy_every_tenant_from_a_purge_trigger() {
     );
     assert_eq!(acme_rows, 0, "the purge deleted Acme's rows");
 }
+
+/// Issue 17, finding 6: `ALTER TABLE projects INHERIT base` was accepted, and reading `base` (no row-level security)
+/// returned the rows of `projects` of every tenant; `nile.verify()` said nothing. Now the DDL event trigger refuses it,
+/// `nile.enable_tenancy()` refuses a table with such a parent, and `nile.verify()` reports one made behind the event
+/// trigger's back.
+#[test]
+fn read_every_tenant_through_an_unprotected_parent() {
+    let mut s = Siege::new("unprotected_parent");
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "CREATE TABLE public.base (name text);
+             GRANT SELECT ON public.base TO it_attacker;",
+        )
+        .unwrap();
+    refused(
+        &mut owner,
+        "ALTER TABLE public.projects INHERIT public.base",
+        "55000",
+    );
+    owner
+        .batch_execute(
+            "SET nile.auto_enable = off;
+             CREATE TABLE public.kid (tenant_id uuid NOT NULL, name text) INHERITS (public.base);",
+        )
+        .unwrap();
+    refused(&mut s.su, "SELECT nile.enable_tenancy('public.kid')", "55000");
+    let mut c = s.attacker();
+    assert_eq!(attempt(&mut c, "SELECT name FROM public.base"), "");
+    // Made behind the event trigger's back (a superuser restoring with row_security off skips it): verify() says so.
+    s.su.batch_execute(
+        "SET row_security = off; ALTER TABLE public.projects INHERIT public.base; RESET row_security;",
+    )
+    .unwrap();
+    let found = s.finding("%projects%inherits from public.base%");
+    assert!(found.starts_with("error table public.projects"), "{found}");
+    s.assert_globex_intact();
+}
