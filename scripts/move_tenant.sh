@@ -5,7 +5,7 @@
 #   scripts/move_tenant.sh --from SOURCE --to TARGET --tenant UUID [--purge] [--workdir DIR]
 #
 # SOURCE and TARGET are libpq connection strings or URIs (e.g. "host=db1 dbname=app user=ops"); both roles must be
-# members of nile_admin, and the target role needs INSERT on the tenant tables. The target database must have the
+# members of nile_admin and not superusers (refused: see below), and the target role needs INSERT on the tenant tables. The target database must have the
 # extension and the same tenant tables (same names, the exported columns; shared tables they reference must hold the
 # referenced rows). $PSQL is the psql to use (default: psql on PATH).
 #
@@ -65,6 +65,14 @@ case "$workdir" in *"'"*) die "--workdir must not contain a quote" ;; esac
 run_psql() { "$psql_bin" -X -q -v ON_ERROR_STOP=1 -At -d "$1" -v tenant="$tenant" "${@:2}"; }
 source_sql() { run_psql "$from" "$@"; }
 target_sql() { run_psql "$to" "$@"; }
+
+# Reading and writing the tenant tables as a superuser would run their owners' code (triggers, policies, index and
+# statistics expressions) with a superuser's rights: the move runs as members of nile_admin that are not superusers.
+for side in from to; do
+  superuser=$(run_psql "${!side}" -c "SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user") \
+    || die "cannot connect to the --$side database"
+  [ "$superuser" = f ] || die "the --$side role is a superuser: connect as a member of nile_admin that is not one (a superuser would run the tenant tables' owners' code with a superuser's rights)"
+done
 
 # The same text for every value on both sides, so that the checksums compare (SET LOCAL: safe behind a pooler).
 SESSION_SETTINGS="SET LOCAL TimeZone = 'UTC'; SET LOCAL DateStyle = 'ISO, YMD'; SET LOCAL IntervalStyle = 'postgres';

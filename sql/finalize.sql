@@ -190,3 +190,7 @@ CREATE FUNCTION nile.tenant_storage(only_tenant uuid DEFAULT NULL)
 COMMENT ON FUNCTION nile.tenant_storage(uuid) IS 'nile_tenancy: rows and bytes (each row''s data without its tuple header, plus its values moved out to TOAST, uncompressed; no indexes) per tenant per tenant table; scans every tenant table';
 REVOKE ALL ON FUNCTION nile.tenant_storage(uuid), nile._tenant_table_storage(oid, uuid) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION nile.tenant_storage(uuid) TO nile_admin;
+
+-- The steps of nile.import_schema() that touch user tables (src/import_copy.rs), for administrators only.
+REVOKE ALL ON FUNCTION nile._import_step(text, oid, oid, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._import_step(text, oid, oid, uuid, text) TO nile_admin;

@@ -329,7 +329,8 @@ CREATE FUNCTION nile._advance_sequences(tbl regclass)
             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
               AND pg_get_serial_sequence(tbl::text, a.attname) IS NOT NULL
         LOOP
-            EXECUTE format('SELECT max(%I)::bigint FROM %s', col.attname, tbl) INTO highest;
+            -- Read as the table's owner (src/import_copy.rs): the caller must not run the owner's code.
+            highest := nile._import_step('highest', NULL, tbl, NULL, col.attname);
             CONTINUE WHEN highest IS NULL;
             IF has_sequence_privilege(col.seq, 'UPDATE') AND has_sequence_privilege(col.seq, 'SELECT, USAGE') THEN
                 IF highest > coalesce(pg_sequence_last_value(col.seq), 0) THEN
@@ -396,24 +397,20 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
                       HINT = 'Reactivate it first with nile.reactivate_tenant().';
         END IF;
 
-        -- One row per source table; insert_sql ($1: the tenant) is planned below to check the types, then run.
+        -- One row per source table. Every step that reads or writes a user table is nile._import_step()
+        -- (src/import_copy.rs): it runs as the table's owner, so that no owner's code runs with the caller's rights.
         CREATE TEMP TABLE pg_temp.nile_import_plan (
             source_table regclass, target_table regclass, tenant_column name, load_order integer,
-            source_has_tenant_column boolean, insert_sql text
+            source_has_tenant_column boolean
         ) ON COMMIT DROP;
         INSERT INTO pg_temp.nile_import_plan
         SELECT s.oid::regclass, t.oid::regclass, e.tenant_column, o.load_order,
                EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = s.oid AND a.attname = e.tenant_column
-                       AND a.attnum > 0 AND NOT a.attisdropped),
-               CASE WHEN e.tenant_column IS NOT NULL THEN
-                   format('INSERT INTO %s (%s%I) OVERRIDING SYSTEM VALUE SELECT %s$1 FROM %s', t.oid::regclass,
-                          coalesce(c.columns || ', ', ''), e.tenant_column, coalesce(c.columns || ', ', ''), s.oid::regclass)
-               END
+                       AND a.attnum > 0 AND NOT a.attisdropped)
         FROM pg_class s
         LEFT JOIN pg_class t ON t.relnamespace = target_oid AND t.relname = s.relname AND t.relkind IN ('r', 'p')
         LEFT JOIN nile.tenant_tables e ON e.relid = t.oid::regclass
         LEFT JOIN nile._tenant_tables_in_load_order() o ON o.relid = t.oid
-        CROSS JOIN LATERAL (SELECT nile._insertable_columns(s.oid::regclass, e.tenant_column) AS columns) c
         WHERE s.relnamespace = source_oid AND s.relkind IN ('r', 'p') AND NOT s.relispartition;
 
         IF NOT EXISTS (SELECT 1 FROM pg_temp.nile_import_plan) THEN
@@ -463,15 +460,14 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
               AND p.source_table <> ALL (coalesce(mismatched_tables, '{}'))  -- already reported above
         LOOP
             -- The tenant must not have rows there yet: importing twice would duplicate or collide.
-            EXECUTE format('SELECT count(*) FROM %s WHERE %I = $1', pair.target_table, pair.tenant_column)
-                INTO existing_rows USING tenant_id;
+            existing_rows := nile._import_step('existing', pair.source_table, pair.target_table, tenant_id);
             IF existing_rows > 0 THEN
                 problems := coalesce(problems, '{}') || format('table %s already holds %s row(s) of tenant %s',
                                                                 pair.target_table, existing_rows, tenant_id);
                 first_code := coalesce(first_code, '55000');
             END IF;
             BEGIN
-                EXECUTE 'EXPLAIN (COSTS OFF) ' || pair.insert_sql USING tenant_id;
+                PERFORM nile._import_step('typecheck', pair.source_table, pair.target_table, tenant_id);
             EXCEPTION WHEN OTHERS THEN
                 problems := coalesce(problems, '{}') || format('%s cannot be copied into %s: %s', pair.source_table,
                                                                 pair.target_table, SQLERRM);
@@ -486,9 +482,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
 
         -- A source table that already has the tenant column may only hold this tenant's rows (or NULL there).
         FOR pair IN SELECT * FROM pg_temp.nile_import_plan p WHERE p.source_has_tenant_column LOOP
-            EXECUTE format('SELECT count(*) FROM %s WHERE %I IS DISTINCT FROM $1 AND %I IS NOT NULL',
-                           pair.source_table, pair.tenant_column, pair.tenant_column)
-                INTO foreign_rows USING tenant_id;
+            foreign_rows := nile._import_step('foreign', pair.source_table, pair.target_table, tenant_id);
             IF foreign_rows > 0 THEN
                 RAISE EXCEPTION 'table % has % row(s) whose % is not tenant %', pair.source_table, foreign_rows,
                     pair.tenant_column, tenant_id
@@ -499,10 +493,9 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
 
         FOR pair IN SELECT * FROM pg_temp.nile_import_plan p ORDER BY p.load_order, p.target_table::text LOOP
             IF dry_run THEN
-                EXECUTE format('SELECT count(*) FROM %s', pair.source_table) INTO copied;
+                copied := nile._import_step('count', pair.source_table, pair.target_table, tenant_id);
             ELSE
-                EXECUTE pair.insert_sql USING tenant_id;
-                GET DIAGNOSTICS copied = ROW_COUNT;
+                copied := nile._import_step('copy', pair.source_table, pair.target_table, tenant_id);
                 PERFORM nile._advance_sequences(pair.target_table);
             END IF;
             load_order := pair.load_order;

@@ -14,6 +14,8 @@
 --     inherits from a table that is not a tenant table: reading the parent returns its rows of every tenant.
 --   * nile.tenant_storage() reads each table with a heap scan (the new nile._tenant_table_storage()) instead of a query
 --     planned, as a SECURITY DEFINER function, with the superuser's rights over the table owner's functions.
+--   * nile.import_schema() and nile._advance_sequences() read and write user tables only through the new
+--     nile._import_step(), as each table's owner, so that no owner's code runs with the administrator's rights.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
 -- (tests/integration/tests/upgrade.rs checks it object by object, from 0.1.0 and from 0.2.0).
 
@@ -578,3 +580,214 @@ CREATE OR REPLACE FUNCTION nile.tenant_storage(only_tenant uuid DEFAULT NULL)
     $$;
 COMMENT ON FUNCTION nile.tenant_storage(uuid) IS 'nile_tenancy: rows and bytes (each row''s data without its tuple header, plus its values moved out to TOAST, uncompressed; no indexes) per tenant per tenant table; scans every tenant table';
 REVOKE ALL ON FUNCTION nile.tenant_storage(uuid), nile._tenant_table_storage(oid, uuid) FROM PUBLIC;
+
+CREATE FUNCTION nile."_import_step"(
+	"step" TEXT, /* Option < & str > */
+	"source" oid, /* Option < pg_sys :: Oid > */
+	"target" oid, /* Option < pg_sys :: Oid > */
+	"tenant" uuid, /* Option < Uuid > */
+	"column_name" TEXT DEFAULT NULL /* Option < & str > */
+) RETURNS bigint /* Option < i64 > */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'import_step_wrapper';
+REVOKE ALL ON FUNCTION nile._import_step(text, oid, oid, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._import_step(text, oid, oid, uuid, text) TO nile_admin;
+
+-- After rows were copied in with their own values, move the sequences behind the table's serial and identity columns
+-- past the highest value the caller can see, so that the next default does not collide with a copied row.
+CREATE OR REPLACE FUNCTION nile._advance_sequences(tbl regclass)
+    RETURNS void
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        col record;
+        highest bigint;
+    BEGIN
+        FOR col IN
+            SELECT a.attname, pg_get_serial_sequence(tbl::text, a.attname)::regclass AS seq
+            FROM pg_attribute a
+            WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
+              AND pg_get_serial_sequence(tbl::text, a.attname) IS NOT NULL
+        LOOP
+            -- Read as the table's owner (src/import_copy.rs): the caller must not run the owner's code.
+            highest := nile._import_step('highest', NULL, tbl, NULL, col.attname);
+            CONTINUE WHEN highest IS NULL;
+            IF has_sequence_privilege(col.seq, 'UPDATE') AND has_sequence_privilege(col.seq, 'SELECT, USAGE') THEN
+                IF highest > coalesce(pg_sequence_last_value(col.seq), 0) THEN
+                    PERFORM setval(col.seq, highest);
+                END IF;
+            ELSE
+                RAISE WARNING 'sequence % of %.% was not advanced to %: permission denied', col.seq, tbl, col.attname, highest
+                    USING HINT = format('Its owner can run SELECT setval(%L, %s).', col.seq, highest);
+            END IF;
+        END LOOP;
+    END
+    $$;
+
+-- import_schema(source_schema, tenant_id, target_schema, dry_run): copy every table of a legacy schema-per-tenant
+-- schema into the tenant tables of the same name in target_schema, as tenant_id's rows, in foreign-key order, in the
+-- caller's transaction. Every table and column is checked before anything is written. Returns rows per table.
+CREATE OR REPLACE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_schema name DEFAULT 'public',
+                                   dry_run boolean DEFAULT false)
+    RETURNS TABLE(load_order integer, source_table regclass, target_table regclass, rows_copied bigint)
+    LANGUAGE plpgsql VOLATILE
+    SET search_path = pg_catalog, pg_temp
+    AS $$
+    DECLARE
+        source_oid oid;
+        target_oid oid;
+        problems text[] := '{}';
+        first_code text;
+        mismatched_tables regclass[];
+        pair record;
+        copied bigint;
+        foreign_rows bigint;
+        existing_rows bigint;
+    BEGIN
+        PERFORM nile._require_nile_admin('nile.import_schema()');
+        IF source_schema IS NULL OR tenant_id IS NULL OR target_schema IS NULL OR dry_run IS NULL THEN
+            RAISE EXCEPTION 'source_schema, tenant_id, target_schema and dry_run must not be NULL'
+                USING ERRCODE = 'null_value_not_allowed';
+        END IF;
+        SELECT n.oid INTO source_oid FROM pg_namespace n WHERE n.nspname = source_schema;
+        SELECT n.oid INTO target_oid FROM pg_namespace n WHERE n.nspname = target_schema;
+        IF source_oid IS NULL OR target_oid IS NULL THEN
+            RAISE EXCEPTION 'schema "%" does not exist', CASE WHEN source_oid IS NULL THEN source_schema ELSE target_schema END
+                USING ERRCODE = 'invalid_schema_name';
+        END IF;
+        IF source_oid = target_oid THEN
+            RAISE EXCEPTION 'source_schema and target_schema are both "%"', source_schema
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'The source is the legacy tenant''s own schema; the target holds the shared tenant tables.';
+        END IF;
+        -- The caller must be outside any tenant context, which is where the function leaves it (a SET clause would
+        -- not end a context entered inside the function: it restores only the settings it names).
+        IF nile.current_tenant() IS NOT NULL THEN
+            RAISE EXCEPTION 'nile.import_schema() cannot run inside a tenant''s context'
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      DETAIL = 'It enters the context of tenant ' || tenant_id || ' for the copy and leaves the session without one.',
+                      HINT = 'Call nile.clear_tenant() first, from a role that is not bound to a tenant.';
+        END IF;
+        -- Checks that the tenant exists and is not deleted, and enters its context: the tenant policies check every
+        -- row written below.
+        PERFORM nile._enter_tenant_for_routine(tenant_id);
+        IF NOT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = import_schema.tenant_id AND t.status = 'active') THEN
+            RAISE EXCEPTION 'tenant % is inactive: rows cannot be imported into it', tenant_id
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Reactivate it first with nile.reactivate_tenant().';
+        END IF;
+
+        -- One row per source table. Every step that reads or writes a user table is nile._import_step()
+        -- (src/import_copy.rs): it runs as the table's owner, so that no owner's code runs with the caller's rights.
+        CREATE TEMP TABLE pg_temp.nile_import_plan (
+            source_table regclass, target_table regclass, tenant_column name, load_order integer,
+            source_has_tenant_column boolean
+        ) ON COMMIT DROP;
+        INSERT INTO pg_temp.nile_import_plan
+        SELECT s.oid::regclass, t.oid::regclass, e.tenant_column, o.load_order,
+               EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = s.oid AND a.attname = e.tenant_column
+                       AND a.attnum > 0 AND NOT a.attisdropped)
+        FROM pg_class s
+        LEFT JOIN pg_class t ON t.relnamespace = target_oid AND t.relname = s.relname AND t.relkind IN ('r', 'p')
+        LEFT JOIN nile.tenant_tables e ON e.relid = t.oid::regclass
+        LEFT JOIN nile._tenant_tables_in_load_order() o ON o.relid = t.oid
+        WHERE s.relnamespace = source_oid AND s.relkind IN ('r', 'p') AND NOT s.relispartition;
+
+        IF NOT EXISTS (SELECT 1 FROM pg_temp.nile_import_plan) THEN
+            RAISE EXCEPTION 'schema "%" has no tables to import', source_schema USING ERRCODE = 'no_data_found';
+        END IF;
+
+        -- Every problem, before anything is written: a missing or unenrolled target table, a source column the
+        -- target lacks or cannot take, a required target column the source cannot fill.
+        SELECT array_agg(p.problem ORDER BY p.kind, p.problem), (array_agg(p.code ORDER BY p.kind, p.problem))[1],
+               array_agg(DISTINCT p.source_table) FILTER (WHERE p.kind = 3)
+        INTO problems, first_code, mismatched_tables
+        FROM (
+            SELECT 1 AS kind, p.source_table, format('table %s has no table %I.%I to go to', p.source_table, target_schema,
+                                     (SELECT c.relname FROM pg_class c WHERE c.oid = p.source_table)) AS problem, '42P01' AS code
+            FROM pg_temp.nile_import_plan p WHERE p.target_table IS NULL
+            UNION ALL
+            SELECT 2, p.source_table, format('table %s is not a tenant table', p.target_table), '55000'
+            FROM pg_temp.nile_import_plan p WHERE p.target_table IS NOT NULL AND p.tenant_column IS NULL
+            UNION ALL
+            SELECT 3, p.source_table, CASE
+                       WHEN ta.attname IS NULL THEN format('column %s.%I has no column of that name in %s', p.source_table, sa.attname, p.target_table)
+                       ELSE format('column %s.%I is a generated column', p.target_table, ta.attname)
+                   END,
+                   CASE WHEN ta.attname IS NULL THEN '42703' ELSE '428C9' END
+            FROM pg_temp.nile_import_plan p
+            JOIN pg_attribute sa ON sa.attrelid = p.source_table AND sa.attnum > 0 AND NOT sa.attisdropped
+                                AND sa.attgenerated = '' AND sa.attname <> p.tenant_column
+            LEFT JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attname = sa.attname AND ta.attnum > 0
+                                     AND NOT ta.attisdropped
+            WHERE p.tenant_column IS NOT NULL AND (ta.attname IS NULL OR ta.attgenerated <> '')
+            UNION ALL
+            SELECT 4, p.source_table, format('column %s.%I is NOT NULL without a default, and %s has no such column', p.target_table,
+                          ta.attname, p.source_table), '23502'
+            FROM pg_temp.nile_import_plan p
+            JOIN pg_attribute ta ON ta.attrelid = p.target_table AND ta.attnum > 0 AND NOT ta.attisdropped
+                                AND ta.attnotnull AND NOT ta.atthasdef AND ta.attidentity = '' AND ta.attgenerated = ''
+                                AND ta.attname <> p.tenant_column
+            WHERE p.tenant_column IS NOT NULL
+              AND NOT EXISTS (SELECT 1 FROM pg_attribute sa WHERE sa.attrelid = p.source_table AND sa.attname = ta.attname
+                              AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = '')
+        ) p;
+        -- Column types: Postgres itself decides whether each source column can be assigned to its target column, by
+        -- planning (not running) the insert.
+        FOR pair IN
+            SELECT * FROM pg_temp.nile_import_plan p
+            WHERE p.tenant_column IS NOT NULL
+              AND p.source_table <> ALL (coalesce(mismatched_tables, '{}'))  -- already reported above
+        LOOP
+            -- The tenant must not have rows there yet: importing twice would duplicate or collide.
+            existing_rows := nile._import_step('existing', pair.source_table, pair.target_table, tenant_id);
+            IF existing_rows > 0 THEN
+                problems := coalesce(problems, '{}') || format('table %s already holds %s row(s) of tenant %s',
+                                                                pair.target_table, existing_rows, tenant_id);
+                first_code := coalesce(first_code, '55000');
+            END IF;
+            BEGIN
+                PERFORM nile._import_step('typecheck', pair.source_table, pair.target_table, tenant_id);
+            EXCEPTION WHEN OTHERS THEN
+                problems := coalesce(problems, '{}') || format('%s cannot be copied into %s: %s', pair.source_table,
+                                                                pair.target_table, SQLERRM);
+                first_code := coalesce(first_code, SQLSTATE);
+            END;
+        END LOOP;
+        IF cardinality(problems) > 0 THEN
+            RAISE EXCEPTION 'schema "%" cannot be imported into "%": % problem(s)', source_schema, target_schema, cardinality(problems)
+                USING ERRCODE = first_code, DETAIL = array_to_string(problems, E'\n'),
+                      HINT = 'Nothing was written. Create or enroll the missing tables (nile.enable_tenancy()), align the columns, import into a tenant that has no rows yet, then call it again.';
+        END IF;
+
+        -- A source table that already has the tenant column may only hold this tenant's rows (or NULL there).
+        FOR pair IN SELECT * FROM pg_temp.nile_import_plan p WHERE p.source_has_tenant_column LOOP
+            foreign_rows := nile._import_step('foreign', pair.source_table, pair.target_table, tenant_id);
+            IF foreign_rows > 0 THEN
+                RAISE EXCEPTION 'table % has % row(s) whose % is not tenant %', pair.source_table, foreign_rows,
+                    pair.tenant_column, tenant_id
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Nothing was written. A legacy schema holds one tenant''s rows; import each tenant''s schema with its own id.';
+            END IF;
+        END LOOP;
+
+        FOR pair IN SELECT * FROM pg_temp.nile_import_plan p ORDER BY p.load_order, p.target_table::text LOOP
+            IF dry_run THEN
+                copied := nile._import_step('count', pair.source_table, pair.target_table, tenant_id);
+            ELSE
+                copied := nile._import_step('copy', pair.source_table, pair.target_table, tenant_id);
+                PERFORM nile._advance_sequences(pair.target_table);
+            END IF;
+            load_order := pair.load_order;
+            source_table := pair.source_table;
+            target_table := pair.target_table;
+            rows_copied := copied;
+            RETURN NEXT;
+        END LOOP;
+        DROP TABLE pg_temp.nile_import_plan;
+        -- Back to no context (after an error, the rollback of the caller's transaction or savepoint does it).
+        PERFORM nile.clear_tenant();
+    END
+    $$;

@@ -111,7 +111,12 @@ enum Settings {
 
 /// The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
 /// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
-fn run_as<R>(role: pg_sys::Oid, security_flags: i32, settings: Settings, f: impl FnOnce() -> R) -> R {
+fn run_as<R>(
+    role: pg_sys::Oid,
+    security_flags: i32,
+    settings: Settings,
+    f: impl FnOnce() -> R,
+) -> R {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: GetUserIdAndSecContext writes through two valid pointers; NewGUCNestLevel opens a GUC nesting level that

@@ -345,7 +345,10 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
             let col = quote_identifier(column);
             let tree = as_table_owner(facts.owner, || {
                 // Block concurrent writes (and partitions being attached) while we look at the data and change it.
-                run(client, &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"));
+                run(
+                    client,
+                    &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+                );
                 table_tree(client, relid)
             });
             refuse_foreign_member(table, &tree);
@@ -384,7 +387,14 @@ pub fn protect_member(client: &mut SpiClient<'_>, member: &TreeMember, column: &
                     member.name
                 ),
             );
-            ensure_foreign_key(client, member.owner, member.relid, &member.name, col, attnum);
+            ensure_foreign_key(
+                client,
+                member.owner,
+                member.relid,
+                &member.name,
+                col,
+                attnum,
+            );
             ensure_index(
                 client,
                 member.relid,
@@ -492,7 +502,11 @@ fn ensure_foreign_key(
     // Name the first missing tenant instead of letting the constraint fail with a row dump: the table's tenants are
     // read as its owner, and looked up in nile.tenants (whose policies hide them from the owner) with our rights.
     let tenants: Vec<Uuid> = client
-        .select(&format!("SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL"), None, &[])
+        .select(
+            &format!("SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL"),
+            None,
+            &[],
+        )
         .or_internal("listing the table's tenants")
         .map(|row| required_column::<Uuid>(&row, 1))
         .collect();
@@ -525,14 +539,28 @@ fn ensure_foreign_key(
         "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
         &[owner.into()],
     ) else {
-        Problem::new(PgSqlErrorCode::ERRCODE_INTERNAL_ERROR, format!("the owner of table {table} does not exist")).raise()
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!("the owner of table {table} does not exist"),
+        )
+        .raise()
     };
     if granted {
-        as_extension_owner(|| run(client, &format!("GRANT REFERENCES (id) ON nile.tenants TO {owner_name}")));
+        as_extension_owner(|| {
+            run(
+                client,
+                &format!("GRANT REFERENCES (id) ON nile.tenants TO {owner_name}"),
+            )
+        });
     }
     run(client, &format!("ALTER TABLE {table} ADD CONSTRAINT nile_tenant_fk FOREIGN KEY ({col}) REFERENCES nile.tenants (id)"));
     if granted {
-        as_extension_owner(|| run(client, &format!("REVOKE REFERENCES (id) ON nile.tenants FROM {owner_name}")));
+        as_extension_owner(|| {
+            run(
+                client,
+                &format!("REVOKE REFERENCES (id) ON nile.tenants FROM {owner_name}"),
+            )
+        });
     }
 }
 
@@ -707,7 +735,9 @@ fn unprotect(client: &mut SpiClient<'_>, member: &TreeMember) {
         } else {
             run(
                 client,
-                &format!("ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"),
+                &format!(
+                    "ALTER TABLE {name} NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY"
+                ),
             );
         }
     });

@@ -5,8 +5,8 @@
 //! run their SQL with the extension's rights (see privilege.rs), so `nile.tenants`' own row-level security does not
 //! get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
 
-use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::context::while_purging;
+use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::privilege::{as_extension_owner, as_table_owner_policed, require_role};
 use crate::spi_util::{execute, query_value, required_column, write_returning};
 use crate::uuid_text::{format_uuid, new_uuid_v7};

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, Once};
 
 const TOKEN_KEY: &str = "attack-suite-key-0123456789abcdef0123456789";
 const SECRET: &str = "globex-secret";
+const INITECH: &str = "0c0c0c0c-0000-7000-8000-000000000003";
 
 /// Cluster-wide set-up, once per run (after the first CREATE EXTENSION): the attacker roles and a token key.
 fn roles_and_key() {
@@ -1746,5 +1747,55 @@ fn read_every_tenant_through_an_unprotected_parent() {
     .unwrap();
     let found = s.finding("%projects%inherits from public.base%");
     assert!(found.starts_with("error table public.projects"), "{found}");
+    s.assert_globex_intact();
+}
+
+/// Issue 17, finding 5: `nile.import_schema()` read the legacy tables as the importing administrator, so a legacy
+/// schema's owner ran code with the administrator's rights through a policy on its table (or any other code it hangs
+/// there). Now each step reads a table as that table's owner; with two owners, the rows pass through a staging table.
+#[test]
+fn run_legacy_owner_code_as_the_importing_admin() {
+    let mut s = Siege::new("import_legacy_code");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    s.su.batch_execute(&format!(
+        "GRANT nile_admin TO it_atk_admin;
+         CREATE SCHEMA legacy AUTHORIZATION it_attacker;
+         GRANT USAGE ON SCHEMA legacy TO it_atk_admin;
+         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;
+         SELECT nile.create_tenant('Initech', '{INITECH}');"
+    ))
+    .unwrap();
+    // The legacy schema's owner (it_attacker, not an administrator) plants its code on its table: a policy it forces
+    // on itself, and statistics the planner folds.
+    let mut legacy_owner = s.login("it_attacker");
+    legacy_owner.batch_execute(OWNER_TRAPS).unwrap();
+    legacy_owner
+        .batch_execute(
+            "CREATE TABLE legacy.projects (id bigint NOT NULL, name text NOT NULL);
+             INSERT INTO legacy.projects VALUES (1, 'initech-1'), (2, 'initech-2');
+             ALTER TABLE legacy.projects ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+             CREATE POLICY spy ON legacy.projects USING (public.trap('policy') = 1);
+             CREATE STATISTICS legacy.projects_stat ON (id + public.trap_stat()), id FROM legacy.projects;
+             GRANT SELECT ON legacy.projects TO it_atk_admin;",
+        )
+        .unwrap();
+    let mut admin = s.login("it_atk_admin");
+    let copied: String = one(
+        &mut admin,
+        &format!(
+            "SELECT string_agg(target_table || ':' || rows_copied, ',') FROM nile.import_schema('legacy', '{INITECH}')"
+        ),
+    );
+    assert_eq!(copied, "projects:2");
+    let imported: String = one(
+        &mut s.su,
+        &format!("SELECT string_agg(name, ',' ORDER BY id) FROM public.projects WHERE tenant_id = '{INITECH}'"),
+    );
+    assert_eq!(imported, "initech-1,initech-2");
+    let runs: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(DISTINCT who, ','), '') FROM public.trap_log",
+    );
+    assert_eq!(runs, "it_attacker", "the legacy owner's code ran with other rights (or not at all)");
     s.assert_globex_intact();
 }

@@ -330,6 +330,22 @@ fn a_tenant_moves_to_another_database_verified_and_then_purged() {
     let to = dsn(target, "it_admin");
     let globex = LEGACY[1].1;
 
+    // A superuser on either side is refused before anything happens: reading or writing the tenant tables as one would
+    // run their owners' code with a superuser's rights (issue 17, finding 2).
+    for (side, from, to) in [
+        ("--from", dsn(&source, "postgres"), to.clone()),
+        ("--to", from.clone(), dsn(target, "postgres")),
+    ] {
+        let (ok, log) = move_tenant(&["--from", &from, "--to", &to, "--tenant", globex, "--purge"]);
+        assert!(!ok && log.contains(&format!("the {side} role is a superuser")), "{log}");
+    }
+    assert_eq!(tenant_rows(&source, globex), before);
+    let status: String = one(
+        &mut su,
+        &format!("SELECT status FROM nile.tenants WHERE id = '{globex}'"),
+    );
+    assert_eq!(status, "active");
+
     // The target lacks the todos table: the move fails, the target keeps nothing, the source is as it was.
     let (ok, log) = move_tenant(&["--from", &from, "--to", &to, "--tenant", globex, "--purge"]);
     assert!(!ok, "{log}");
