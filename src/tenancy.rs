@@ -290,6 +290,31 @@ fn refuse_foreign_member(table: &str, tree: &TableTree) {
     }
 }
 
+/// Raise 42501 if a table of the tree has another owner than its top: enrolling changes the tree with `ALTER TABLE`s
+/// on the top that reach every table below it, run as the top's owner, which Postgres refuses for tables it does not
+/// own. Said up front, with the fix, instead of as a bare "must be owner of table".
+fn refuse_other_owners(client: &SpiClient<'_>, table: &str, owner: pg_sys::Oid, tree: &TableTree) {
+    let Some(other) = tree.members.iter().find(|m| m.owner != owner) else {
+        return;
+    };
+    let owner_name = first_value::<String>(
+        client,
+        "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
+        &[owner.into()],
+    )
+    .unwrap_or_default();
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "cannot enable tenancy on {table}: {} below it has another owner",
+            other.name
+        ),
+    )
+    .detail("Every table of the tree is changed as the owner of its top table, which must own them all.")
+    .hint(format!("Give the tree one owner first: ALTER TABLE {} OWNER TO {owner_name}", other.name))
+    .raise();
+}
+
 /// Implementation of `nile.enable_tenancy(tbl regclass, tenant_column name DEFAULT 'tenant_id',
 /// backfill_tenant uuid DEFAULT NULL) RETURNS void`.
 #[pg_extern(volatile, parallel_unsafe, name = "_enable_tenancy")]
@@ -352,6 +377,7 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                 table_tree(client, relid)
             });
             refuse_foreign_member(table, &tree);
+            refuse_other_owners(client, table, facts.owner, &tree);
             as_table_owner(facts.owner, || {
                 let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
                 ensure_foreign_key(client, facts.owner, relid, table, &col, attnum);

@@ -327,3 +327,57 @@ fn a_dumped_and_restored_database_keeps_its_isolation() {
     }
     std::fs::remove_dir_all(&dump_dir).ok();
 }
+
+/// Enrolment changes every table as its owner (issue 17): a tree whose tables have different owners is refused up
+/// front, naming the table and the fix, with nothing changed; once the tree has one owner it enrolls; a partition of
+/// another owner attached later is protected as its own owner.
+#[test]
+fn a_tree_with_two_owners_is_refused_with_the_fix() {
+    let db = scenario("schema_two_owners");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute(
+        "DO $$ BEGIN
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_owner_a') THEN CREATE ROLE it_owner_a; END IF;
+             IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'it_owner_b') THEN CREATE ROLE it_owner_b; END IF;
+         END $$;
+         SET nile.auto_enable = off;
+         CREATE TABLE ledger (a int) PARTITION BY RANGE (a);
+         CREATE TABLE ledger_1 PARTITION OF ledger FOR VALUES FROM (0) TO (10);
+         ALTER TABLE ledger OWNER TO it_owner_a;
+         ALTER TABLE ledger_1 OWNER TO it_owner_b;",
+    )
+    .unwrap();
+    let err = su
+        .batch_execute("SELECT nile.enable_tenancy('ledger')")
+        .unwrap_err();
+    let db_err = err.as_db_error().expect("a server error");
+    assert_eq!(db_err.code().code(), "42501");
+    assert!(
+        db_err.message().contains("public.ledger_1 below it has another owner"),
+        "{}",
+        db_err.message()
+    );
+    assert_eq!(
+        db_err.hint(),
+        Some("Give the tree one owner first: ALTER TABLE public.ledger_1 OWNER TO it_owner_a")
+    );
+    let columns: i64 = one(
+        &mut su,
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'ledger'::regclass AND attname = 'tenant_id'",
+    );
+    assert_eq!(columns, 0, "nothing was changed");
+    su.batch_execute(
+        "ALTER TABLE ledger_1 OWNER TO it_owner_a;
+         SELECT nile.enable_tenancy('ledger');
+         CREATE TABLE ledger_2 (tenant_id uuid NOT NULL, a int);
+         ALTER TABLE ledger_2 OWNER TO it_owner_b;
+         ALTER TABLE ledger ATTACH PARTITION ledger_2 FOR VALUES FROM (10) TO (20);",
+    )
+    .unwrap();
+    let protected: i64 = one(
+        &mut su,
+        "SELECT count(*) FROM pg_policy WHERE polrelid = 'ledger_2'::regclass AND polname LIKE 'nile_tenant_%'",
+    );
+    assert_eq!(protected, 4);
+    assert_eq!(findings(&mut su), "");
+}
