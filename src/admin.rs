@@ -8,7 +8,7 @@
 //! a query is rewritten to, every switch of `nile.admin_active` resets this backend's plan cache (see gucs.rs), so no
 //! plan crosses the boundary.
 
-use crate::errors::{raise, OrInternal, Problem};
+use crate::errors::{raise, Problem};
 use crate::gucs;
 use crate::policy_guard::{generated_policies, previous_policies};
 use crate::privilege::{as_extension_owner, held_role, in_transaction_block, require_role};
@@ -43,19 +43,33 @@ fn admin_context(reason: Option<&str>) {
             "Run BEGIN first; the admin context lasts until the end of that transaction.",
         );
     }
-    let (session_role, acting_role): (Option<String>, Option<String>) =
-        Spi::get_two("SELECT session_user::text, current_user::text")
-            .or_internal("reading the caller's roles");
-    as_extension_owner(|| {
-        Spi::run_with_args(
-            "INSERT INTO nile.admin_audit (session_role, acting_role, reason) VALUES ($1, $2, $3)",
-            &[
-                session_role.clone().into(),
-                acting_role.clone().into(),
-                reason.into(),
-            ],
+    // SAFETY: both roles exist (they are this session's); GetUserNameFromId returns a palloc'd NUL-terminated copy.
+    let role_name = |role: pg_sys::Oid| unsafe {
+        Some(
+            std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(role, false))
+                .to_string_lossy()
+                .into_owned(),
         )
-        .or_internal("recording the admin context in nile.admin_audit");
+    };
+    // SAFETY: reads this session's user ids.
+    let (session_role, acting_role) = unsafe {
+        (
+            role_name(pg_sys::GetSessionUserId()),
+            role_name(pg_sys::GetUserId()),
+        )
+    };
+    as_extension_owner(|| {
+        Spi::connect_mut(|client| {
+            crate::spi_util::execute(
+                client,
+                "INSERT INTO nile.admin_audit (session_role, acting_role, reason) VALUES ($1, $2, $3)",
+                &[
+                    session_role.clone().into(),
+                    acting_role.clone().into(),
+                    reason.into(),
+                ],
+            )
+        })
     });
     // The audit row is transactional; this line in the server log is not, so a ROLLBACK cannot hide the access.
     // Control characters are escaped so that a reason cannot forge log lines.

@@ -227,13 +227,9 @@ fn adopt_members(client: &mut SpiClient<'_>, root: pg_sys::Oid) {
     )
     .unwrap_or_else(|| "tenant_id".into());
     let col = quote_identifier(&column);
-    let registered: Vec<pg_sys::Oid> = client
-        .select(
-            "SELECT relid::oid FROM nile.tenant_tables WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
+    let registered: Vec<pg_sys::Oid> = crate::spi_util::select(client, "SELECT relid::oid FROM nile.tenant_tables WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
             None,
-            &[root.into()],
-        )
-        .or_internal("reading the registry")
+            &[root.into()])
         .map(|row| required_column::<pg_sys::Oid>(&row, 1))
         .collect();
     let tree = table_tree(client, root);
@@ -316,15 +312,14 @@ fn follow_renamed_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid) {
 /// sql/verify.sql, which `nile.verify()` uses too).
 fn refuse_unprotected(client: &SpiClient<'_>, relid: pg_sys::Oid, root: pg_sys::Oid) {
     let problems: Vec<String> = as_extension_owner(|| {
-        client
-            .select(
-                "SELECT problem FROM nile._protection_problems($1::oid::regclass)",
-                None,
-                &[relid.into()],
-            )
-            .or_internal("checking the tenant table")
-            .map(|row| required_column::<String>(&row, 1))
-            .collect()
+        crate::spi_util::select(
+            client,
+            "SELECT problem FROM nile._protection_problems($1::oid::regclass)",
+            None,
+            &[relid.into()],
+        )
+        .map(|row| required_column::<String>(&row, 1))
+        .collect()
     });
     if problems.is_empty() {
         return;
@@ -353,9 +348,7 @@ fn regclass_text(client: &SpiClient<'_>, relid: pg_sys::Oid) -> String {
 fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
     // The highest table of relid's tree that has a tenant column (a partition's root has it whenever the partition
     // does), unless that tree holds an excluded table or is not a place for tenant tables.
-    let target = client
-        .select(
-            &format!(
+    let target = crate::spi_util::select(client, &format!(
                 "WITH RECURSIVE up(relid, level) AS (
                      SELECT $1::oid, 0
                      UNION SELECT i.inhparent, up.level + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
@@ -372,9 +365,7 @@ fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
                 is_tenant_column!()
             ),
             None,
-            &[relid.into()],
-        )
-        .or_internal("looking for a tenant column")
+            &[relid.into()])
         .next()
         .map(|row| {
             (

@@ -13,7 +13,7 @@
 //! The SQL of every step has a fixed shape; table and column names come from the catalogs, quoted.
 
 use crate::context::effective_tenant;
-use crate::errors::{raise, require_not_null, OrInternal};
+use crate::errors::{raise, require_not_null};
 use crate::privilege::{
     as_extension_owner, as_table_owner_policed, require_role, with_safe_search_path,
 };
@@ -104,14 +104,13 @@ fn import_step(
             let stage = stage(&pair);
             as_table_owner_policed(pair.source_owner, || {
                 Spi::connect(|client| {
-                    client
-                        .select(
-                            &format!("EXPLAIN (COSTS OFF) {}", fill_stage(&pair, &stage)),
-                            None,
-                            &[],
-                        )
-                        .or_internal("planning the copy")
-                        .len() as i64
+                    crate::spi_util::select(
+                        client,
+                        &format!("EXPLAIN (COSTS OFF) {}", fill_stage(&pair, &stage)),
+                        None,
+                        &[],
+                    )
+                    .len() as i64
                 })
             })
         }
@@ -145,16 +144,12 @@ fn import_step(
 fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
     let facts = as_extension_owner(|| {
         Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT format('%I.%I', n.nspname, c.relname), c.relowner,
+            crate::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner,
                             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = c.oid AND attname = $2 AND attnum > 0
                                     AND NOT attisdropped)
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
                     Some(1),
-                    &[relid.into(), column.into()],
-                )
-                .or_internal("reading the table")
+                    &[relid.into(), column.into()])
                 .next()
                 .map(|row| {
                     (
@@ -293,9 +288,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     let source = source.unwrap_or(target);
     let facts = as_extension_owner(|| {
         Spi::connect(|client| {
-            let mut rows = client
-                .select(
-                "SELECT format('%I.%I', sn.nspname, s.relname), s.relowner, format('%I.%I', tn.nspname, t.relname),
+            let mut rows = crate::spi_util::select(client, "SELECT format('%I.%I', sn.nspname, s.relname), s.relowner, format('%I.%I', tn.nspname, t.relname),
                         t.relowner, quote_ident(e.tenant_column),
                         coalesce(nile._insertable_columns(s.oid::regclass, e.tenant_column), ''),
                         coalesce((SELECT string_agg(format('%I %s', ta.attname, format_type(ta.atttypid, ta.atttypmod)), ', '
@@ -315,9 +308,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
                       JOIN nile.tenant_tables e ON e.relid = t.oid::regclass
                  WHERE s.oid = $1 AND t.oid = $2 AND s.relkind IN ('r', 'p') AND t.relkind IN ('r', 'p')",
                 Some(1),
-                &[source.into(), target.into()],
-            )
-                .or_internal("reading the tables");
+                &[source.into(), target.into()]);
             rows.next().map(|row| {
                 (
                     row.get::<String>(1).ok().flatten().unwrap_or_default(),

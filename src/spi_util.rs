@@ -1,4 +1,9 @@
-//! spi_util — the few ways the extension runs its own SQL, each with the failure handling it needs.
+//! spi_util — the only way the extension runs its own SQL (scripts/check_sql.py fails `make test` on any other SPI
+//! call in src/), each with the failure handling it needs.
+//!
+//! Every statement is checked here to run with `search_path = pg_catalog, pg_temp` (privilege.rs pins it): SQL of ours
+//! that ran in a caller's search_path would call whatever function or operator overloads the caller's schemas hold
+//! (issue 17). The check raises XX000 rather than run it; the whole test suite runs through it.
 //!
 //! Data-changing statements are always run without a row limit: a limited SPI execution stops the executor early,
 //! and the statement-level trigger that invalidates the tenant caches (sql/finalize.sql) would not fire.
@@ -6,8 +11,43 @@
 use crate::errors::OrInternal;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData};
+use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
 use pgrx::PgOid;
+
+/// The search_path every statement of the extension runs with.
+pub const PINNED_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+
+/// Raise XX000 unless the session's search_path is `PINNED_SEARCH_PATH`.
+#[track_caller]
+fn require_pinned_search_path() {
+    // SAFETY: namespace_search_path is the search_path GUC's string variable, always set (its boot value is
+    // "\"$user\", public") and NUL-terminated; it is only read here.
+    let path = unsafe { std::ffi::CStr::from_ptr(pg_sys::namespace_search_path) };
+    if path.to_bytes() != PINNED_SEARCH_PATH.as_bytes() {
+        crate::errors::Problem::new(
+            PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
+            format!(
+                "nile_tenancy: a statement of the extension would run with search_path = {}",
+                path.to_string_lossy()
+            ),
+        )
+        .raise();
+    }
+}
+
+/// Run a read-only query; its rows.
+#[track_caller]
+pub fn select<'c>(
+    client: &'c SpiClient<'_>,
+    sql: &str,
+    limit: Option<libc::c_long>,
+    args: &[DatumWithOid<'_>],
+) -> SpiTupleTable<'c> {
+    require_pinned_search_path();
+    client
+        .select(sql, limit, args)
+        .or_internal("reading the catalogs")
+}
 
 /// Column `ordinal` (1-based) of a row whose query never yields NULL there (catalog columns, expressions over them).
 /// A failed read or a NULL is a bug in our query, raised as an internal error rather than replaced by a default.
@@ -29,9 +69,7 @@ pub fn first_value<T: FromDatum + IntoDatum>(
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> Option<T> {
-    let mut rows = client
-        .select(sql, None, args)
-        .or_internal("reading the catalogs");
+    let mut rows = select(client, sql, None, args);
     rows.next()
         .and_then(|row| row.get::<T>(1).or_internal("reading a query result"))
 }
@@ -41,6 +79,7 @@ pub fn write_returning<T: FromDatum + IntoDatum>(
     sql: &str,
     args: &[DatumWithOid<'_>],
 ) -> Option<T> {
+    require_pinned_search_path();
     Spi::connect_mut(|client| {
         let mut rows = client
             .update(sql, None, args)
@@ -52,6 +91,7 @@ pub fn write_returning<T: FromDatum + IntoDatum>(
 
 /// Run a statement to completion for its effect; returns how many rows it processed.
 pub fn execute(client: &mut SpiClient<'_>, sql: &str, args: &[DatumWithOid<'_>]) -> usize {
+    require_pinned_search_path();
     client
         .update(sql, None, args)
         .or_internal("changing a table")
@@ -79,6 +119,7 @@ pub fn saved_plan_column<T: FromDatum + IntoDatum>(
     arg_types: &[PgOid],
     args: &[DatumWithOid<'_>],
 ) -> Vec<Option<T>> {
+    require_pinned_search_path();
     // Taken out of the map while it runs, so that nothing it calls can find the map borrowed.
     let saved = SAVED_PLANS.with_borrow_mut(|plans| plans.remove(sql));
     let plan = match saved {

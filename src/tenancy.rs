@@ -54,9 +54,7 @@ pub struct TableFacts {
 }
 
 pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
-    let mut rows = client
-        .select(
-            "SELECT format('%I.%I', n.nspname, c.relname), c.relowner, c.relname::text, c.relkind::text,
+    let mut rows = crate::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner, c.relname::text, c.relkind::text,
                     pg_has_role(c.relowner, 'USAGE'), n.nspname::text, c.relpersistence = 't',
                     (SELECT format('%I.%I', pn.nspname, p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
                       JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition),
@@ -72,9 +70,7 @@ pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE c.oid = $1",
             Some(1),
-            &[relid.into()],
-        )
-        .or_internal("reading the table's catalog entry");
+            &[relid.into()]);
     let Some(row) = rows.next() else {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
@@ -200,14 +196,10 @@ struct ColumnFacts {
 }
 
 fn column_facts(client: &SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Option<ColumnFacts> {
-    let mut rows = client
-        .select(
-            "SELECT attnum, format_type(atttypid, atttypmod), atttypid = 'uuid'::regtype
+    let mut rows = crate::spi_util::select(client, "SELECT attnum, format_type(atttypid, atttypmod), atttypid = 'uuid'::regtype
              FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
             Some(1),
-            &[relid.into(), column.into()],
-        )
-        .or_internal("reading the tenant column");
+            &[relid.into(), column.into()]);
     rows.next().map(|row| ColumnFacts {
         attnum: required_column::<i16>(&row, 1),
         type_name: required_column::<String>(&row, 2),
@@ -249,9 +241,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
         members: Vec::new(),
         foreign: None,
     };
-    let rows = client
-        .select(
-            "WITH RECURSIVE down(relid, level) AS (
+    let rows = crate::spi_util::select(client, "WITH RECURSIVE down(relid, level) AS (
                  SELECT $1::oid, 0
                  UNION SELECT i.inhrelid, d.level + 1 FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
              SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text, d.level > 0 AND NOT c.relispartition,
@@ -260,9 +250,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
              JOIN pg_class c ON c.oid = d.relid JOIN pg_namespace n ON n.oid = c.relnamespace
              ORDER BY d.level, 2",
             None,
-            &[relid.into()],
-        )
-        .or_internal("listing partitions and child tables");
+            &[relid.into()]);
     for row in rows {
         let name = required_column::<String>(&row, 2);
         match required_column::<String>(&row, 3).as_str() {
@@ -364,36 +352,38 @@ fn enable_tenancy(
 /// functions, which must never run with more rights than the owner has (issue 17, finding 1). Only the registry, the
 /// list of tenants and `CREATE INDEX` (which builds as the owner itself) are touched with the extension's rights.
 pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Option<&Uuid>) {
-    own_ddl(|| {
-        Spi::connect_mut(|client| {
-            let table = &facts.qualified;
-            let col = quote_identifier(column);
-            let tree = as_table_owner(facts.owner, || {
-                // Block concurrent writes (and partitions being attached) while we look at the data and change it.
-                run(
-                    client,
-                    &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
-                );
-                table_tree(client, relid)
-            });
-            refuse_foreign_member(table, &tree);
-            refuse_other_owners(client, table, facts.owner, &tree);
-            as_table_owner(facts.owner, || {
-                let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
-                ensure_foreign_key(client, facts.owner, relid, table, &col, attnum);
-                ensure_index(client, relid, table, &facts.relname, column, &col, attnum);
-            });
-            for member in &tree.members {
-                protect_member(client, member, column, &col);
-            }
-            as_extension_owner(|| {
-                register(client, relid, &tree.members, column);
-                execute(
-                    client,
-                    "DELETE FROM nile.excluded_tables WHERE relid = $1::oid::regclass",
-                    &[relid.into()],
-                );
-            });
+    with_safe_search_path(|| {
+        own_ddl(|| {
+            Spi::connect_mut(|client| {
+                let table = &facts.qualified;
+                let col = quote_identifier(column);
+                let tree = as_table_owner(facts.owner, || {
+                    // Block concurrent writes (and partitions being attached) while we look at the data and change it.
+                    run(
+                        client,
+                        &format!("LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"),
+                    );
+                    table_tree(client, relid)
+                });
+                refuse_foreign_member(table, &tree);
+                refuse_other_owners(client, table, facts.owner, &tree);
+                as_table_owner(facts.owner, || {
+                    let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
+                    ensure_foreign_key(client, facts.owner, relid, table, &col, attnum);
+                    ensure_index(client, relid, table, &facts.relname, column, &col, attnum);
+                });
+                for member in &tree.members {
+                    protect_member(client, member, column, &col);
+                }
+                as_extension_owner(|| {
+                    register(client, relid, &tree.members, column);
+                    execute(
+                        client,
+                        "DELETE FROM nile.excluded_tables WHERE relid = $1::oid::regclass",
+                        &[relid.into()],
+                    );
+                });
+            })
         })
     });
 }
@@ -527,15 +517,14 @@ fn ensure_foreign_key(
     }
     // Name the first missing tenant instead of letting the constraint fail with a row dump: the table's tenants are
     // read as its owner, and looked up in nile.tenants (whose policies hide them from the owner) with our rights.
-    let tenants: Vec<Uuid> = client
-        .select(
-            &format!("SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL"),
-            None,
-            &[],
-        )
-        .or_internal("listing the table's tenants")
-        .map(|row| required_column::<Uuid>(&row, 1))
-        .collect();
+    let tenants: Vec<Uuid> = crate::spi_util::select(
+        client,
+        &format!("SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL"),
+        None,
+        &[],
+    )
+    .map(|row| required_column::<Uuid>(&row, 1))
+    .collect();
     let orphan = as_extension_owner(|| {
         first_value::<String>(
             client,
@@ -665,13 +654,9 @@ fn protect(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &st
 
 /// Drop every nile_tenant_* policy on the table (the generated ones, and any look-alike that would confuse them).
 fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str) {
-    let existing: Vec<String> = client
-        .select(
-            "SELECT polname::text FROM pg_policy WHERE polrelid = $1 AND starts_with(polname::text, $2)",
+    let existing: Vec<String> = crate::spi_util::select(client, "SELECT polname::text FROM pg_policy WHERE polrelid = $1 AND starts_with(polname::text, $2)",
             None,
-            &[relid.into(), POLICY_PREFIX.into()],
-        )
-        .or_internal("listing policies")
+            &[relid.into(), POLICY_PREFIX.into()])
         .map(|row| required_column::<String>(&row, 1))
         .collect();
     for name in existing {

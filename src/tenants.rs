@@ -6,7 +6,7 @@
 //! get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
 
 use crate::context::while_purging;
-use crate::errors::{raise, require_not_null, OrInternal, Problem};
+use crate::errors::{raise, require_not_null, Problem};
 use crate::privilege::{as_extension_owner, as_table_owner_policed, require_role};
 use crate::spi_util::{execute, query_value, required_column, write_returning};
 use crate::uuid_text::{format_uuid, new_uuid_v7};
@@ -187,12 +187,14 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             unknown_tenant(&tenant_id);
         }
         if !purge {
-            Spi::run_with_args(
-                "UPDATE nile.tenants SET status = 'deleted', deleted_at = coalesce(deleted_at, now()), updated_at = now()
-                 WHERE id = $1",
-                &[tenant_id.into()],
-            )
-            .or_internal("soft-deleting a tenant");
+            Spi::connect_mut(|client| {
+                execute(
+                    client,
+                    "UPDATE nile.tenants SET status = 'deleted', deleted_at = coalesce(deleted_at, now()), updated_at = now()
+                     WHERE id = $1",
+                    &[tenant_id.into()],
+                )
+            });
             return;
         }
         for TenantRowHolder {
@@ -221,11 +223,13 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
                 .notice();
             }
         }
-        Spi::run_with_args(
-            "DELETE FROM nile.tenants WHERE id = $1",
-            &[tenant_id.into()],
-        )
-        .or_internal("deleting a tenant");
+        Spi::connect_mut(|client| {
+            execute(
+                client,
+                "DELETE FROM nile.tenants WHERE id = $1",
+                &[tenant_id.into()],
+            )
+        });
     });
 }
 
@@ -264,9 +268,7 @@ struct TenantRowHolder {
 /// and any other table with a foreign key to nile.tenants.
 fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
     Spi::connect(|client| {
-        let tables: Vec<TenantRowHolder> = client
-            .select(
-                "WITH holders AS (
+        let tables: Vec<TenantRowHolder> = crate::spi_util::select(client, "WITH holders AS (
                      SELECT relid::oid AS relid, tenant_column::text AS col FROM nile.tenant_tables WHERE parent IS NULL
                      UNION
                      SELECT c.conrelid, a.attname::text
@@ -279,9 +281,7 @@ fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
                  FROM holders h JOIN pg_class c ON c.oid = h.relid JOIN pg_namespace n ON n.oid = c.relnamespace
                  ORDER BY h.relid",
                 None,
-                &[],
-            )
-            .or_internal("listing tenant tables")
+                &[])
             .map(|row| TenantRowHolder {
                 relid: required_column(&row, 1),
                 table: required_column(&row, 2),
@@ -289,22 +289,21 @@ fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
                 owner: required_column(&row, 4),
             })
             .collect();
-        let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = client
-            .select(
-                "SELECT conrelid, confrelid FROM pg_constraint
+        let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::spi_util::select(
+            client,
+            "SELECT conrelid, confrelid FROM pg_constraint
                  WHERE contype = 'f' AND conparentid = 0 AND conrelid <> confrelid
                    AND conrelid = ANY($1) AND confrelid = ANY($1)",
-                None,
-                &[tables.iter().map(|t| t.relid).collect::<Vec<_>>().into()],
+            None,
+            &[tables.iter().map(|t| t.relid).collect::<Vec<_>>().into()],
+        )
+        .map(|row| {
+            (
+                required_column::<pg_sys::Oid>(&row, 1),
+                required_column::<pg_sys::Oid>(&row, 2),
             )
-            .or_internal("listing foreign keys between tenant tables")
-            .map(|row| {
-                (
-                    required_column::<pg_sys::Oid>(&row, 1),
-                    required_column::<pg_sys::Oid>(&row, 2),
-                )
-            })
-            .collect();
+        })
+        .collect();
         referencing_first(tables, &edges)
     })
 }

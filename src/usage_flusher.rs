@@ -18,7 +18,7 @@ const LAUNCHER_NAME: &str = "nile_tenancy usage flusher";
 const WORKER_TYPE: &str = "nile_tenancy usage flush";
 /// How long a flush waits for the history table's lock (held by a user's `nile.flush_usage()` or `reset_usage()`)
 /// before giving up until the next interval.
-const LOCK_TIMEOUT: &str = "10s";
+const LOCK_TIMEOUT: &std::ffi::CStr = c"10s";
 
 /// Called from _PG_init: register the launcher when the library is being preloaded.
 pub fn init() {
@@ -150,19 +150,32 @@ pub extern "C-unwind" fn nile_usage_flush_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     BackgroundWorker::transaction(|| {
-        let installed = crate::spi_util::query_value::<bool>(
-            "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'nile_tenancy')
+        crate::privilege::with_safe_search_path(|| {
+            let installed = crate::spi_util::query_value::<bool>(
+                "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'nile_tenancy')
                     AND pg_catalog.to_regclass('nile.usage_history') IS NOT NULL",
-            &[],
-        )
-        .unwrap_or(false);
-        if !installed {
-            // The extension was dropped: nothing more will be counted here, and nothing can be written.
-            usage_store::forget_databases(|d| d == database.to_u32());
-            return;
-        }
-        Spi::run(&format!("SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
-            .unwrap_or_else(|e| pgrx::error!("nile_tenancy: could not set lock_timeout: {e}"));
-        crate::usage_history::flush_database();
+                &[],
+            )
+            .unwrap_or(false);
+            if !installed {
+                // The extension was dropped: nothing more will be counted here, and nothing can be written.
+                usage_store::forget_databases(|d| d == database.to_u32());
+                return;
+            }
+            // SAFETY: sets a built-in GUC to a constant, valid value for the rest of this transaction (SET LOCAL).
+            unsafe {
+                pg_sys::set_config_option(
+                    c"lock_timeout".as_ptr(),
+                    LOCK_TIMEOUT.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    pg_sys::GucAction::GUC_ACTION_LOCAL,
+                    true,
+                    0,
+                    false,
+                );
+            }
+            crate::usage_history::flush_database();
+        })
     });
 }

@@ -211,16 +211,14 @@ fn reset_usage(tenant_id: default!(Option<Uuid>, "NULL")) {
     usage_store::require_available("nile.reset_usage()");
     flush_database();
     // pg_database is shared: every database sees all of them.
-    let live_databases: Vec<u32> = Spi::connect(|client| {
-        client
-            .select("SELECT oid FROM pg_catalog.pg_database", None, &[])
-            .map(|rows| {
-                rows.filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
-                    .map(|o| o.to_u32())
-                    .collect()
-            })
-    })
-    .or_internal("listing the databases");
+    let live_databases: Vec<u32> = crate::privilege::as_extension_owner(|| {
+        Spi::connect(|client| {
+            crate::spi_util::select(client, "SELECT oid FROM pg_catalog.pg_database", None, &[])
+                .filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
+                .map(|o| o.to_u32())
+                .collect()
+        })
+    });
     at_commit(AtCommit::Reset {
         database: this_database(),
         tenant: tenant_id.map(|t| *t.as_bytes()),
