@@ -33,6 +33,7 @@ mod ddl_events;
 mod ddl_prefilter;
 mod errors;
 mod gucs;
+mod heap_scan;
 mod import_copy;
 mod own_tables;
 mod policy_guard;

@@ -12,13 +12,17 @@
 
 use crate::ddl_events::{own_ddl, running_user_code};
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
-use crate::privilege::{as_extension_owner, as_table_owner, require_role, with_safe_search_path};
+use crate::heap_scan;
+use crate::privilege::{
+    as_extension_owner, as_table_owner, as_table_owner_policed, require_role, with_safe_search_path,
+};
 use crate::spi_util::{execute, first_value, required_column};
 use crate::tenant_cache::{self, TenantStatus};
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal, SpiClient};
 use pgrx::Uuid;
+use std::ops::ControlFlow;
 
 /// Prefix of every policy the extension generates; `nile.verify()` and the admin context recognise tables by it.
 pub const POLICY_PREFIX: &str = "nile_tenant_";
@@ -211,6 +215,71 @@ fn query_bool(client: &SpiClient<'_>, sql: &str, args: &[pgrx::datum::DatumWithO
     first_value::<bool>(client, sql, args).unwrap_or(false)
 }
 
+/// The ordinary tables of `relid`'s tree (itself, its partitions and children at any depth), each with the number of
+/// its column `column` (0 where it has none, or when `column` is `None`).
+fn leaf_tables(
+    client: &SpiClient<'_>,
+    relid: pg_sys::Oid,
+    column: Option<&str>,
+) -> Vec<(pg_sys::Oid, i16)> {
+    crate::spi_util::select(
+        client,
+        "WITH RECURSIVE down(relid) AS (
+             SELECT $1::oid UNION SELECT i.inhrelid FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
+         SELECT c.oid, coalesce((SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = $2
+                                 AND a.attnum > 0 AND NOT a.attisdropped), 0)::int2
+         FROM down JOIN pg_class c ON c.oid = down.relid WHERE c.relkind = 'r'",
+        None,
+        &[relid.into(), column.into()],
+    )
+    .map(|row| {
+        (
+            required_column::<pg_sys::Oid>(&row, 1),
+            required_column::<i16>(&row, 2),
+        )
+    })
+    .collect()
+}
+
+/// Does a row of `relid`'s tree have a tenant value (`column`'s; `None`: any row) for which `found` holds? Read with
+/// heap scans (heap_scan.rs): these checks must see every tenant's rows, and no owner's code may run while they do.
+fn any_row(
+    client: &SpiClient<'_>,
+    relid: pg_sys::Oid,
+    column: Option<&str>,
+    found: impl Fn(Option<[u8; 16]>) -> bool,
+) -> bool {
+    let mut hit = false;
+    for (leaf, attnum) in leaf_tables(client, relid, column) {
+        heap_scan::scan(leaf, attnum, &[], |row| {
+            hit = found(row.tenant);
+            if hit {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        });
+        if hit {
+            break;
+        }
+    }
+    hit
+}
+
+/// The distinct tenants named in `column` of `relid`'s tree, read with heap scans.
+fn tenants_of(client: &SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Vec<Uuid> {
+    let mut tenants = std::collections::BTreeSet::new();
+    for (leaf, attnum) in leaf_tables(client, relid, Some(column)) {
+        heap_scan::scan(leaf, attnum, &[], |row| {
+            if let Some(id) = row.tenant {
+                tenants.insert(id);
+            }
+            ControlFlow::Continue(())
+        });
+    }
+    tenants.into_iter().map(Uuid::from_bytes).collect()
+}
+
 fn run(client: &mut SpiClient<'_>, sql: &str) {
     execute(client, sql, &[]);
 }
@@ -357,7 +426,7 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
             Spi::connect_mut(|client| {
                 let table = &facts.qualified;
                 let col = quote_identifier(column);
-                let tree = as_table_owner(facts.owner, || {
+                let tree = as_table_owner_policed(facts.owner, || {
                     // Block concurrent writes (and partitions being attached) while we look at the data and change it.
                     run(
                         client,
@@ -369,7 +438,7 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                 refuse_other_owners(client, table, facts.owner, &tree);
                 as_table_owner(facts.owner, || {
                     let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
-                    ensure_foreign_key(client, facts.owner, relid, table, &col, attnum);
+                    ensure_foreign_key(client, facts.owner, relid, table, column, attnum);
                     ensure_index(client, relid, table, &facts.relname, column, &col, attnum);
                 });
                 for member in &tree.members {
@@ -391,7 +460,7 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
 /// Protect one table of a tenant tree, as its owner. Inheritance children do not inherit indexes, foreign keys or
 /// defaults, so they get their own; partitions get them from their parent.
 pub fn protect_member(client: &mut SpiClient<'_>, member: &TreeMember, column: &str, col: &str) {
-    as_table_owner(member.owner, || {
+    as_table_owner_policed(member.owner, || {
         if member.inheritance_child {
             let attnum = column_facts(client, member.relid, column)
                 .map(|c| c.attnum)
@@ -408,7 +477,7 @@ pub fn protect_member(client: &mut SpiClient<'_>, member: &TreeMember, column: &
                 member.owner,
                 member.relid,
                 &member.name,
-                col,
+                column,
                 attnum,
             );
             ensure_index(
@@ -449,13 +518,11 @@ fn ensure_tenant_column(
         ))
         .raise(),
         Some(existing) => {
-            if query_bool(
-                client,
-                &format!("SELECT EXISTS (SELECT 1 FROM {table} WHERE {col} IS NULL)"),
-                &[],
-            ) {
+            if any_row(client, relid, Some(column), |tenant| tenant.is_none()) {
                 match &backfill_literal {
-                    // Row changes fire the table's triggers: run them with the owner's rights, not ours.
+                    // Row changes fire the table's triggers: run them with the owner's rights, not ours. Row-level
+                    // security is lifted for the owner here (the rows with no tenant match no tenant policy); only a
+                    // superuser can have put such rows into an enrolled table (its policies refuse them).
                     Some(lit) => running_user_code(|| {
                         as_table_owner(facts.owner, || {
                             run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL"))
@@ -472,11 +539,7 @@ fn ensure_tenant_column(
             existing.attnum
         }
         None => {
-            let has_rows = query_bool(
-                client,
-                &format!("SELECT EXISTS (SELECT 1 FROM {table})"),
-                &[],
-            );
+            let has_rows = any_row(client, relid, None, |_| true);
             match (&backfill_literal, has_rows) {
                 (Some(lit), _) => {
                     // A constant default fills existing rows without rewriting the table; then switch the default.
@@ -503,9 +566,10 @@ fn ensure_foreign_key(
     owner: pg_sys::Oid,
     relid: pg_sys::Oid,
     table: &str,
-    col: &str,
+    column: &str,
     attnum: i16,
 ) {
+    let col = &quote_identifier(column);
     let has_fk = query_bool(
         client,
         "SELECT EXISTS (SELECT 1 FROM pg_constraint WHERE conrelid = $1 AND contype = 'f'
@@ -516,15 +580,8 @@ fn ensure_foreign_key(
         return;
     }
     // Name the first missing tenant instead of letting the constraint fail with a row dump: the table's tenants are
-    // read as its owner, and looked up in nile.tenants (whose policies hide them from the owner) with our rights.
-    let tenants: Vec<Uuid> = crate::spi_util::select(
-        client,
-        &format!("SELECT DISTINCT {col} FROM {table} WHERE {col} IS NOT NULL"),
-        None,
-        &[],
-    )
-    .map(|row| required_column::<Uuid>(&row, 1))
-    .collect();
+    // read with heap scans, and looked up in nile.tenants (whose policies hide them from the owner) with our rights.
+    let tenants = tenants_of(client, relid, column);
     let orphan = as_extension_owner(|| {
         first_value::<String>(
             client,
@@ -730,7 +787,7 @@ fn disable_tenancy(tbl: Option<pg_sys::Oid>) {
 /// policies of its own) and its registry entry.
 fn unprotect(client: &mut SpiClient<'_>, member: &TreeMember) {
     let name = &member.name;
-    as_table_owner(member.owner, || {
+    as_table_owner_policed(member.owner, || {
         drop_generated_policies(client, member.relid, name);
         let other_policies = query_bool(
             client,

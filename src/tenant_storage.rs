@@ -3,17 +3,16 @@
 //! Counting every tenant's rows needs every row, which the tenant policies hide from everybody but the admin context;
 //! and a query over the table would be planned with its owner's functions (index and statistics expressions, CHECK
 //! constraints) and, as a SECURITY DEFINER caller's, with the superuser's rights (issue 17, finding 2). So the table is
-//! read here with a plain heap scan under the statement's snapshot: no planner, no policies, no expression of
-//! anybody's is evaluated. The tenant column is read by attribute number from the registry; nothing else is decoded.
-//!
-//! Locking: `AccessShareLock` on the table for the rest of the transaction, as a `SELECT` takes.
+//! read with a plain heap scan (heap_scan.rs): no planner, no policies, no expression of anybody's is evaluated.
 
-use crate::errors::{raise, require_not_null, Problem};
+use crate::errors::{raise, require_not_null};
+use crate::heap_scan;
 use crate::privilege::{as_extension_owner, require_role};
 use crate::spi_util::query_value;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::collections::BTreeMap;
+use std::ops::ControlFlow;
 
 /// `nile._tenant_table_storage(tbl regclass, only_tenant uuid) RETURNS TABLE(tenant_id uuid, row_count bigint,
 /// bytes bigint)`: per tenant (or only `only_tenant`), the rows of enrolled table `tbl` itself (not its children) and
@@ -67,7 +66,7 @@ fn tenant_table_storage(
     )
 }
 
-/// (rows, bytes) per tenant id, from a heap scan of `relid`.
+/// (rows, bytes) per tenant id, from a heap scan of `relid` (heap_scan.rs).
 fn scan(
     relid: pg_sys::Oid,
     attnum: i16,
@@ -75,64 +74,13 @@ fn scan(
     only: Option<[u8; 16]>,
 ) -> BTreeMap<[u8; 16], (i64, i64)> {
     let mut per_tenant: BTreeMap<[u8; 16], (i64, i64)> = BTreeMap::new();
-    // SAFETY: the relation exists (it is in the registry, whose entries are dropped with their tables) and is opened
-    // with a lock held to the end of the transaction; the scan uses the active snapshot of the calling statement and
-    // is ended before the relation is closed; each tuple is read while the scan holds its page, and only through the
-    // relation's own tuple descriptor; the tenant column's datum is a pointer to 16 bytes of uuid inside the tuple.
-    unsafe {
-        let rel = pg_sys::table_open(relid, pg_sys::AccessShareLock as pg_sys::LOCKMODE);
-        if (*rel).rd_tableam != pg_sys::GetHeapamTableAmRoutine() {
-            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-            Problem::new(
-                PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
-                "nile.tenant_storage() reads heap tables only",
-            )
-            .raise();
-        }
-        let desc = (*rel).rd_att;
-        let flags = pg_sys::ScanOptions::SO_TYPE_SEQSCAN
-            | pg_sys::ScanOptions::SO_ALLOW_STRAT
-            | pg_sys::ScanOptions::SO_ALLOW_SYNC
-            | pg_sys::ScanOptions::SO_ALLOW_PAGEMODE;
-        let scan = pg_sys::heap_beginscan(
-            rel,
-            pg_sys::GetActiveSnapshot(),
-            0,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            flags,
-        );
-        loop {
-            pg_sys::check_for_interrupts!();
-            let tuple = pg_sys::heap_getnext(scan, pg_sys::ScanDirection::ForwardScanDirection);
-            if tuple.is_null() {
-                break;
-            }
-            let mut isnull = false;
-            let datum = pg_sys::heap_getattr(tuple, attnum as i32, desc, &mut isnull);
-            if isnull {
-                continue;
-            }
-            let mut id = [0u8; 16];
-            std::ptr::copy_nonoverlapping(datum.cast_mut_ptr::<u8>(), id.as_mut_ptr(), 16);
-            if only.is_some_and(|o| o != id) {
-                continue;
-            }
-            let header = (*(*tuple).t_data).t_hoff as i64;
-            let mut bytes = (*tuple).t_len as i64 - header;
-            for &att in varlena_columns {
-                let mut null = false;
-                let value = pg_sys::heap_getattr(tuple, att, desc, &mut null);
-                if !null && pgrx::varatt_is_1b_e(value.cast_mut_ptr()) {
-                    bytes += pg_sys::toast_raw_datum_size(value) as i64;
-                }
-            }
+    heap_scan::scan(relid, attnum, varlena_columns, |row| {
+        if let Some(id) = row.tenant.filter(|id| only.is_none_or(|o| o == *id)) {
             let entry = per_tenant.entry(id).or_insert((0, 0));
             entry.0 += 1;
-            entry.1 += bytes;
+            entry.1 += row.bytes;
         }
-        pg_sys::heap_endscan(scan);
-        pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
-    }
+        ControlFlow::Continue(())
+    });
     per_tenant
 }

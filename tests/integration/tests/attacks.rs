@@ -1799,3 +1799,43 @@ fn run_legacy_owner_code_as_the_importing_admin() {
     assert_eq!(runs, "it_attacker", "the legacy owner's code ran with other rights (or not at all)");
     s.assert_globex_intact();
 }
+
+/// Issue 17 review of the fix for finding 1: enrolment ran the owner's planner-time code as the owner but with row-level
+/// security lifted (`SECURITY_NOFORCE_RLS`), so a table owner's IMMUTABLE function, folded while the extension
+/// checked a new child of `projects` for rows of unknown tenants, read every tenant's rows of `projects`. Those checks
+/// are heap scans now, and everything else runs as the owner with its tables' policies forced.
+#[test]
+fn read_every_tenant_from_owner_code_during_enrolment() {
+    let mut s = Siege::new("owner_code_noforce");
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "CREATE TABLE public.loot (name text);
+             CREATE FUNCTION public.steal() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN
+                 BEGIN INSERT INTO public.loot SELECT name FROM public.projects; EXCEPTION WHEN OTHERS THEN NULL; END;
+                 RETURN 1;
+             END $$;
+             CREATE FUNCTION public.grab() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.steal(); END $$;
+             SET nile.auto_enable = off;
+             CREATE TABLE public.kid (tenant_id uuid NOT NULL, id bigint NOT NULL, name text NOT NULL);
+             CREATE STATISTICS public.kid_stat ON (id + public.grab()), id FROM public.kid;
+             RESET nile.auto_enable;
+             ALTER TABLE public.kid INHERIT public.projects;
+             CREATE TABLE public.p2 (a int);
+             CREATE TABLE public.c2 (CHECK (a > public.grab())) INHERITS (public.p2);
+             ALTER TABLE public.p2 ADD COLUMN tenant_id uuid;",
+        )
+        .unwrap();
+    let enrolled: i64 = one(
+        &mut s.su,
+        "SELECT count(*) FROM nile.tenant_tables WHERE relid IN ('public.kid'::regclass, 'public.p2'::regclass)",
+    );
+    assert_eq!(enrolled, 2);
+    let loot: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(DISTINCT name, ','), '') FROM public.loot",
+    );
+    assert!(!leaks(&loot), "the owner's code read other tenants' rows: {loot}");
+    s.assert_globex_intact();
+}
