@@ -92,17 +92,18 @@ def unqualified_in(body: str):
 
 
 def routines(sql: str):
-    """(qualified name, header, body) of every CREATE [OR REPLACE] FUNCTION / PROCEDURE with a $$ body."""
+    """(qualified name, header, body) of every CREATE [OR REPLACE] FUNCTION / PROCEDURE; body is None when it has no
+    dollar-quoted body (LANGUAGE c). The header is what comes before the body, comments removed."""
     for m in re.finditer(r"CREATE\s+(?:OR\s+REPLACE\s+)?(?:FUNCTION|PROCEDURE)\s+([\w.\"]+)\s*\(", sql, re.I):
         name = m.group(1).replace('"', "")
         rest = sql[m.end():]
         stop = rest.find(";")
-        body_start = rest.find("$$")
-        if body_start < 0 or (0 <= stop < body_start):
-            yield name, rest[: stop if stop >= 0 else len(rest)], None  # no SQL body (LANGUAGE c)
+        tag = re.search(r"\$(\w*)\$", rest)
+        if tag is None or (0 <= stop < tag.start()):
+            yield name, strip_comments_and_strings(rest[: stop if stop >= 0 else len(rest)]), None
             continue
-        body_end = rest.find("$$", body_start + 2)
-        yield name, rest[:body_start], rest[body_start + 2: body_end]
+        body_end = rest.find(tag.group(0), tag.end())
+        yield name, strip_comments_and_strings(rest[: tag.start()]), rest[tag.end(): body_end]
 
 
 def check_sql_files():

@@ -197,8 +197,37 @@ fn reconcile(client: &mut SpiClient<'_>, relid: pg_sys::Oid) {
             follow_renamed_column(client, relid);
             refuse_unprotected(client, relid, root);
         }
-        None => enroll_if_tenant_table(client, relid),
+        None => {
+            enroll_if_tenant_table(client, relid);
+            // Tenant tables that became partitions or children of this table, which is not a tenant table (`ALTER
+            // TABLE parent ATTACH PARTITION t` is reported for the parent only): reading it would return their rows.
+            for (child, root) in registered_children(client, relid) {
+                refuse_unprotected(client, child, root);
+            }
+        }
     }
+}
+
+/// Enrolled tables directly below `relid`, each with its root.
+fn registered_children(
+    client: &SpiClient<'_>,
+    relid: pg_sys::Oid,
+) -> Vec<(pg_sys::Oid, pg_sys::Oid)> {
+    crate::spi_util::select(
+        client,
+        "SELECT t.relid::oid, coalesce(t.parent, t.relid)::oid
+         FROM pg_inherits i JOIN nile.tenant_tables t ON t.relid::oid = i.inhrelid
+         WHERE i.inhparent = $1",
+        None,
+        &[relid.into()],
+    )
+    .map(|row| {
+        (
+            required_column::<pg_sys::Oid>(&row, 1),
+            required_column::<pg_sys::Oid>(&row, 2),
+        )
+    })
+    .collect()
 }
 
 /// The enrolled table at the top of `relid`'s tenant tree: the root of the highest enrolled table among `relid` and

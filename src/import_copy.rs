@@ -6,9 +6,13 @@
 //! (privilege.rs) with row-level security as Postgres applies it to that owner: the source is read as the source's
 //! owner; the target is read and written as the target's owner, whose tenant policies are forced, in the tenant's
 //! context that `import_schema()` has entered. When the two owners differ, the rows pass through a temporary table of
-//! the caller's, which carries nobody's code: the source's owner fills it, the target's owner empties it into the
-//! target. Because the owners' rights are used, the caller's own are checked first: SELECT on the source, SELECT and
-//! INSERT on the target, all at table level.
+//! the caller's with text columns, which carries nobody's code: the source's owner fills it with its values' text (so
+//! only its own types' and casts' code runs in its context), the target's owner converts that text to the target's
+//! types (so its domains, defaults and triggers run in its context). The table gets a fresh unpredictable name for each
+//! step and is checked to be unchanged (no trigger, rule, policy or other column type) before the second owner reads
+//! it. Because the owners' rights are used, the caller's own are checked first: SELECT on the source, SELECT and INSERT
+//! on the target, all at table level, and no row-level security on the source that applies to the caller (the source's
+//! owner would read rows the caller may not).
 //!
 //! The SQL of every step has a fixed shape; table and column names come from the catalogs, quoted.
 
@@ -29,13 +33,20 @@ struct Pair {
     source_owner: pg_sys::Oid,
     target: String,
     target_owner: pg_sys::Oid,
-    target_oid: pg_sys::Oid,
     /// The target's tenant column, quoted.
     tenant_column: String,
-    /// The source's insertable columns but the tenant column, quoted, comma-separated; empty when there are none.
-    columns: String,
-    /// The same columns with the target's types: the staging table's definition.
-    stage_columns: String,
+    /// The source's insertable columns but the tenant column, in the source's order.
+    columns: Vec<Column>,
+}
+
+/// One copied column.
+struct Column {
+    /// Quoted name (the same in source and target).
+    name: String,
+    /// The target column's type, with its modifier: the typecheck's staging column.
+    target_type: String,
+    /// The target column's type without modifier: what the text is converted to (the assignment applies the modifier).
+    target_base: String,
 }
 
 /// `nile._import_step(step text, source regclass, target regclass, tenant uuid, column_name name DEFAULT NULL)
@@ -101,12 +112,16 @@ fn import_step(
             &[],
         ),
         "typecheck" => {
-            let stage = stage(&pair);
+            // Planned, not run: Postgres' own assignment rules decide whether each column fits its target's type.
+            let stage = Stage::create(&pair, StageKind::TargetTypes);
             as_table_owner_policed(pair.source_owner, || {
                 Spi::connect(|client| {
                     crate::spi_util::select(
                         client,
-                        &format!("EXPLAIN (COSTS OFF) {}", fill_stage(&pair, &stage)),
+                        &format!(
+                            "EXPLAIN (COSTS OFF) {}",
+                            fill_stage(&pair, &stage.name, false)
+                        ),
                         None,
                         &[],
                     )
@@ -118,18 +133,23 @@ fn import_step(
             // One owner's code on both sides: one statement, as that owner.
             copied(
                 pair.target_owner,
-                &fill_target(&pair, &pair.source),
+                &fill_target(&pair, &pair.source, false),
                 Some(tenant),
             )
         }
         "copy" => {
-            let stage = stage(&pair);
-            copied(pair.source_owner, &fill_stage(&pair, &stage), None);
-            let rows = copied(pair.target_owner, &fill_target(&pair, &stage), Some(tenant));
-            with_safe_search_path(|| {
-                Spi::connect_mut(|client| execute(client, &format!("TRUNCATE {stage}"), &[]))
-            });
-            rows
+            let stage = Stage::create(&pair, StageKind::Text);
+            copied(
+                pair.source_owner,
+                &fill_stage(&pair, &stage.name, true),
+                None,
+            );
+            stage.require_unchanged();
+            copied(
+                pair.target_owner,
+                &fill_target(&pair, &stage.name, true),
+                Some(tenant),
+            )
         }
         other => raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -146,8 +166,9 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
         Spi::connect(|client| {
             crate::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner,
                             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = c.oid AND attname = $2 AND attnum > 0
-                                    AND NOT attisdropped)
-                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                                    AND NOT attisdropped AND atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype))
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = $1 AND c.relkind IN ('r', 'p')",
                     Some(1),
                     &[relid.into(), column.into()])
                 .next()
@@ -164,10 +185,10 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!(
-                "column \"{column}\" of relation with OID {} does not exist",
+                "relation with OID {} is not a table with an integer column \"{column}\"",
                 relid.to_u32()
             ),
-            "Pass a table and one of its columns.",
+            "nile._advance_sequences() reads the highest value of a table's serial or identity column.",
         );
     };
     require_privilege(relid, &table, "SELECT");
@@ -212,6 +233,55 @@ fn copied(owner: pg_sys::Oid, sql: &str, tenant: Option<Uuid>) -> i64 {
     })
 }
 
+/// `INSERT INTO <target> (<columns>, <tenant column>) OVERRIDING SYSTEM VALUE SELECT <columns>, $1 FROM <from>`; from
+/// a text staging table, each column converted to its target type.
+fn fill_target(pair: &Pair, from: &str, from_text: bool) -> String {
+    let names: Vec<&str> = pair.columns.iter().map(|c| c.name.as_str()).collect();
+    let values: Vec<String> = pair
+        .columns
+        .iter()
+        .map(|c| {
+            if from_text {
+                format!("{}::{}", c.name, c.target_base)
+            } else {
+                c.name.clone()
+            }
+        })
+        .collect();
+    format!(
+        "INSERT INTO {} ({}{}) OVERRIDING SYSTEM VALUE SELECT {}$1 FROM {from}",
+        pair.target,
+        with_comma(&names.join(", ")),
+        pair.tenant_column,
+        with_comma(&values.join(", ")),
+    )
+}
+
+/// `INSERT INTO <stage> (<columns>) SELECT <columns> FROM <source>`, each column's text when `as_text`.
+fn fill_stage(pair: &Pair, stage: &str, as_text: bool) -> String {
+    if pair.columns.is_empty() {
+        return format!("INSERT INTO {stage} SELECT FROM {}", pair.source);
+    }
+    let names: Vec<&str> = pair.columns.iter().map(|c| c.name.as_str()).collect();
+    let values: Vec<String> = pair
+        .columns
+        .iter()
+        .map(|c| {
+            if as_text {
+                format!("{}::pg_catalog.text", c.name)
+            } else {
+                c.name.clone()
+            }
+        })
+        .collect();
+    format!(
+        "INSERT INTO {stage} ({}) SELECT {} FROM {}",
+        names.join(", "),
+        values.join(", "),
+        pair.source
+    )
+}
+
 fn with_comma(columns: &str) -> String {
     if columns.is_empty() {
         String::new()
@@ -220,67 +290,111 @@ fn with_comma(columns: &str) -> String {
     }
 }
 
-/// `INSERT INTO <target> (<columns>, <tenant column>) OVERRIDING SYSTEM VALUE SELECT <columns>, $1 FROM <from>`.
-fn fill_target(pair: &Pair, from: &str) -> String {
-    let columns = with_comma(&pair.columns);
-    format!(
-        "INSERT INTO {} ({columns}{}) OVERRIDING SYSTEM VALUE SELECT {columns}$1 FROM {from}",
-        pair.target, pair.tenant_column
-    )
+#[derive(Clone, Copy, PartialEq)]
+enum StageKind {
+    /// The target's column types: for the typecheck, which only plans.
+    TargetTypes,
+    /// Text columns: for the copy between two owners.
+    Text,
 }
 
-/// `INSERT INTO <stage> (<columns>) SELECT <columns> FROM <source>`.
-fn fill_stage(pair: &Pair, stage: &str) -> String {
-    if pair.columns.is_empty() {
-        format!("INSERT INTO {stage} SELECT FROM {}", pair.source)
-    } else {
-        format!(
-            "INSERT INTO {stage} ({cols}) SELECT {cols} FROM {}",
-            pair.source,
-            cols = pair.columns
-        )
+/// A temporary table of the caller's, created for one step under a fresh name and dropped when the step ends (or with
+/// the transaction), which the source's owner may fill and the target's owner read.
+struct Stage {
+    name: String,
+    oid: pg_sys::Oid,
+    kind: StageKind,
+}
+
+impl Stage {
+    fn create(pair: &Pair, kind: StageKind) -> Stage {
+        let definition: Vec<String> = pair
+            .columns
+            .iter()
+            .map(|c| match kind {
+                StageKind::TargetTypes => format!("{} {}", c.name, c.target_type),
+                StageKind::Text => format!("{} pg_catalog.text", c.name),
+            })
+            .collect();
+        let owners: Vec<String> = as_extension_owner(|| {
+            [pair.source_owner, pair.target_owner]
+                .iter()
+                .map(|o| {
+                    query_value::<String>(
+                        "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
+                        &[(*o).into()],
+                    )
+                    .unwrap_or_default()
+                })
+                .collect()
+        });
+        with_safe_search_path(|| {
+            let suffix =
+                query_value::<String>("SELECT replace(gen_random_uuid()::text, '-', '')", &[])
+                    .unwrap_or_default();
+            let name = format!("pg_temp.nile_import_{suffix}");
+            Spi::connect_mut(|client| {
+                execute(
+                    client,
+                    &format!(
+                        "CREATE TEMP TABLE {name} ({}) ON COMMIT DROP",
+                        definition.join(", ")
+                    ),
+                    &[],
+                );
+                execute(
+                    client,
+                    &format!("GRANT INSERT ON {name} TO {}", owners[0]),
+                    &[],
+                );
+                execute(
+                    client,
+                    &format!("GRANT SELECT ON {name} TO {}", owners[1]),
+                    &[],
+                );
+            });
+            let oid =
+                query_value::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.clone().into()])
+                    .unwrap_or(pg_sys::InvalidOid);
+            Stage { name, oid, kind }
+        })
+    }
+
+    /// Raise 42501 unless the table is still what `create` made: an ordinary table of text columns with no trigger,
+    /// rule or row-level security (the source's owner, if it is the caller, could have changed it while it ran).
+    fn require_unchanged(&self) {
+        let intact = with_safe_search_path(|| {
+            query_value::<bool>(
+                "SELECT c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relhastriggers AND NOT c.relrowsecurity
+                        AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                        AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
+                                        AND NOT a.attisdropped AND (a.atttypid <> 'text'::regtype OR a.atthasdef))
+                        AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+                 FROM pg_class c WHERE c.oid = $1",
+                &[self.oid.into()],
+            )
+        });
+        if self.kind != StageKind::Text || intact != Some(true) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "nile.import_schema()'s staging table was changed while the source was read",
+                "Import again; nothing of this table was written.",
+            );
+        }
     }
 }
 
-/// The caller's temporary staging table for `pair`'s target (created on first use, dropped at commit), which the
-/// source's owner may fill and the target's owner read.
-fn stage(pair: &Pair) -> String {
-    let stage = format!("pg_temp.nile_import_stage_{}", pair.target_oid.to_u32());
-    let owners: Vec<String> = as_extension_owner(|| {
-        [pair.source_owner, pair.target_owner]
-            .iter()
-            .map(|o| {
-                query_value::<String>(
-                    "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
-                    &[(*o).into()],
-                )
-                .unwrap_or_default()
+impl Drop for Stage {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return; // the transaction's abort drops it (ON COMMIT DROP)
+        }
+        with_safe_search_path(|| {
+            Spi::connect_mut(|client| {
+                execute(client, &format!("DROP TABLE IF EXISTS {}", self.name), &[])
             })
-            .collect()
-    });
-    with_safe_search_path(|| {
-        Spi::connect_mut(|client| {
-            execute(
-                client,
-                &format!(
-                    "CREATE TEMP TABLE IF NOT EXISTS {stage} ({}) ON COMMIT DROP",
-                    pair.stage_columns
-                ),
-                &[],
-            );
-            execute(
-                client,
-                &format!("GRANT INSERT ON {stage} TO {}", owners[0]),
-                &[],
-            );
-            execute(
-                client,
-                &format!("GRANT SELECT ON {stage} TO {}", owners[1]),
-                &[],
-            );
-        })
-    });
-    stage
+        });
+    }
 }
 
 /// Read `pair`'s catalog facts and check the caller's privileges on both tables.
@@ -290,14 +404,19 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
         Spi::connect(|client| {
             let mut rows = crate::spi_util::select(client, "SELECT format('%I.%I', sn.nspname, s.relname), s.relowner, format('%I.%I', tn.nspname, t.relname),
                         t.relowner, quote_ident(e.tenant_column),
-                        coalesce(nile._insertable_columns(s.oid::regclass, e.tenant_column), ''),
-                        coalesce((SELECT string_agg(format('%I %s', ta.attname, format_type(ta.atttypid, ta.atttypmod)), ', '
-                                                    ORDER BY sa.attnum)
+                        coalesce((SELECT array_agg(format('%I', sa.attname) ORDER BY sa.attnum)
                                   FROM pg_attribute sa
                                   JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
                                                       AND NOT ta.attisdropped
                                   WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
-                                    AND sa.attname <> e.tenant_column), ''),
+                                    AND sa.attname <> e.tenant_column), '{}'),
+                        coalesce((SELECT array_agg(format_type(ta.atttypid, ta.atttypmod) || E'\\n' || format_type(ta.atttypid, NULL)
+                                                   ORDER BY sa.attnum)
+                                  FROM pg_attribute sa
+                                  JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
+                                                      AND NOT ta.attisdropped
+                                  WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
+                                    AND sa.attname <> e.tenant_column), '{}'),
                         (SELECT count(*) FROM pg_attribute sa
                          WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
                            AND sa.attname <> e.tenant_column
@@ -322,8 +441,8 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
                         .flatten()
                         .unwrap_or(pg_sys::InvalidOid),
                     row.get::<String>(5).ok().flatten().unwrap_or_default(),
-                    row.get::<String>(6).ok().flatten().unwrap_or_default(),
-                    row.get::<String>(7).ok().flatten().unwrap_or_default(),
+                    row.get::<Vec<String>>(6).ok().flatten().unwrap_or_default(),
+                    row.get::<Vec<String>>(7).ok().flatten().unwrap_or_default(),
                     row.get::<i64>(8).ok().flatten().unwrap_or(0),
                 )
             })
@@ -335,8 +454,8 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
         target_name,
         target_owner,
         tenant_column,
-        columns,
-        stage_columns,
+        names,
+        types,
         missing,
     )) = facts
     else {
@@ -346,7 +465,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
             "nile.import_schema() pairs each legacy table with the tenant table of the same name.",
         );
     };
-    if missing > 0 {
+    if missing > 0 || names.len() != types.len() {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!("{source_name} has columns that {target_name} lacks"),
@@ -357,14 +476,36 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     require_privilege(source, &source_name, "SELECT");
     require_privilege(target, &target_name, "SELECT");
     require_privilege(target, &target_name, "INSERT");
+    let policed = with_safe_search_path(|| {
+        query_value::<bool>("SELECT row_security_active($1)", &[source.into()])
+    });
+    if policed != Some(false) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("{source_name} has row-level security that applies to you"),
+            "nile.import_schema() reads it as its owner, which would show you rows its policies hide from you: import as its owner (or a role with BYPASSRLS), or disable its row-level security first.",
+        );
+    }
+    let columns = names
+        .into_iter()
+        .zip(types)
+        .map(|(name, types)| {
+            let (target_type, target_base) = types
+                .split_once('\n')
+                .unwrap_or((types.as_str(), types.as_str()));
+            Column {
+                name,
+                target_type: target_type.to_string(),
+                target_base: target_base.to_string(),
+            }
+        })
+        .collect();
     Pair {
         source: source_name,
         source_owner,
         target: target_name,
         target_owner,
-        target_oid: target,
         tenant_column,
         columns,
-        stage_columns,
     }
 }

@@ -62,6 +62,7 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     run_as(
         pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
         0,
+        0,
         Settings::Keep,
         f,
     )
@@ -75,17 +76,20 @@ pub fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     run_as(
         owner,
         (pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS) as i32,
+        0,
         Settings::RollBack,
         f,
     )
 }
 
-/// Like `as_table_owner`, but row-level security stays forced: the owner's code sees only the rows the tenant
-/// policies let it see (a purge, which deletes one tenant's rows and must not show its triggers any other tenant's).
+/// Like `as_table_owner`, but row-level security stays forced, also when an enclosing operation lifted it: the
+/// owner's code sees only the rows the tenant policies let it see (a purge, which deletes one tenant's rows and must
+/// not show its triggers any other tenant's; enrolment; an import).
 pub fn as_table_owner_policed<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     run_as(
         owner,
         pg_sys::SECURITY_RESTRICTED_OPERATION as i32,
+        pg_sys::SECURITY_NOFORCE_RLS as i32,
         Settings::RollBack,
         f,
     )
@@ -96,7 +100,7 @@ pub fn as_table_owner_policed<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R
 pub fn with_safe_search_path<R>(f: impl FnOnce() -> R) -> R {
     // SAFETY: reads the current user id.
     let caller = unsafe { pg_sys::GetUserId() };
-    run_as(caller, 0, Settings::Keep, f)
+    run_as(caller, 0, 0, Settings::Keep, f)
 }
 
 /// What happens, when `f` returns, to the settings changed inside it (other than the search_path pinned here, which
@@ -109,11 +113,13 @@ enum Settings {
     RollBack,
 }
 
-/// The caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
+/// Run `f` as `role`, with `security_flags` added to the security context and `cleared_flags` taken out of it. The
+/// caller's identity and search_path come back when `f` returns; if `f` raises an ERROR, transaction (or
 /// subtransaction) abort restores both, as it does for SECURITY DEFINER functions.
 fn run_as<R>(
     role: pg_sys::Oid,
     security_flags: i32,
+    cleared_flags: i32,
     settings: Settings,
     f: impl FnOnce() -> R,
 ) -> R {
@@ -136,7 +142,9 @@ fn run_as<R>(
         );
         pg_sys::SetUserIdAndSecContext(
             role,
-            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32 | security_flags,
+            (saved_context & !cleared_flags)
+                | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
+                | security_flags,
         );
         nest_level
     };

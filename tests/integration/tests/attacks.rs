@@ -1775,8 +1775,25 @@ fn run_legacy_owner_code_as_the_importing_admin() {
              INSERT INTO legacy.projects VALUES (1, 'initech-1'), (2, 'initech-2');
              ALTER TABLE legacy.projects ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
              CREATE POLICY spy ON legacy.projects USING (public.trap('policy') = 1);
-             CREATE STATISTICS legacy.projects_stat ON (id + public.trap_stat()), id FROM legacy.projects;
              GRANT SELECT ON legacy.projects TO it_atk_admin;",
+        )
+        .unwrap();
+    // A policy that applies to the administrator: refused (the owner would read rows it hides), and never run.
+    let mut admin = s.login("it_atk_admin");
+    refused(
+        &mut admin,
+        &format!("SELECT * FROM nile.import_schema('legacy', '{INITECH}')"),
+        "42501",
+    );
+    // Planner-time code instead: statistics (with data) and a partial index, which the administrator's backend folds
+    // when it plans its first query over the table.
+    legacy_owner
+        .batch_execute(
+            "DROP POLICY spy ON legacy.projects;
+             ALTER TABLE legacy.projects NO FORCE ROW LEVEL SECURITY, DISABLE ROW LEVEL SECURITY;
+             CREATE STATISTICS legacy.projects_stat ON (id + public.trap_stat()), id FROM legacy.projects;
+             CREATE INDEX ON legacy.projects (id) WHERE id > public.trap_pred();
+             ANALYZE legacy.projects;",
         )
         .unwrap();
     let mut admin = s.login("it_atk_admin");
@@ -1837,5 +1854,125 @@ fn read_every_tenant_from_owner_code_during_enrolment() {
         "SELECT coalesce(string_agg(DISTINCT name, ','), '') FROM public.loot",
     );
     assert!(!leaks(&loot), "the owner's code read other tenants' rows: {loot}");
+    s.assert_globex_intact();
+}
+
+/// Review of issue 17's import (finding 5) fix, 1: the staging table had a predictable name and was created with IF NOT
+/// EXISTS, so a nile_admin member could create it first, with a trigger, and have its function run as the source
+/// table's owner (a superuser) when the rows went in. Each step now creates a table under a fresh random name.
+#[test]
+fn run_code_as_a_source_owner_through_a_staging_table_made_in_advance() {
+    let mut s = Siege::new("import_stage_planted");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    s.su.batch_execute(
+        "GRANT nile_admin TO it_atk_admin;
+         GRANT CREATE ON SCHEMA public TO it_atk_admin;
+         CREATE TABLE public.su_src (id bigint NOT NULL, a int);
+         INSERT INTO public.su_src VALUES (1, 1);
+         GRANT SELECT ON public.su_src TO it_atk_admin;
+         CREATE TABLE public.stage_log (who text);
+         GRANT INSERT ON public.stage_log TO PUBLIC;",
+    )
+    .unwrap();
+    let mut admin = s.login("it_atk_admin");
+    admin
+        .batch_execute(
+            "CREATE TABLE public.adm_t (tenant_id uuid NOT NULL, id bigint NOT NULL, a int);
+             CREATE FUNCTION public.planted() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.stage_log VALUES (current_user); RETURN NULL; END $$;",
+        )
+        .unwrap();
+    let target_oid: u32 = one(&mut admin, "SELECT 'public.adm_t'::regclass::oid");
+    admin
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT nile.set_tenant('{ACME}');
+             CREATE TEMP TABLE nile_import_stage_{target_oid} (id bigint, a int);
+             CREATE TRIGGER planted BEFORE INSERT ON pg_temp.nile_import_stage_{target_oid}
+                 FOR EACH STATEMENT EXECUTE FUNCTION public.planted();
+             SELECT nile._import_step('copy', 'public.su_src'::regclass, 'public.adm_t'::regclass, '{ACME}');
+             COMMIT;"
+        ))
+        .unwrap();
+    let ran: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(who, ','), '') FROM public.stage_log",
+    );
+    assert_eq!(ran, "", "the planted trigger ran");
+    let copied: i64 = one(&mut s.su, "SELECT count(*) FROM public.adm_t");
+    assert_eq!(copied, 1);
+}
+
+/// Review of issue 17's import fix, 2: with two owners, the staging table had the target's column types, so the
+/// conversion into them, domain checks included, ran as the source's owner: a tenant table's owner whose column has
+/// a domain with a CHECK of its own ran that function as the legacy table's owner (here a superuser). The values now
+/// pass as text, converted by the target's owner.
+#[test]
+fn run_code_as_a_legacy_owner_through_a_domain_of_the_target() {
+    let mut s = Siege::new("import_domain");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    s.su.batch_execute(&format!(
+        "GRANT nile_admin TO it_atk_admin;
+         SELECT nile.create_tenant('Initech', '{INITECH}');
+         CREATE SCHEMA legacy_su;
+         CREATE TABLE legacy_su.projects (id bigint NOT NULL, name text NOT NULL, note text);
+         INSERT INTO legacy_su.projects VALUES (1, 'initech-1', 'n1'), (2, 'initech-2', 'n2');
+         GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
+         GRANT SELECT ON legacy_su.projects TO it_atk_admin;
+         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;"
+    ))
+    .unwrap();
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "CREATE TABLE public.domain_log (who text);
+             GRANT INSERT ON public.domain_log TO PUBLIC;
+             CREATE FUNCTION public.note_ok(text) RETURNS boolean LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.domain_log VALUES (current_user); RETURN true; END $$;
+             CREATE DOMAIN public.note_t AS text CHECK (public.note_ok(VALUE));
+             ALTER TABLE public.projects ADD COLUMN note public.note_t;",
+        )
+        .unwrap();
+    let mut admin = s.login("it_atk_admin");
+    let copied: String = one(
+        &mut admin,
+        &format!(
+            "SELECT string_agg(target_table || ':' || rows_copied, ',') FROM nile.import_schema('legacy_su', '{INITECH}')"
+        ),
+    );
+    assert_eq!(copied, "projects:2");
+    let ran: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(DISTINCT who, ','), '') FROM public.domain_log",
+    );
+    assert_eq!(ran, "it_atk_owner", "the target owner's domain ran with other rights");
+    let notes: String = one(
+        &mut s.su,
+        &format!("SELECT string_agg(name || '/' || note, ',' ORDER BY id) FROM public.projects WHERE tenant_id = '{INITECH}'"),
+    );
+    assert_eq!(notes, "initech-1/n1,initech-2/n2");
+}
+
+/// Review of issue 17's finding 6 fix: `ALTER TABLE p ATTACH PARTITION projects` is reported to the event trigger
+/// for `p` only, so with automatic enrolment off a tenant table became a partition of a table without row-level
+/// security, through which every tenant's rows could be read. The tenant tables below a changed table are checked too.
+#[test]
+fn read_every_tenant_through_a_parent_it_is_attached_to() {
+    let mut s = Siege::new("attach_to_parent");
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "SET nile.auto_enable = off;
+             CREATE TABLE public.p (tenant_id uuid NOT NULL, id bigint NOT NULL, name text NOT NULL) PARTITION BY LIST (tenant_id);
+             GRANT SELECT ON public.p TO it_attacker;",
+        )
+        .unwrap();
+    refused(
+        &mut owner,
+        "SET nile.auto_enable = off; ALTER TABLE public.p ATTACH PARTITION public.projects DEFAULT",
+        "55000",
+    );
+    let mut c = s.attacker();
+    assert_eq!(attempt(&mut c, "SELECT name FROM public.p"), "");
     s.assert_globex_intact();
 }
