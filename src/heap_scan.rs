@@ -9,6 +9,7 @@
 //! number; nothing else of a row is decoded but the varlena columns asked for.
 //!
 //! Locking: `AccessShareLock` on the table, held to the end of the transaction, as a `SELECT` takes.
+//! Visibility: the calling statement's snapshot, or one that sees all the transaction has done (`Sees`).
 
 use crate::errors::raise;
 use pgrx::prelude::*;
@@ -22,15 +23,35 @@ pub struct Row {
     pub bytes: i64,
 }
 
-/// Scan ordinary table `relid` itself (not its children), calling `visit` for each row visible to the statement's
-/// snapshot, until it returns `Break`. `attnum` is the tenant column's number (0: none). Raises 0A000 for a table of
-/// another access method than heap.
+/// Which rows a scan sees.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Sees {
+    /// What the calling statement sees (its snapshot): for a function called in a query.
+    Statement,
+    /// Everything this transaction has done so far, as the next SPI statement would (the rows a `CREATE TABLE … AS`
+    /// being enrolled has just written included): for the DDL paths.
+    Transaction,
+}
+
+/// Scan ordinary table `relid` itself (not its children), calling `visit` for each row it `sees`, until it returns
+/// `Break`. `attnum` is the tenant column's number (0: none). Raises 0A000 for a table of another access method than
+/// heap.
 pub fn scan(
     relid: pg_sys::Oid,
     attnum: i16,
     varlena_columns: &[i32],
+    sees: Sees,
     mut visit: impl FnMut(Row) -> ControlFlow<()>,
 ) {
+    if sees == Sees::Transaction {
+        // SAFETY: what SPI does before a statement: make this transaction's earlier changes visible and push a snapshot
+        // that sees them (popped below; an error's abort pops it otherwise).
+        unsafe {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            pg_sys::UpdateActiveSnapshotCommandId();
+        }
+    }
     // SAFETY: the relation is opened with a lock held to the end of the transaction (it exists: the callers found it in
     // the catalogs of this transaction); the scan uses the active snapshot of the calling statement and is ended before
     // the relation is closed, also when `visit` breaks off; each tuple is read while the scan holds its page, and only
@@ -91,5 +112,8 @@ pub fn scan(
         }
         pg_sys::heap_endscan(scan);
         pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+        if sees == Sees::Transaction {
+            pg_sys::PopActiveSnapshot();
+        }
     }
 }

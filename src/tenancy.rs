@@ -251,7 +251,7 @@ fn any_row(
 ) -> bool {
     let mut hit = false;
     for (leaf, attnum) in leaf_tables(client, relid, column) {
-        heap_scan::scan(leaf, attnum, &[], |row| {
+        heap_scan::scan(leaf, attnum, &[], heap_scan::Sees::Transaction, |row| {
             hit = found(row.tenant);
             if hit {
                 ControlFlow::Break(())
@@ -270,7 +270,7 @@ fn any_row(
 fn tenants_of(client: &SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Vec<Uuid> {
     let mut tenants = std::collections::BTreeSet::new();
     for (leaf, attnum) in leaf_tables(client, relid, Some(column)) {
-        heap_scan::scan(leaf, attnum, &[], |row| {
+        heap_scan::scan(leaf, attnum, &[], heap_scan::Sees::Transaction, |row| {
             if let Some(id) = row.tenant {
                 tenants.insert(id);
             }

@@ -74,13 +74,19 @@ fn scan(
     only: Option<[u8; 16]>,
 ) -> BTreeMap<[u8; 16], (i64, i64)> {
     let mut per_tenant: BTreeMap<[u8; 16], (i64, i64)> = BTreeMap::new();
-    heap_scan::scan(relid, attnum, varlena_columns, |row| {
-        if let Some(id) = row.tenant.filter(|id| only.is_none_or(|o| o == *id)) {
-            let entry = per_tenant.entry(id).or_insert((0, 0));
-            entry.0 += 1;
-            entry.1 += row.bytes;
-        }
-        ControlFlow::Continue(())
-    });
+    heap_scan::scan(
+        relid,
+        attnum,
+        varlena_columns,
+        heap_scan::Sees::Statement,
+        |row| {
+            if let Some(id) = row.tenant.filter(|id| only.is_none_or(|o| o == *id)) {
+                let entry = per_tenant.entry(id).or_insert((0, 0));
+                entry.0 += 1;
+                entry.1 += row.bytes;
+            }
+            ControlFlow::Continue(())
+        },
+    );
     per_tenant
 }
