@@ -3,8 +3,10 @@
 be immune to the caller's search_path, or an overload planted in a schema on that path runs instead of pg_catalog's.
 
 1. SQL (the install scripts and the newest upgrade script): every function and procedure written in SQL or PL/pgSQL
-   has `SET search_path = pg_catalog, pg_temp`, except those in QUALIFIED, which cannot have it (a procedure that
-   commits) and must instead qualify every function call, operator and type of their own: checked token by token.
+   has exactly `SET search_path = pg_catalog, pg_temp`, except those in QUALIFIED, which cannot have it (a procedure
+   that commits) and must instead qualify every function call, operator and type of their own (checked token by
+   token), and `BEGIN ATOMIC` bodies, which Postgres resolves when the install script creates them. A body quoted any
+   other way, and `ALTER FUNCTION … SET / RESET search_path`, are refused.
 2. Rust (src/): SPI is called only from src/spi_util.rs, which checks at run time, on every statement, that the
    search_path is pinned to `pg_catalog, pg_temp` (src/privilege.rs pins it); so every statement the test suites
    reach is checked too.
@@ -122,15 +124,24 @@ def check_sql_files():
             where = f"{path.relative_to(ROOT)}: {name}"
             if name in QUALIFIED:
                 problems += [f"{where}: {p}" for p in unqualified_in(body)]
-            elif PINNED not in " ".join(header.split()):
-                problems.append(f"{where}: no `{PINNED}`")
+            elif not re.search(re.escape(PINNED) + r"(?!\s*,)", " ".join(header.split())):
+                problems.append(f"{where}: no `{PINNED}` (exactly)")
+        # Routines in SQL or PL/pgSQL with a body that is neither dollar-quoted nor BEGIN ATOMIC (which Postgres parses
+        # at CREATE time, in the install script's search_path) escape the checks above.
+        for name, header, body in routines(sql):
+            if (body is None and re.search(r"LANGUAGE\s+(sql|plpgsql)\b", header, re.I)
+                    and not re.search(r"\bBEGIN\s+ATOMIC\b", header, re.I)):
+                problems.append(f"{path.relative_to(ROOT)}: {name}: a body that is not dollar-quoted")
+        # A search_path changed after the fact.
+        for m in re.finditer(r"ALTER\s+(FUNCTION|PROCEDURE|ROUTINE)\s+[^;]*\b(SET|RESET)\s+search_path", sql, re.I):
+            problems.append(f"{path.relative_to(ROOT)}: {m.group(0)[:60]}…: changes a routine's search_path")
     return problems
 
 
 def check_rust_files():
     problems = []
     spi = re.compile(r"\.\s*(select|update|prepare|prepare_mut)\s*\(|Spi::(run|run_with_args|get_one\w*|get_two\w*|"
-                     r"get_three\w*|explain|select|update)\b")
+                     r"get_three\w*|explain|select|update)\b|\bSPI_\w+\s*\(")
     for path in sorted((ROOT / "src").glob("*.rs")):
         if path.name in ("spi_util.rs", "pg_tests.rs"):
             continue

@@ -70,6 +70,22 @@ pub fn scan(
             );
         }
         let desc = (*rel).rd_att;
+        // The column must still be the uuid the caller found in the catalogs (its type cannot change under our lock).
+        let column_ok = attnum <= 0
+            || pgrx::PgTupleDesc::from_pg_unchecked(desc)
+                .get((attnum - 1) as usize)
+                .is_some_and(|a| a.atttypid == pg_sys::UUIDOID && !a.attisdropped);
+        if !column_ok {
+            pg_sys::table_close(rel, pg_sys::NoLock as pg_sys::LOCKMODE);
+            raise(
+                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                format!(
+                    "column {attnum} of relation with OID {} is not a uuid column",
+                    relid.to_u32()
+                ),
+                "The table changed while nile_tenancy read it; run the command again.",
+            );
+        }
         let flags = pg_sys::ScanOptions::SO_TYPE_SEQSCAN
             | pg_sys::ScanOptions::SO_ALLOW_STRAT
             | pg_sys::ScanOptions::SO_ALLOW_SYNC

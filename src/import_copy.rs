@@ -43,8 +43,6 @@ struct Pair {
 struct Column {
     /// Quoted name (the same in source and target).
     name: String,
-    /// The target column's type, with its modifier: the typecheck's staging column.
-    target_type: String,
     /// The target column's type without modifier: what the text is converted to (the assignment applies the modifier).
     target_base: String,
 }
@@ -111,23 +109,24 @@ fn import_step(
             format!("SELECT count(*) FROM {}", pair.source),
             &[],
         ),
+        "typecheck" if pair.source_owner == pair.target_owner => {
+            // Planned, not run, as the one owner: Postgres' assignment rules decide whether each column fits.
+            planned(
+                pair.target_owner,
+                &fill_target(&pair, &pair.source, false),
+                Some(tenant),
+            )
+        }
         "typecheck" => {
-            // Planned, not run: Postgres' own assignment rules decide whether each column fits its target's type.
-            let stage = Stage::create(&pair, StageKind::TargetTypes);
-            as_table_owner_policed(pair.source_owner, || {
-                Spi::connect(|client| {
-                    crate::spi_util::select(
-                        client,
-                        &format!(
-                            "EXPLAIN (COSTS OFF) {}",
-                            fill_stage(&pair, &stage.name, false)
-                        ),
-                        None,
-                        &[],
-                    )
-                    .len() as i64
-                })
-            })
+            // Both halves of the copy between two owners, each planned (not run) as its owner: no side's code is
+            // planned in the other's context.
+            let stage = Stage::create(&pair);
+            planned(pair.source_owner, &fill_stage(&pair, &stage.name), None);
+            planned(
+                pair.target_owner,
+                &fill_target(&pair, &stage.name, true),
+                Some(tenant),
+            )
         }
         "copy" if pair.source_owner == pair.target_owner => {
             // One owner's code on both sides: one statement, as that owner.
@@ -138,12 +137,8 @@ fn import_step(
             )
         }
         "copy" => {
-            let stage = Stage::create(&pair, StageKind::Text);
-            copied(
-                pair.source_owner,
-                &fill_stage(&pair, &stage.name, true),
-                None,
-            );
+            let stage = Stage::create(&pair);
+            copied(pair.source_owner, &fill_stage(&pair, &stage.name), None);
             stage.require_unchanged();
             copied(
                 pair.target_owner,
@@ -192,6 +187,20 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
         );
     };
     require_privilege(relid, &table, "SELECT");
+    require_no_policy_of_the_caller(relid, &table);
+    let enrolled_or_open = with_safe_search_path(|| {
+        query_value::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass) OR NOT row_security_active($1)",
+            &[relid.into()],
+        )
+    });
+    if enrolled_or_open != Some(true) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("{table} has row-level security that applies to you"),
+            "Its owner, as whom the highest value is read, is not under it: run it as the table's owner.",
+        );
+    }
     as_table_owner_policed(owner, || {
         query_value::<i64>(
             &format!(
@@ -201,6 +210,27 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
             &[],
         )
     })
+}
+
+/// Raise 42501 if `relid` has a policy, other than the generated `nile_tenant_*` ones, for particular roles that
+/// include the caller: its owner, as whom the steps run, would not be under it.
+fn require_no_policy_of_the_caller(relid: pg_sys::Oid, name: &str) {
+    let has = with_safe_search_path(|| {
+        query_value::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_policy p
+                            WHERE p.polrelid = $1 AND NOT starts_with(p.polname::text, 'nile_tenant_')
+                              AND p.polroles <> '{0}'::oid[]
+                              AND EXISTS (SELECT 1 FROM unnest(p.polroles) r WHERE pg_has_role(r, 'MEMBER')))",
+            &[relid.into()],
+        )
+    });
+    if has != Some(false) {
+        raise(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            format!("{name} has row-level security policies for your roles"),
+            "nile.import_schema() works on it as its owner, who is not under those policies: run it as the table's owner, or drop those policies first.",
+        );
+    }
 }
 
 /// Raise 42501 unless the caller holds `privilege` on `relid` itself (at table level): the steps use the owners'.
@@ -220,6 +250,19 @@ fn require_privilege(relid: pg_sys::Oid, name: &str, privilege: &str) {
             format!("Its owner can run GRANT {privilege} ON {name} TO <your role>."),
         );
     }
+}
+
+/// Plan `sql` (an INSERT, with the tenant as $1 if `tenant` is given) as `owner` without running it; 0.
+fn planned(owner: pg_sys::Oid, sql: &str, tenant: Option<Uuid>) -> i64 {
+    as_table_owner_policed(owner, || {
+        Spi::connect_mut(|client| {
+            let args: Vec<pgrx::datum::DatumWithOid<'_>> =
+                tenant.into_iter().map(Into::into).collect();
+            // Not read-only: Postgres refuses EXPLAIN of an INSERT in a read-only SPI connection.
+            execute(client, &format!("EXPLAIN (COSTS OFF) {sql}"), &args);
+            0
+        })
+    })
 }
 
 /// Run `sql` (an INSERT, with the tenant as $1 if `tenant` is given) as `owner`; the rows it wrote.
@@ -257,8 +300,8 @@ fn fill_target(pair: &Pair, from: &str, from_text: bool) -> String {
     )
 }
 
-/// `INSERT INTO <stage> (<columns>) SELECT <columns> FROM <source>`, each column's text when `as_text`.
-fn fill_stage(pair: &Pair, stage: &str, as_text: bool) -> String {
+/// `INSERT INTO <stage> (<columns>) SELECT <column>::text, … FROM <source>`.
+fn fill_stage(pair: &Pair, stage: &str) -> String {
     if pair.columns.is_empty() {
         return format!("INSERT INTO {stage} SELECT FROM {}", pair.source);
     }
@@ -266,13 +309,7 @@ fn fill_stage(pair: &Pair, stage: &str, as_text: bool) -> String {
     let values: Vec<String> = pair
         .columns
         .iter()
-        .map(|c| {
-            if as_text {
-                format!("{}::pg_catalog.text", c.name)
-            } else {
-                c.name.clone()
-            }
-        })
+        .map(|c| format!("{}::pg_catalog.text", c.name))
         .collect();
     format!(
         "INSERT INTO {stage} ({}) SELECT {} FROM {}",
@@ -290,45 +327,31 @@ fn with_comma(columns: &str) -> String {
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
-enum StageKind {
-    /// The target's column types: for the typecheck, which only plans.
-    TargetTypes,
-    /// Text columns: for the copy between two owners.
-    Text,
-}
-
-/// A temporary table of the caller's, created for one step under a fresh name and dropped when the step ends (or with
+/// A temporary table of text columns, created for one step under a fresh random name by the extension (so that
+/// neither owner, nor the caller, can alter, rename, index or inherit from it) and dropped when the step ends (or with
 /// the transaction), which the source's owner may fill and the target's owner read.
 struct Stage {
     name: String,
     oid: pg_sys::Oid,
-    kind: StageKind,
 }
 
 impl Stage {
-    fn create(pair: &Pair, kind: StageKind) -> Stage {
+    fn create(pair: &Pair) -> Stage {
         let definition: Vec<String> = pair
             .columns
             .iter()
-            .map(|c| match kind {
-                StageKind::TargetTypes => format!("{} {}", c.name, c.target_type),
-                StageKind::Text => format!("{} pg_catalog.text", c.name),
-            })
+            .map(|c| format!("{} pg_catalog.text", c.name))
             .collect();
-        let owners: Vec<String> = as_extension_owner(|| {
-            [pair.source_owner, pair.target_owner]
-                .iter()
-                .map(|o| {
-                    query_value::<String>(
-                        "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
-                        &[(*o).into()],
-                    )
-                    .unwrap_or_default()
-                })
-                .collect()
-        });
-        with_safe_search_path(|| {
+        as_extension_owner(|| {
+            let owner_name = |o: pg_sys::Oid| {
+                query_value::<String>(
+                    "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
+                    &[o.into()],
+                )
+                .unwrap_or_default()
+            };
+            let (source_owner, target_owner) =
+                (owner_name(pair.source_owner), owner_name(pair.target_owner));
             let suffix =
                 query_value::<String>("SELECT replace(gen_random_uuid()::text, '-', '')", &[])
                     .unwrap_or_default();
@@ -344,37 +367,40 @@ impl Stage {
                 );
                 execute(
                     client,
-                    &format!("GRANT INSERT ON {name} TO {}", owners[0]),
+                    &format!("GRANT INSERT ON {name} TO {source_owner}"),
                     &[],
                 );
                 execute(
                     client,
-                    &format!("GRANT SELECT ON {name} TO {}", owners[1]),
+                    &format!("GRANT SELECT ON {name} TO {target_owner}"),
                     &[],
                 );
             });
             let oid =
                 query_value::<pg_sys::Oid>("SELECT $1::regclass::oid", &[name.clone().into()])
                     .unwrap_or(pg_sys::InvalidOid);
-            Stage { name, oid, kind }
+            Stage { name, oid }
         })
     }
 
-    /// Raise 42501 unless the table is still what `create` made: an ordinary table of text columns with no trigger,
-    /// rule or row-level security (the source's owner, if it is the caller, could have changed it while it ran).
+    /// Raise 42501 unless the table is still what `create` made, under its name: an ordinary table of the extension's
+    /// with text columns and nothing on it (no trigger, rule, index, policy, child, constraint or statistics).
     fn require_unchanged(&self) {
-        let intact = with_safe_search_path(|| {
+        let intact = as_extension_owner(|| {
             query_value::<bool>(
                 "SELECT c.relkind = 'r' AND NOT c.relhasrules AND NOT c.relhastriggers AND NOT c.relrowsecurity
-                        AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user)
+                        AND NOT c.relhasindex AND NOT c.relhassubclass AND c.relchecks = 0
+                        AND c.relowner = 10 AND to_regclass($2) = c.oid
                         AND NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0
                                         AND NOT a.attisdropped AND (a.atttypid <> 'text'::regtype OR a.atthasdef))
                         AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid)
+                        AND NOT EXISTS (SELECT 1 FROM pg_statistic_ext x WHERE x.stxrelid = c.oid)
+                        AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)
                  FROM pg_class c WHERE c.oid = $1",
-                &[self.oid.into()],
+                &[self.oid.into(), self.name.clone().into()],
             )
         });
-        if self.kind != StageKind::Text || intact != Some(true) {
+        if intact != Some(true) {
             raise(
                 PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
                 "nile.import_schema()'s staging table was changed while the source was read",
@@ -387,9 +413,9 @@ impl Stage {
 impl Drop for Stage {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            return; // the transaction's abort drops it (ON COMMIT DROP)
+            return; // the transaction's (or savepoint's) abort drops it
         }
-        with_safe_search_path(|| {
+        as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 execute(client, &format!("DROP TABLE IF EXISTS {}", self.name), &[])
             })
@@ -410,8 +436,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
                                                       AND NOT ta.attisdropped
                                   WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
                                     AND sa.attname <> e.tenant_column), '{}'),
-                        coalesce((SELECT array_agg(format_type(ta.atttypid, ta.atttypmod) || E'\\n' || format_type(ta.atttypid, NULL)
-                                                   ORDER BY sa.attnum)
+                        coalesce((SELECT array_agg(format_type(ta.atttypid, NULL) ORDER BY sa.attnum)
                                   FROM pg_attribute sa
                                   JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
                                                       AND NOT ta.attisdropped
@@ -476,6 +501,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     require_privilege(source, &source_name, "SELECT");
     require_privilege(target, &target_name, "SELECT");
     require_privilege(target, &target_name, "INSERT");
+    require_no_policy_of_the_caller(target, &target_name);
     let policed = with_safe_search_path(|| {
         query_value::<bool>("SELECT row_security_active($1)", &[source.into()])
     });
@@ -489,16 +515,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     let columns = names
         .into_iter()
         .zip(types)
-        .map(|(name, types)| {
-            let (target_type, target_base) = types
-                .split_once('\n')
-                .unwrap_or((types.as_str(), types.as_str()));
-            Column {
-                name,
-                target_type: target_type.to_string(),
-                target_base: target_base.to_string(),
-            }
-        })
+        .map(|(name, target_base)| Column { name, target_base })
         .collect();
     Pair {
         source: source_name,

@@ -5,7 +5,7 @@
 //! predicates, statistics expressions, CHECK constraints of inheritance children), and running it fires the owner's
 //! triggers, policies and defaults; so:
 //! - `as_extension_owner`: the bootstrap superuser, for the extension's own tables and for catalog reads only;
-//! - `as_table_owner` / `as_table_owner_policed`: a user table's owner inside a security-restricted operation (what
+//! - `as_table_owner_policed`: a user table's owner, its policies forced, inside a security-restricted operation (what
 //!   `VACUUM`, `ANALYZE`, `CREATE INDEX` and `REFRESH MATERIALIZED VIEW` do), for every query and every DDL command
 //!   over that table; the settings its code changes are rolled back when the operation ends;
 //! - `with_safe_search_path`: the caller, with `search_path = pg_catalog, pg_temp`.
@@ -57,7 +57,7 @@ pub fn in_transaction_block() -> bool {
 /// Run `f` as the bootstrap superuser with `search_path = pg_catalog, pg_temp`, the way a SECURITY DEFINER function
 /// would. Only for the extension's own tables, catalog reads, and DDL that evaluates no user expression (`GRANT`, and
 /// `CREATE INDEX`, which builds the index as the table's owner itself): a query over a user table is planned with its
-/// owner's functions and fires its owner's triggers, so those go through `as_table_owner`.
+/// owner's functions and fires its owner's triggers, so those go through `as_table_owner_policed`.
 pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     run_as(
         pg_sys::Oid::from(pg_sys::BOOTSTRAP_SUPERUSERID),
@@ -68,23 +68,11 @@ pub fn as_extension_owner<R>(f: impl FnOnce() -> R) -> R {
     )
 }
 
-/// Run `f` as `owner` (the owner of the user table it reads or changes) the way Postgres runs referential-integrity
-/// actions: a security-restricted operation in which row-level security is not forced on the owner. Whatever of the
-/// owner's code runs (planning, triggers, defaults) runs with the owner's own rights, so nobody gains anything by
-/// writing it; the settings it changes are rolled back at the end, as `VACUUM` and `CREATE INDEX` do.
-pub fn as_table_owner<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
-    run_as(
-        owner,
-        (pg_sys::SECURITY_RESTRICTED_OPERATION | pg_sys::SECURITY_NOFORCE_RLS) as i32,
-        0,
-        Settings::RollBack,
-        f,
-    )
-}
-
-/// Like `as_table_owner`, but row-level security stays forced, also when an enclosing operation lifted it: the
-/// owner's code sees only the rows the tenant policies let it see (a purge, which deletes one tenant's rows and must
-/// not show its triggers any other tenant's; enrolment; an import).
+/// Run `f` as `owner` (the owner of the user table it reads or changes) in a security-restricted operation, with
+/// row-level security as Postgres applies it to that owner, forced policies included, also when an enclosing operation
+/// lifted them: whatever of the owner's code runs (planning, triggers, defaults) runs with the owner's own rights and
+/// sees only the rows its tables' policies let it see, so nobody gains anything by writing it; the settings it changes
+/// are rolled back at the end, as `VACUUM` and `CREATE INDEX` do.
 pub fn as_table_owner_policed<R>(owner: pg_sys::Oid, f: impl FnOnce() -> R) -> R {
     run_as(
         owner,

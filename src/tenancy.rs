@@ -14,7 +14,7 @@ use crate::ddl_events::{own_ddl, running_user_code};
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::heap_scan;
 use crate::privilege::{
-    as_extension_owner, as_table_owner, as_table_owner_policed, require_role, with_safe_search_path,
+    as_extension_owner, as_table_owner_policed, require_role, with_safe_search_path,
 };
 use crate::spi_util::{execute, first_value, required_column};
 use crate::tenant_cache::{self, TenantStatus};
@@ -417,7 +417,7 @@ fn enable_tenancy(
 /// and by the DDL event trigger's automatic enrollment.
 ///
 /// Every query over the table and every change to it runs as its owner in a security-restricted operation
-/// (`as_table_owner`; each table of the tree as its own owner): planning a query over the table evaluates its owner's
+/// (`as_table_owner_policed`; each table of the tree as its own owner): planning a query over the table evaluates its owner's
 /// functions, which must never run with more rights than the owner has (issue 17, finding 1). Only the registry, the
 /// list of tenants and `CREATE INDEX` (which builds as the owner itself) are touched with the extension's rights.
 pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Option<&Uuid>) {
@@ -436,7 +436,7 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                 });
                 refuse_foreign_member(table, &tree);
                 refuse_other_owners(client, table, facts.owner, &tree);
-                as_table_owner(facts.owner, || {
+                as_table_owner_policed(facts.owner, || {
                     let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
                     ensure_foreign_key(client, facts.owner, relid, table, column, attnum);
                     ensure_index(client, relid, table, &facts.relname, column, &col, attnum);
@@ -452,9 +452,41 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                         &[relid.into()],
                     );
                 });
+                // The owner's code may have run inside the changes above (Postgres folds CHECK constraints while it
+                // sets NOT NULL, for one), where the DDL event trigger does not look: whatever it did, every table of
+                // the tree must come out protected.
+                require_protected(client, &tree);
             })
         })
     });
+}
+
+/// Raise 55000 unless every table of `tree` is protected (see `nile._protection_problems()` in sql/verify.sql).
+fn require_protected(client: &SpiClient<'_>, tree: &TableTree) {
+    let problems: Vec<String> = as_extension_owner(|| {
+        tree.members
+            .iter()
+            .flat_map(|m| {
+                crate::spi_util::select(
+                    client,
+                    "SELECT object || ': ' || problem FROM nile._protection_problems($1::oid::regclass)",
+                    None,
+                    &[m.relid.into()],
+                )
+                .map(|row| required_column::<String>(&row, 1))
+                .collect::<Vec<_>>()
+            })
+            .collect()
+    });
+    if !problems.is_empty() {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            "a table was left unprotected while it was enrolled",
+        )
+        .detail(problems.join("; "))
+        .hint("Something that ran during the enrollment (a function of the table's owner) changed its protection; nothing was kept.")
+        .raise();
+    }
 }
 
 /// Protect one table of a tenant tree, as its owner. Inheritance children do not inherit indexes, foreign keys or
@@ -520,14 +552,23 @@ fn ensure_tenant_column(
         Some(existing) => {
             if any_row(client, relid, Some(column), |tenant| tenant.is_none()) {
                 match &backfill_literal {
-                    // Row changes fire the table's triggers: run them with the owner's rights, not ours. Row-level
-                    // security is lifted for the owner here (the rows with no tenant match no tenant policy); only a
-                    // superuser can have put such rows into an enrolled table (its policies refuse them).
-                    Some(lit) => running_user_code(|| {
-                        as_table_owner(facts.owner, || {
-                            run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL"))
-                        })
-                    }),
+                    // Row changes fire the table's triggers: run them with the owner's rights and its tables'
+                    // policies, not ours. A table that is enrolled already hides its rows without a tenant from the
+                    // owner too (no tenant policy matches them): those cannot be backfilled in place.
+                    Some(lit) => {
+                        running_user_code(|| {
+                            as_table_owner_policed(facts.owner, || {
+                                run(client, &format!("UPDATE {table} SET {col} = {lit} WHERE {col} IS NULL"))
+                            })
+                        });
+                        if any_row(client, relid, Some(column), |tenant| tenant.is_none()) {
+                            raise(
+                                PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+                                format!("rows of table {table} with no tenant cannot be backfilled: its row-level security hides them"),
+                                format!("Take it out of tenancy first (SELECT nile.disable_tenancy('{table}')), then enroll it again with backfill_tenant."),
+                            );
+                        }
+                    }
                     None => raise(
                         PgSqlErrorCode::ERRCODE_NOT_NULL_VIOLATION,
                         format!("column {column} of table {table} has rows with no tenant"),
@@ -560,7 +601,7 @@ fn ensure_tenant_column(
     }
 }
 
-/// Give the table the foreign key to `nile.tenants`, as its owner (the caller runs this inside `as_table_owner`).
+/// Give the table the foreign key to `nile.tenants`, as its owner (the caller runs this inside `as_table_owner_policed`).
 fn ensure_foreign_key(
     client: &mut SpiClient<'_>,
     owner: pg_sys::Oid,

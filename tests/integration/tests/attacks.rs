@@ -1976,3 +1976,128 @@ fn read_every_tenant_through_a_parent_it_is_attached_to() {
     assert_eq!(attempt(&mut c, "SELECT name FROM public.p"), "");
     s.assert_globex_intact();
 }
+
+/// Second review of issue 17's import fix, 1 and 3: the typecheck planned the conversion into the tenant table's types
+/// as the legacy table's owner, so the tenant table's owner's cast (inlined, and its IMMUTABLE call folded) ran as that
+/// owner, here a superuser; and a type name was split at a newline, which a quoted name may hold. Each half of the
+/// copy is now planned as its own owner, and type names are never split.
+#[test]
+fn run_code_as_a_legacy_owner_through_a_cast_or_a_type_name_of_the_target() {
+    let mut s = Siege::new("import_cast");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    s.su.batch_execute(&format!(
+        "GRANT nile_admin TO it_atk_admin;
+         SELECT nile.create_tenant('Initech', '{INITECH}');
+         CREATE SCHEMA legacy_su;
+         CREATE TABLE legacy_su.projects (id bigint NOT NULL, name text NOT NULL, mood text, note text);
+         INSERT INTO legacy_su.projects VALUES (1, 'initech-1', 'ok', 'n1');
+         GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
+         GRANT SELECT ON legacy_su.projects TO it_atk_admin;
+         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;
+         CREATE TABLE public.canary ();"
+    ))
+    .unwrap();
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "CREATE TABLE public.cast_log (who text);
+             GRANT INSERT ON public.cast_log TO PUBLIC;
+             CREATE FUNCTION public.cast_trap() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.cast_log VALUES (current_user); RETURN 1; END $$;
+             CREATE FUNCTION public.cast_trap0() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.cast_trap(); END $$;
+             CREATE TYPE public.mood AS ENUM ('ok', 'meh');
+             CREATE FUNCTION public.to_mood(text) RETURNS public.mood IMMUTABLE LANGUAGE sql
+                 AS $$ SELECT CASE WHEN public.cast_trap0() = 1 THEN (CASE $1 WHEN 'ok' THEN 'ok'::public.mood ELSE 'meh'::public.mood END) END $$;
+             CREATE CAST (text AS public.mood) WITH FUNCTION public.to_mood(text) AS ASSIGNMENT;
+             ALTER TABLE public.projects ADD COLUMN mood public.mood;
+             CREATE DOMAIN public.\"x\n);DROP TABLE public.canary;--\" AS text;
+             ALTER TABLE public.projects ADD COLUMN note public.\"x\n);DROP TABLE public.canary;--\";",
+        )
+        .unwrap();
+    let mut admin = s.login("it_atk_admin");
+    admin
+        .batch_execute(&format!(
+            "SELECT * FROM nile.import_schema('legacy_su', '{INITECH}')"
+        ))
+        .unwrap();
+    let ran: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(DISTINCT who, ','), '') FROM public.cast_log WHERE who <> 'it_atk_owner'",
+    );
+    assert_eq!(ran, "", "the target owner's cast ran with other rights");
+    let canary: bool = one(&mut s.su, "SELECT to_regclass('public.canary') IS NOT NULL");
+    assert!(canary, "a type name injected SQL");
+    let imported: String = one(
+        &mut s.su,
+        &format!("SELECT string_agg(name || '/' || mood || '/' || note, ',') FROM public.projects WHERE tenant_id = '{INITECH}'"),
+    );
+    assert_eq!(imported, "initech-1/ok/n1");
+}
+
+/// Second review of issue 17's import fix, 2: a nile_admin member that owns the legacy table ran its own code while
+/// the staging table was filled (as itself, the source's owner), renamed the staging table away and put a table of
+/// its own, with statistics calling its function, under that name, which the tenant table's owner (a superuser) then
+/// planned. The staging table is the extension's own now, and checked by name and contents before it is read.
+#[test]
+fn swap_the_staging_table_while_it_is_filled() {
+    let mut s = Siege::new("import_swap");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    s.su.batch_execute(
+        "GRANT nile_admin TO it_atk_admin;
+         GRANT CREATE ON SCHEMA public TO it_atk_admin;
+         CREATE TABLE public.su_target (tenant_id uuid NOT NULL, id bigint NOT NULL, a int);
+         GRANT SELECT, INSERT ON public.su_target TO it_atk_admin;
+         CREATE TABLE public.swap_log (who text, what text);
+         GRANT INSERT ON public.swap_log TO PUBLIC;",
+    )
+    .unwrap();
+    let mut admin = s.login("it_atk_admin");
+    admin
+        .batch_execute(
+            "CREATE FUNCTION public.boom() RETURNS int LANGUAGE plpgsql AS $$
+             BEGIN INSERT INTO public.swap_log VALUES (current_user, 'boom'); RETURN 1; END $$;
+             CREATE FUNCTION public.boom0() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.boom(); END $$;
+             CREATE FUNCTION public.swap() RETURNS int LANGUAGE plpgsql AS $$
+             DECLARE stage text;
+             BEGIN
+                 SELECT c.relname INTO stage FROM pg_class c
+                 WHERE c.relnamespace = pg_my_temp_schema() AND c.relname LIKE 'nile_import_%';
+                 IF stage IS NOT NULL THEN
+                     BEGIN
+                         EXECUTE format('ALTER TABLE pg_temp.%I RENAME TO nile_gone', stage);
+                         EXECUTE format('ALTER TABLE pg_temp.evil RENAME TO %I', stage);
+                         INSERT INTO public.swap_log VALUES (current_user, 'swapped');
+                     EXCEPTION WHEN OTHERS THEN
+                         INSERT INTO public.swap_log VALUES (current_user, 'refused: ' || SQLERRM);
+                     END;
+                 END IF;
+                 RETURN 1;
+             END $$;
+             CREATE FUNCTION public.swap0() RETURNS int IMMUTABLE LANGUAGE plpgsql AS $$ BEGIN RETURN public.swap(); END $$;
+             CREATE TABLE public.adm_src (id bigint NOT NULL, a int);
+             INSERT INTO public.adm_src SELECT g, g FROM generate_series(1, 20) g;
+             CREATE STATISTICS public.adm_src_stat ON (a + public.swap0()), a FROM public.adm_src;
+             ANALYZE public.adm_src;",
+        )
+        .unwrap();
+    admin
+        .batch_execute(&format!(
+            "BEGIN;
+             SELECT nile.set_tenant('{ACME}');
+             CREATE TEMP TABLE evil (id text, a text);
+             INSERT INTO evil SELECT g, g FROM generate_series(1, 20) g;
+             CREATE STATISTICS evil_stat ON ((a::int) + public.boom0()), a FROM pg_temp.evil;
+             ANALYZE pg_temp.evil;
+             SELECT nile._import_step('copy', 'public.adm_src'::regclass, 'public.su_target'::regclass, '{ACME}');
+             COMMIT;"
+        ))
+        .ok();
+    let ran: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(DISTINCT who || ':' || what, ','), '') FROM public.swap_log
+         WHERE what = 'swapped' OR (what = 'boom' AND who <> 'it_atk_admin')",
+    );
+    assert_eq!(ran, "", "the staging table was swapped, or the admin's code ran as the superuser");
+    let reached: i64 = one(&mut s.su, "SELECT count(*) FROM public.swap_log WHERE what LIKE 'refused%'");
+    assert!(reached > 0, "the admin's code never reached the staging table: the test no longer tries the swap");
+}
