@@ -5,7 +5,8 @@
 #             per tenant (one psql session, every statement a round trip)  [and, for scale, one UPDATE of every row in
 #             the admin context: not per tenant, no batches, no progress]
 #   import    nile.import_schema() of one legacy schema  vs  the same INSERT ... SELECT written by hand, in the
-#             tenant's context
+#             tenant's context; once with one owner for both tables (one INSERT ... SELECT, as that owner), once with
+#             the legacy table of another owner (the values pass as text through a staging table, src/import_copy.rs)
 #   move      scripts/move_tenant.sh of one tenant into a second database  vs  psql \copy out of the source and
 #             \copy into the target as a superuser (no verification, no tenant context, no checksums)
 # Prints seconds per run and the ratios tool / hand-written (below 1: the tool is faster).
@@ -44,10 +45,19 @@ CREATE TABLE bench.items (tenant_id uuid NOT NULL, id bigint NOT NULL, name text
 CREATE SCHEMA legacy;
 CREATE TABLE legacy.items (id bigint PRIMARY KEY, name text NOT NULL, price numeric NOT NULL);
 INSERT INTO legacy.items SELECT g, 'item ' || g, g / 100.0 FROM generate_series(1, $legacy_rows) g;
+DO \$\$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'bench_legacy') THEN CREATE ROLE bench_legacy; END IF;
+END \$\$;
+CREATE SCHEMA legacy2 AUTHORIZATION bench_legacy;
+CREATE TABLE legacy2.items (id bigint PRIMARY KEY, name text NOT NULL, price numeric NOT NULL);
+INSERT INTO legacy2.items SELECT * FROM legacy.items;
+ALTER TABLE legacy2.items OWNER TO bench_legacy;
+GRANT USAGE ON SCHEMA legacy2 TO bench_admin;
+GRANT SELECT ON legacy2.items TO bench_admin;
 GRANT SELECT, INSERT, UPDATE, DELETE ON bench.users, bench.items TO bench_app, bench_admin;
 GRANT USAGE ON SCHEMA bench, legacy TO bench_admin;
 GRANT SELECT ON legacy.items TO bench_admin;
-SELECT nile.create_tenant('legacy ' || n, bench.tid(100000 + n)) FROM generate_series(1, 4) n;
+SELECT nile.create_tenant('legacy ' || n, bench.tid(100000 + n)) FROM generate_series(1, 8) n;
 VACUUM ANALYZE;
 SQL
 psql_as postgres postgres -c "CREATE DATABASE bench_target" >/dev/null
@@ -76,10 +86,10 @@ backfill_admin() {
     -c "UPDATE bench.users SET last_login_at = created_at WHERE last_login_at IS NULL" -c "COMMIT"
 }
 
-import_tool() { psql_as bench_admin bench -c "SELECT * FROM nile.import_schema('legacy', bench.tid(100000 + $1), 'bench')"; }
+import_tool() { psql_as bench_admin bench -c "SELECT * FROM nile.import_schema('${2:-legacy}', bench.tid(100000 + $1), 'bench')"; }
 import_hand() {
   psql_as bench_admin bench -c "BEGIN" -c "SELECT nile.set_tenant(bench.tid(100000 + $1))" \
-    -c "INSERT INTO bench.items (id, name, price, tenant_id) SELECT id, name, price, bench.tid(100000 + $1) FROM legacy.items" -c "COMMIT"
+    -c "INSERT INTO bench.items (id, name, price, tenant_id) SELECT id, name, price, bench.tid(100000 + $1) FROM ${2:-legacy}.items" -c "COMMIT"
 }
 
 src="host=127.0.0.1 port=$port user=bench_admin dbname=bench"
@@ -116,6 +126,12 @@ for order in tool hand hand tool; do
   if [ "$order" = tool ]; then run import_tool import_tool "$n"; else run import_hand import_hand "$n"; fi
 done
 
+echo "[bench] import of $legacy_rows rows from a legacy table of another owner (A B B A)"
+for order in tool hand hand tool; do
+  n=$((n + 1))
+  if [ "$order" = tool ]; then run import2_tool import_tool "$n" legacy2; else run import2_hand import_hand "$n" legacy2; fi
+done
+
 echo "[bench] moving a tenant of $legacy_rows rows to another database (A B B A)"
 moved=$(psql_as postgres bench -Atc "SELECT bench.tid(100001)")
 for order in tool hand hand tool; do
@@ -129,5 +145,6 @@ echo "| what | the tool (s, 2 runs) | by hand (s, 2 runs) | tool / by hand |"
 echo "| --- | --- | --- | --- |"
 echo "| backfill, $tenants tenants | ${took[backfill_tool]} | ${took[backfill_client]} | $(ratio "$(total "${took[backfill_tool]}")" "$(total "${took[backfill_client]}")") |"
 echo "| import, $legacy_rows rows | ${took[import_tool]} | ${took[import_hand]} | $(ratio "$(total "${took[import_tool]}")" "$(total "${took[import_hand]}")") |"
+echo "| import, $legacy_rows rows, two owners | ${took[import2_tool]} | ${took[import2_hand]} | $(ratio "$(total "${took[import2_tool]}")" "$(total "${took[import2_hand]}")") |"
 echo "| move, $legacy_rows rows | ${took[move_tool]} | ${took[move_hand]} | $(ratio "$(total "${took[move_tool]}")" "$(total "${took[move_hand]}")") |"
 echo "(one UPDATE of every row in the admin context, for scale: ${took[backfill_admin]} s)"
