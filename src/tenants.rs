@@ -267,8 +267,9 @@ struct TenantRowHolder {
 /// tables its foreign keys point to. These are the enrolled tables (partitions are reached through their parent)
 /// and any other table with a foreign key to nile.tenants.
 fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
-    Spi::connect(|client| {
-        let tables: Vec<TenantRowHolder> = crate::spi_util::select(client, "WITH holders AS (
+    crate::privilege::with_safe_search_path(|| {
+        Spi::connect(|client| {
+            let tables: Vec<TenantRowHolder> = crate::spi_util::select(client, "WITH holders AS (
                      SELECT relid::oid AS relid, tenant_column::text AS col FROM nile.tenant_tables WHERE parent IS NULL
                      UNION
                      SELECT c.conrelid, a.attname::text
@@ -289,22 +290,23 @@ fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
                 owner: required_column(&row, 4),
             })
             .collect();
-        let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::spi_util::select(
-            client,
-            "SELECT conrelid, confrelid FROM pg_constraint
+            let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::spi_util::select(
+                client,
+                "SELECT conrelid, confrelid FROM pg_constraint
                  WHERE contype = 'f' AND conparentid = 0 AND conrelid <> confrelid
                    AND conrelid = ANY($1) AND confrelid = ANY($1)",
-            None,
-            &[tables.iter().map(|t| t.relid).collect::<Vec<_>>().into()],
-        )
-        .map(|row| {
-            (
-                required_column::<pg_sys::Oid>(&row, 1),
-                required_column::<pg_sys::Oid>(&row, 2),
+                None,
+                &[tables.iter().map(|t| t.relid).collect::<Vec<_>>().into()],
             )
+            .map(|row| {
+                (
+                    required_column::<pg_sys::Oid>(&row, 1),
+                    required_column::<pg_sys::Oid>(&row, 2),
+                )
+            })
+            .collect();
+            referencing_first(tables, &edges)
         })
-        .collect();
-        referencing_first(tables, &edges)
     })
 }
 

@@ -205,6 +205,10 @@ fn run_every_function(db: &str, role: &str, tenant: &str, round: usize) {
     run(&mut c, &format!("BEGIN; SELECT nile.admin_context('trap harness'); SELECT count(*) FROM nile.tenants; COMMIT"));
     run(&mut c, &format!("BEGIN; SELECT nile.set_tenant('{ACME}'); SELECT nile.current_tenant(); COMMIT; SELECT nile.clear_tenant()"));
     run(&mut c, &format!("SELECT * FROM nile.export_tenant('{ACME}')"));
+    // The helpers granted to nile_admin, called directly (each must pin its own search_path, not rely on a caller's).
+    run(&mut c, "SELECT * FROM nile._tenant_tables_in_load_order()");
+    run(&mut c, "SELECT nile._advance_sequences('public.t')");
+    run(&mut c, "SELECT * FROM nile._insertable_columns('public.t')");
     // Import the legacy copy of t as the new tenant (dry run first), then purge it again.
     run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}', dry_run => true)"));
     run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"));
