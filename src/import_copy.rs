@@ -29,6 +29,8 @@ use pgrx::Uuid;
 
 /// What the catalogs say about one source/target pair.
 struct Pair {
+    source_oid: pg_sys::Oid,
+    target_oid: pg_sys::Oid,
     source: String,
     source_owner: pg_sys::Oid,
     target: String,
@@ -43,8 +45,11 @@ struct Pair {
 struct Column {
     /// Quoted name (the same in source and target).
     name: String,
-    /// The target column's type without modifier: what the text is converted to (the assignment applies the modifier).
+    /// The target column's type without modifier (`format_type(oid, -1)`: `bpchar`, not `character`, which would be
+    /// char(1)): what the text is converted to; the assignment applies the modifier.
     target_base: String,
+    /// Its oid, to check that `target_base` still names it.
+    type_oid: u32,
 }
 
 /// `nile._import_step(step text, source regclass, target regclass, tenant uuid, column_name name DEFAULT NULL)
@@ -122,6 +127,8 @@ fn import_step(
             // planned in the other's context.
             let stage = Stage::create(&pair);
             planned(pair.source_owner, &fill_stage(&pair, &stage.name), None);
+            stage.require_unchanged();
+            pair.require_names_unchanged();
             planned(
                 pair.target_owner,
                 &fill_target(&pair, &stage.name, true),
@@ -138,8 +145,12 @@ fn import_step(
         }
         "copy" => {
             let stage = Stage::create(&pair);
-            copied(pair.source_owner, &fill_stage(&pair, &stage.name), None);
+            as_table_owner_policed(pair.source_owner, || {
+                pin_text_settings();
+                Spi::connect_mut(|client| execute(client, &fill_stage(&pair, &stage.name), &[]))
+            });
             stage.require_unchanged();
+            pair.require_names_unchanged();
             copied(
                 pair.target_owner,
                 &fill_target(&pair, &stage.name, true),
@@ -161,7 +172,8 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
         Spi::connect(|client| {
             crate::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner,
                             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = c.oid AND attname = $2 AND attnum > 0
-                                    AND NOT attisdropped AND atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype))
+                                    AND NOT attisdropped AND atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
+                                    AND (attidentity <> '' OR pg_get_serial_sequence(c.oid::regclass::text, attname) IS NOT NULL))
                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE c.oid = $1 AND c.relkind IN ('r', 'p')",
                     Some(1),
@@ -180,14 +192,14 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
         raise(
             PgSqlErrorCode::ERRCODE_UNDEFINED_COLUMN,
             format!(
-                "relation with OID {} is not a table with an integer column \"{column}\"",
+                "relation with OID {} is not a table with a serial or identity column \"{column}\"",
                 relid.to_u32()
             ),
             "nile._advance_sequences() reads the highest value of a table's serial or identity column.",
         );
     };
     require_privilege(relid, &table, "SELECT");
-    require_no_policy_of_the_caller(relid, &table);
+    require_owner_bound_like_the_caller(relid, &table);
     let enrolled_or_open = with_safe_search_path(|| {
         query_value::<bool>(
             "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = $1::oid::regclass) OR NOT row_security_active($1)",
@@ -212,23 +224,25 @@ fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
     })
 }
 
-/// Raise 42501 if `relid` has a policy, other than the generated `nile_tenant_*` ones, for particular roles that
-/// include the caller: its owner, as whom the steps run, would not be under it.
-fn require_no_policy_of_the_caller(relid: pg_sys::Oid, name: &str) {
-    let has = with_safe_search_path(|| {
+/// Raise 42501 if table `relid` has row-level security policies besides the generated `nile_tenant_*` ones, unless the
+/// caller owns it: the steps run as its owner, and such a policy may bind its owner differently from the caller (it
+/// may name roles, or depend on who runs it). The tenant policies bind both alike, in the tenant's context; an owner
+/// that bypasses them reads only what the steps ask for (the tenant's rows, and the highest serial value, a
+/// table-wide figure like the sequence's own).
+fn require_owner_bound_like_the_caller(relid: pg_sys::Oid, name: &str) {
+    let other_policies = with_safe_search_path(|| {
         query_value::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_policy p
-                            WHERE p.polrelid = $1 AND NOT starts_with(p.polname::text, 'nile_tenant_')
-                              AND p.polroles <> '{0}'::oid[]
-                              AND EXISTS (SELECT 1 FROM unnest(p.polroles) r WHERE pg_has_role(r, 'MEMBER')))",
+                            WHERE p.polrelid = $1 AND NOT starts_with(p.polname::text, 'nile_tenant_'))
+                    AND NOT pg_has_role((SELECT relowner FROM pg_class WHERE oid = $1), 'USAGE')",
             &[relid.into()],
         )
     });
-    if has != Some(false) {
+    if other_policies != Some(false) {
         raise(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
-            format!("{name} has row-level security policies for your roles"),
-            "nile.import_schema() works on it as its owner, who is not under those policies: run it as the table's owner, or drop those policies first.",
+            format!("{name} has row-level security policies besides the tenant policies"),
+            "nile.import_schema() works on it as its owner, whom those policies may bind differently from you: run it as the table's owner, or drop those policies first.",
         );
     }
 }
@@ -249,6 +263,32 @@ fn require_privilege(relid: pg_sys::Oid, name: &str, privilege: &str) {
             ),
             format!("Its owner can run GRANT {privilege} ON {name} TO <your role>."),
         );
+    }
+}
+
+/// The settings under which a value's text reads back as the same value, whatever the caller's (`extra_float_digits`
+/// below 1 drops digits), for the rest of the enclosing owner's operation (privilege.rs rolls them back).
+fn pin_text_settings() {
+    for (name, value) in [
+        (c"extra_float_digits", c"3"),
+        (c"DateStyle", c"ISO, YMD"),
+        (c"IntervalStyle", c"postgres"),
+        (c"bytea_output", c"hex"),
+    ] {
+        // SAFETY: built-in settings set to valid constant values at the current GUC nesting level, which the
+        // enclosing run_as opened and closes (rolling them back).
+        unsafe {
+            pg_sys::set_config_option(
+                name.as_ptr(),
+                value.as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
     }
 }
 
@@ -274,6 +314,37 @@ fn copied(owner: pg_sys::Oid, sql: &str, tenant: Option<Uuid>) -> i64 {
             execute(client, sql, &args) as i64
         })
     })
+}
+
+impl Pair {
+    /// Raise 42501 unless the names this pair's SQL uses still name the same tables and types: the source's owner's
+    /// code, which runs between the two halves of a copy, may rename schemas it owns.
+    fn require_names_unchanged(&self) {
+        let types: Vec<String> = self.columns.iter().map(|c| c.target_base.clone()).collect();
+        let oids: Vec<i64> = self.columns.iter().map(|c| c.type_oid as i64).collect();
+        let same = as_extension_owner(|| {
+            query_value::<bool>(
+                "SELECT to_regclass($1) = $2::oid AND to_regclass($3) = $4::oid
+                        AND NOT EXISTS (SELECT 1 FROM unnest($5::text[], $6::int8[]) t(name, oid)
+                                        WHERE to_regtype(t.name) IS DISTINCT FROM t.oid::oid)",
+                &[
+                    self.source.clone().into(),
+                    self.source_oid.into(),
+                    self.target.clone().into(),
+                    self.target_oid.into(),
+                    types.into(),
+                    oids.into(),
+                ],
+            )
+        });
+        if same != Some(true) {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                "a table or type of this import was renamed while the source was read",
+                "Import again; nothing of this table was written.",
+            );
+        }
+    }
 }
 
 /// `INSERT INTO <target> (<columns>, <tenant column>) OVERRIDING SYSTEM VALUE SELECT <columns>, $1 FROM <from>`; from
@@ -436,7 +507,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
                                                       AND NOT ta.attisdropped
                                   WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
                                     AND sa.attname <> e.tenant_column), '{}'),
-                        coalesce((SELECT array_agg(format_type(ta.atttypid, NULL) ORDER BY sa.attnum)
+                        coalesce((SELECT array_agg(format_type(ta.atttypid, -1) || ' ' || ta.atttypid::text ORDER BY sa.attnum)
                                   FROM pg_attribute sa
                                   JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
                                                       AND NOT ta.attisdropped
@@ -501,7 +572,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     require_privilege(source, &source_name, "SELECT");
     require_privilege(target, &target_name, "SELECT");
     require_privilege(target, &target_name, "INSERT");
-    require_no_policy_of_the_caller(target, &target_name);
+    require_owner_bound_like_the_caller(target, &target_name);
     let policed = with_safe_search_path(|| {
         query_value::<bool>("SELECT row_security_active($1)", &[source.into()])
     });
@@ -515,9 +586,19 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     let columns = names
         .into_iter()
         .zip(types)
-        .map(|(name, target_base)| Column { name, target_base })
+        .map(|(name, typed)| {
+            // "<type name> <type oid>": the name is printed by format_type(), the oid (digits) is last.
+            let (target_base, oid) = typed.rsplit_once(' ').unwrap_or((typed.as_str(), "0"));
+            Column {
+                name,
+                target_base: target_base.to_string(),
+                type_oid: oid.parse().unwrap_or(0),
+            }
+        })
         .collect();
     Pair {
+        source_oid: source,
+        target_oid: target,
         source: source_name,
         source_owner,
         target: target_name,

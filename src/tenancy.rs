@@ -436,6 +436,8 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                 });
                 refuse_foreign_member(table, &tree);
                 refuse_other_owners(client, table, facts.owner, &tree);
+                // Problems that exist already (drift made with the event triggers off, say) are not this enrolment's.
+                let before = protection_problems(client, facts.owner, &tree);
                 as_table_owner_policed(facts.owner, || {
                     let attnum = ensure_tenant_column(client, facts, relid, column, &col, backfill);
                     ensure_foreign_key(client, facts.owner, relid, table, column, attnum);
@@ -455,38 +457,63 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                 // The owner's code may have run inside the changes above (Postgres folds CHECK constraints while it
                 // sets NOT NULL, for one), where the DDL event trigger does not look: whatever it did, every table of
                 // the tree must come out protected.
-                require_protected(client, &tree);
+                require_protected(client, facts.owner, &tree, &before);
             })
         })
     });
 }
 
-/// Raise 55000 unless every table of `tree` is protected (see `nile._protection_problems()` in sql/verify.sql).
-fn require_protected(client: &SpiClient<'_>, tree: &TableTree) {
-    let problems: Vec<String> = as_extension_owner(|| {
-        tree.members
-            .iter()
-            .flat_map(|m| {
-                crate::spi_util::select(
-                    client,
-                    "SELECT object || ': ' || problem FROM nile._protection_problems($1::oid::regclass)",
-                    None,
-                    &[m.relid.into()],
-                )
-                .map(|row| required_column::<String>(&row, 1))
-                .collect::<Vec<_>>()
-            })
-            .collect()
-    });
+/// Raise 55000 if a tenant table of `owner` or a table of `tree` is unprotected, or a table below one of them is not a
+/// tenant table (see `nile._protection_problems()` in sql/verify.sql), where it was not `before` the enrolment. The
+/// owner's code may have run inside enrolment's changes, where the DDL event trigger does not look, and it may change
+/// any table its owner owns.
+fn require_protected(
+    client: &SpiClient<'_>,
+    owner: pg_sys::Oid,
+    tree: &TableTree,
+    before: &[String],
+) {
+    let problems: Vec<String> = protection_problems(client, owner, tree)
+        .into_iter()
+        .filter(|p| !before.contains(p))
+        .collect();
     if !problems.is_empty() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            "a table was left unprotected while it was enrolled",
+            "a tenant table was left unprotected while a table was enrolled",
         )
         .detail(problems.join("; "))
-        .hint("Something that ran during the enrollment (a function of the table's owner) changed its protection; nothing was kept.")
+        .hint("Something that ran during the enrollment (a function of the table's owner) changed the protection; nothing was kept.")
         .raise();
     }
+}
+
+/// What `require_protected` checks, as one line per problem (the tree's own, before it is protected, included).
+fn protection_problems(
+    client: &SpiClient<'_>,
+    owner: pg_sys::Oid,
+    tree: &TableTree,
+) -> Vec<String> {
+    let members: Vec<pg_sys::Oid> = tree.members.iter().map(|m| m.relid).collect();
+    as_extension_owner(|| {
+        crate::spi_util::select(
+            client,
+            "SELECT p.object || ': ' || p.problem
+             FROM nile.tenant_tables e JOIN pg_class c ON c.oid = e.relid::oid,
+                  LATERAL nile._protection_problems(e.relid) p
+             WHERE c.relowner = $1 OR e.relid::oid = ANY ($2)
+             UNION ALL
+             SELECT 'table ' || i.inhrelid::regclass::text || ': it is below tenant table ' || i.inhparent::regclass::text
+                    || ' but not protected'
+             FROM pg_inherits i JOIN nile.tenant_tables e ON e.relid::oid = i.inhparent JOIN pg_class c ON c.oid = i.inhparent
+             WHERE (c.relowner = $1 OR i.inhparent = ANY ($2))
+               AND NOT EXISTS (SELECT 1 FROM nile.tenant_tables x WHERE x.relid::oid = i.inhrelid)",
+            None,
+            &[owner.into(), members.into()],
+        )
+        .map(|row| required_column::<String>(&row, 1))
+        .collect()
+    })
 }
 
 /// Protect one table of a tenant tree, as its owner. Inheritance children do not inherit indexes, foreign keys or
@@ -658,6 +685,14 @@ fn ensure_foreign_key(
         )
         .raise()
     };
+    let before_fks: Vec<pg_sys::Oid> = crate::spi_util::select(
+        client,
+        "SELECT oid FROM pg_constraint WHERE confrelid = 'nile.tenants'::regclass AND contype = 'f'",
+        None,
+        &[],
+    )
+    .map(|row| required_column::<pg_sys::Oid>(&row, 1))
+    .collect();
     if granted {
         as_extension_owner(|| {
             run(
@@ -674,6 +709,30 @@ fn ensure_foreign_key(
                 &format!("REVOKE REFERENCES (id) ON nile.tenants FROM {owner_name}"),
             )
         });
+    }
+    if granted {
+        // While the owner held REFERENCES, the validation may have planned a query as the owner (an owner that
+        // bypasses row-level security validates with one query): no foreign key to nile.tenants but this one's may
+        // have come of it.
+        let extra = as_extension_owner(|| {
+            first_value::<String>(
+                client,
+                "SELECT format('%I on %s', conname, conrelid::regclass) FROM pg_constraint
+                 WHERE confrelid = 'nile.tenants'::regclass AND contype = 'f' AND oid <> ALL ($1)
+                   AND NOT (conname = 'nile_tenant_fk' AND (conrelid = $2 OR conparentid <> 0))
+                 LIMIT 1",
+                &[before_fks.clone().into(), relid.into()],
+            )
+        });
+        if let Some(extra) = extra {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "foreign key {extra} to nile.tenants was created while a table was enrolled"
+                ),
+                "Table owners may not reference nile.tenants themselves; nothing was kept.",
+            );
+        }
     }
 }
 
@@ -707,13 +766,37 @@ fn ensure_index(
         (Some(name), false) => quote_identifier(name),
         _ => String::new(),
     };
+    // In the table's own tablespace, not in the caller's default_tablespace, which it may have no right to create in
+    // (the extension's rights would otherwise stand in for the caller's): a table in the database's default tablespace
+    // gets its index there too (Postgres refuses to name that one for a partitioned table).
+    let tablespace = first_value::<String>(
+        client,
+        "SELECT ' TABLESPACE ' || quote_ident(t.spcname) FROM pg_class c JOIN pg_tablespace t ON t.oid = c.reltablespace
+         WHERE c.oid = $1",
+        &[relid.into()],
+    )
+    .unwrap_or_default();
     // As the extension, so that an owner who may no longer create objects in the table's schema still gets the index;
     // CREATE INDEX builds it as the table's owner in a security-restricted operation itself, and the index has no
     // expression of anybody's.
     as_extension_owner(|| {
+        // SAFETY: a built-in setting set to a valid value at the nesting level as_extension_owner opened, which
+        // restores it (GUC_ACTION_SAVE) when the closure ends.
+        unsafe {
+            pg_sys::set_config_option(
+                c"default_tablespace".as_ptr(),
+                c"".as_ptr(),
+                pg_sys::GucContext::PGC_USERSET,
+                pg_sys::GucSource::PGC_S_SESSION,
+                pg_sys::GucAction::GUC_ACTION_SAVE,
+                true,
+                0,
+                false,
+            );
+        }
         run(
             client,
-            &format!("CREATE INDEX {name_clause} ON {table} ({col})"),
+            &format!("CREATE INDEX {name_clause} ON {table} ({col}){tablespace}"),
         )
     });
 }

@@ -197,13 +197,18 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             });
             return;
         }
-        for TenantRowHolder {
-            table,
-            column,
-            owner,
-            ..
-        } in tables_holding_tenant_rows()
-        {
+        for TenantRowHolder { relid, column, .. } in tables_holding_tenant_rows() {
+            // Named and owned as the table is now, not as it was when the list was made: the triggers of a table
+            // purged earlier run its owner's code, which may have renamed a schema that owner owns.
+            let now = query_value::<String>(
+                "SELECT format('%I.%I', n.nspname, c.relname) || ' ' || c.relowner::text
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = $1",
+                &[relid.into()],
+            );
+            let Some((table, owner)) = now.as_deref().and_then(|n| n.rsplit_once(' ')) else {
+                continue; // dropped meanwhile: nothing left to purge there
+            };
+            let owner = pg_sys::Oid::from(owner.parse::<u32>().unwrap_or(0));
             let sql = format!(
                 "DELETE FROM {table} WHERE {} = $1",
                 spi::quote_identifier(&column)
@@ -258,9 +263,7 @@ fn tenant_tables_in_load_order() -> TableIterator<
 /// A table holding tenant rows: its oid, qualified name, tenant column and owner.
 struct TenantRowHolder {
     relid: pg_sys::Oid,
-    table: String,
     column: String,
-    owner: pg_sys::Oid,
 }
 
 /// Every table that holds tenant rows, ordered so that a table comes before the
@@ -285,9 +288,7 @@ fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
                 &[])
             .map(|row| TenantRowHolder {
                 relid: required_column(&row, 1),
-                table: required_column(&row, 2),
                 column: required_column(&row, 3),
-                owner: required_column(&row, 4),
             })
             .collect();
             let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::spi_util::select(

@@ -2101,3 +2101,171 @@ fn swap_the_staging_table_while_it_is_filled() {
     let reached: i64 = one(&mut s.su, "SELECT count(*) FROM public.swap_log WHERE what LIKE 'refused%'");
     assert!(reached > 0, "the admin's code never reached the staging table: the test no longer tries the swap");
 }
+
+/// Third review of issue 17's import fix, 4: between two owners, values were converted from text with `format_type(…,
+/// NULL)`'s name, `character`, which is char(1): a char(10) value lost all but its first character. And a caller's
+/// `extra_float_digits = 0` dropped digits of floats. Both now read back exactly.
+#[test]
+fn lose_data_in_a_two_owner_import() {
+    let mut s = Siege::new("import_text_round_trip");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    s.su.batch_execute(&format!(
+        "GRANT nile_admin TO it_atk_admin;
+         SELECT nile.create_tenant('Initech', '{INITECH}');
+         CREATE SCHEMA legacy_su;
+         CREATE TABLE legacy_su.projects (id bigint NOT NULL, name text NOT NULL, code char(10), ratio float8);
+         INSERT INTO legacy_su.projects VALUES (1, 'initech-1', 'ABCDEFGHIJ', 0.1 + 0.2);
+         GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
+         GRANT SELECT ON legacy_su.projects TO it_atk_admin;
+         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;"
+    ))
+    .unwrap();
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute("ALTER TABLE public.projects ADD COLUMN code char(10), ADD COLUMN ratio float8")
+        .unwrap();
+    let mut admin = s.login("it_atk_admin");
+    admin
+        .batch_execute(&format!(
+            "SET extra_float_digits = 0; SELECT * FROM nile.import_schema('legacy_su', '{INITECH}')"
+        ))
+        .unwrap();
+    let same: bool = one(
+        &mut s.su,
+        &format!(
+            "SELECT p.code = l.code AND p.ratio = l.ratio FROM public.projects p, legacy_su.projects l
+             WHERE p.tenant_id = '{INITECH}' AND p.id = l.id"
+        ),
+    );
+    assert!(same, "a value changed on its way through the staging table");
+}
+
+/// Third review of issue 17's import fix, 1: the names of the tables and types were read once, then used again after
+/// the legacy owner's code had run: a nile_admin member owning the legacy table and the tenant table's schema renamed
+/// that schema from its cast and put its own table, with a trigger, under the tenant table's name, which the tenant
+/// table's owner (a superuser) then wrote to. The names are checked again before the second half runs.
+#[test]
+fn rename_the_target_while_the_source_is_read() {
+    let mut s = Siege::new("import_rename");
+    ensure_login_role(&mut s.su, "it_atk_admin", "");
+    let db = s.db.clone();
+    s.su.batch_execute(&format!(
+        "GRANT nile_admin TO it_atk_admin;
+         GRANT CREATE ON DATABASE {db} TO it_atk_admin;
+         CREATE SCHEMA app AUTHORIZATION it_atk_admin;
+         CREATE TABLE app.orders (tenant_id uuid NOT NULL, id bigint NOT NULL, note text);
+         GRANT SELECT, INSERT ON app.orders TO it_atk_admin;
+         CREATE TABLE public.rename_log (who text);
+         GRANT INSERT ON public.rename_log TO PUBLIC;"
+    ))
+    .unwrap();
+    let enrolled: bool = one(
+        &mut s.su,
+        "SELECT EXISTS (SELECT 1 FROM nile.tenant_tables WHERE relid = 'app.orders'::regclass)",
+    );
+    assert!(enrolled);
+    let mut admin = s.login("it_atk_admin");
+    admin
+        .batch_execute(
+            "CREATE SCHEMA lg;
+             CREATE TYPE lg.c AS (x int);
+             CREATE FUNCTION lg.c2t(lg.c) RETURNS text LANGUAGE plpgsql AS $f$
+             BEGIN
+                 IF to_regclass('app_real.orders') IS NULL THEN
+                     ALTER SCHEMA app RENAME TO app_real;
+                     CREATE SCHEMA app;
+                     CREATE TABLE app.orders (tenant_id uuid, id bigint, note text);
+                     GRANT INSERT, SELECT ON app.orders TO PUBLIC;
+                     GRANT USAGE ON SCHEMA app TO PUBLIC;
+                     CREATE FUNCTION app.p() RETURNS trigger LANGUAGE plpgsql AS $p$
+                     BEGIN INSERT INTO public.rename_log VALUES (current_user); RETURN NEW; END $p$;
+                     CREATE TRIGGER p BEFORE INSERT ON app.orders FOR EACH ROW EXECUTE FUNCTION app.p();
+                 END IF;
+                 RETURN 'x';
+             END $f$;
+             CREATE CAST (lg.c AS text) WITH FUNCTION lg.c2t(lg.c);
+             CREATE TABLE lg.orders (id bigint NOT NULL, note lg.c);
+             INSERT INTO lg.orders VALUES (1, row(1));",
+        )
+        .unwrap();
+    let outcome = admin.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{ACME}');
+         SELECT nile._import_step('copy', 'lg.orders'::regclass, 'app.orders'::regclass, '{ACME}');
+         COMMIT;"
+    ));
+    let _ = admin.batch_execute("ROLLBACK");
+    let ran: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(who, ','), '') FROM public.rename_log",
+    );
+    assert_eq!(ran, "", "the tenant table's owner wrote into a table put under its name");
+    assert!(outcome.is_err(), "the import went on after the rename");
+}
+
+/// Third review of issue 17's purge fix: a purge formatted every table's name up front, then deleted table by table,
+/// each as its owner, after earlier tables' triggers had run: an owner whose table is purged first, owning the schema
+/// of another owner's tenant table, renamed that schema from its trigger and put its own table, with a trigger,
+/// under that name, whose trigger then ran as the other owner. Each table is named from its oid just before its
+/// delete.
+#[test]
+fn rename_a_table_purged_later_from_a_purge_trigger() {
+    let mut s = Siege::new("purge_rename");
+    ensure_login_role(&mut s.su, "it_atk_victim", "");
+    let db = s.db.clone();
+    s.su.batch_execute(&format!(
+        "GRANT CREATE ON DATABASE {db} TO it_atk_owner;
+         CREATE TABLE public.purge_log (who text);
+         GRANT INSERT ON public.purge_log TO PUBLIC;"
+    ))
+    .unwrap();
+    let mut owner = s.login("it_atk_owner");
+    owner
+        .batch_execute(
+            "CREATE SCHEMA vs;
+             GRANT USAGE, CREATE ON SCHEMA vs TO it_atk_victim;
+             CREATE FUNCTION public.rename_vs() RETURNS trigger LANGUAGE plpgsql AS $f$
+             BEGIN
+                 IF to_regclass('vs_real.victim') IS NULL THEN
+                     ALTER SCHEMA vs RENAME TO vs_real;
+                     CREATE SCHEMA vs;
+                     GRANT USAGE ON SCHEMA vs TO PUBLIC;
+                     SET LOCAL nile.auto_enable = off;
+                     CREATE TABLE vs.victim (tenant_id uuid);
+                     GRANT DELETE, SELECT ON vs.victim TO PUBLIC;
+                     CREATE FUNCTION vs.p() RETURNS trigger LANGUAGE plpgsql AS $p$
+                     BEGIN
+                         -- As the second owner: it can empty its real table, so that the purge succeeds and commits.
+                         DELETE FROM vs_real.victim;
+                         INSERT INTO public.purge_log VALUES (current_user);
+                         RETURN NULL;
+                     END $p$;
+                     CREATE TRIGGER p BEFORE DELETE ON vs.victim FOR EACH STATEMENT EXECUTE FUNCTION vs.p();
+                 END IF;
+                 RETURN NULL;
+             END $f$;
+             CREATE TRIGGER rename_vs BEFORE DELETE ON public.projects FOR EACH STATEMENT EXECUTE FUNCTION public.rename_vs();",
+        )
+        .unwrap();
+    let mut victim = s.login("it_atk_victim");
+    victim
+        .batch_execute("CREATE TABLE vs.victim (tenant_id uuid NOT NULL, note text)")
+        .unwrap();
+    s.su.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{ACME}'); INSERT INTO vs.victim VALUES ('{ACME}', 'v'); COMMIT;"
+    ))
+    .unwrap();
+    let order: String = one(
+        &mut s.su,
+        "SELECT string_agg(relid::regclass::text, ',' ORDER BY load_order DESC) FROM nile._tenant_tables_in_load_order()",
+    );
+    // The purge goes through the tables in the reverse of their load order: projects before vs.victim here.
+    assert!(order.ends_with("projects,vs.victim"), "projects must be purged before vs.victim: {order}");
+    let _ = s
+        .su
+        .batch_execute(&format!("SELECT nile.delete_tenant('{ACME}', purge => true)"));
+    let ran: String = one(
+        &mut s.su,
+        "SELECT coalesce(string_agg(who, ','), '') FROM public.purge_log",
+    );
+    assert_eq!(ran, "", "the first owner's trigger ran as the second owner");
+}

@@ -209,9 +209,18 @@ fn run_every_function(db: &str, role: &str, tenant: &str, round: usize) {
     run(&mut c, "SELECT * FROM nile._tenant_tables_in_load_order()");
     run(&mut c, "SELECT nile._advance_sequences('public.t')");
     run(&mut c, "SELECT * FROM nile._insertable_columns('public.t')");
-    // Import the legacy copy of t as the new tenant (dry run first), then purge it again.
-    run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}', dry_run => true)"));
-    run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"));
+    // Import the legacy copy of t as the new tenant (dry run first), then purge it again. t carries a policy of its
+    // owner's besides the tenant policies, which could bind the owner (as whom the import writes) differently from an
+    // administrator who is not the owner: such an administrator is refused, before any of the owner's code runs.
+    if role == "postgres" {
+        run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}', dry_run => true)"));
+        run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"));
+    } else {
+        let err = c
+            .batch_execute(&format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"))
+            .expect_err("an import into a table with a policy of its owner's besides the tenant policies");
+        assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42501"), "{err:?}");
+    }
     run(&mut c, "CALL nile.for_each_tenant('SELECT 1', 2)");
     run(&mut c, &format!("SELECT nile.delete_tenant('{tenant}', purge => true)"));
     run(&mut c, &format!("SELECT nile.create_tenant('Trap {round} again', '{tenant}'); SELECT nile.delete_tenant('{tenant}')"));
