@@ -307,13 +307,37 @@ pub fn set_admin_context() {
 }
 
 fn apply(name: &CStr, value: &CStr, is_local: bool) {
-    let action = if is_local {
-        pg_sys::GucAction::GUC_ACTION_LOCAL
-    } else {
-        pg_sys::GucAction::GUC_ACTION_SET
+    // An ERROR inside it unwinds through the authorization guards, which withdraw the authorization.
+    set_setting(
+        name,
+        value,
+        if is_local {
+            Scope::Transaction
+        } else {
+            Scope::Session
+        },
+    );
+}
+
+/// How long a setting made by `set_setting` lasts.
+pub enum Scope {
+    /// The session (`SET`).
+    Session,
+    /// The transaction (`SET LOCAL`).
+    Transaction,
+    /// The current GUC nesting level: restored when it ends, as a function's `SET` clause is (privilege.rs opens one
+    /// around every piece of SQL the extension runs as another role).
+    Level,
+}
+
+/// Set a setting the way `SET` does, for `scope`. Raises the setting's own error for a bad name or value.
+pub fn set_setting(name: &CStr, value: &CStr, scope: Scope) {
+    let action = match scope {
+        Scope::Session => pg_sys::GucAction::GUC_ACTION_SET,
+        Scope::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
+        Scope::Level => pg_sys::GucAction::GUC_ACTION_SAVE,
     };
     // SAFETY: both strings are valid NUL-terminated C strings that outlive the call; set_config_option copies them.
-    // An ERROR inside it unwinds through the authorization guards, which withdraw the authorization.
     unsafe {
         pg_sys::set_config_option(
             name.as_ptr(),

@@ -18,6 +18,7 @@
 
 use crate::context::effective_tenant;
 use crate::errors::{raise, require_not_null};
+use crate::gucs::{set_setting, Scope};
 use crate::privilege::{
     as_extension_owner, as_table_owner_policed, require_role, with_safe_search_path,
 };
@@ -275,20 +276,7 @@ fn pin_text_settings() {
         (c"IntervalStyle", c"postgres"),
         (c"bytea_output", c"hex"),
     ] {
-        // SAFETY: built-in settings set to valid constant values at the current GUC nesting level, which the
-        // enclosing run_as opened and closes (rolling them back).
-        unsafe {
-            pg_sys::set_config_option(
-                name.as_ptr(),
-                value.as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+        set_setting(name, value, Scope::Level);
     }
 }
 

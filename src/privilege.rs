@@ -13,6 +13,7 @@
 //! clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
 
 use crate::errors::Problem;
+use crate::gucs::{set_setting, Scope};
 use pgrx::prelude::*;
 use std::ffi::CString;
 
@@ -114,28 +115,21 @@ fn run_as<R>(
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: GetUserIdAndSecContext writes through two valid pointers; NewGUCNestLevel opens a GUC nesting level that
-    // `Restore::drop` (or abort) closes; SetUserIdAndSecContext switches to an existing role.
+    // `Restore::drop` (or abort) closes.
     let nest_level = unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
-        let nest_level = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        pg_sys::NewGUCNestLevel()
+    };
+    set_setting(c"search_path", c"pg_catalog, pg_temp", Scope::Level);
+    // SAFETY: switches to an existing role (the bootstrap superuser, a table's owner, or the caller itself).
+    unsafe {
         pg_sys::SetUserIdAndSecContext(
             role,
             (saved_context & !cleared_flags)
                 | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32
                 | security_flags,
         );
-        nest_level
-    };
+    }
     let _restore = Restore {
         saved_user,
         saved_context,

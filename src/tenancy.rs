@@ -12,6 +12,7 @@
 
 use crate::ddl_events::{own_ddl, running_user_code};
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
+use crate::gucs::{set_setting, Scope};
 use crate::heap_scan;
 use crate::privilege::{
     as_extension_owner, as_table_owner_policed, require_role, with_safe_search_path,
@@ -780,20 +781,8 @@ fn ensure_index(
     // CREATE INDEX builds it as the table's owner in a security-restricted operation itself, and the index has no
     // expression of anybody's.
     as_extension_owner(|| {
-        // SAFETY: a built-in setting set to a valid value at the nesting level as_extension_owner opened, which
-        // restores it (GUC_ACTION_SAVE) when the closure ends.
-        unsafe {
-            pg_sys::set_config_option(
-                c"default_tablespace".as_ptr(),
-                c"".as_ptr(),
-                pg_sys::GucContext::PGC_USERSET,
-                pg_sys::GucSource::PGC_S_SESSION,
-                pg_sys::GucAction::GUC_ACTION_SAVE,
-                true,
-                0,
-                false,
-            );
-        }
+        // Restored when as_extension_owner's nesting level ends.
+        set_setting(c"default_tablespace", c"", Scope::Level);
         run(
             client,
             &format!("CREATE INDEX {name_clause} ON {table} ({col}){tablespace}"),

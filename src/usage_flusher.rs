@@ -162,19 +162,11 @@ pub extern "C-unwind" fn nile_usage_flush_worker_main(arg: pg_sys::Datum) {
                 usage_store::forget_databases(|d| d == database.to_u32());
                 return;
             }
-            // SAFETY: sets a built-in GUC to a constant, valid value for the rest of this transaction (SET LOCAL).
-            unsafe {
-                pg_sys::set_config_option(
-                    c"lock_timeout".as_ptr(),
-                    LOCK_TIMEOUT.as_ptr(),
-                    pg_sys::GucContext::PGC_USERSET,
-                    pg_sys::GucSource::PGC_S_SESSION,
-                    pg_sys::GucAction::GUC_ACTION_LOCAL,
-                    true,
-                    0,
-                    false,
-                );
-            }
+            crate::gucs::set_setting(
+                c"lock_timeout",
+                LOCK_TIMEOUT,
+                crate::gucs::Scope::Transaction,
+            );
             crate::usage_history::flush_database();
         })
     });

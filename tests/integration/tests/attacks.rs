@@ -1903,6 +1903,26 @@ fn run_code_as_a_source_owner_through_a_staging_table_made_in_advance() {
     assert_eq!(copied, 1);
 }
 
+impl Siege {
+    /// Tenant Initech, a nile_admin member `it_atk_admin` with SELECT and INSERT on `projects`, and a legacy schema
+    /// `legacy_su` of the superuser's with one table `projects (columns)` holding `rows`, which it_atk_admin may read.
+    fn legacy_schema_of_a_superuser(&mut self, columns: &str, rows: &str) {
+        ensure_login_role(&mut self.su, "it_atk_admin", "");
+        self.su
+            .batch_execute(&format!(
+                "GRANT nile_admin TO it_atk_admin;
+                 SELECT nile.create_tenant('Initech', '{INITECH}');
+                 CREATE SCHEMA legacy_su;
+                 CREATE TABLE legacy_su.projects ({columns});
+                 INSERT INTO legacy_su.projects VALUES {rows};
+                 GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
+                 GRANT SELECT ON legacy_su.projects TO it_atk_admin;
+                 GRANT SELECT, INSERT ON public.projects TO it_atk_admin;"
+            ))
+            .unwrap();
+    }
+}
+
 /// Review of issue 17's import fix, 2: with two owners, the staging table had the target's column types, so the
 /// conversion into them, domain checks included, ran as the source's owner: a tenant table's owner whose column has
 /// a domain with a CHECK of its own ran that function as the legacy table's owner (here a superuser). The values now
@@ -1910,18 +1930,7 @@ fn run_code_as_a_source_owner_through_a_staging_table_made_in_advance() {
 #[test]
 fn run_code_as_a_legacy_owner_through_a_domain_of_the_target() {
     let mut s = Siege::new("import_domain");
-    ensure_login_role(&mut s.su, "it_atk_admin", "");
-    s.su.batch_execute(&format!(
-        "GRANT nile_admin TO it_atk_admin;
-         SELECT nile.create_tenant('Initech', '{INITECH}');
-         CREATE SCHEMA legacy_su;
-         CREATE TABLE legacy_su.projects (id bigint NOT NULL, name text NOT NULL, note text);
-         INSERT INTO legacy_su.projects VALUES (1, 'initech-1', 'n1'), (2, 'initech-2', 'n2');
-         GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
-         GRANT SELECT ON legacy_su.projects TO it_atk_admin;
-         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;"
-    ))
-    .unwrap();
+    s.legacy_schema_of_a_superuser("id bigint NOT NULL, name text NOT NULL, note text", "(1, 'initech-1', 'n1'), (2, 'initech-2', 'n2')");
     let mut owner = s.login("it_atk_owner");
     owner
         .batch_execute(
@@ -1984,19 +1993,8 @@ fn read_every_tenant_through_a_parent_it_is_attached_to() {
 #[test]
 fn run_code_as_a_legacy_owner_through_a_cast_or_a_type_name_of_the_target() {
     let mut s = Siege::new("import_cast");
-    ensure_login_role(&mut s.su, "it_atk_admin", "");
-    s.su.batch_execute(&format!(
-        "GRANT nile_admin TO it_atk_admin;
-         SELECT nile.create_tenant('Initech', '{INITECH}');
-         CREATE SCHEMA legacy_su;
-         CREATE TABLE legacy_su.projects (id bigint NOT NULL, name text NOT NULL, mood text, note text);
-         INSERT INTO legacy_su.projects VALUES (1, 'initech-1', 'ok', 'n1');
-         GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
-         GRANT SELECT ON legacy_su.projects TO it_atk_admin;
-         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;
-         CREATE TABLE public.canary ();"
-    ))
-    .unwrap();
+    s.legacy_schema_of_a_superuser("id bigint NOT NULL, name text NOT NULL, mood text, note text", "(1, 'initech-1', 'ok', 'n1')");
+    s.su.batch_execute("CREATE TABLE public.canary ();").unwrap();
     let mut owner = s.login("it_atk_owner");
     owner
         .batch_execute(
@@ -2108,18 +2106,7 @@ fn swap_the_staging_table_while_it_is_filled() {
 #[test]
 fn lose_data_in_a_two_owner_import() {
     let mut s = Siege::new("import_text_round_trip");
-    ensure_login_role(&mut s.su, "it_atk_admin", "");
-    s.su.batch_execute(&format!(
-        "GRANT nile_admin TO it_atk_admin;
-         SELECT nile.create_tenant('Initech', '{INITECH}');
-         CREATE SCHEMA legacy_su;
-         CREATE TABLE legacy_su.projects (id bigint NOT NULL, name text NOT NULL, code char(10), ratio float8);
-         INSERT INTO legacy_su.projects VALUES (1, 'initech-1', 'ABCDEFGHIJ', 0.1 + 0.2);
-         GRANT USAGE ON SCHEMA legacy_su TO it_atk_admin;
-         GRANT SELECT ON legacy_su.projects TO it_atk_admin;
-         GRANT SELECT, INSERT ON public.projects TO it_atk_admin;"
-    ))
-    .unwrap();
+    s.legacy_schema_of_a_superuser("id bigint NOT NULL, name text NOT NULL, code char(10), ratio float8", "(1, 'initech-1', 'ABCDEFGHIJ', 0.1 + 0.2)");
     let mut owner = s.login("it_atk_owner");
     owner
         .batch_execute("ALTER TABLE public.projects ADD COLUMN code char(10), ADD COLUMN ratio float8")
