@@ -104,6 +104,16 @@ fn enter_tenant_checked(
     } else {
         "nile.set_tenant()"
     });
+    // SAFETY: superuser() reads the current user's catalog entry.
+    if !is_local && !gucs::ALLOW_SESSION_SCOPE.get() && !unsafe { pg_sys::superuser() } {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "this session may not enter a tenant's context for the whole session",
+        )
+        .detail("nile.allow_session_scope is off for this session (set for its role by a superuser): a context kept beyond the transaction would reach the next client of a pooled connection.")
+        .hint("Enter the context inside each transaction: BEGIN; SELECT nile.set_tenant(...); ...; COMMIT.")
+        .raise();
+    }
     if is_local && needs_block && !in_transaction_block() {
         let function = if by_token {
             "nile.set_tenant_token()"
@@ -115,15 +125,7 @@ fn enter_tenant_checked(
             format!("{function} with is_local => true must be called inside a transaction block"),
         )
         .detail("Outside BEGIN ... COMMIT the tenant context would end with this statement and protect nothing.")
-        .hint(if by_token {
-            "Run BEGIN first, or pass is_local => false for the whole session (not behind a transaction-mode connection pooler).".to_string()
-        } else {
-            format!(
-                "Run BEGIN first, or use SELECT nile.set_tenant('{}', is_local => false) for the whole session \
-                 (not behind a transaction-mode connection pooler).",
-                format_uuid(&id)
-            )
-        })
+        .hint("Run BEGIN first and enter the context inside the transaction: it ends with the transaction, which is what a connection pool needs.")
         .raise();
     }
     // SAFETY: superuser() reads the current user's catalog entry.

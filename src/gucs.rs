@@ -46,6 +46,10 @@ pub static AUTO_ENABLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// session can enter a tenant's context only with a signed token (`nile.set_tenant_token()`), not `nile.set_tenant()`.
 pub static REQUIRE_TOKEN: GucSetting<bool> = GucSetting::<bool>::new(false);
 
+/// `nile.allow_session_scope`: whether `nile.set_tenant(…, is_local => false)` (a context for the whole session) is
+/// allowed. Superuser-only; off for the roles of pooled applications, whose next client would inherit the context.
+pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true);
+
 /// `nile.track_usage`: whether statements are counted per tenant in shared memory (superuser; see usage_hooks.rs).
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
@@ -177,9 +181,11 @@ pub fn init() {
     GucRegistry::define_enum_guc(
         c"nile.missing_tenant",
         c"What a statement on a tenant table does without a tenant context: error or deny.",
-        c"error (the default) raises SQLSTATE 42501; deny returns no rows and lets no row be written.",
+        c"error (the default) raises SQLSTATE 42501; deny returns no rows and lets no row be written. Superuser-only \
+          (set it per role or database with ALTER ROLE/DATABASE ... SET): through a pool, a client's session-level SET \
+          would change what the next clients get.",
         &MISSING_TENANT,
-        GucContext::Userset,
+        GucContext::Suset,
         GucFlags::default(),
     );
     GucRegistry::define_bool_guc(
@@ -188,6 +194,15 @@ pub fn init() {
         c"Set it for a role with ALTER ROLE ... SET nile.require_token = on (superuser only): nile.set_tenant() is \
           then refused and only nile.set_tenant_token() with a valid token enters a tenant.",
         &REQUIRE_TOKEN,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_bool_guc(
+        c"nile.allow_session_scope",
+        c"Whether this session may enter a tenant's context for the whole session (is_local => false).",
+        c"Set it off for the roles of pooled applications with ALTER ROLE ... SET nile.allow_session_scope = off \
+          (superuser only): a context kept beyond the transaction would reach the next client of the connection.",
+        &ALLOW_SESSION_SCOPE,
         GucContext::Suset,
         GucFlags::default(),
     );
@@ -270,6 +285,22 @@ pub fn admin_in_force() -> bool {
     ADMIN_IN_FORCE.with(Cell::get)
 }
 
+thread_local! {
+    /// Whether a tenant context or the admin context was entered in the current transaction (pool_guard.rs resets it
+    /// when the transaction ends).
+    static CONTEXT_ENTERED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether a tenant context or the admin context was entered since `forget_context_entered()`.
+pub fn context_entered() -> bool {
+    CONTEXT_ENTERED.with(Cell::get)
+}
+
+/// Start counting `context_entered()` afresh (at the end of a transaction).
+pub fn forget_context_entered() {
+    CONTEXT_ENTERED.with(|c| c.set(false));
+}
+
 /// Apply `tenant` (or clear the context with `None`) and the token's `user` id (or none) through the GUC machinery.
 /// `is_local` gives `SET LOCAL` semantics: the values revert at the end of the transaction.
 pub fn set_tenant_context(tenant: Option<[u8; 16]>, user: Option<&str>, is_local: bool) {
@@ -279,6 +310,9 @@ pub fn set_tenant_context(tenant: Option<[u8; 16]>, user: Option<&str>, is_local
     };
     // A user id with a NUL byte cannot come from a verified token (JSON strings are checked before); treat as none.
     let user = user.and_then(|u| CString::new(u).ok()).unwrap_or_default();
+    if tenant.is_some() {
+        CONTEXT_ENTERED.with(|c| c.set(true));
+    }
     let _tenant = Authorized::grant(&AUTHORIZED_TENANT, value.clone());
     let _user = Authorized::grant(&AUTHORIZED_USER, user.clone());
     apply(TENANT_ID_GUC, &value, is_local);
@@ -302,6 +336,7 @@ pub fn token_keys() -> (Vec<u8>, Vec<u8>) {
 
 /// Turn the admin context on for the rest of the current transaction.
 pub fn set_admin_context() {
+    CONTEXT_ENTERED.with(|c| c.set(true));
     let _authorization = AuthorizedAdmin::grant();
     apply(ADMIN_ACTIVE_GUC, c"on", true);
 }

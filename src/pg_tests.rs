@@ -535,7 +535,11 @@ mod tests {
         );
         assert_sqlstate("UPDATE public.projects SET name = 'x'", "42501");
         assert_sqlstate("SELECT count(*) FROM nile.tenants", "42501");
+        // Only a superuser may change it (issue 18: through a pool, a client's SET would reach the next clients).
+        assert_sqlstate("SET LOCAL nile.missing_tenant = deny", "42501");
+        run("RESET ROLE");
         run("SET LOCAL nile.missing_tenant = deny");
+        run("SET LOCAL ROLE app");
         assert_eq!(
             value::<i64>("SELECT count(*) FROM public.projects"),
             Some(0)
@@ -556,6 +560,7 @@ mod tests {
             .unwrap(),
             0
         );
+        run("RESET ROLE");
         assert_sqlstate("SET LOCAL nile.missing_tenant = allow", "22023");
     }
 

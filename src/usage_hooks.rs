@@ -52,17 +52,6 @@ extern "C-unwind" {
     fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
     #[link_name = "standard_ExecutorEnd"]
     fn raw_standard_executor_end(query_desc: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ProcessUtility"]
-    fn raw_standard_process_utility(
-        pstmt: *mut pg_sys::PlannedStmt,
-        query_string: *const std::ffi::c_char,
-        read_only_tree: bool,
-        context: pg_sys::ProcessUtilityContext::Type,
-        params: pg_sys::ParamListInfo,
-        query_env: *mut pg_sys::QueryEnvironment,
-        dest: *mut pg_sys::DestReceiver,
-        qc: *mut pg_sys::QueryCompletion,
-    );
 }
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
@@ -630,28 +619,17 @@ unsafe extern "C-unwind" fn process_utility(
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
     unsafe {
         let role = before_utility(pstmt);
-        match PREV_PROCESS_UTILITY {
-            Some(prev) => prev(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-            None => raw_standard_process_utility(
-                pstmt,
-                query_string,
-                read_only_tree,
-                context,
-                params,
-                query_env,
-                dest,
-                qc,
-            ),
-        }
+        crate::hook_chain::next_process_utility(
+            PREV_PROCESS_UTILITY,
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        );
         after_utility(pstmt, qc, role);
     }
 }

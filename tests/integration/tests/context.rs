@@ -12,13 +12,11 @@ fn transaction_scope_is_the_default_and_outside_a_transaction_is_an_error() {
         .unwrap_err();
     let db_err = err.as_db_error().expect("a server error");
     assert_eq!(db_err.code().code(), "25P01");
+    // The hint does not recommend session scope (issue 18: with a pool, the next client would inherit the context).
+    let hint = db_err.hint().unwrap_or_default();
     assert!(
-        db_err
-            .hint()
-            .unwrap_or_default()
-            .contains("is_local => false"),
-        "the hint names the alternative: {:?}",
-        db_err.hint()
+        hint.contains("BEGIN") && !hint.contains("is_local => false"),
+        "the hint points to the transaction: {hint}"
     );
     assert_eq!(
         one::<Option<String>>(&mut c, "SELECT nile.current_tenant()::text"),
@@ -239,4 +237,76 @@ fn parallel_workers_see_the_leaders_tenant() {
     ))
     .unwrap();
     assert_eq!(one::<i64>(&mut c, "SELECT count(*) FROM projects"), 199993);
+}
+
+/// Issue 18, pool safety: a cursor WITH HOLD outlives the transaction and with it the tenant context, so on a pooled
+/// server connection the next client could fetch rows read in one tenant's context. Refused when declared in a tenant's
+/// or the admin context, and the commit is refused when the transaction declared one and entered a context, in
+/// either order (the commit runs the cursor to its end with what it computed in the context).
+#[test]
+fn a_cursor_with_hold_cannot_carry_a_tenants_rows_past_its_transaction() {
+    let db = scenario("cursor_hold");
+    let mut c = connect(&db, "it_app");
+    let mut admin = connect(&db, "it_admin");
+    let code = |r: Result<(), postgres::Error>| {
+        r.err()
+            .and_then(|e| e.as_db_error().map(|d| d.code().code().to_string()))
+            .unwrap_or_else(|| "ok".into())
+    };
+    let in_context = code(c.batch_execute(&format!(
+        "BEGIN; SELECT nile.set_tenant('{ACME}'); DECLARE held CURSOR WITH HOLD FOR SELECT name FROM projects; COMMIT;"
+    )));
+    let _ = c.batch_execute("ROLLBACK");
+    assert_eq!(in_context, "0A000", "declared in a tenant's context");
+    let in_admin = code(admin.batch_execute(
+        "BEGIN; SELECT nile.admin_context('cursor test'); DECLARE held CURSOR WITH HOLD FOR SELECT name FROM projects; COMMIT;",
+    ));
+    let _ = admin.batch_execute("ROLLBACK");
+    assert_eq!(in_admin, "0A000", "declared in the admin context");
+    let declared_first = code(c.batch_execute(&format!(
+        "BEGIN; DECLARE held CURSOR WITH HOLD FOR SELECT name FROM projects;
+         SELECT nile.set_tenant('{ACME}'); FETCH 1 FROM held; SELECT nile.clear_tenant(); COMMIT;"
+    )));
+    let _ = c.batch_execute("ROLLBACK");
+    assert_eq!(declared_first, "0A000", "declared first, then a context: the commit is refused");
+    // Nothing was left behind for the next statement on this connection.
+    let left: i64 = one(&mut c, "SELECT count(*) FROM pg_cursors WHERE is_holdable");
+    assert_eq!(left, 0, "a cursor survived");
+    // Without any context in its transaction, a cursor WITH HOLD is as Postgres makes it (it reads no tenant's rows).
+    c.batch_execute("BEGIN; DECLARE plain CURSOR WITH HOLD FOR SELECT 1; COMMIT; CLOSE plain;")
+        .unwrap();
+}
+
+/// Issue 18, pool safety: a superuser can forbid session scope per role (`nile.allow_session_scope`), and
+/// `nile.missing_tenant` can be changed only by superusers, never by the application at run time.
+#[test]
+fn session_scope_and_missing_tenant_are_a_superusers_settings() {
+    let db = scenario("pool_settings");
+    ensure_login_role(&mut connect(&db, "postgres"), "it_pooled_app", "");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute(&format!(
+        "GRANT nile_app TO it_pooled_app; GRANT SELECT ON projects TO it_pooled_app;
+         ALTER ROLE it_pooled_app IN DATABASE {db} SET nile.allow_session_scope = off;
+         ALTER ROLE it_pooled_app IN DATABASE {db} SET nile.missing_tenant = deny;"
+    ))
+    .unwrap();
+    let mut c = connect(&db, "it_pooled_app");
+    assert_fails(
+        c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")),
+        "42501",
+    );
+    assert_fails(c.batch_execute("SET nile.allow_session_scope = on"), "42501");
+    assert_fails(c.batch_execute("SET nile.missing_tenant = error"), "42501");
+    // Transaction scope works; and without a context the role's missing_tenant = deny applies.
+    let seen: i64 = one(&mut c, "SELECT count(*) FROM projects");
+    assert_eq!(seen, 0);
+    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}');")).unwrap();
+    let acme: i64 = one(&mut c, "SELECT count(*) FROM projects");
+    c.batch_execute("COMMIT").unwrap();
+    assert_eq!(acme, 2);
+    // Other roles keep the defaults; an application role cannot change missing_tenant for itself either.
+    let mut app = connect(&db, "it_app");
+    assert_fails(app.batch_execute("SET nile.missing_tenant = deny"), "42501");
+    app.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)"))
+        .unwrap();
 }

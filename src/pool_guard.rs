@@ -1,0 +1,139 @@
+//! pool_guard — what a tenant context may not leave behind on a server connection that a pool hands to the next
+//! client (issue 18): a cursor declared `WITH HOLD` inside a tenant's context, or inside the admin context, outlives the
+//! transaction that had the context, so the next client on the same connection could `FETCH` the rows it was planned
+//! and opened to read. Such a `DECLARE` is refused (with or without a pooler: the rule has to hold for both), and so is
+//! the commit of a transaction that declared one and entered a context (in either order: Postgres runs a holdable
+//! cursor to its end when the transaction commits, with what its plan computed in the context, the tenant included).
+//!
+//! Design: one `ProcessUtility` hook, chained to the previous one, that looks at `DeclareCursorStmt` only, and one
+//! transaction callback; installed whenever the library is loaded, which any tenant context needs (`nile.set_tenant()`
+//! is in it).
+
+use crate::context::effective_tenant;
+use crate::errors::Problem;
+use crate::gucs;
+use crate::hook_chain::next_process_utility;
+use pgrx::prelude::*;
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+thread_local! {
+    /// The names of the cursors WITH HOLD the current transaction declared.
+    static HOLDABLE_DECLARED: std::cell::RefCell<Vec<std::ffi::CString>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+pub fn init() {
+    // SAFETY: _PG_init runs once per process before any query; the previous hook is saved and called by ours, and the
+    // callback is registered for the life of the process.
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+    }
+}
+
+/// Before a commit: refuse it if this transaction declared a cursor WITH HOLD and entered a context (the cursor is
+/// about to be run to its end, keeping rows read in the context). At its end: forget both.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
+            let declared = HOLDABLE_DECLARED.with(|h| std::mem::take(&mut *h.borrow_mut()));
+            if !declared.is_empty() && gucs::context_entered() {
+                gucs::forget_context_entered();
+                // Postgres has just run them to their end and made them outlive the transaction, even one that
+                // aborts now: close them first.
+                for name in &declared {
+                    // SAFETY: looks the portal up by its NUL-terminated name; a cursor closed meanwhile is not found
+                    // (null). Dropping a held, inactive portal is what CLOSE does.
+                    unsafe {
+                        let portal = pg_sys::GetPortalByName(name.as_ptr());
+                        if !portal.is_null() {
+                            pg_sys::PortalDrop(portal, false);
+                        }
+                    }
+                }
+                Problem::new(
+                    PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+                    "a transaction that entered a tenant's or the admin context cannot keep a cursor WITH HOLD",
+                )
+                .detail("The cursor would keep rows read in the context after it ends: the next client of a pooled connection could fetch them. It was closed.")
+                .hint("Declare the cursor WITHOUT HOLD and fetch its rows within the transaction, or declare it in a transaction that enters no context.")
+                .raise();
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
+            HOLDABLE_DECLARED.with(|h| h.borrow_mut().clear());
+            gucs::forget_context_entered();
+        }
+        _ => {}
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: pstmt is the statement Postgres is about to run; its utilityStmt is a valid node, read only here, and a
+    // DeclareCursorStmt's portalname is a NUL-terminated string.
+    let holdable_cursor = unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt {
+            let declare = stmt as *mut pg_sys::DeclareCursorStmt;
+            ((*declare).options & pg_sys::CURSOR_OPT_HOLD as i32 != 0)
+                .then(|| std::ffi::CStr::from_ptr((*declare).portalname).to_owned())
+        } else {
+            None
+        }
+    };
+    if let Some(name) = holdable_cursor {
+        refuse_if_in_a_context();
+        HOLDABLE_DECLARED.with(|h| h.borrow_mut().push(name));
+    }
+    // SAFETY: the arguments Postgres gave this hook, unchanged.
+    unsafe {
+        next_process_utility(
+            PREV_PROCESS_UTILITY,
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        )
+    }
+}
+
+/// Raise 0A000 inside a tenant's context or the admin context.
+fn refuse_if_in_a_context() {
+    let which = if gucs::admin_in_force() {
+        "the admin context"
+    } else if effective_tenant().is_some() {
+        "a tenant's context"
+    } else {
+        return;
+    };
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_FEATURE_NOT_SUPPORTED,
+        format!("a cursor WITH HOLD cannot be declared in {which}"),
+    )
+    .detail("It would outlive the transaction, and with it the context: the next client of a pooled connection could fetch its rows.")
+    .hint("Declare the cursor WITHOUT HOLD and fetch its rows within the transaction.")
+    .raise();
+}
