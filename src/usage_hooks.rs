@@ -499,14 +499,14 @@ fn count_rows(
 }
 
 /// Record a finished top-level statement, and log it when it was slow.
-fn finish(mut measured: Measured) {
-    // A statement that started without a tenant and entered one (`SELECT nile.set_tenant(…)`) or the admin context
-    // counts there: it is that tenant's work, and the shared no-tenant row is then not written by every transaction
-    // of every backend (its counters' cache lines would bounce between cores on each one).
-    if measured.key.kind() == RowKind::NoTenant && !measured.usage.failed {
-        measured.key = current_key();
+fn finish(measured: Measured) {
+    // A statement that changed the context (`SELECT nile.set_tenant(…)`, `set_tenant_token()`, `admin_context()`,
+    // `clear_tenant()`) is nobody's work: it is not counted, neither for the tenant it entered (billing it the switch
+    // would count every transaction twice) nor in the shared no-tenant row (written by every transaction of every
+    // backend, its counters' cache lines would bounce between cores). A failed one is counted where it started.
+    if measured.usage.failed || measured.key == current_key() {
+        add_pending(measured.key, &measured.usage);
     }
-    add_pending(measured.key, &measured.usage);
     let slow_ms = gucs::SLOW_STATEMENT_MS.get();
     let elapsed_ms = measured.usage.time_ns as f64 / 1_000_000.0;
     if slow_ms >= 0 && !measured.usage.failed && elapsed_ms >= slow_ms as f64 {

@@ -56,8 +56,8 @@ fn counters_match_exactly_what_concurrent_sessions_did() {
                 let mut c = connect(&db, "it_app");
                 let t = tenant(n);
                 for round in 0..ROUNDS {
-                    // 6 statements for the tenant (set_tenant counts for the tenant it enters): 3 rows inserted (1 + 2
-                    // nested), 1 updated, 1 deleted, 3 returned (set_tenant's, the count and the function's result).
+                    // 5 statements for the tenant (set_tenant, which changes the context, is not counted): 3 rows
+                    // inserted (1 + 2 nested), 1 updated, 1 deleted, 2 returned (the count and the function's result).
                     c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{t}')"))
                         .unwrap();
                     c.batch_execute(
@@ -96,8 +96,8 @@ fn counters_match_exactly_what_concurrent_sessions_did() {
             usage_of(&mut su, &format!("tenant_id = '{}'", tenant(n))),
             format!(
                 "{} {FAILURES} {} {} {ROUNDS} {ROUNDS}",
-                6 * ROUNDS + 2 * FAILURES,
-                3 * ROUNDS + FAILURES,
+                5 * ROUNDS + FAILURES,
+                2 * ROUNDS,
                 3 * ROUNDS
             ),
             "tenant {n}: statements errors returned inserted updated deleted"
@@ -265,11 +265,11 @@ fn procedures_committing_and_planner_work_count_as_the_one_statement_they_are() 
     app.batch_execute("SELECT name FROM projects WHERE id = two()")
         .unwrap();
     app.batch_execute("SELECT count(*) FROM projects").unwrap();
-    // set_tenant: 1 statement (1 row); CALL: 1 statement, 5 rows inserted; the two SELECTs: 1 statement each
-    // (acme-2 and the count).
+    // set_tenant: not counted (it changes the context); CALL: 1 statement, 5 rows inserted; the two SELECTs: 1
+    // statement each (acme-2 and the count).
     assert_eq!(
         usage_of(&mut su, &format!("tenant_id = '{ACME}'")),
-        "4 0 3 5 0 0",
+        "3 0 2 5 0 0",
         "statements errors returned inserted updated deleted"
     );
     // CREATE TABLE AS writes rows: they count as inserted, not returned.
@@ -282,9 +282,9 @@ fn procedures_committing_and_planner_work_count_as_the_one_statement_they_are() 
     .unwrap();
     assert_eq!(
         usage_of(&mut su, &format!("tenant_id = '{ACME}'")),
-        "3 0 2 4 0 0",
-        "set_tenant() (1 row), CREATE TABLE AS (4 rows inserted), and clear_tenant(), which started in the tenant \
-         (1 row); the reset, made at the commit of this one-transaction batch, comes before them"
+        "1 0 0 4 0 0",
+        "CREATE TABLE AS (4 rows inserted) only: set_tenant() and clear_tenant() change the context and are not \
+         counted; the reset, made at the commit of this one-transaction batch, comes before them"
     );
 }
 
@@ -316,11 +316,11 @@ fn the_noisy_neighbour_ranks_first() {
              FROM nile.noisy_neighbours WHERE kind = 'tenant'",
         )
     };
-    assert_eq!(ranking(&mut admin), "Acme:2:t Globex:10:f first:1");
+    assert_eq!(ranking(&mut admin), "Acme:1:t Globex:5:f first:1");
     // Written to the history, the same periods give the same ranking (and the open period is then empty).
     let written: i64 = one(&mut admin, "SELECT nile.flush_usage()");
     assert!(written >= 2, "{written}");
-    assert_eq!(ranking(&mut admin), "Acme:2:t Globex:10:f first:1");
+    assert_eq!(ranking(&mut admin), "Acme:1:t Globex:5:f first:1");
     let open: i64 = one(
         &mut admin,
         "SELECT count(*) FROM nile._unflushed_usage() WHERE kind = 'tenant'",
@@ -332,4 +332,39 @@ fn the_noisy_neighbour_ranks_first() {
         "SELECT count(*) FROM nile.noisy_neighbours('0 seconds') WHERE kind = 'tenant'",
     );
     assert_eq!(none, 0);
+}
+
+/// Issue 18: the statement that enters a context is not the tenant's work. N transactions of one single-row SELECT,
+/// each entering the tenant with set_tenant(), show exactly N statements and N rows returned (before: 2N and 2N);
+/// clear_tenant() and admin_context() are not counted either.
+#[test]
+fn entering_a_context_is_not_counted_as_the_tenants_work() {
+    let db = scenario("usage_switch");
+    let mut su = connect(&db, "postgres");
+    su.batch_execute("SELECT nile.reset_usage()").unwrap();
+    let mut app = connect(&db, "it_app");
+    for _ in 0..10 {
+        app.batch_execute(&format!(
+            "BEGIN; SELECT nile.set_tenant('{ACME}'); SELECT name FROM projects WHERE id = 1; COMMIT;"
+        ))
+        .unwrap();
+    }
+    app.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false); SELECT nile.clear_tenant();"
+    ))
+    .unwrap();
+    let mut admin = connect(&db, "it_admin");
+    admin
+        .batch_execute("BEGIN; SELECT nile.admin_context('usage test'); COMMIT;")
+        .unwrap();
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{ACME}'")),
+        "10 0 10 0 0 0",
+        "statements errors returned inserted updated deleted"
+    );
+    let admin_rows: i64 = one(
+        &mut su,
+        "SELECT count(*) FROM nile.tenant_usage WHERE kind = 'admin' AND statements > 0",
+    );
+    assert_eq!(admin_rows, 0, "admin_context() is not counted");
 }
