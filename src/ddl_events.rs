@@ -121,12 +121,12 @@ pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) 
     // SAFETY: Postgres passes a valid fcinfo.
     unsafe { require_event_trigger_call(fcinfo, "nile._sql_drop()") };
     let dropped = ddl_prefilter::dropped();
-    let check_policies = dropped.tenant_policy && !skip_event();
-    if check_policies || !dropped.registered_tables.is_empty() {
+    let check_dropped = (dropped.tenant_policy || dropped.tenant_fk) && !skip_event();
+    if check_dropped || !dropped.registered_tables.is_empty() {
         with_safe_search_path(|| {
             Spi::connect_mut(|client| {
-                if check_policies {
-                    refuse_dropped_tenant_policies(client);
+                if check_dropped {
+                    refuse_dropped_tenant_objects(client);
                 }
                 forget_tables(client, dropped.registered_tables);
             })
@@ -468,8 +468,9 @@ fn column_argument(column: &str) -> String {
 }
 
 /// `DROP POLICY`, `ALTER TABLE ... DROP COLUMN ... CASCADE` and the like may not take a `nile_tenant_*` policy away
-/// from a tenant table that stays.
-fn refuse_dropped_tenant_policies(client: &mut SpiClient<'_>) {
+/// from a tenant table that stays, nor `ALTER TABLE ... DROP CONSTRAINT` its `nile_tenant_fk` (which migration tools
+/// comparing the database with their models propose to drop).
+fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
     let dropped = saved_plan_column::<String>(client, DROPPED_TENANT_POLICY, false, &[], &[])
         .into_iter()
         .flatten()
@@ -485,7 +486,33 @@ fn refuse_dropped_tenant_policies(client: &mut SpiClient<'_>) {
         ))
         .raise();
     }
+    let dropped_fk = saved_plan_column::<String>(client, DROPPED_TENANT_FK, false, &[], &[])
+        .into_iter()
+        .flatten()
+        .next();
+    if let Some(found) = dropped_fk {
+        let (constraint, root) = found.split_once('\n').unwrap_or((found.as_str(), ""));
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot drop constraint {constraint}: it keeps the table's tenants to those in nile.tenants"),
+        )
+        .detail("Migration tools that compare the database with their models propose dropping it; leave the nile_tenant_* objects out of that comparison (README, \"Migration tools\").")
+        .hint(format!(
+            "To take the table out of tenancy deliberately, run SELECT nile.disable_tenancy('{root}') first."
+        ))
+        .raise();
+    }
 }
+
+/// A dropped `nile_tenant_fk` constraint of an enrolled table that still exists: "<constraint> on <table>" and, on a
+/// second line, the table's root.
+const DROPPED_TENANT_FK: &str =
+    "SELECT format('%s on %s', quote_ident(d.address_names[3]), t.relid) || E'\\n' || coalesce(t.parent, t.relid)::text
+     FROM pg_event_trigger_dropped_objects() d
+     JOIN nile.tenant_tables t
+       ON t.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
+     WHERE d.object_type = 'table constraint' AND d.address_names[3] = 'nile_tenant_fk'
+     LIMIT 1";
 
 /// A dropped `nile_tenant_*` policy of an enrolled table that still exists: "<policy> on <table>" and, on a second
 /// line, the table's root.

@@ -307,12 +307,15 @@ pub struct Dropped {
     pub registered_tables: Vec<pg_sys::Oid>,
     /// Whether a policy named `nile_tenant_*` was dropped (the full check decides whether its table stays).
     pub tenant_policy: bool,
+    /// Whether a constraint named `nile_tenant_fk` was dropped (likewise).
+    pub tenant_fk: bool,
 }
 
 /// The dropped objects of this `sql_drop` event.
 pub fn dropped() -> Dropped {
     let mut tables = Vec::new();
     let mut tenant_policy = false;
+    let mut tenant_fk = false;
     for object in dropped_objects() {
         match object.object_type.as_str() {
             "table" | "foreign table"
@@ -327,12 +330,15 @@ pub fn dropped() -> Dropped {
                     .trim_start_matches('"')
                     .starts_with("nile_tenant_")
             }
+            // The identity is "<constraint name> on <table>".
+            "table constraint" => tenant_fk |= object.identity.starts_with("nile_tenant_fk on "),
             _ => {}
         }
     }
     Dropped {
         registered_tables: registered_among(tables),
         tenant_policy,
+        tenant_fk,
     }
 }
 

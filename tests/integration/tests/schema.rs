@@ -175,6 +175,8 @@ fn a_table_owner_cannot_switch_isolation_off_with_ddl() {
         ("DO $$ BEGIN EXECUTE 'ALTER TABLE projects NO FORCE ROW LEVEL SECURITY'; END $$", "55000"),
         ("SELECT nile.disable_tenancy('projects')", "42501"),
         ("ALTER EVENT TRIGGER nile_ddl_command_end DISABLE", "42501"),
+        // Issue 18: what a migration tool's autogenerate proposes (Alembic's drop_constraint).
+        ("ALTER TABLE projects DROP CONSTRAINT nile_tenant_fk", "2BP01"),
     ];
     for (attack, sqlstate) in attacks {
         let mut tx = owner.transaction().unwrap();
