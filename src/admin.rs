@@ -11,7 +11,9 @@
 use crate::errors::{raise, Problem};
 use crate::gucs;
 use crate::policy_guard::{generated_policies, previous_policies};
-use crate::privilege::{as_extension_owner, held_role, in_transaction_block, require_role};
+use crate::privilege::{
+    as_extension_owner, held_role, in_transaction_block, require_role, role_name,
+};
 use pgrx::prelude::*;
 
 static mut PREV_ROW_SECURITY_PERMISSIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
@@ -43,14 +45,6 @@ fn admin_context(reason: Option<&str>) {
             "Run BEGIN first; the admin context lasts until the end of that transaction.",
         );
     }
-    // SAFETY: both roles exist (they are this session's); GetUserNameFromId returns a palloc'd NUL-terminated copy.
-    let role_name = |role: pg_sys::Oid| unsafe {
-        Some(
-            std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(role, false))
-                .to_string_lossy()
-                .into_owned(),
-        )
-    };
     // SAFETY: reads this session's user ids.
     let (session_role, acting_role) = unsafe {
         (

@@ -157,10 +157,7 @@ fn refuse_if_bypassing_rls() {
         )
     };
     if bypasses_rls && !superuser {
-        // SAFETY: the role exists (noerr = false would raise otherwise); the name is a NUL-terminated palloc'd copy.
-        let name = unsafe { std::ffi::CStr::from_ptr(pg_sys::GetUserNameFromId(role, false)) }
-            .to_string_lossy()
-            .into_owned();
+        let name = crate::privilege::role_name(role).unwrap_or_default();
         Problem::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("role \"{name}\" has BYPASSRLS: a tenant context would not isolate it"),

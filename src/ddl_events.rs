@@ -471,57 +471,51 @@ fn column_argument(column: &str) -> String {
 /// from a tenant table that stays, nor `ALTER TABLE ... DROP CONSTRAINT` its `nile_tenant_fk` (which migration tools
 /// comparing the database with their models propose to drop).
 fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
-    let dropped = saved_plan_column::<String>(client, DROPPED_TENANT_POLICY, false, &[], &[])
+    let dropped = saved_plan_column::<String>(client, DROPPED_TENANT_OBJECT, false, &[], &[])
         .into_iter()
         .flatten()
         .next();
-    if let Some(found) = dropped {
-        let (policy, root) = found.split_once('\n').unwrap_or((found.as_str(), ""));
+    let Some(found) = dropped else {
+        return;
+    };
+    let mut parts = found.splitn(3, '\n');
+    let (kind, object, root) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    let problem = if kind == "policy" {
         Problem::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-            format!("cannot drop policy {policy}: it isolates the tenants of that table"),
+            format!("cannot drop policy {object}: it isolates the tenants of that table"),
         )
         .hint(format!(
             "To remove tenant isolation deliberately, run SELECT nile.disable_tenancy('{root}') first."
         ))
-        .raise();
-    }
-    let dropped_fk = saved_plan_column::<String>(client, DROPPED_TENANT_FK, false, &[], &[])
-        .into_iter()
-        .flatten()
-        .next();
-    if let Some(found) = dropped_fk {
-        let (constraint, root) = found.split_once('\n').unwrap_or((found.as_str(), ""));
+    } else {
         Problem::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
-            format!("cannot drop constraint {constraint}: it keeps the table's tenants to those in nile.tenants"),
+            format!("cannot drop constraint {object}: it keeps the table's tenants to those in nile.tenants"),
         )
         .detail("Migration tools that compare the database with their models propose dropping it; leave the nile_tenant_* objects out of that comparison (README, \"Migration tools\").")
         .hint(format!(
             "To take the table out of tenancy deliberately, run SELECT nile.disable_tenancy('{root}') first."
         ))
-        .raise();
-    }
+    };
+    problem.raise();
 }
 
-/// A dropped `nile_tenant_fk` constraint of an enrolled table that still exists: "<constraint> on <table>" and, on a
-/// second line, the table's root.
-const DROPPED_TENANT_FK: &str =
-    "SELECT format('%s on %s', quote_ident(d.address_names[3]), t.relid) || E'\\n' || coalesce(t.parent, t.relid)::text
+/// A dropped `nile_tenant_*` policy, or `nile_tenant_fk` constraint, of an enrolled table that still exists (a policy
+/// first): its kind, "<object> on <table>" and the table's root, a line each.
+const DROPPED_TENANT_OBJECT: &str =
+    "SELECT d.object_type || E'\\n' || format('%s on %s', quote_ident(d.address_names[3]), t.relid)
+            || E'\\n' || coalesce(t.parent, t.relid)::text
      FROM pg_event_trigger_dropped_objects() d
      JOIN nile.tenant_tables t
        ON t.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
-     WHERE d.object_type = 'table constraint' AND d.address_names[3] = 'nile_tenant_fk'
-     LIMIT 1";
-
-/// A dropped `nile_tenant_*` policy of an enrolled table that still exists: "<policy> on <table>" and, on a second
-/// line, the table's root.
-const DROPPED_TENANT_POLICY: &str =
-    "SELECT format('%s on %s', quote_ident(d.address_names[3]), t.relid) || E'\\n' || coalesce(t.parent, t.relid)::text
-     FROM pg_event_trigger_dropped_objects() d
-     JOIN nile.tenant_tables t
-       ON t.relid::oid = to_regclass(format('%I.%I', d.address_names[1], d.address_names[2]))::oid
-     WHERE d.object_type = 'policy' AND starts_with(d.address_names[3], 'nile_tenant_')
+     WHERE (d.object_type = 'policy' AND starts_with(d.address_names[3], 'nile_tenant_'))
+        OR (d.object_type = 'table constraint' AND d.address_names[3] = 'nile_tenant_fk')
+     ORDER BY d.object_type = 'policy' DESC
      LIMIT 1";
 
 /// Registry and exclusion entries of tables that are gone.

@@ -20,7 +20,7 @@ use crate::context::effective_tenant;
 use crate::errors::{raise, require_not_null};
 use crate::gucs::{set_setting, Scope};
 use crate::privilege::{
-    as_extension_owner, as_table_owner_policed, require_role, with_safe_search_path,
+    as_extension_owner, as_table_owner_policed, require_role, role_name, with_safe_search_path,
 };
 use crate::spi_util::{execute, query_value};
 use crate::uuid_text::format_uuid;
@@ -403,11 +403,9 @@ impl Stage {
             .collect();
         as_extension_owner(|| {
             let owner_name = |o: pg_sys::Oid| {
-                query_value::<String>(
-                    "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
-                    &[o.into()],
-                )
-                .unwrap_or_default()
+                role_name(o)
+                    .map(|n| quote_identifier(&n))
+                    .unwrap_or_default()
             };
             let (source_owner, target_owner) =
                 (owner_name(pair.source_owner), owner_name(pair.target_owner));
@@ -489,26 +487,24 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
         Spi::connect(|client| {
             let mut rows = crate::spi_util::select(client, "SELECT format('%I.%I', sn.nspname, s.relname), s.relowner, format('%I.%I', tn.nspname, t.relname),
                         t.relowner, quote_ident(e.tenant_column),
-                        coalesce((SELECT array_agg(format('%I', sa.attname) ORDER BY sa.attnum)
-                                  FROM pg_attribute sa
-                                  JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
-                                                      AND NOT ta.attisdropped
-                                  WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
-                                    AND sa.attname <> e.tenant_column), '{}'),
-                        coalesce((SELECT array_agg(format_type(ta.atttypid, -1) || ' ' || ta.atttypid::text ORDER BY sa.attnum)
-                                  FROM pg_attribute sa
-                                  JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
-                                                      AND NOT ta.attisdropped
-                                  WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
-                                    AND sa.attname <> e.tenant_column), '{}'),
-                        (SELECT count(*) FROM pg_attribute sa
-                         WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
-                           AND sa.attname <> e.tenant_column
-                           AND NOT EXISTS (SELECT 1 FROM pg_attribute ta WHERE ta.attrelid = t.oid AND ta.attname = sa.attname
-                                           AND ta.attnum > 0 AND NOT ta.attisdropped))
+                        c.names, c.types, c.missing
                  FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace,
                       pg_class t JOIN pg_namespace tn ON tn.oid = t.relnamespace
-                      JOIN nile.tenant_tables e ON e.relid = t.oid::regclass
+                      JOIN nile.tenant_tables e ON e.relid = t.oid::regclass,
+                      -- The source's insertable columns but the tenant column: those the target has (with its types),
+                      -- and how many it lacks.
+                      LATERAL (
+                          SELECT coalesce(array_agg(format('%I', sa.attname) ORDER BY sa.attnum)
+                                              FILTER (WHERE ta.attnum IS NOT NULL), '{}') AS names,
+                                 coalesce(array_agg(format_type(ta.atttypid, -1) || ' ' || ta.atttypid::text ORDER BY sa.attnum)
+                                              FILTER (WHERE ta.attnum IS NOT NULL), '{}') AS types,
+                                 count(*) FILTER (WHERE ta.attnum IS NULL) AS missing
+                          FROM pg_attribute sa
+                          LEFT JOIN pg_attribute ta ON ta.attrelid = t.oid AND ta.attname = sa.attname AND ta.attnum > 0
+                                                   AND NOT ta.attisdropped
+                          WHERE sa.attrelid = s.oid AND sa.attnum > 0 AND NOT sa.attisdropped AND sa.attgenerated = ''
+                            AND sa.attname <> e.tenant_column
+                      ) c
                  WHERE s.oid = $1 AND t.oid = $2 AND s.relkind IN ('r', 'p') AND t.relkind IN ('r', 'p')",
                 Some(1),
                 &[source.into(), target.into()]);

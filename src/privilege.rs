@@ -49,6 +49,20 @@ fn _require_nile_admin(routine: &str) {
     require_role("nile_admin", routine);
 }
 
+/// A role's name, or `None` when no role has that oid (read from the syscache: no SQL, no search_path).
+pub fn role_name(role: pg_sys::Oid) -> Option<String> {
+    // SAFETY: noerr = true returns NULL instead of raising for a missing role; otherwise the name is a palloc'd
+    // NUL-terminated copy, read before anything else runs.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(role, true);
+        (!name.is_null()).then(|| {
+            std::ffi::CStr::from_ptr(name)
+                .to_string_lossy()
+                .into_owned()
+        })
+    }
+}
+
 /// Is this backend inside an explicit transaction block (BEGIN ... COMMIT)?
 pub fn in_transaction_block() -> bool {
     // SAFETY: reads transaction state; valid in any backend.

@@ -15,7 +15,7 @@ use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::gucs::{set_setting, Scope};
 use crate::heap_scan;
 use crate::privilege::{
-    as_extension_owner, as_table_owner_policed, require_role, with_safe_search_path,
+    as_extension_owner, as_table_owner_policed, require_role, role_name, with_safe_search_path,
 };
 use crate::spi_util::{execute, first_value, required_column};
 use crate::tenant_cache::{self, TenantStatus};
@@ -351,16 +351,13 @@ fn refuse_foreign_member(table: &str, tree: &TableTree) {
 /// Raise 42501 if a table of the tree has another owner than its top: enrolling changes the tree with `ALTER TABLE`s
 /// on the top that reach every table below it, run as the top's owner, which Postgres refuses for tables it does not
 /// own. Said up front, with the fix, instead of as a bare "must be owner of table".
-fn refuse_other_owners(client: &SpiClient<'_>, table: &str, owner: pg_sys::Oid, tree: &TableTree) {
+fn refuse_other_owners(table: &str, owner: pg_sys::Oid, tree: &TableTree) {
     let Some(other) = tree.members.iter().find(|m| m.owner != owner) else {
         return;
     };
-    let owner_name = first_value::<String>(
-        client,
-        "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
-        &[owner.into()],
-    )
-    .unwrap_or_default();
+    let owner_name = role_name(owner)
+        .map(|n| quote_identifier(&n))
+        .unwrap_or_default();
     Problem::new(
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!(
@@ -436,7 +433,7 @@ pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Op
                     table_tree(client, relid)
                 });
                 refuse_foreign_member(table, &tree);
-                refuse_other_owners(client, table, facts.owner, &tree);
+                refuse_other_owners(table, facts.owner, &tree);
                 // Problems that exist already (drift made with the event triggers off, say) are not this enrolment's.
                 let before = protection_problems(client, facts.owner, &tree);
                 as_table_owner_policed(facts.owner, || {
@@ -675,11 +672,7 @@ fn ensure_foreign_key(
         "SELECT has_column_privilege($1, 'nile.tenants'::regclass, 'id', 'REFERENCES')",
         &[owner.into()],
     );
-    let Some(owner_name) = first_value::<String>(
-        client,
-        "SELECT quote_ident(rolname) FROM pg_roles WHERE oid = $1",
-        &[owner.into()],
-    ) else {
+    let Some(owner_name) = role_name(owner).map(|n| quote_identifier(&n)) else {
         Problem::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("the owner of table {table} does not exist"),

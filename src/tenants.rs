@@ -281,14 +281,14 @@ fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
                      WHERE c.contype = 'f' AND c.confrelid = 'nile.tenants'::regclass AND c.conparentid = 0
                        AND cardinality(c.conkey) = 1
                  )
-                 SELECT DISTINCT ON (h.relid) h.relid, format('%I.%I', n.nspname, c.relname), h.col, c.relowner
-                 FROM holders h JOIN pg_class c ON c.oid = h.relid JOIN pg_namespace n ON n.oid = c.relnamespace
+                 SELECT DISTINCT ON (h.relid) h.relid, h.col
+                 FROM holders h JOIN pg_class c ON c.oid = h.relid
                  ORDER BY h.relid",
                 None,
                 &[])
             .map(|row| TenantRowHolder {
                 relid: required_column(&row, 1),
-                column: required_column(&row, 3),
+                column: required_column(&row, 2),
             })
             .collect();
             let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::spi_util::select(
