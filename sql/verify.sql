@@ -31,7 +31,7 @@ CREATE FUNCTION nile._protection_problems(tbl regclass)
                CASE e.using_side WHEN 'read' THEN format('(%s = ( SELECT nile.policy_read_tenant() AS policy_read_tenant))', quote_ident(t.col))
                                  WHEN 'write' THEN format('(%s = ( SELECT nile.policy_write_tenant() AS policy_write_tenant))', quote_ident(t.col)) END
                    AS using_expr,
-               CASE WHEN e.checks THEN format('(%s = ( SELECT nile.policy_write_tenant() AS policy_write_tenant))', quote_ident(t.col)) END
+               CASE WHEN e.checks THEN format('((%1$s = ( SELECT nile.policy_write_tenant() AS policy_write_tenant)) OR nile.policy_foreign_row(%1$s))', quote_ident(t.col)) END
                    AS check_expr
         FROM t, (VALUES ('select', 'r', 'read', false), ('insert', 'a', NULL, true),
                         ('update', 'w', 'write', true), ('delete', 'd', 'write', false)) AS e(suffix, polcmd, using_side, checks)
@@ -263,15 +263,25 @@ CREATE FUNCTION nile.verify()
         WHERE r.rolcanlogin AND NOT r.rolsuper AND NOT r.rolbypassrls AND pg_has_role(r.oid, g.oid, 'MEMBER')
           AND EXISTS (SELECT 1 FROM enrolled)
         UNION ALL
+        -- Roles that can log in and own a tenant table (or may become its owner). An owner's code (its triggers, an
+        -- ALTER TABLE ... USING expression) reads every tenant's rows, so only the migration role should: a member
+        -- of nile_table_owner that is not an application role (examples/role_layout.sql), which is not reported. An
+        -- application role (a member of nile_app) that owns one could also empty, change or drop it.
         SELECT 'warning', 'role ' || quote_ident(r.rolname),
-               format('can log in and %s tenant table %s: it can change the table''s policies or drop its rows',
-                      CASE WHEN r.oid = e.relowner THEN 'owns' ELSE format('is a member of %I, which owns', o.rolname) END, e.name),
-               CASE WHEN r.oid = e.relowner
-                    THEN format('ALTER TABLE %s OWNER TO <a role that cannot log in>;', e.name)
-                    ELSE format('REVOKE %I FROM %I;', o.rolname, r.rolname) END
+               CASE WHEN pg_has_role(r.oid, 'nile_app', 'MEMBER')
+                    THEN format('is an application role (a member of nile_app) and %s tenant table %s: the application can empty it, change it or drop it',
+                                CASE WHEN r.oid = e.relowner THEN 'owns' ELSE format('is a member of %I, which owns', o.rolname) END, e.name)
+                    ELSE format('can log in and %s tenant table %s, whose code reads every tenant''s rows, but is not a member of nile_table_owner (the migration role)',
+                                CASE WHEN r.oid = e.relowner THEN 'owns' ELSE format('is a member of %I, which owns', o.rolname) END, e.name) END,
+               CASE WHEN pg_has_role(r.oid, 'nile_app', 'MEMBER')
+                    THEN CASE WHEN r.oid = e.relowner
+                              THEN format('ALTER TABLE %s OWNER TO <the migration role>;  -- see examples/role_layout.sql', e.name)
+                              ELSE format('REVOKE %I FROM %I;', o.rolname, r.rolname) END
+                    ELSE format('GRANT nile_table_owner TO %I;  -- if it is the migration role (examples/role_layout.sql); else REVOKE its ownership', r.rolname) END
         FROM enrolled e JOIN pg_roles o ON o.oid = e.relowner
         JOIN pg_roles r ON r.rolcanlogin AND NOT r.rolsuper AND pg_has_role(r.oid, e.relowner, 'MEMBER')
         WHERE NOT e.relispartition
+          AND (pg_has_role(r.oid, 'nile_app', 'MEMBER') OR NOT pg_has_role(r.oid, 'nile_table_owner', 'MEMBER'))
 
         -- Tenant-bound roles that row-level security no longer confines, and bindings of roles that were dropped
         -- (a role created later with the same OID would inherit the binding).
@@ -321,6 +331,27 @@ CREATE FUNCTION nile.verify()
         FROM enrolled e, LATERAL aclexplode(e.relacl) g
         WHERE g.privilege_type = 'TRUNCATE' AND g.grantee <> e.relowner
           AND (g.grantee = 0 OR NOT (pg_has_role(g.grantee, e.relowner, 'MEMBER') OR pg_has_role(g.grantee, 'nile_admin', 'MEMBER')))
+
+        -- Casts to uuid that run a user's function, and foreign keys to nile.tenants from a column that is not uuid:
+        -- each lookup of such a key in nile.tenants would run the cast's function with the rights of the owner of
+        -- nile.tenants (fk_validation.rs).
+        UNION ALL
+        SELECT 'error', format('cast from %s to uuid', c.castsource::regtype),
+               format('runs function %s: a foreign key from a column of type %s to nile.tenants would run it with the rights of the owner of nile.tenants',
+                      c.castfunc::regprocedure, c.castsource::regtype),
+               format('DROP CAST (%s AS uuid);', c.castsource::regtype)
+        FROM pg_cast c
+        WHERE c.casttarget = 'uuid'::regtype AND c.castmethod = 'f' AND c.oid >= 16384
+        UNION ALL
+        SELECT 'error', format('constraint %I on %s', k.conname, k.conrelid::regclass),
+               format('foreign key to nile.tenants from column %I of type %s, not uuid: each lookup converts it with a cast, run with the rights of the owner of nile.tenants',
+                      a.attname, a.atttypid::regtype),
+               format('ALTER TABLE %s DROP CONSTRAINT %I;  -- and store the tenant id as uuid', k.conrelid::regclass, k.conname)
+        FROM pg_constraint k
+        JOIN pg_attribute a ON a.attrelid = k.conrelid AND a.attnum = ANY (k.conkey)
+        JOIN pg_type ty ON ty.oid = a.atttypid
+        WHERE k.contype = 'f' AND k.confrelid = 'nile.tenants'::regclass AND k.conparentid = 0
+          AND CASE WHEN ty.typtype = 'd' THEN ty.typbasetype ELSE ty.oid END <> 'uuid'::regtype  -- a domain over uuid is uuid
 
         -- The event triggers that keep new tables and partitions protected.
         UNION ALL

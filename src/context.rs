@@ -8,7 +8,7 @@
 //! 'deny'`, NULL, which matches no row and fails every WITH CHECK); a deleted tenant means an error; an inactive
 //! tenant may read but not write.
 
-use crate::errors::{raise, Problem};
+use crate::errors::{raise, NileCode, Problem};
 use crate::gucs::{self, MissingTenant, MISSING_TENANT, REQUIRE_TOKEN};
 use crate::privilege::in_transaction_block;
 use crate::role_binding::{bound_tenant, refuse_if_bound};
@@ -71,16 +71,20 @@ fn _require_no_transaction_block(routine: Option<&str>) {
 /// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
 pub fn require_usable_tenant(id: &[u8; 16]) {
     match tenant_cache::status_of(id) {
-        None => raise(
+        None => Problem::nile(
+            NileCode::TenantNotFound,
             PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
             format!("tenant {} does not exist", format_uuid(id)),
-            "Create it with nile.create_tenant(name, id => ...), or check the id.",
-        ),
-        Some(TenantStatus::Deleted) => raise(
+        )
+        .hint("Create it with nile.create_tenant(name, id => ...), or check the id.")
+        .raise(),
+        Some(TenantStatus::Deleted) => Problem::nile(
+            NileCode::TenantDeleted,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("tenant {} has been deleted", format_uuid(id)),
-            "A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.",
-        ),
+        )
+        .hint("A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.")
+        .raise(),
         Some(TenantStatus::Active | TenantStatus::Inactive) => {}
     }
 }
@@ -106,7 +110,8 @@ fn enter_tenant_checked(
     });
     // SAFETY: superuser() reads the current user's catalog entry.
     if !is_local && !gucs::ALLOW_SESSION_SCOPE.get() && !unsafe { pg_sys::superuser() } {
-        Problem::new(
+        Problem::nile(
+            NileCode::SessionScopeRefused,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "this session may not enter a tenant's context for the whole session",
         )
@@ -130,7 +135,8 @@ fn enter_tenant_checked(
     }
     // SAFETY: superuser() reads the current user's catalog entry.
     if !by_token && REQUIRE_TOKEN.get() && !unsafe { pg_sys::superuser() } {
-        Problem::new(
+        Problem::nile(
+            NileCode::TokenRequired,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             "this session may enter a tenant's context only with a signed token",
         )
@@ -235,7 +241,8 @@ fn policy_write_tenant() -> Option<Uuid> {
     }
     match tenant_cache::status_of(&id) {
         Some(TenantStatus::Active) => Some(Uuid::from_bytes(id)),
-        Some(TenantStatus::Inactive) => Problem::new(
+        Some(TenantStatus::Inactive) => Problem::nile(
+            NileCode::TenantInactive,
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!(
                 "tenant {} is inactive: its rows can be read but not written",
@@ -248,10 +255,45 @@ fn policy_write_tenant() -> Option<Uuid> {
     }
 }
 
+/// `nile.policy_foreign_row(row_tenant uuid) RETURNS boolean`: the second half of the generated policies' `WITH CHECK
+/// (tenant_id = (SELECT nile.policy_write_tenant()) OR nile.policy_foreign_row(tenant_id))`, so evaluated only for a
+/// row whose tenant is not the context's (never for the rows that pass, which cost nothing more). It raises NT005, so
+/// that the application gets a code of its own instead of Postgres' 42501 "new row violates row-level security
+/// policy"; where there is no tenant to compare with (`nile.missing_tenant = deny`) it answers false and leaves the
+/// refusal to Postgres. The message names the transaction's own tenant only.
+#[pg_extern(stable, parallel_safe)]
+fn policy_foreign_row(row_tenant: Option<Uuid>) -> bool {
+    let Some(id) = effective_tenant() else {
+        return false;
+    };
+    if row_tenant.as_ref().map(|t| *t.as_bytes()) == Some(id) {
+        return true;
+    }
+    Problem::nile(
+        NileCode::OtherTenantRow,
+        PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+        format!(
+            "new row does not belong to tenant {}, the tenant of this transaction",
+            tenant_cache::describe(&id)
+        ),
+    )
+    .detail(if row_tenant.is_none() {
+        "Its tenant column is NULL."
+    } else {
+        "Its tenant column names another tenant."
+    })
+    .hint("Leave the tenant column to its default, nile.current_tenant(), or write this transaction's tenant id.")
+    .raise()
+}
+
 fn missing_context() -> Option<[u8; 16]> {
     match MISSING_TENANT.get() {
         MissingTenant::Deny => None,
-        MissingTenant::Error => Problem::new(PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE, "no tenant context is set")
+        MissingTenant::Error => Problem::nile(
+            NileCode::NoTenantContext,
+            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            "no tenant context is set",
+        )
             .detail("Tables enrolled with nile.enable_tenancy() are only accessible in a tenant's context.")
             .hint("Call SELECT nile.set_tenant('<tenant uuid>') inside the transaction first (members of nile_admin may use nile.admin_context('<reason>') for cross-tenant work).")
             .raise(),
@@ -259,12 +301,14 @@ fn missing_context() -> Option<[u8; 16]> {
 }
 
 fn tenant_gone(id: &[u8; 16]) -> ! {
-    raise(
+    Problem::nile(
+        NileCode::TenantDeleted,
         PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
         format!(
             "tenant {} has been deleted: its rows are no longer accessible",
             tenant_cache::describe(id)
         ),
-        "Call nile.clear_tenant() or switch to another tenant with nile.set_tenant().",
     )
+    .hint("Call nile.clear_tenant() or switch to another tenant with nile.set_tenant().")
+    .raise()
 }

@@ -101,6 +101,14 @@ pub unsafe extern "C-unwind" fn nile_ddl_command_end(
     unsafe { require_event_trigger_call(fcinfo, "nile._ddl_command_end()") };
     // SAFETY: require_event_trigger_call checked that the context is the EventTriggerData of this event.
     let data = unsafe { (*fcinfo).context.cast::<pg_sys::EventTriggerData>() };
+    // SAFETY: the parse tree of the command that just ran; its tag tells its type.
+    unsafe {
+        let tree = (*data).parsetree;
+        if !tree.is_null() && (*tree).type_ == pg_sys::NodeTag::T_CreateCastStmt {
+            crate::fk_validation::refuse_function_cast_to_uuid(tree.cast());
+            return pg_sys::Datum::from(0);
+        }
+    }
     // SAFETY: as above.
     if !skip_event() && unsafe { command_may_concern_tenancy(data) } {
         with_safe_search_path(|| {

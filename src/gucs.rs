@@ -12,6 +12,7 @@
 //!
 //! The assign hooks keep a parsed copy of the tenant id in backend memory, so the policy functions never parse text.
 
+use crate::errors::NileCode;
 use crate::uuid_text::{format_uuid, parse_canonical_uuid};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
@@ -441,10 +442,10 @@ unsafe fn proposed_string<'a>(newval: *mut *mut c_char) -> &'a CStr {
 }
 
 /// Report why a value was refused; the GUC machinery turns this into the error (or warning) for the caller.
-unsafe fn refuse(code: PgSqlErrorCode, message: &CStr, hint: &CStr) -> bool {
+unsafe fn refuse(code: i32, message: &CStr, hint: &CStr) -> bool {
     // SAFETY: GUC_check_* strings must be palloc'd; pstrdup copies our static strings into the current context.
     unsafe {
-        pg_sys::GUC_check_errcode(code as i32);
+        pg_sys::GUC_check_errcode(code);
         pg_sys::GUC_check_errmsg_string = pg_sys::pstrdup(message.as_ptr());
         pg_sys::GUC_check_errhint_string = pg_sys::pstrdup(hint.as_ptr());
     }
@@ -471,7 +472,7 @@ unsafe extern "C-unwind" fn check_tenant_id(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            NileCode::ContextForgery.packed(),
             c"nile.tenant_id can only be set by nile.set_tenant()",
             c"Call SELECT nile.set_tenant('<tenant uuid>') inside a transaction, or nile.clear_tenant() to leave.",
         )
@@ -495,7 +496,7 @@ unsafe extern "C-unwind" fn check_user_id(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            NileCode::ContextForgery.packed(),
             c"nile.user_id can only be set by nile.set_tenant_token()",
             c"It carries the user id of a verified tenant token.",
         )
@@ -517,7 +518,7 @@ unsafe extern "C-unwind" fn check_token_key(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
-            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE as i32,
             c"a tenant-token key must be at least 32 bytes long",
             c"Use a random secret, e.g. the output of: openssl rand -base64 48",
         )
@@ -580,7 +581,7 @@ unsafe extern "C-unwind" fn check_admin_active(
     // SAFETY: see `refuse`.
     unsafe {
         refuse(
-            PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+            NileCode::ContextForgery.packed(),
             c"nile.admin_active can only be turned on by nile.admin_context()",
             c"Members of nile_admin call SELECT nile.admin_context('<reason>') inside a transaction.",
         )

@@ -10,6 +10,7 @@
 //! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
 //! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
 //! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
+//! - `fk_validation`: foreign keys validated over every tenant's rows, never over one tenant's view
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
 //! - `policy_guard`: restrictive copies of the tenant policies, so that no other permissive policy can widen them
 //! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
@@ -32,6 +33,7 @@ mod context;
 mod ddl_events;
 mod ddl_prefilter;
 mod errors;
+mod fk_validation;
 mod gucs;
 mod heap_scan;
 mod hook_chain;
@@ -77,6 +79,7 @@ pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     tenant_cache::init();
     admin::init();
+    fk_validation::init();
     policy_guard::init();
     pool_guard::init();
     role_binding::init();

@@ -239,9 +239,9 @@ mod tests {
             (&format!("SELECT nile.set_tenant('{ACME}', NULL)"), "22004"),
             (
                 "SELECT nile.set_tenant('00000000-0000-0000-0000-000000000000')",
-                "42704",
+                "NT002",
             ),
-            (&format!("SELECT nile.set_tenant('{GONE}')"), "55000"),
+            (&format!("SELECT nile.set_tenant('{GONE}')"), "NT004"),
             ("SELECT nile.set_tenant('garbage')", "22P02"),
             ("SELECT nile.set_tenant('')", "22P02"),
         ] {
@@ -269,26 +269,32 @@ mod tests {
         fixture();
         run("CREATE ROLE attacker NOLOGIN; GRANT SELECT, INSERT, UPDATE, DELETE ON public.projects TO attacker;");
         for (sql, sqlstate) in [
-            (format!("SET nile.tenant_id = '{ACME}'"), "42501"),
-            (format!("SET LOCAL nile.tenant_id = '{ACME}'"), "42501"),
-            (format!("SET SESSION nile.tenant_id TO '{ACME}'"), "42501"),
-            (format!("SELECT set_config('nile.tenant_id', '{ACME}', false)"), "42501"),
-            (format!("SELECT set_config('nile.tenant_id', '{ACME}', true)"), "42501"),
-            (format!("SELECT set_config('nile.tenant_id', upper('{ACME}'), true)"), "42501"),
-            (format!("ALTER ROLE attacker SET nile.tenant_id = '{ACME}'"), "42501"),
-            (format!("ALTER DATABASE {} SET nile.tenant_id = '{ACME}'", "current_database_placeholder"), "42501"),
+            (format!("SET nile.tenant_id = '{ACME}'"), "NT006"),
+            (format!("SET LOCAL nile.tenant_id = '{ACME}'"), "NT006"),
+            (format!("SET SESSION nile.tenant_id TO '{ACME}'"), "NT006"),
+            (format!("SELECT set_config('nile.tenant_id', '{ACME}', false)"), "NT006"),
+            (format!("SELECT set_config('nile.tenant_id', '{ACME}', true)"), "NT006"),
+            (format!("SELECT set_config('nile.tenant_id', upper('{ACME}'), true)"), "NT006"),
+            (format!("ALTER ROLE attacker SET nile.tenant_id = '{ACME}'"), "NT006"),
+            (format!("ALTER DATABASE {} SET nile.tenant_id = '{ACME}'", "current_database_placeholder"), "NT006"),
             (
                 format!("CREATE FUNCTION pg_temp.as_acme() RETURNS bigint LANGUAGE sql SET nile.tenant_id = '{ACME}' AS 'SELECT count(*) FROM public.projects'"),
-                "42501",
+                "NT006",
             ),
-            ("SET nile.admin_active = on".into(), "42501"),
-            ("SELECT set_config('nile.admin_active', 'on', true)".into(), "42501"),
-            ("ALTER ROLE attacker SET nile.admin_active = on".into(), "42501"),
+            ("SET nile.admin_active = on".into(), "NT006"),
+            ("SELECT set_config('nile.admin_active', 'on', true)".into(), "NT006"),
+            ("ALTER ROLE attacker SET nile.admin_active = on".into(), "NT006"),
         ] {
             let sql = sql.replace("current_database_placeholder", &value::<String>("SELECT quote_ident(current_database())").unwrap());
             assert_sqlstate(&sql, sqlstate);
-            // A role without nile_app: same refusals, and set_tenant itself is not executable.
-            assert_sqlstate(&format!("SET LOCAL ROLE attacker; {sql}"), sqlstate);
+            // A role without nile_app: same refusals (but ALTER DATABASE needs its owner first), and set_tenant itself
+            // is not executable.
+            let attacker_sqlstate = if sql.starts_with("ALTER DATABASE") {
+                "42501"
+            } else {
+                sqlstate
+            };
+            assert_sqlstate(&format!("SET LOCAL ROLE attacker; {sql}"), attacker_sqlstate);
         }
         assert_sqlstate(
             &format!("SET LOCAL ROLE attacker; SELECT nile.set_tenant('{ACME}')"),
@@ -329,7 +335,7 @@ mod tests {
         );
         assert_sqlstate(
             "SET LOCAL ROLE attacker; SELECT count(*) FROM public.projects",
-            "42501",
+            "NT001",
         );
     }
 
@@ -418,9 +424,9 @@ mod tests {
         let expected = "uuid not null default nile.current_tenant() | FOREIGN KEY (tenant_id) REFERENCES nile.tenants(id) \
              | 1 index(es) leading with tenant_id | rls=true force=true \
              | nile_tenant_delete d (tenant_id = (SELECT nile.policy_write_tenant())) -; \
-             nile_tenant_insert a - (tenant_id = (SELECT nile.policy_write_tenant())); \
+             nile_tenant_insert a - ((tenant_id = (SELECT nile.policy_write_tenant())) OR nile.policy_foreign_row(tenant_id)); \
              nile_tenant_select r (tenant_id = (SELECT nile.policy_read_tenant())) -; \
-             nile_tenant_update w (tenant_id = (SELECT nile.policy_write_tenant())) (tenant_id = (SELECT nile.policy_write_tenant()))";
+             nile_tenant_update w (tenant_id = (SELECT nile.policy_write_tenant())) ((tenant_id = (SELECT nile.policy_write_tenant())) OR nile.policy_foreign_row(tenant_id))";
         assert_eq!(tenancy_shape("public.users"), expected);
         assert_eq!(tenancy_shape("public.legacy"), expected);
         assert_eq!(
@@ -478,7 +484,7 @@ mod tests {
             );
             assert_sqlstate(
                 &format!("INSERT INTO {partition} VALUES ('{ACME}', '{day}', 'x')"),
-                "42501",
+                "NT005",
             );
         }
         assert_eq!(value::<i64>("SELECT count(*) FROM public.events"), Some(1));
@@ -500,9 +506,9 @@ mod tests {
             Some("globex-1".into())
         );
         for (sql, sqlstate) in [
-            (format!("INSERT INTO public.projects VALUES ('{ACME}', 9, 'planted')"), "42501"),
-            (format!("UPDATE public.projects SET tenant_id = '{ACME}'"), "42501"),
-            (format!("INSERT INTO public.projects VALUES ('{GLOBEX}', 1, 'dup') ON CONFLICT (tenant_id, id) DO UPDATE SET tenant_id = '{ACME}'"), "42501"),
+            (format!("INSERT INTO public.projects VALUES ('{ACME}', 9, 'planted')"), "NT005"),
+            (format!("UPDATE public.projects SET tenant_id = '{ACME}'"), "NT005"),
+            (format!("INSERT INTO public.projects VALUES ('{GLOBEX}', 1, 'dup') ON CONFLICT (tenant_id, id) DO UPDATE SET tenant_id = '{ACME}'"), "NT005"),
         ] {
             assert_sqlstate(&sql, sqlstate);
         }
@@ -528,13 +534,13 @@ mod tests {
     fn no_context_fails_closed() {
         fixture();
         run("SET LOCAL ROLE app");
-        assert_sqlstate("SELECT count(*) FROM public.projects", "42501");
+        assert_sqlstate("SELECT count(*) FROM public.projects", "NT001");
         assert_sqlstate(
             "INSERT INTO public.projects (id, name) VALUES (5, 'x')",
-            "42501",
+            "NT001",
         );
-        assert_sqlstate("UPDATE public.projects SET name = 'x'", "42501");
-        assert_sqlstate("SELECT count(*) FROM nile.tenants", "42501");
+        assert_sqlstate("UPDATE public.projects SET name = 'x'", "NT001");
+        assert_sqlstate("SELECT count(*) FROM nile.tenants", "NT001");
         // Only a superuser may change it (issue 18: through a pool, a client's SET would reach the next clients).
         assert_sqlstate("SET LOCAL nile.missing_tenant = deny", "42501");
         run("RESET ROLE");
@@ -584,7 +590,7 @@ mod tests {
         ] {
             let failure = failure_of(sql).unwrap_or_default();
             assert!(
-                failure.starts_with("55000")
+                failure.starts_with("NT003")
                     && failure.contains("\"Acme\"")
                     && failure.contains("inactive"),
                 "{sql}: {failure}"
@@ -594,8 +600,8 @@ mod tests {
         run(&format!(
             "RESET ROLE; SELECT nile.delete_tenant('{ACME}'); SET LOCAL ROLE app"
         ));
-        assert_sqlstate("SELECT count(*) FROM public.projects", "42501");
-        assert_sqlstate(&format!("SELECT nile.set_tenant('{ACME}')"), "55000");
+        assert_sqlstate("SELECT count(*) FROM public.projects", "NT004");
+        assert_sqlstate(&format!("SELECT nile.set_tenant('{ACME}')"), "NT004");
     }
 
     #[pg_test]
@@ -857,7 +863,7 @@ mod tests {
             Some(3),
             "the admin itself sees everything"
         );
-        assert_sqlstate("SELECT public.count_projects()", "42501");
+        assert_sqlstate("SELECT public.count_projects()", "NT001");
     }
 
     #[pg_test]

@@ -177,14 +177,22 @@ pub fn check_can_enroll(facts: &TableFacts, action: &str) {
                 "must be owner of table {} to {action} tenancy on it",
                 facts.qualified
             ),
-            "Run it as the table's owner (a member of nile_admin), or as a superuser.",
+            if action == "disable" {
+                "Run it as the table's owner (who must also be a member of nile_admin), or as a superuser."
+            } else {
+                "Run it as the table's owner (the migration role of examples/role_layout.sql), or as a superuser."
+            },
         );
     }
 }
 
 /// The checks every entry point runs first: the caller's role, a non-NULL table, and a table that can be enrolled.
+/// Enrolling only adds protection, so the table's owner may do it (as the DDL event trigger does for the tables it
+/// creates: the migration role of examples/role_layout.sql is not an administrator); removing it needs nile_admin too.
 fn checked_table(tbl: Option<pg_sys::Oid>, action: &str) -> (pg_sys::Oid, TableFacts) {
-    require_role("nile_admin", &format!("nile.{action}_tenancy()"));
+    if action == "disable" {
+        require_role("nile_admin", &format!("nile.{action}_tenancy()"));
+    }
     let relid = require_not_null(tbl, "tbl");
     // The caller's rights (ownership is checked), but not the caller's search_path: an overload planted in one of its
     // schemas must not run here (tests/integration/tests/attacks.rs, hijack_search_path_of_enable_and_disable_tenancy).
@@ -379,6 +387,28 @@ fn enable_tenancy(
     backfill_tenant: Option<Uuid>,
 ) {
     let (relid, facts) = checked_table(tbl, "enable");
+    // An administrator's decision that the table is shared (disable_tenancy) is reverted by an administrator only.
+    if crate::privilege::held_role("nile_admin").is_none() {
+        let excluded = with_safe_search_path(|| {
+            Spi::connect(|client| {
+                query_bool(
+                    client,
+                    "SELECT EXISTS (SELECT 1 FROM nile.excluded_tables WHERE relid = $1::regclass)",
+                    &[relid.into()],
+                )
+            })
+        });
+        if excluded {
+            raise(
+                PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
+                format!(
+                    "table {} was marked as shared by an administrator (nile.excluded_tables)",
+                    facts.qualified
+                ),
+                "Only a member of nile_admin can enroll it again.",
+            );
+        }
+    }
     let Some(column) = tenant_column.filter(|c| !c.is_empty()) else {
         raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
@@ -803,13 +833,25 @@ fn protect(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &st
         &format!("ALTER TABLE {table} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY"),
     );
     drop_generated_policies(client, relid, table);
+    // A library newer than the extension's SQL (between a server restart and ALTER EXTENSION UPDATE) generates the
+    // policies that SQL version knows.
+    let foreign_row_check = query_bool(
+        client,
+        "SELECT to_regprocedure('nile.policy_foreign_row(uuid)') IS NOT NULL",
+        &[],
+    );
     for (suffix, command, using, check) in POLICIES {
         let mut sql = format!("CREATE POLICY {POLICY_PREFIX}{suffix} ON {table} AS PERMISSIVE FOR {command} TO PUBLIC");
         if let Some(f) = using {
             sql.push_str(&format!(" USING ({col} = {f})"));
         }
-        if let Some(f) = check {
-            sql.push_str(&format!(" WITH CHECK ({col} = {f})"));
+        match check {
+            // The second half runs only for a row of another tenant, to raise NT005 (context.rs, policy_foreign_row).
+            Some(f) if foreign_row_check => sql.push_str(&format!(
+                " WITH CHECK ({col} = {f} OR nile.policy_foreign_row({col}))"
+            )),
+            Some(f) => sql.push_str(&format!(" WITH CHECK ({col} = {f})")),
+            None => {}
         }
         run(client, &sql);
     }

@@ -9,7 +9,7 @@
 //! user id) and `iat`/`nbf`. The signature is checked before anything in the payload is looked at.
 
 use crate::context::{enter_tenant, require_usable_tenant};
-use crate::errors::{raise, require_not_null, Problem};
+use crate::errors::{raise, require_not_null, NileCode, Problem};
 use crate::gucs::{self, TOKEN_KEY_MIN_LEN};
 use crate::privilege::require_role;
 use crate::uuid_text::{format_uuid, parse_canonical_uuid};
@@ -157,36 +157,48 @@ impl Refusal {
     fn raise(self) -> ! {
         let rotate = "Tokens are verified with nile.token_key and, during a key changeover, nile.token_key_previous.";
         match self {
-            Refusal::Malformed(what) => raise(
+            Refusal::Malformed(what) => Problem::nile(
+                NileCode::InvalidToken,
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("tenant token is malformed: {what}"),
-                "A tenant token is a JWT signed with HS256 whose payload carries tid (tenant uuid) and exp (Unix seconds); see the README.",
-            ),
-            Refusal::UnknownKey(kid) => raise(
+            )
+            .hint("A tenant token is a JWT signed with HS256 whose payload carries tid (tenant uuid) and exp (Unix seconds); see the README.")
+            .raise(),
+            Refusal::UnknownKey(kid) => Problem::nile(
+                NileCode::InvalidToken,
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("tenant token was signed with a key this server does not have (key id {kid})"),
-                rotate,
-            ),
-            Refusal::Altered => raise(
+            )
+            .hint(rotate)
+            .raise(),
+            Refusal::Altered => Problem::nile(
+                NileCode::InvalidToken,
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 "tenant token signature does not match: the token has been altered",
-                "Use the token exactly as it was issued.",
-            ),
-            Refusal::NoKeyMatches => raise(
+            )
+            .hint("Use the token exactly as it was issued.")
+            .raise(),
+            Refusal::NoKeyMatches => Problem::nile(
+                NileCode::InvalidToken,
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 "tenant token signature does not match any configured key: it was altered or signed with another key",
-                format!("{rotate} Include the key id (kid) in the token header to tell the two apart."),
-            ),
-            Refusal::Expired(at) => raise(
+            )
+            .hint(format!("{rotate} Include the key id (kid) in the token header to tell the two apart."))
+            .raise(),
+            Refusal::Expired(at) => Problem::nile(
+                NileCode::TokenExpired,
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("tenant token expired at {} (Unix time {at})", unix_text(at)),
-                "Ask the service that issued it for a new token.",
-            ),
-            Refusal::NotYetValid(at) => raise(
+            )
+            .hint("Ask the service that issued it for a new token.")
+            .raise(),
+            Refusal::NotYetValid(at) => Problem::nile(
+                NileCode::InvalidToken,
                 PgSqlErrorCode::ERRCODE_INVALID_AUTHORIZATION_SPECIFICATION,
                 format!("tenant token is not valid before {} (Unix time {at})", unix_text(at)),
-                "Check the clock of the service that issued it.",
-            ),
+            )
+            .hint("Check the clock of the service that issued it.")
+            .raise(),
         }
     }
 }

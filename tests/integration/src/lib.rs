@@ -159,8 +159,8 @@ pub fn visible_in(client: &mut impl GenericClient, table: &str) -> String {
     .unwrap_or_default()
 }
 
-/// What an application session of `client` cannot do to Acme's rows: write one from Globex's context, read without
-/// a context (42501), or set the context by hand (42501).
+/// What an application session of `client` cannot do to Acme's rows: write one from Globex's context (NT005), read without
+/// a context (NT001), or set the context by hand (NT006).
 #[track_caller]
 pub fn assert_acme_out_of_reach(client: &mut Client) {
     let mut tx = begin_as(client, postgres::IsolationLevel::ReadCommitted, GLOBEX);
@@ -169,12 +169,12 @@ pub fn assert_acme_out_of_reach(client: &mut Client) {
             &format!("INSERT INTO projects VALUES ('{ACME}', 9, 'forged')"),
             &[],
         ),
-        "42501",
+        "NT005",
     );
     tx.rollback().unwrap();
-    assert_fails(client.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(client.query("SELECT * FROM projects", &[]), "NT001");
     assert_fails(
         client.batch_execute(&format!("SET nile.tenant_id = '{ACME}'")),
-        "42501",
+        "NT006",
     );
 }

@@ -252,14 +252,14 @@ fn server_version(client: &mut Client) -> i32 {
 fn forge_set_command() {
     let s = Siege::new("set_command");
     let mut c = s.login("it_noexec");
-    refused(&mut c, &format!("SET nile.tenant_id = '{GLOBEX}'"), "42501");
+    refused(&mut c, &format!("SET nile.tenant_id = '{GLOBEX}'"), "NT006");
     refused(
         &mut c,
         &format!("BEGIN; SET LOCAL nile.tenant_id = '{GLOBEX}'"),
-        "42501",
+        "NT006",
     );
     assert_eq!(context(&mut c), "none");
-    refused(&mut c, "SELECT * FROM projects", "42501");
+    refused(&mut c, "SELECT * FROM projects", "NT001");
 }
 
 #[test]
@@ -269,15 +269,15 @@ fn forge_set_config() {
     refused(
         &mut c,
         &format!("SELECT set_config('nile.tenant_id', '{GLOBEX}', false)"),
-        "42501",
+        "NT006",
     );
     refused(
         &mut c,
         &format!("BEGIN; SELECT set_config('nile.tenant_id', '{GLOBEX}', true)"),
-        "42501",
+        "NT006",
     );
     assert_eq!(context(&mut c), "none");
-    refused(&mut c, "SELECT * FROM projects", "42501");
+    refused(&mut c, "SELECT * FROM projects", "NT001");
 }
 
 #[test]
@@ -285,7 +285,7 @@ fn forge_startup_options() {
     let s = Siege::new("startup_options");
     // PGOPTIONS='-c nile.tenant_id=...' reaches the server as the startup packet's options: the login is refused.
     let login = s.try_login("it_noexec", &format!("-c nile.tenant_id={GLOBEX}"));
-    assert_fails(login, "42501");
+    assert_fails(login, "NT006");
     // The token-only attacker cannot switch require_token off that way either.
     let login = s.try_login("it_attacker", "-c nile.require_token=off");
     assert_fails(login, "42501");
@@ -300,8 +300,8 @@ fn forge_alter_role_set() {
         "ALTER ROLE it_noexec IN DATABASE {} SET nile.tenant_id = '{GLOBEX}'",
         s.db
     );
-    refused(&mut c, &store, "42501");
-    assert_fails(s.su.batch_execute(&store), "42501");
+    refused(&mut c, &store, "NT006");
+    assert_fails(s.su.batch_execute(&store), "NT006");
     // Written into the catalog behind the extension's back (as a value stored before the library was preloaded
     // would be), it is refused at login: the session starts without a context.
     s.su.batch_execute(&format!(
@@ -311,7 +311,7 @@ fn forge_alter_role_set() {
     .unwrap();
     let mut c = s.login("it_noexec");
     assert_eq!(context(&mut c), "none");
-    refused(&mut c, "SELECT * FROM projects", "42501");
+    refused(&mut c, "SELECT * FROM projects", "NT001");
     s.su.batch_execute("DELETE FROM pg_db_role_setting WHERE setrole = 'it_noexec'::regrole")
         .unwrap();
     assert!(s
@@ -327,7 +327,7 @@ fn forge_alter_database_set() {
     let mut s = Siege::new("alter_database_set");
     // The database owner's path (a superuser stands in for the owner): refused when stored.
     let store = format!("ALTER DATABASE {} SET nile.tenant_id = '{GLOBEX}'", s.db);
-    assert_fails(s.su.batch_execute(&store), "42501");
+    assert_fails(s.su.batch_execute(&store), "NT006");
     // And refused at login if it got into the catalog anyway.
     s.su.batch_execute(&format!(
         "INSERT INTO pg_db_role_setting VALUES ((SELECT oid FROM pg_database WHERE datname = current_database()), 0,
@@ -336,7 +336,7 @@ fn forge_alter_database_set() {
     .unwrap();
     let mut c = s.login("it_noexec");
     assert_eq!(context(&mut c), "none");
-    refused(&mut c, "SELECT * FROM projects", "42501");
+    refused(&mut c, "SELECT * FROM projects", "NT001");
     s.su.batch_execute("DELETE FROM pg_db_role_setting WHERE setrole = 0 AND setdatabase = (SELECT oid FROM pg_database WHERE datname = current_database())")
         .unwrap();
 }
@@ -352,7 +352,7 @@ fn forge_function_set_clause() {
             "CREATE FUNCTION peek() RETURNS text LANGUAGE sql SET nile.tenant_id = '{GLOBEX}'
              AS $$ SELECT string_agg(name, ',') FROM projects $$"
         ),
-        "42501",
+        "NT006",
     );
     // A function that sets it in its body is refused when it runs.
     c.batch_execute(&format!(
@@ -360,7 +360,7 @@ fn forge_function_set_clause() {
          AS $$ BEGIN PERFORM set_config('nile.tenant_id', '{GLOBEX}', true); RETURN (SELECT string_agg(name, ',') FROM projects); END $$"
     ))
     .unwrap();
-    refused(&mut c, "SELECT peek()", "42501");
+    refused(&mut c, "SELECT peek()", "NT006");
 }
 
 #[test]
@@ -372,7 +372,7 @@ fn forge_set_role_to_a_role_without_require_token() {
     refused(
         &mut c,
         &format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
-        "42501",
+        "NT010",
     );
     refused(&mut c, "SET nile.require_token = off", "42501");
     assert_sees_only_acme(&mut c);
@@ -394,7 +394,7 @@ fn forge_reset_and_discard() {
         refused(
             &mut c,
             &format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
-            "42501",
+            "NT010",
         );
     }
     let rows = attempt(
@@ -402,7 +402,7 @@ fn forge_reset_and_discard() {
         "SELECT string_agg(name, ',' ORDER BY name) FROM projects",
     );
     assert!(
-        rows == "acme-1,acme-2" || rows.starts_with("42501"),
+        rows == "acme-1,acme-2" || rows.starts_with("NT001"),
         "{rows}"
     );
 }
@@ -424,7 +424,7 @@ fn forge_rollback_and_savepoint_tricks() {
     refused(
         &mut c,
         &format!("SET LOCAL nile.tenant_id = '{GLOBEX}'"),
-        "42501",
+        "NT006",
     );
     c.batch_execute("BEGIN; SELECT nile.clear_tenant(); ROLLBACK")
         .unwrap();
@@ -466,13 +466,13 @@ fn forge_empty_and_null_contexts() {
     ] {
         let _ = c.batch_execute(sql);
         assert_eq!(context(&mut c), "none", "{sql}");
-        refused(&mut c, "SELECT * FROM projects", "42501");
+        refused(&mut c, "SELECT * FROM projects", "NT001");
     }
     let mut a = s.attacker();
     refused(
         &mut a,
         "SELECT nile.set_tenant_token('', is_local => false)",
-        "22023",
+        "NT008",
     );
     refused(
         &mut a,
@@ -496,7 +496,7 @@ fn forge_malformed_tenant_ids() {
         "globex",
         "0b0b0b0b00007000800000000000000 2",
     ] {
-        refused(&mut c, &format!("SET nile.tenant_id = '{value}'"), "42501");
+        refused(&mut c, &format!("SET nile.tenant_id = '{value}'"), "NT006");
     }
     // A nile_app member passing garbage to set_tenant() gets a type error, never a context.
     let mut app = s.login("it_app");
@@ -521,7 +521,7 @@ fn forge_deleted_tenant() {
     assert!(!got.starts_with("ok"), "{got}");
     assert_eq!(context(&mut c), "none");
     assert!(
-        got.starts_with("55000"),
+        got.starts_with("NT004"),
         "refused as a deleted tenant: {got}"
     );
     // Nor can a nile_app member (which may enter any live tenant) enter it.
@@ -557,7 +557,7 @@ fn forge_token_for_another_tenant() {
             &[&token],
         ));
         assert!(
-            got.starts_with("28000") || got.starts_with("22023"),
+            got.starts_with("NT008") || got.starts_with("22023"),
             "{got}"
         );
         assert!(!leaks(&got), "{got}");
@@ -632,7 +632,7 @@ fn privilege_table_owner() {
     let mut s = Siege::new("table_owner");
     let mut owner = s.login("it_atk_owner");
     // FORCE ROW LEVEL SECURITY: no context, no rows, even for the owner; and it cannot switch the protection off.
-    refused(&mut owner, "SELECT * FROM projects", "42501");
+    refused(&mut owner, "SELECT * FROM projects", "NT001");
     for ddl in [
         "ALTER TABLE projects DISABLE ROW LEVEL SECURITY",
         "ALTER TABLE projects NO FORCE ROW LEVEL SECURITY",
@@ -648,7 +648,7 @@ fn privilege_table_owner() {
     refused(
         &mut owner,
         &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
-        "42501",
+        "NT001",
     );
     s.assert_globex_intact();
 }
@@ -713,7 +713,7 @@ fn policy_extra_permissive_policy() {
     refused(
         &mut c,
         &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
-        "42501",
+        "NT005",
     );
     attempt(
         &mut c,
@@ -732,7 +732,7 @@ fn policy_update_set_tenant_id() {
     refused(
         &mut c,
         &format!("UPDATE projects SET tenant_id = '{GLOBEX}' WHERE id = 1"),
-        "42501",
+        "NT005",
     );
     assert_eq!(attempt(&mut c, &format!("WITH u AS (UPDATE projects SET name = 'pwned' WHERE tenant_id = '{GLOBEX}' RETURNING 1) SELECT count(*) FROM u")), "0");
     assert_eq!(attempt(&mut c, &format!("WITH d AS (DELETE FROM projects WHERE tenant_id = '{GLOBEX}' RETURNING 1) SELECT count(*) FROM d")), "0");
@@ -746,9 +746,9 @@ fn policy_insert_for_another_tenant() {
     refused(
         &mut c,
         &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
-        "42501",
+        "NT005",
     );
-    refused(&mut c, &format!("INSERT INTO projects (tenant_id, id, name) SELECT '{GLOBEX}', id + 100, name FROM projects"), "42501");
+    refused(&mut c, &format!("INSERT INTO projects (tenant_id, id, name) SELECT '{GLOBEX}', id + 100, name FROM projects"), "NT005");
     s.assert_globex_intact();
 }
 
@@ -807,7 +807,7 @@ fn policy_merge() {
              WHEN MATCHED THEN UPDATE SET name = s.n
              WHEN NOT MATCHED THEN INSERT VALUES (s.t, s.i, s.n)"
         ),
-        "42501",
+        "NT005",
     );
     c.batch_execute(&format!(
         "MERGE INTO projects p USING (VALUES ('{GLOBEX}'::uuid, 1::bigint)) AS s(t, i)
@@ -873,7 +873,7 @@ fn policy_where_current_of() {
     refused(
         &mut c,
         &format!("UPDATE projects SET tenant_id = '{GLOBEX}' WHERE CURRENT OF cur"),
-        "42501",
+        "NT005",
     );
     s.assert_globex_intact();
 }
@@ -903,7 +903,7 @@ fn plans_prepared_statement_under_force_generic_plan() {
         c.batch_execute("COMMIT").unwrap();
     }
     // The same generic plan after the context ended: nothing.
-    refused(&mut c, "EXECUTE names", "42501");
+    refused(&mut c, "EXECUTE names", "NT001");
 }
 
 #[test]
@@ -916,7 +916,7 @@ fn plans_protocol_level_prepared_statement_after_the_transaction() {
     let statement = tx.prepare("SELECT name FROM projects").unwrap();
     assert_eq!(tx.query(&statement, &[]).unwrap().len(), 2);
     tx.commit().unwrap();
-    assert_fails(c.query(&statement, &[]), "42501");
+    assert_fails(c.query(&statement, &[]), "NT001");
 }
 
 #[test]
@@ -934,7 +934,7 @@ fn plans_plpgsql_cached_plan() {
     c.batch_execute("RESET ALL").ok();
     let after = attempt(&mut c, "SELECT project_names()");
     assert!(
-        after == "acme-1,acme-2" || after.starts_with("42501"),
+        after == "acme-1,acme-2" || after.starts_with("NT001"),
         "{after}"
     );
 }
@@ -1004,7 +1004,7 @@ fn partitions_read_directly() {
     refused(
         &mut c,
         &format!("INSERT INTO events_2027 VALUES ('{GLOBEX}', '2027-06-01', 'planted')"),
-        "42501",
+        "NT005",
     );
 }
 
@@ -1322,7 +1322,7 @@ fn own_objects_tenants_catalog() {
     );
     let mut none = s.login("it_noexec");
     let got = attempt(&mut none, "SELECT count(*) FROM nile.tenants");
-    assert!(got == "0" || got.starts_with("42501"), "{got}");
+    assert!(got == "0" || got.starts_with("NT001"), "{got}");
 }
 
 #[test]
@@ -1357,16 +1357,19 @@ fn own_objects_audit_bindings_and_registry() {
 fn own_objects_bound_role_cannot_leave() {
     let mut s = Siege::new("bound_role");
     let mut c = s.login("it_atk_bound");
-    for sql in [
-        format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"),
-        format!("SET nile.tenant_id = '{GLOBEX}'"),
-        "SELECT nile.clear_tenant()".to_string(),
-        format!(
-            "SELECT nile.set_tenant_token('{}', is_local => false)",
-            s.token(GLOBEX)
+    for (sql, sqlstate) in [
+        (format!("BEGIN; SELECT nile.set_tenant('{GLOBEX}')"), "42501"),
+        (format!("SET nile.tenant_id = '{GLOBEX}'"), "NT006"),
+        ("SELECT nile.clear_tenant()".to_string(), "42501"),
+        (
+            format!(
+                "SELECT nile.set_tenant_token('{}', is_local => false)",
+                s.token(GLOBEX)
+            ),
+            "42501",
         ),
     ] {
-        refused(&mut c, &sql, "42501");
+        refused(&mut c, &sql, sqlstate);
     }
     // SET ROLE to an unbound role keeps the login role's binding.
     s.su.batch_execute("GRANT it_app TO it_atk_bound").unwrap();

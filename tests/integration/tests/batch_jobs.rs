@@ -154,7 +154,7 @@ fn each_tenant_run_of_the_statement_sees_and_writes_only_that_tenant() {
             &mut admin,
             &format!("SELECT tenant_id::text || ' ' || sqlstate FROM nile.for_each_tenant_failures WHERE run_id = {run}")
         ),
-        format!("{GLOBEX} 42501")
+        format!("{GLOBEX} NT005")
     );
     assert_eq!(
         one::<String>(

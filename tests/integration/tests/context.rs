@@ -111,7 +111,7 @@ fn transaction_scope_is_the_default_and_outside_a_transaction_is_an_error() {
         "SELECT nile.set_tenant('{ACME}', is_local => false); SELECT nile.clear_tenant();"
     ))
     .unwrap();
-    assert_fails(c.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(c.query("SELECT * FROM projects", &[]), "NT001");
 }
 
 #[test]
@@ -120,36 +120,36 @@ fn no_connection_option_or_default_can_set_the_tenant() {
     // Startup packet (PGOPTIONS='-c nile.tenant_id=...'): the connection is refused outright.
     let with_option = format!("{} options='-c nile.tenant_id={ACME}'", dsn(&db, "it_app"));
     let refused = postgres::Client::connect(&with_option, postgres::NoTls);
-    assert_fails(refused, "42501");
+    assert_fails(refused, "NT006");
     let with_admin = format!("{} options='-c nile.admin_active=on'", dsn(&db, "it_app"));
     assert_fails(
         postgres::Client::connect(&with_admin, postgres::NoTls),
-        "42501",
+        "NT006",
     );
     // Role and database defaults cannot even be stored, not even by a superuser.
     let mut su = connect(&db, "postgres");
     assert_fails(
         su.batch_execute(&format!("ALTER ROLE it_app SET nile.tenant_id = '{ACME}'")),
-        "42501",
+        "NT006",
     );
     assert_fails(
         su.batch_execute(&format!(
             "ALTER ROLE it_app IN DATABASE {db} SET nile.tenant_id = '{ACME}'"
         )),
-        "42501",
+        "NT006",
     );
     assert_fails(
         su.batch_execute(&format!(
             "ALTER DATABASE {db} SET nile.tenant_id = '{ACME}'"
         )),
-        "42501",
+        "NT006",
     );
     assert_fails(
         su.batch_execute(&format!("ALTER SYSTEM SET nile.tenant_id = '{ACME}'")),
         "55P02",
     );
     let mut app = connect(&db, "it_app");
-    assert_fails(app.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(app.query("SELECT * FROM projects", &[]), "NT001");
 }
 
 #[test]
@@ -293,7 +293,7 @@ fn session_scope_and_missing_tenant_are_a_superusers_settings() {
     let mut c = connect(&db, "it_pooled_app");
     assert_fails(
         c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")),
-        "42501",
+        "NT007",
     );
     assert_fails(c.batch_execute("SET nile.allow_session_scope = on"), "42501");
     assert_fails(c.batch_execute("SET nile.missing_tenant = error"), "42501");

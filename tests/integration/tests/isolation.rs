@@ -48,11 +48,11 @@ fn concurrent_sessions_each_see_and_change_only_their_tenant() {
     ))
     .unwrap();
     for (sql, expected) in [
-        (format!("INSERT INTO projects VALUES ('{ACME}', 9, 'planted')"), "42501"),
-        (format!("UPDATE projects SET tenant_id = '{ACME}' WHERE id = 1"), "42501"),
-        (format!("INSERT INTO projects VALUES ('{GLOBEX}', 1, 'x') ON CONFLICT (tenant_id, id) DO UPDATE SET tenant_id = '{ACME}'"), "42501"),
-        (format!("INSERT INTO projects SELECT '{ACME}', id + 100, name FROM projects"), "42501"),
-        (format!("WITH moved AS (UPDATE projects SET tenant_id = '{ACME}' RETURNING *) SELECT count(*) FROM moved"), "42501"),
+        (format!("INSERT INTO projects VALUES ('{ACME}', 9, 'planted')"), "NT005"),
+        (format!("UPDATE projects SET tenant_id = '{ACME}' WHERE id = 1"), "NT005"),
+        (format!("INSERT INTO projects VALUES ('{GLOBEX}', 1, 'x') ON CONFLICT (tenant_id, id) DO UPDATE SET tenant_id = '{ACME}'"), "NT005"),
+        (format!("INSERT INTO projects SELECT '{ACME}', id + 100, name FROM projects"), "NT005"),
+        (format!("WITH moved AS (UPDATE projects SET tenant_id = '{ACME}' RETURNING *) SELECT count(*) FROM moved"), "NT005"),
     ] {
         assert_fails(s.execute(sql.as_str(), &[]), expected);
     }
@@ -90,7 +90,7 @@ fn table_owner_is_isolated_too_and_bypassrls_is_the_documented_exception() {
     .unwrap();
     // FORCE ROW LEVEL SECURITY: the owner is subject to the policies like everyone else.
     let mut owner = connect(&db, "it_owner");
-    assert_fails(owner.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(owner.query("SELECT * FROM projects", &[]), "NT001");
     owner
         .batch_execute(&format!(
             "SELECT nile.set_tenant('{ACME}', is_local => false)"

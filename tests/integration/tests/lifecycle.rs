@@ -27,7 +27,7 @@ fn status_changes_reach_sessions_already_working_for_the_tenant() {
     );
     let failure = assert_fails(
         worker.batch_execute("INSERT INTO projects (id, name) VALUES (3, 'x')"),
-        "55000",
+        "NT003",
     );
     assert!(
         failure.contains("Globex") && failure.contains("inactive"),
@@ -35,20 +35,20 @@ fn status_changes_reach_sessions_already_working_for_the_tenant() {
     );
     assert_fails(
         worker.batch_execute("UPDATE projects SET name = 'x'"),
-        "55000",
+        "NT003",
     );
-    assert_fails(worker.batch_execute("DELETE FROM projects"), "55000");
+    assert_fails(worker.batch_execute("DELETE FROM projects"), "NT003");
 
     admin
         .batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}')"))
         .unwrap();
-    assert_fails(worker.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(worker.query("SELECT * FROM projects", &[]), "NT004");
     let mut fresh = connect(&db, "it_app");
     assert_fails(
         fresh.batch_execute(&format!(
             "SELECT nile.set_tenant('{GLOBEX}', is_local => false)"
         )),
-        "55000",
+        "NT004",
     );
 
     admin
@@ -65,7 +65,7 @@ fn status_changes_reach_sessions_already_working_for_the_tenant() {
             "SELECT nile.delete_tenant('{GLOBEX}', purge => true)"
         ))
         .unwrap();
-    assert_fails(worker.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(worker.query("SELECT * FROM projects", &[]), "NT004");
     let mut su = connect(&db, "postgres");
     assert_eq!(visible(&mut su), "acme-1,acme-2");
     assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM nile.tenants"), 1);
@@ -93,7 +93,7 @@ fn status_changes_reach_an_open_transaction_at_its_next_statement() {
                 "INSERT INTO projects (id, name) VALUES (3, 'globex-3')",
                 &[],
             ),
-            "55000",
+            "NT003",
         );
         tx.rollback().unwrap();
 
@@ -102,7 +102,7 @@ fn status_changes_reach_an_open_transaction_at_its_next_statement() {
         admin
             .batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}')"))
             .unwrap();
-        assert_fails(tx.query("SELECT * FROM projects", &[]), "42501");
+        assert_fails(tx.query("SELECT * FROM projects", &[]), "NT004");
         tx.rollback().unwrap();
     }
 }
@@ -139,14 +139,14 @@ fn a_deleted_tenant_stays_deleted_after_a_parallel_plan_in_an_old_snapshot() {
     worker.batch_execute("ROLLBACK").unwrap();
     assert_fails(
         worker.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}')")),
-        "55000",
+        "NT004",
     );
     worker.batch_execute("ROLLBACK").unwrap();
     assert_fails(
         worker.batch_execute(&format!(
             "SELECT nile.set_tenant('{ACME}', is_local => false)"
         )),
-        "55000",
+        "NT004",
     );
 }
 
@@ -178,7 +178,7 @@ fn admin_context_lasts_one_transaction_of_one_session_and_is_audited() {
         2
     );
     // Meanwhile another session has no such power.
-    assert_fails(app.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(app.query("SELECT * FROM projects", &[]), "NT001");
     app.batch_execute(&format!(
         "SELECT nile.set_tenant('{ACME}', is_local => false)"
     ))
@@ -188,7 +188,7 @@ fn admin_context_lasts_one_transaction_of_one_session_and_is_audited() {
 
     // Over with the transaction.
     assert_eq!(one::<String>(&mut admin, "SHOW nile.admin_active"), "off");
-    assert_fails(admin.query("SELECT * FROM projects", &[]), "42501");
+    assert_fails(admin.query("SELECT * FROM projects", &[]), "NT001");
     let audit: String = one(&mut admin, "SELECT session_role || ':' || acting_role || ':' || reason FROM nile.admin_audit ORDER BY id DESC LIMIT 1");
     assert_eq!(audit, "it_admin:it_admin:quarterly report");
     // The application role cannot read or erase the audit.

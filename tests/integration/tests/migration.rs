@@ -221,7 +221,7 @@ fn every_problem_is_reported_before_anything_is_written() {
             "acme",
             "1f000000-0000-7000-8000-00000000000f",
             "public",
-            "42704",
+            "NT002",
         ),
     ] {
         let call = "SELECT * FROM nile.import_schema($1, $2::text::uuid, $3)";
@@ -439,7 +439,7 @@ fn a_tenant_moves_to_another_database_verified_and_then_purged() {
         11
     );
     tx.commit().unwrap();
-    assert_fails(app.query("SELECT * FROM todos", &[]), "42501");
+    assert_fails(app.query("SELECT * FROM todos", &[]), "NT001");
 }
 
 #[test]

@@ -92,11 +92,11 @@ fn a_partition_created_in_one_session_is_isolated_in_another_at_once() {
             &format!("INSERT INTO events_2028 VALUES ('{GLOBEX}', '2028-04-01', 'forged')"),
             &[],
         ),
-        "42501",
+        "NT005",
     );
     tx.rollback().unwrap();
     // Without a tenant, the new partition fails closed like the others.
-    assert_fails(app.query("SELECT * FROM events_2028", &[]), "42501");
+    assert_fails(app.query("SELECT * FROM events_2028", &[]), "NT001");
 }
 
 #[test]

@@ -390,6 +390,37 @@ fn without_preloading_isolation_works_and_usage_objects_say_why_not() {
     .unwrap();
     let preload: String = one(&mut c, "SHOW shared_preload_libraries");
     assert_eq!(preload, "");
+    // Without preloading, a fresh session has no ProcessUtility hook until it first calls into the extension: a cast
+    // to uuid that runs a non-superuser's function (a foreign key to nile.tenants would run it as that table's owner)
+    // is then refused by the DDL event trigger at the end of the command, which loads the library (issue 18; before
+    // the event trigger looked at CREATE CAST, the cast stayed).
+    c.batch_execute(
+        "CREATE ROLE it_np_caster LOGIN;
+         GRANT CREATE ON SCHEMA public TO it_np_caster;",
+    )
+    .unwrap();
+    let mut caster = Client::connect(
+        &format!(
+            "host=127.0.0.1 port={} user=it_np_caster dbname=nile",
+            _cluster.port
+        ),
+        NoTls,
+    )
+    .unwrap();
+    caster
+        .batch_execute(
+            "CREATE TYPE np_ref AS (id text);
+             CREATE FUNCTION np_ref_uuid(np_ref) RETURNS uuid LANGUAGE sql AS $$ SELECT ($1).id::uuid $$;",
+        )
+        .unwrap();
+    let cast = caster
+        .batch_execute("CREATE CAST (np_ref AS uuid) WITH FUNCTION np_ref_uuid(np_ref) AS IMPLICIT")
+        .expect_err("a non-superuser's function cast to uuid must be refused without preloading too");
+    assert_eq!(cast.as_db_error().expect("a server error").code().code(), "42501");
+    assert_eq!(
+        one::<i64>(&mut c, "SELECT count(*) FROM pg_cast WHERE casttarget = 'uuid'::regtype AND castfunc <> 0"),
+        0
+    );
     let mut app = Client::connect(
         &format!(
             "host=127.0.0.1 port={} user=it_np_app dbname=nile",
@@ -440,7 +471,7 @@ fn without_preloading_isolation_works_and_usage_objects_say_why_not() {
             .expect_err("a planted tenant context must not survive the library's load");
         assert_eq!(
             err.as_db_error().expect("a server error").code().code(),
-            "42501"
+            "NT001"
         );
         let context: Option<String> = session
             .query_one("SELECT nile.current_tenant()::text", &[])

@@ -95,7 +95,7 @@ SELECT set_config('regress.short_token', :'short_token', false) IS NOT NULL AS k
 BEGIN;
 DO $$ BEGIN
     PERFORM nile.set_tenant_token(current_setting('regress.short_token'));
-EXCEPTION WHEN invalid_authorization_specification THEN
+EXCEPTION WHEN SQLSTATE 'NT009' THEN
     RAISE NOTICE '%', regexp_replace(SQLERRM, '[0-9]', '#', 'g');
 END $$;
 ROLLBACK;

@@ -107,7 +107,9 @@ CREATE ROLE regress_bypass LOGIN BYPASSRLS;
 CREATE ROLE regress_powerless NOLOGIN BYPASSRLS;
 CREATE ROLE regress_climber LOGIN IN ROLE regress_powerless;
 CREATE ROLE regress_owner NOLOGIN;
-CREATE ROLE regress_dev LOGIN IN ROLE regress_owner;
+CREATE ROLE regress_dev LOGIN IN ROLE regress_owner, nile_table_owner;   -- a migration role: not reported
+CREATE ROLE regress_stray LOGIN IN ROLE regress_owner;                     -- not the migration role
+CREATE ROLE regress_app_owner LOGIN IN ROLE regress_owner, nile_app;
 ALTER TABLE tasks OWNER TO regress_owner;
 CREATE ROLE regress_app LOGIN;
 GRANT nile_app TO regress_app;
