@@ -129,7 +129,8 @@ pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) 
     // SAFETY: Postgres passes a valid fcinfo.
     unsafe { require_event_trigger_call(fcinfo, "nile._sql_drop()") };
     let dropped = ddl_prefilter::dropped();
-    let check_dropped = (dropped.tenant_policy || dropped.tenant_fk) && !skip_event();
+    let check_dropped =
+        (dropped.tenant_policy || dropped.tenant_fk || dropped.tenant_index) && !skip_event();
     if check_dropped || !dropped.registered_tables.is_empty() {
         with_safe_search_path(|| {
             Spi::connect_mut(|client| {
@@ -476,13 +477,20 @@ fn column_argument(column: &str) -> String {
 }
 
 /// `DROP POLICY`, `ALTER TABLE ... DROP COLUMN ... CASCADE` and the like may not take a `nile_tenant_*` policy away
-/// from a tenant table that stays, nor `ALTER TABLE ... DROP CONSTRAINT` its `nile_tenant_fk` (which migration tools
-/// comparing the database with their models propose to drop).
+/// from a tenant table that stays, nor `ALTER TABLE ... DROP CONSTRAINT` its `nile_tenant_fk`, nor `DROP INDEX` the
+/// index the enrolment made when the table keeps no other index leading with its tenant column (migration tools
+/// comparing the database with their models propose to drop all three).
 fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
     let dropped = saved_plan_column::<String>(client, DROPPED_TENANT_OBJECT, false, &[], &[])
         .into_iter()
         .flatten()
-        .next();
+        .next()
+        .or_else(|| {
+            saved_plan_column::<String>(client, DROPPED_TENANT_INDEX, false, &[], &[])
+                .into_iter()
+                .flatten()
+                .next()
+        });
     let Some(found) = dropped else {
         return;
     };
@@ -492,7 +500,16 @@ fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
         parts.next().unwrap_or_default(),
         parts.next().unwrap_or_default(),
     );
-    let problem = if kind == "policy" {
+    let problem = if kind == "index" {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
+            format!("cannot drop index {object}: the table has no other index leading with its tenant column"),
+        )
+        .detail("Every statement of a tenant filters on the tenant column. Migration tools that compare the database with their models propose dropping it; leave the nile_* objects out of that comparison (docs/migrations.md).")
+        .hint(format!(
+            "Create another index leading with the tenant column first, or run SELECT nile.disable_tenancy('{root}')."
+        ))
+    } else if kind == "policy" {
         Problem::new(
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             format!("cannot drop policy {object}: it isolates the tenants of that table"),
@@ -512,6 +529,19 @@ fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
     };
     problem.raise();
 }
+
+/// An enrolled table (in the schema of a dropped `nile_*_idx` index) that still exists and has no index leading with its
+/// tenant column any more: "index", "<index> on <table>" and the table's root, a line each.
+const DROPPED_TENANT_INDEX: &str =
+    "SELECT 'index' || E'\\n' || format('%s on %s', d.object_identity, t.relid) || E'\\n' || coalesce(t.parent, t.relid)::text
+     FROM pg_event_trigger_dropped_objects() d
+     JOIN pg_namespace n ON n.nspname = d.schema_name
+     JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
+     JOIN nile.tenant_tables t ON t.relid::oid = c.oid
+     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.tenant_column AND NOT a.attisdropped
+     WHERE d.object_type = 'index' AND starts_with(d.object_name, 'nile_') AND d.object_name LIKE '%\\_idx'
+       AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indkey[0] = a.attnum)
+     ORDER BY 1 LIMIT 1";
 
 /// A dropped `nile_tenant_*` policy, or `nile_tenant_fk` constraint, of an enrolled table that still exists (a policy
 /// first): its kind, "<object> on <table>" and the table's root, a line each.

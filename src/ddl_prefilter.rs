@@ -309,6 +309,8 @@ pub struct Dropped {
     pub tenant_policy: bool,
     /// Whether a constraint named `nile_tenant_fk` was dropped (likewise).
     pub tenant_fk: bool,
+    /// Whether an index named like the enrolment's (`nile_<table>_<column>_idx`) was dropped (likewise).
+    pub tenant_index: bool,
 }
 
 /// The dropped objects of this `sql_drop` event.
@@ -316,6 +318,7 @@ pub fn dropped() -> Dropped {
     let mut tables = Vec::new();
     let mut tenant_policy = false;
     let mut tenant_fk = false;
+    let mut tenant_index = false;
     for object in dropped_objects() {
         match object.object_type.as_str() {
             "table" | "foreign table"
@@ -332,6 +335,12 @@ pub fn dropped() -> Dropped {
             }
             // The identity is "<constraint name> on <table>".
             "table constraint" => tenant_fk |= object.identity.starts_with("nile_tenant_fk on "),
+            // The identity is "<schema>.<index>", each quoted if needed.
+            "index" => {
+                let name = object.identity.rsplit('.').next().unwrap_or_default();
+                let name = name.trim_matches('"');
+                tenant_index |= name.starts_with("nile_") && name.ends_with("_idx");
+            }
             _ => {}
         }
     }
@@ -339,6 +348,7 @@ pub fn dropped() -> Dropped {
         registered_tables: registered_among(tables),
         tenant_policy,
         tenant_fk,
+        tenant_index,
     }
 }
 

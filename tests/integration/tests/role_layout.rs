@@ -269,3 +269,27 @@ fn a_purge_never_runs_a_table_owners_trigger_with_the_administrators_rights() {
     );
     assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM seats"), 0);
 }
+
+#[test]
+fn the_enrolments_index_is_kept_while_it_is_the_tenant_columns_only_index() {
+    let db = layout_scenario("layout_index");
+    let mut migrator = connect(&db, "app_migrator");
+    migrator
+        .batch_execute("CREATE TABLE events (tenant_id uuid NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+        .unwrap();
+    let index = one::<String>(
+        &mut migrator,
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = 'events'::regclass",
+    );
+    assert_eq!(index, "nile_events_tenant_id_idx");
+    // What drizzle-kit push and Alembic's autogenerate (without the filter) propose: refused while it is the only index
+    // leading with the tenant column (before the fix, the drop went through).
+    let refused = assert_fails(migrator.batch_execute(&format!("DROP INDEX {index}")), "2BP01");
+    assert!(refused.contains("no other index leading with its tenant column"), "{refused}");
+    // With another such index it may go, and the table itself may always go.
+    migrator
+        .batch_execute(&format!(
+            "CREATE INDEX events_by_tenant_and_time ON events (tenant_id, at); DROP INDEX {index}; DROP TABLE events;"
+        ))
+        .unwrap_or_else(|e| panic!("dropping the index once another one leads with tenant_id: {e:?}"));
+}

@@ -52,9 +52,11 @@ CREATE TABLE tasks_archive () INHERITS (tasks);
 SELECT * FROM nile.verify();
 ROLLBACK TO SAVEPOINT s;
 
--- No index leading with the tenant column.
+-- No index leading with the tenant column (dropped behind the sql_drop trigger's back: it refuses the drop).
 SAVEPOINT s;
+ALTER EVENT TRIGGER nile_sql_drop DISABLE;
 DROP INDEX nile_projects_tenant_id_idx;
+ALTER EVENT TRIGGER nile_sql_drop ENABLE;
 SELECT * FROM nile.verify();
 ROLLBACK TO SAVEPOINT s;
 
