@@ -17,6 +17,10 @@ BEGIN
         CREATE ROLE nile_table_owner NOLOGIN;
         COMMENT ON ROLE nile_table_owner IS 'nile_tenancy: for the roles that own tenant tables and run migrations: may reference nile.tenants (id)';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nile_purger') THEN
+        CREATE ROLE nile_purger NOLOGIN;
+        COMMENT ON ROLE nile_purger IS 'nile_tenancy: the powerless role that deletes a purged tenant''s row (src/tenants.rs); give it no members';
+    END IF;
     -- An administrator can do everything an application role can.
     IF NOT pg_catalog.pg_has_role('nile_admin', 'nile_app', 'MEMBER') THEN
         GRANT nile_app TO nile_admin;

@@ -6,6 +6,10 @@ ALTER TABLE nile.tenants ALTER COLUMN id SET DEFAULT nile.uuidv7();
 -- A tenant session sees its own tenant only; the admin context sees all (see src/admin.rs).
 ALTER TABLE nile.tenants ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
 CREATE POLICY nile_tenant_select ON nile.tenants FOR SELECT TO PUBLIC USING (id = (SELECT nile.policy_read_tenant()));
+-- The purge deletes the tenant's row as nile_purger, a role with no members and no other right (src/tenants.rs): the
+-- AFTER triggers that a cascade from nile.tenants queues into a table owner's table fire as it, never as a superuser.
+GRANT SELECT, DELETE ON nile.tenants TO nile_purger;
+CREATE POLICY nile_purger_delete ON nile.tenants FOR DELETE TO nile_purger USING (id = (SELECT nile.policy_write_tenant()));
 
 -- Any change to a tenant empties every backend's tenant cache (src/tenant_cache.rs).
 CREATE TRIGGER nile_tenants_changed

@@ -24,7 +24,9 @@
 --     or may become its owner.
 --   * nile.verify() reports a cast to uuid that runs a user's function, and a foreign key to nile.tenants from a column
 --     that is not uuid. The DDL event trigger also fires for CREATE CAST (it refuses such a cast by a non-superuser).
---   * delete_tenant(purge => true) refuses a purge that would fire a table owner's AFTER trigger as the purger.
+--   * delete_tenant(purge => true) deletes the tenant's row as the new role nile_purger (no members, no rights but
+--     that row), so that the AFTER triggers a cascade from nile.tenants queues into an owner's table never fire with
+--     the extension owner's rights (PostgreSQL 14-17 fire them as the role that ran the statement).
 --   * The application's errors get SQLSTATEs of their own (class NT); the generated insert and update policies of every
 --     enrolled table raise NT005 for a row of another tenant (the new nile.policy_foreign_row()).
 --   * nile.verify() expects those policies.
@@ -41,9 +43,16 @@ BEGIN
         CREATE ROLE nile_table_owner NOLOGIN;
         COMMENT ON ROLE nile_table_owner IS 'nile_tenancy: for the roles that own tenant tables and run migrations: may reference nile.tenants (id)';
     END IF;
+    IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nile_purger') THEN
+        CREATE ROLE nile_purger NOLOGIN;
+        COMMENT ON ROLE nile_purger IS 'nile_tenancy: the powerless role that deletes a purged tenant''s row (src/tenants.rs); give it no members';
+    END IF;
 END
 $roles$;
 GRANT REFERENCES (id) ON nile.tenants TO nile_table_owner;
+-- The purge deletes the tenant's row as nile_purger (src/tenants.rs).
+GRANT SELECT, DELETE ON nile.tenants TO nile_purger;
+CREATE POLICY nile_purger_delete ON nile.tenants FOR DELETE TO nile_purger USING (id = (SELECT nile.policy_write_tenant()));
 -- Enrolling only adds protection: the migration role of examples/role_layout.sql enrolls the tables it owns.
 GRANT EXECUTE ON FUNCTION nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid)
     TO nile_table_owner;

@@ -267,7 +267,9 @@ fn policy_foreign_row(row_tenant: Option<Uuid>) -> bool {
         return false;
     };
     if row_tenant.as_ref().map(|t| *t.as_bytes()) == Some(id) {
-        return true;
+        // The context changed after the statement computed its write tenant (a function calling set_tenant() inside
+        // the statement): not this half's to allow; Postgres refuses the row (42501).
+        return false;
     }
     Problem::nile(
         NileCode::OtherTenantRow,

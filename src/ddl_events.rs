@@ -530,8 +530,9 @@ fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
     problem.raise();
 }
 
-/// An enrolled table (in the schema of a dropped `nile_*_idx` index) that still exists and has no index leading with its
-/// tenant column any more: "index", "<index> on <table>" and the table's root, a line each.
+/// An enrolled table that still exists, whose index named as the enrolment names it (`tenancy::generated_index_name`,
+/// for ASCII names) was dropped by the command itself (not as part of a dropped table), and that has no index leading
+/// with its tenant column any more: "index", "<index> on <table>" and the table's root, a line each.
 const DROPPED_TENANT_INDEX: &str =
     "SELECT 'index' || E'\\n' || format('%s on %s', d.object_identity, t.relid) || E'\\n' || coalesce(t.parent, t.relid)::text
      FROM pg_event_trigger_dropped_objects() d
@@ -539,8 +540,10 @@ const DROPPED_TENANT_INDEX: &str =
      JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'p')
      JOIN nile.tenant_tables t ON t.relid::oid = c.oid
      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.tenant_column AND NOT a.attisdropped
-     WHERE d.object_type = 'index' AND starts_with(d.object_name, 'nile_') AND d.object_name LIKE '%\\_idx'
-       AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indkey[0] = a.attnum)
+     WHERE d.object_type = 'index' AND d.original
+       AND d.object_name = 'nile_' || left(c.relname, 53 - octet_length(t.tenant_column)) || '_' || t.tenant_column || '_idx'
+       AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid AND x.indkey[0] = a.attnum
+                                     AND x.indisvalid AND x.indpred IS NULL)
      ORDER BY 1 LIMIT 1";
 
 /// A dropped `nile_tenant_*` policy, or `nile_tenant_fk` constraint, of an enrolled table that still exists (a policy

@@ -197,9 +197,7 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
             });
             return;
         }
-        let holders = tables_holding_tenant_rows();
-        let purged: Vec<pg_sys::Oid> = holders.iter().map(|h| h.relid).collect();
-        for TenantRowHolder { relid, column, .. } in holders {
+        for TenantRowHolder { relid, column, .. } in tables_holding_tenant_rows() {
             // Named and owned as the table is now, not as it was when the list was made: the triggers of a table
             // purged earlier run its owner's code, which may have renamed a schema that owner owns.
             let now = query_value::<String>(
@@ -230,83 +228,39 @@ fn delete_tenant(tenant_id: Option<Uuid>, purge: default!(Option<bool>, false)) 
                 .notice();
             }
         }
-        Spi::connect_mut(|client| {
-            refuse_code_run_as_the_purger(client, purged);
-            execute(
-                client,
-                "DELETE FROM nile.tenants WHERE id = $1",
-                &[tenant_id.into()],
-            )
+        // The tenant's row goes last, deleted as nile_purger: a role with no members and no right but deleting the
+        // row of the tenant being purged (its policy on nile.tenants), in a security-restricted operation. A foreign
+        // key ON DELETE CASCADE / SET NULL / SET DEFAULT from a table owner's table runs its cascade as that owner, and
+        // the AFTER triggers the cascade queues fire when this DELETE ends, as the role that ran it on PostgreSQL
+        // 14-17 (18 fires them as the owner): as nile_purger, never with the extension owner's rights (issue 18).
+        let purger = purger_role();
+        while_purging(*tenant_id.as_bytes(), || {
+            as_table_owner_policed(purger, || {
+                Spi::connect_mut(|client| {
+                    execute(
+                        client,
+                        "DELETE FROM nile.tenants WHERE id = $1",
+                        &[tenant_id.into()],
+                    )
+                })
+            })
         });
     });
 }
 
-/// Tables a delete from nile.tenants cascades into (foreign keys ON DELETE CASCADE / SET NULL / SET DEFAULT, which
-/// members of nile_table_owner may write, and what those cascade into in turn), with their partitions and children.
-const CASCADE_REACH: &str = "WITH RECURSIVE reach(relid) AS (
-         SELECT conrelid FROM pg_constraint
-         WHERE contype = 'f' AND confrelid = 'nile.tenants'::regclass AND confdeltype IN ('c', 'n', 'd')
-         UNION
-         SELECT n.relid FROM reach r, LATERAL (
-             SELECT c.conrelid AS relid FROM pg_constraint c
-             WHERE c.contype = 'f' AND c.confrelid = r.relid
-               AND (c.confdeltype IN ('c', 'n', 'd') OR c.confupdtype IN ('c', 'n', 'd'))
-             UNION ALL
-             SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = r.relid) n)
-     SELECT relid, relid::regclass::text FROM reach";
-
-/// Raise 55000 before the purge deletes the tenant's row if that would run a table owner's trigger with the purging
-/// administrator's rights (issue 18): Postgres runs a cascade's own statement as the referencing table's owner but
-/// PostgreSQL 14–17 fire the AFTER triggers it queues (row and statement level, and constraint triggers) when the outer
-/// statement ends, as the role that ran it, which is the extension's owner here (18 fires them as the role that queued
-/// them; the rule is the same on every major); and deferred constraint triggers of the tables the
-/// purge deleted from fire at COMMIT as the session's user. The tables reached are locked first (ROW EXCLUSIVE, which
-/// CREATE TRIGGER waits for), so that no trigger appears between the check and the delete; no user code runs between
-/// them.
-fn refuse_code_run_as_the_purger(client: &mut pgrx::spi::SpiClient<'_>, purged: Vec<pg_sys::Oid>) {
-    let reached: Vec<(pg_sys::Oid, String)> =
-        crate::spi_util::select(client, CASCADE_REACH, None, &[])
-            .map(|row| {
-                (
-                    required_column::<pg_sys::Oid>(&row, 1),
-                    required_column::<String>(&row, 2),
-                )
-            })
-            .collect();
-    for (_, name) in &reached {
-        execute(
-            client,
-            &format!("LOCK TABLE ONLY {name} IN ROW EXCLUSIVE MODE"),
-            &[],
-        );
-    }
-    let reached: Vec<pg_sys::Oid> = reached.into_iter().map(|(relid, _)| relid).collect();
-    let found = crate::spi_util::select(
-        client,
-        "WITH RECURSIVE purged(relid) AS (
-             SELECT unnest($2::oid[])
-             UNION SELECT i.inhrelid FROM pg_inherits i JOIN purged p ON i.inhparent = p.relid)
-         SELECT format('trigger %I on %s', t.tgname, t.tgrelid::regclass)
-         FROM pg_trigger t
-         WHERE NOT t.tgisinternal AND t.tgenabled <> 'D'
-           AND (SELECT relnamespace FROM pg_class WHERE oid = t.tgrelid) <> 'nile'::regnamespace  -- the extension's own
-           AND ((t.tgrelid = ANY ($1) AND (t.tgconstraint <> 0 OR (t.tgtype & 66) = 0) AND (t.tgtype & 24) <> 0)
-                OR (t.tgrelid IN (SELECT relid FROM purged) AND t.tgdeferrable))
-         ORDER BY 1 LIMIT 1",
-        None,
-        &[reached.into(), purged.into()],
-    )
-    .map(|row| required_column::<String>(&row, 1))
-    .next();
-    if let Some(trigger) = found {
+/// The role the purge deletes a tenant's row as (sql/bootstrap.sql).
+fn purger_role() -> pg_sys::Oid {
+    // SAFETY: a catalog lookup by a static NUL-terminated name; missing_ok = true answers InvalidOid.
+    let role = unsafe { pg_sys::get_role_oid(c"nile_purger".as_ptr(), true) };
+    if role == pg_sys::InvalidOid {
         Problem::new(
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("cannot purge the tenant: {trigger} would run with the rights of the administrator purging it"),
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            "role nile_purger does not exist",
         )
-        .detail("Deleting the tenant from nile.tenants cascades into that table (a foreign key ON DELETE CASCADE, SET NULL or SET DEFAULT), and PostgreSQL 14-17 fire the AFTER triggers of a cascade as the role that deleted the tenant; a deferrable constraint trigger fires at COMMIT as the session's user. Nothing was deleted.")
-        .hint("Make it a BEFORE trigger (those run as the table's owner), or make the foreign key ON DELETE NO ACTION (the purge deletes the tenant's rows from tenant tables itself), or drop the trigger.")
+        .hint("Run ALTER EXTENSION nile_tenancy UPDATE, which creates it.")
         .raise();
     }
+    role
 }
 
 /// `nile._tenant_tables_in_load_order() RETURNS TABLE(load_order int, relid oid, tenant_column text)`: every table that
