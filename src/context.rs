@@ -67,7 +67,7 @@ fn _require_no_transaction_block(routine: Option<&str>) {
     }
 }
 
-/// Raise unless tenant `id` exists (42704) and is not deleted (55000): what entering, signing for or binding to a
+/// Raise unless tenant `id` exists (NT002) and is not deleted (NT004): what entering, signing for or binding to a
 /// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
 pub fn require_usable_tenant(id: &[u8; 16]) {
     match tenant_cache::status_of(id) {

@@ -27,7 +27,7 @@ pub const ADMIN_ACTIVE_GUC: &CStr = c"nile.admin_active";
 /// What a statement on a tenant table does when the session has neither a tenant nor the admin context.
 #[derive(PostgresGucEnum, Clone, Copy, PartialEq, Eq, Debug)]
 pub enum MissingTenant {
-    /// Raise an error (SQLSTATE 42501). The default.
+    /// Raise an error (SQLSTATE NT001). The default.
     #[name = c"error"]
     Error,
     /// See no rows and write none.
@@ -182,7 +182,7 @@ pub fn init() {
     GucRegistry::define_enum_guc(
         c"nile.missing_tenant",
         c"What a statement on a tenant table does without a tenant context: error or deny.",
-        c"error (the default) raises SQLSTATE 42501; deny returns no rows and lets no row be written. Superuser-only \
+        c"error (the default) raises SQLSTATE NT001; deny returns no rows and lets no row be written. Superuser-only \
           (set it per role or database with ALTER ROLE/DATABASE ... SET): through a pool, a client's session-level SET \
           would change what the next clients get.",
         &MISSING_TENANT,
