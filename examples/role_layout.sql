@@ -1,4 +1,4 @@
--- examples/role_layout.sql — the role layout for a real deployment (README, "Roles for a real deployment").
+-- examples/role_layout.sql — the role layout for a real deployment (docs/getting-started.md, "Roles for a real deployment").
 -- Run it once per database as a superuser, after CREATE EXTENSION nile_tenancy; it is idempotent. Change the
 -- passwords (or use the authentication your pg_hba.conf asks for). With it, nile.verify() reports nothing about roles.
 --
@@ -12,7 +12,7 @@
 --                 nothing and may not keep a tenant context past a transaction (nile.allow_session_scope = off).
 --
 -- Tenants are created by a member of nile_admin (a back-office role, or a SECURITY DEFINER sign-up function owned by
--- one; README, "Tenants"), never by app_user itself.
+-- one; docs/tenants.md), never by app_user itself.
 
 DO $$
 BEGIN

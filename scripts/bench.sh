@@ -14,7 +14,7 @@
 # enter with set_config('app.tenant_id', ..., true) (what SET LOCAL does), c and d with nile.set_tenant(...).
 #
 # The dataset: BENCH_TENANTS tenants and BENCH_ROWS rows; tenant 1 holds 30 % of the rows, the others share the rest
-# equally. Workloads (see README "Performance"): point, range, insert, update, mixed (80/15/5), switching (a random
+# equally. Workloads (see docs/performance.md): point, range, insert, update, mixed (80/15/5), switching (a random
 # tenant of all in every transaction), zipf (tenants drawn from a Zipf distribution, tenant 1 the most frequent),
 # scan (a report over all of tenant 1's rows, one client) and noisy (one client scans tenant 1 in a loop while the
 # others run point reads for the other tenants; their p99 latency is what counts).

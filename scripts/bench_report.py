@@ -216,7 +216,7 @@ def main(raw_dir, out_dir):
         add("```")
         add("</details>")
         add("")
-    add("Rerun with `make bench` (or `BENCH_QUICK=1 make bench`); see README, \"Performance\".")
+    add("Rerun with `make bench` (or `BENCH_QUICK=1 make bench`); see docs/performance.md.")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.md").write_text("\n".join(lines) + "\n")
     chart(workloads, speed_ratios, meta, out_dir / "results.png")

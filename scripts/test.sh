@@ -48,6 +48,9 @@ exec > >(tee "$work/test.log") 2>&1
 say "the search_path guard (scripts/check_sql.py): SQL routines pin or qualify their search_path, SPI only via spi_util"
 python3 scripts/check_sql.py
 
+say "the layout check (scripts/check_layout.py): no import cycle between the modules of src/"
+python3 scripts/check_layout.py
+
 say "the make-run survival check: a server started by scripts/run.sh answers a query every 0.2 s from now on"
 NILE_RUN_PROFILE=debug scripts/run.sh "$major" "$work/run" >"$work/run.log" 2>&1 \
   || { tail -n 30 "$work/run.log"; exit 1; }
@@ -134,11 +137,11 @@ fi
 echo "make-run survival check: the server answered all $answered queries right while the suites built, installed and ran"
 
 # Totals: cargo's "test result" lines, pg_regress' summary, the client suites' summary lines, the search_path guard, the
-# survival check and the digest check. `make test-all` adds up the counts.
+# layout check, the survival check and the digest check. `make test-all` adds up the counts.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')
 regress=$(grep -aoE 'All [0-9]+ tests passed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
 clients=$(grep -aoE '^clients-(python|node): [0-9]+ passed, 0 failed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
-total=$(( passed + regress + clients + 3 ))
+total=$(( passed + regress + clients + 4 ))
 echo "$total 0" > "$work/counts"
 say "all suites passed in $(( $(date +%s) - started ))s"
 echo "pg$major: $total passed, 0 failed"

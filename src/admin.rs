@@ -10,10 +10,10 @@
 
 use crate::errors::{raise, Problem};
 use crate::gucs;
-use crate::policy_guard::{generated_policies, previous_policies};
 use crate::privilege::{
     as_extension_owner, held_role, in_transaction_block, require_role, role_name,
 };
+use crate::rls_policies::{generated_policies, previous_policies};
 use pgrx::prelude::*;
 
 static mut PREV_ROW_SECURITY_PERMISSIVE_HOOK: pg_sys::row_security_policy_hook_type = None;

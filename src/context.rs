@@ -12,8 +12,7 @@ use crate::errors::{raise, NileCode, Problem};
 use crate::gucs::{self, MissingTenant, MISSING_TENANT, REQUIRE_TOKEN};
 use crate::privilege::in_transaction_block;
 use crate::role_binding::{bound_tenant, refuse_if_bound};
-use crate::tenant_cache::{self, TenantStatus};
-use crate::uuid_text::format_uuid;
+use crate::tenant_cache::{self, require_usable_tenant, TenantStatus};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -64,28 +63,6 @@ fn _require_no_transaction_block(routine: Option<&str>) {
         .detail("It commits after every batch, which is only possible when CALL is a statement of its own.")
         .hint("Run the CALL on its own, outside BEGIN ... COMMIT (with autocommit on in your client).")
         .raise();
-    }
-}
-
-/// Raise unless tenant `id` exists (NT002) and is not deleted (NT004): what entering, signing for or binding to a
-/// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
-pub fn require_usable_tenant(id: &[u8; 16]) {
-    match tenant_cache::status_of(id) {
-        None => Problem::nile(
-            NileCode::TenantNotFound,
-            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
-            format!("tenant {} does not exist", format_uuid(id)),
-        )
-        .hint("Create it with nile.create_tenant(name, id => ...), or check the id.")
-        .raise(),
-        Some(TenantStatus::Deleted) => Problem::nile(
-            NileCode::TenantDeleted,
-            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
-            format!("tenant {} has been deleted", format_uuid(id)),
-        )
-        .hint("A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.")
-        .raise(),
-        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
     }
 }
 

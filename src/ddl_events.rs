@@ -18,6 +18,7 @@
 use crate::ddl_prefilter::{self, command_may_concern_tenancy};
 use crate::errors::{OrInternal, Problem};
 use crate::gucs::AUTO_ENABLE;
+use crate::own_ddl::{in_own_ddl, own_ddl};
 use crate::privilege::{as_extension_owner, with_safe_search_path};
 use crate::spi_util::{execute, first_value, required_column, saved_plan_column};
 use crate::tenancy::{self, check_can_enroll, table_facts, table_tree};
@@ -25,41 +26,14 @@ use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
 use pgrx::{PgBuiltInOids, PgOid, PgTryBuilder};
-use std::cell::Cell;
 use std::panic::AssertUnwindSafe;
-
-thread_local! {
-    /// How many of the extension's own DDL operations are running in this backend (they nest).
-    static OWN_DDL_DEPTH: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Run the extension's own DDL: the event triggers ignore what happens inside.
-pub fn own_ddl<R>(f: impl FnOnce() -> R) -> R {
-    with_own_ddl_depth(OWN_DDL_DEPTH.get() + 1, f)
-}
-
-/// Run user code (a table's triggers, during a backfill) inside `own_ddl`: DDL it runs is checked as usual.
-pub fn running_user_code<R>(f: impl FnOnce() -> R) -> R {
-    with_own_ddl_depth(0, f)
-}
-
-fn with_own_ddl_depth<R>(depth: u32, f: impl FnOnce() -> R) -> R {
-    struct Restore(u32);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            OWN_DDL_DEPTH.set(self.0);
-        }
-    }
-    let _restore = Restore(OWN_DDL_DEPTH.replace(depth));
-    f()
-}
 
 /// Whether the triggers leave this event alone: the extension's own DDL, or a restore. `pg_dump` scripts and
 /// `pg_restore` set `row_security = off`, and restoring a database with nile_tenancy takes a superuser (`CREATE
 /// EXTENSION` does); a superuser can switch the triggers off anyway, so nobody gains a way around them.
 fn skip_event() -> bool {
     // SAFETY: reads a GUC variable of this backend and checks the current user's catalog entry.
-    OWN_DDL_DEPTH.get() > 0 || unsafe { !pg_sys::row_security && pg_sys::superuser() }
+    in_own_ddl() || unsafe { !pg_sys::row_security && pg_sys::superuser() }
 }
 
 /// Raise 39P01 unless Postgres called us as an event trigger.
@@ -522,7 +496,7 @@ fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
             PgSqlErrorCode::ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST,
             format!("cannot drop constraint {object}: it keeps the table's tenants to those in nile.tenants"),
         )
-        .detail("Migration tools that compare the database with their models propose dropping it; leave the nile_tenant_* objects out of that comparison (README, \"Migration tools\").")
+        .detail("Migration tools that compare the database with their models propose dropping it; leave the nile_tenant_* objects out of that comparison (docs/migrations.md).")
         .hint(format!(
             "To take the table out of tenancy deliberately, run SELECT nile.disable_tenancy('{root}') first."
         ))

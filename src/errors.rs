@@ -14,7 +14,7 @@
 //! reaches the client as an ERROR with SQLSTATE XX000 and the panic's message.
 //!
 //! The extension's own SQLSTATEs (class NT, `NileCode`): the situations an application must tell apart (no tenant
-//! context, tenant not found, inactive, deleted, …) each have a code of their own, listed in the README's error table
+//! context, tenant not found, inactive, deleted, …) each have a code of their own, listed in docs/errors.md
 //! and stable across server languages. pgrx can only raise the codes Postgres defines (its `PgSqlErrorCode` enum), so
 //! `Problem::nile` raises with the closest standard code and arranges for Postgres to put the NT code in its place:
 //! just before the error unwinds, a static `ErrorContextCallback` is pushed onto Postgres' `error_context_stack`;
@@ -31,8 +31,8 @@ use pgrx::prelude::*;
 use std::cell::Cell;
 use std::io::Write;
 
-/// The extension's own SQLSTATEs (class NT). Each is what an application gets in the situation it names; the README's
-/// error table says what the application should do.
+/// The extension's own SQLSTATEs (class NT). Each is what an application gets in the situation it names; the table in
+/// docs/errors.md says what the application should do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NileCode {
     /// NT001: a tenant table was used with no tenant context (and `nile.missing_tenant = error`).

@@ -14,7 +14,7 @@
 //! lifted for it (`SECURITY_NOFORCE_RLS`), which sees every row. The hook answers "no" exactly when row-level security
 //! would apply to the current user on one of the two tables (`check_enable_rls`, which knows about FORCE), and defers
 //! to the previous hook, or says "yes", otherwise: superusers and BYPASSRLS roles keep the one-query validation.
-//! Cost: the row-by-row validation is slower on big tables (README, "Schema changes"); nothing else is affected, since
+//! Cost: the row-by-row validation is slower on big tables (docs/performance.md); nothing else is affected, since
 //! every other permission check asks to raise and is passed on untouched.
 //!
 //! Foreign keys to `nile.tenants` (members of `nile_table_owner` may write them, examples/role_layout.sql): each row's

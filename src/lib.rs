@@ -13,7 +13,9 @@
 //! - `fk_validation`: foreign keys validated over every tenant's rows, never over one tenant's view
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
 //! - `policy_guard`: restrictive copies of the tenant policies, so that no other permissive policy can widen them
+//! - `rls_policies`: the generated policies of a relation and the previous hooks' policies, for both row-security hooks
 //! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
+//! - `own_ddl`: the extension's own DDL, which its event triggers leave alone
 //! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
@@ -38,10 +40,12 @@ mod gucs;
 mod heap_scan;
 mod hook_chain;
 mod import_copy;
+mod own_ddl;
 mod own_tables;
 mod policy_guard;
 mod pool_guard;
 mod privilege;
+mod rls_policies;
 mod role_binding;
 mod spi_util;
 mod tenancy;
@@ -84,6 +88,7 @@ pub extern "C-unwind" fn _PG_init() {
     pool_guard::init();
     role_binding::init();
     usage_store::init();
+    usage_persist::init();
     usage_hooks::init();
     usage_flusher::init();
 }

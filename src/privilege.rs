@@ -1,6 +1,6 @@
 //! privilege — who may call what, and running the extension's own SQL with the extension's rights.
 //!
-//! The principle (README "Security model"): no query over a user object is planned or executed with rights its owner
+//! The principle (docs/security.md, "Security model"): no query over a user object is planned or executed with rights its owner
 //! does not have. Planning a query over a table evaluates its owner's IMMUTABLE functions (index expressions and
 //! predicates, statistics expressions, CHECK constraints of inheritance children), and running it fires the owner's
 //! triggers, policies and defaults; so:

@@ -8,11 +8,11 @@
 //! from the table (no SPI, works in parallel workers) and dropped when a statement trigger on the table sends a
 //! relcache invalidation, as for `nile.tenants` (src/tenant_cache.rs).
 
-use crate::context::require_usable_tenant;
 use crate::errors::{raise, require_not_null, Problem};
 use crate::own_tables::NileTable;
 use crate::privilege::{as_extension_owner, require_role};
 use crate::spi_util::execute;
+use crate::tenant_cache::require_usable_tenant;
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use pgrx::Uuid;

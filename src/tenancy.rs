@@ -10,10 +10,10 @@
 //! drifted. `disable_tenancy` is the deliberate way out, and records the table in `nile.excluded_tables` so that the
 //! DDL event trigger (src/ddl_events.rs) does not enroll it again.
 
-use crate::ddl_events::{own_ddl, running_user_code};
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::gucs::{set_setting, Scope};
 use crate::heap_scan;
+use crate::own_ddl::{own_ddl, running_user_code};
 use crate::privilege::{
     as_extension_owner, as_table_owner_policed, require_role, role_name, with_safe_search_path,
 };

@@ -6,6 +6,7 @@
 //! table (see sql/finalize.sql) sends a relcache invalidation, which every backend processes before its next
 //! statement, and the callback registered here empties the cache.
 
+use crate::errors::{NileCode, Problem};
 use crate::own_tables::{scan_key, NileTable};
 use crate::uuid_text::format_uuid;
 use pgrx::prelude::*;
@@ -208,4 +209,26 @@ fn tenants_changed<'a>(
     // SAFETY: the relation of a firing trigger is open and valid.
     unsafe { pg_sys::CacheInvalidateRelcacheByRelid(trigger.relation()?.oid()) };
     Ok(None)
+}
+
+/// Raise unless tenant `id` exists (NT002) and is not deleted (NT004): what entering, signing for or binding to a
+/// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
+pub fn require_usable_tenant(id: &[u8; 16]) {
+    match status_of(id) {
+        None => Problem::nile(
+            NileCode::TenantNotFound,
+            PgSqlErrorCode::ERRCODE_UNDEFINED_OBJECT,
+            format!("tenant {} does not exist", format_uuid(id)),
+        )
+        .hint("Create it with nile.create_tenant(name, id => ...), or check the id.")
+        .raise(),
+        Some(TenantStatus::Deleted) => Problem::nile(
+            NileCode::TenantDeleted,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("tenant {} has been deleted", format_uuid(id)),
+        )
+        .hint("A deleted tenant cannot be used; nile.reactivate_tenant() restores a soft-deleted tenant.")
+        .raise(),
+        Some(TenantStatus::Active | TenantStatus::Inactive) => {}
+    }
 }

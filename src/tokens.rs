@@ -8,10 +8,11 @@
 //! from "altered". The payload carries `tid` (the tenant's uuid), `exp` (expiry, Unix seconds), optionally `sub` (a
 //! user id) and `iat`/`nbf`. The signature is checked before anything in the payload is looked at.
 
-use crate::context::{enter_tenant, require_usable_tenant};
+use crate::context::enter_tenant;
 use crate::errors::{raise, require_not_null, NileCode, Problem};
 use crate::gucs::{self, TOKEN_KEY_MIN_LEN};
 use crate::privilege::require_role;
+use crate::tenant_cache::require_usable_tenant;
 use crate::uuid_text::{format_uuid, parse_canonical_uuid};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -162,7 +163,7 @@ impl Refusal {
                 PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
                 format!("tenant token is malformed: {what}"),
             )
-            .hint("A tenant token is a JWT signed with HS256 whose payload carries tid (tenant uuid) and exp (Unix seconds); see the README.")
+            .hint("A tenant token is a JWT signed with HS256 whose payload carries tid (tenant uuid) and exp (Unix seconds); see docs/context.md.")
             .raise(),
             Refusal::UnknownKey(kid) => Problem::nile(
                 NileCode::InvalidToken,

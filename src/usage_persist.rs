@@ -7,6 +7,40 @@ use crate::usage_store::{self, CounterValues, SavedRow, UsageKey, HISTOGRAM_BUCK
 use pgrx::prelude::*;
 use std::io::{Read, Write};
 
+static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+
+/// Called from _PG_init after `usage_store::init()`: when the library is preloaded, a shared-memory startup hook that
+/// runs after the counters' own (it is installed later, so it calls that one first) and, in the postmaster, brings back
+/// what the last clean shutdown saved and arranges to save it again at the next one.
+pub fn init() {
+    if !crate::gucs::preloaded() {
+        return;
+    }
+    // SAFETY: _PG_init runs in the postmaster while shared_preload_libraries is processed; the previous hook is saved
+    // and chained.
+    unsafe {
+        PREV_SHMEM_STARTUP_HOOK = pg_sys::shmem_startup_hook;
+        pg_sys::shmem_startup_hook = Some(shmem_startup);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn shmem_startup() {
+    // SAFETY: called where Postgres calls shared-memory startup hooks; the previous hook (usage_store's) creates or
+    // attaches to the counters first.
+    unsafe {
+        if let Some(prev) = PREV_SHMEM_STARTUP_HOOK {
+            pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
+        }
+        if !pg_sys::IsUnderPostmaster {
+            if usage_store::created_here() {
+                load();
+            }
+            pg_sys::on_shmem_exit(Some(save_at_shutdown), pg_sys::Datum::from(0));
+        }
+    }
+}
+
 const FILE: &str = "pg_stat/nile_tenancy_usage.stat";
 const TEMP_FILE: &str = "pg_stat/nile_tenancy_usage.stat.tmp";
 /// "NILU" and the format version: a file of another version is ignored.
@@ -112,7 +146,7 @@ fn decode(record: &[u8]) -> Option<SavedRow> {
 /// on_shmem_exit callback of the postmaster: save the counters, after a clean shutdown only (a crash restart runs it
 /// with a non-zero code).
 #[pg_guard]
-pub unsafe extern "C-unwind" fn save_at_shutdown(code: i32, _arg: pg_sys::Datum) {
+unsafe extern "C-unwind" fn save_at_shutdown(code: i32, _arg: pg_sys::Datum) {
     if code != 0 {
         return;
     }
@@ -135,7 +169,7 @@ pub unsafe extern "C-unwind" fn save_at_shutdown(code: i32, _arg: pg_sys::Datum)
 }
 
 /// At postmaster start: load the saved counters, then delete the file (it describes only this start).
-pub fn load() {
+fn load() {
     let mut bytes = Vec::new();
     match std::fs::File::open(FILE).and_then(|mut f| f.read_to_end(&mut bytes)) {
         Ok(_) => {}

@@ -404,6 +404,7 @@ static mut TABLE: *mut pg_sys::HTAB = std::ptr::null_mut();
 #[cfg(not(feature = "pg14"))]
 static mut PREV_SHMEM_REQUEST_HOOK: pg_sys::shmem_request_hook_type = None;
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
+static mut CREATED_HERE: bool = false;
 
 thread_local! {
     /// Tenants this backend found no room for, valid while the shared generation is unchanged: their statements go
@@ -505,18 +506,16 @@ unsafe extern "C-unwind" fn shmem_startup() {
             (pg_sys::HASH_ELEM | pg_sys::HASH_BLOBS | pg_sys::HASH_FIXED_SIZE) as i32,
         );
         SHARED = shared;
+        CREATED_HERE = !found;
         pg_sys::LWLockRelease(init_lock);
-        // In the postmaster: bring back what the last clean shutdown saved, and save it again at the next one.
-        if !pg_sys::IsUnderPostmaster {
-            if !found {
-                crate::usage_persist::load();
-            }
-            pg_sys::on_shmem_exit(
-                Some(crate::usage_persist::save_at_shutdown),
-                pg_sys::Datum::from(0),
-            );
-        }
     }
+}
+
+/// Whether this process created the counters' shared memory (the postmaster at start: usage_persist.rs then loads
+/// what the last clean shutdown saved), rather than attaching to it.
+pub fn created_here() -> bool {
+    // SAFETY: written once by shmem_startup in this process, before any reader runs.
+    unsafe { CREATED_HERE }
 }
 
 /// Whether the shared memory exists (the library was preloaded).
