@@ -142,7 +142,7 @@ def check_rust_files():
     problems = []
     spi = re.compile(r"\.\s*(select|update|prepare|prepare_mut)\s*\(|Spi::(run|run_with_args|get_one\w*|get_two\w*|"
                      r"get_three\w*|explain|select|update)\b|\bSPI_\w+\s*\(")
-    for path in sorted((ROOT / "src").glob("*.rs")):
+    for path in sorted((ROOT / "src").rglob("*.rs")):
         if path.name in ("spi_util.rs", "pg_tests.rs"):
             continue
         for lineno, line in enumerate(path.read_text().splitlines(), 1):

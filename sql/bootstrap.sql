@@ -91,8 +91,8 @@ CREATE TABLE nile.admin_audit (
 COMMENT ON TABLE nile.admin_audit IS 'nile_tenancy: who entered nile.admin_context(), when, and why';
 
 -- Usage history for billing: what each tenant (and the no-tenant, admin and overflow rows) did in each period between
--- two flushes of the shared usage counters (src/usage_history.rs, written every nile.usage_flush_interval by the
--- background worker of src/usage_flusher.rs). Rows are never updated; delete old periods to keep it small.
+-- two flushes of the shared usage counters (src/usage/history.rs, written every nile.usage_flush_interval by the
+-- background worker of src/usage/flusher.rs). Rows are never updated; delete old periods to keep it small.
 CREATE TABLE nile.usage_history (
     period_start         timestamptz      NOT NULL,
     period_end           timestamptz      NOT NULL,

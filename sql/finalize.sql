@@ -109,7 +109,7 @@ GRANT EXECUTE ON FUNCTION
 GRANT EXECUTE ON FUNCTION nile.enable_tenancy(regclass, name, uuid), nile._enable_tenancy(oid, text, uuid)
     TO nile_table_owner;
 
--- Usage metering (src/usage_store.rs, src/usage_hooks.rs). Every tenant's figures are for nile_admin and pg_monitor;
+-- Usage metering (src/usage/store.rs, src/usage/hooks.rs). Every tenant's figures are for nile_admin and pg_monitor;
 -- a tenant session sees its own row in nile.my_usage.
 CREATE VIEW nile.tenant_usage AS
     SELECT u.tenant_id, t.name AS tenant_name, u.kind, u.statements, u.errors,

@@ -51,7 +51,7 @@ pub static REQUIRE_TOKEN: GucSetting<bool> = GucSetting::<bool>::new(false);
 /// allowed. Superuser-only; off for the roles of pooled applications, whose next client would inherit the context.
 pub static ALLOW_SESSION_SCOPE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
-/// `nile.track_usage`: whether statements are counted per tenant in shared memory (superuser; see usage_hooks.rs).
+/// `nile.track_usage`: whether statements are counted per tenant in shared memory (superuser; see usage/hooks.rs).
 pub static TRACK_USAGE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// `nile.max_tracked_tenants`: how many tenants (over all databases) get a usage row of their own; more go to their

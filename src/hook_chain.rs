@@ -1,5 +1,5 @@
 //! hook_chain — passing a utility statement on to the next `ProcessUtility` hook in the chain, or to Postgres' own
-//! `standard_ProcessUtility` when there is none: for the modules that install that hook (usage_hooks.rs, which
+//! `standard_ProcessUtility` when there is none: for the modules that install that hook (usage/hooks.rs, which
 //! measures statements, pool_guard.rs, which refuses cursors WITH HOLD in a context, and fk_validation.rs, which refuses
 //! casts to uuid that would run a user's function as the owner of nile.tenants).
 

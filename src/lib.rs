@@ -19,12 +19,8 @@
 //! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
 //! - `privilege`: role checks and running the extension's own SQL with its rights
 //! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
-//! - `usage_api`: the SQL functions under the live usage views
-//! - `usage_history`: the durable history (`nile.flush_usage()`, `nile.reset_usage()`, `nile.usage_history`)
-//! - `usage_flusher`: the background workers that flush usage into the history every interval
-//! - `usage_store`: per-tenant usage counters in shared memory
-//! - `usage_persist`: the usage counters saved at a clean shutdown and loaded at start
-//! - `usage_hooks`: measuring each top-level statement for its tenant's usage (executor and utility hooks)
+//! - `usage/`: per-tenant usage metering (counters in shared memory, their persistence, the statement hooks, the SQL
+//!   views' functions, the durable history and its flush workers; see usage/mod.rs)
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
 //! - `errors`: raising errors with a SQLSTATE, detail and hint; Rust backtraces kept out of them (to the server log)
 
@@ -53,12 +49,7 @@ mod tenant_cache;
 mod tenant_storage;
 mod tenants;
 mod tokens;
-mod usage_api;
-mod usage_flusher;
-mod usage_history;
-mod usage_hooks;
-mod usage_persist;
-mod usage_store;
+mod usage;
 mod uuid_text;
 
 pgrx::pg_module_magic!(name, version);
@@ -87,10 +78,7 @@ pub extern "C-unwind" fn _PG_init() {
     policy_guard::init();
     pool_guard::init();
     role_binding::init();
-    usage_store::init();
-    usage_persist::init();
-    usage_hooks::init();
-    usage_flusher::init();
+    usage::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

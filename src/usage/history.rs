@@ -1,17 +1,17 @@
-//! usage_history — the durable usage history: `nile.flush_usage()` writes what the shared counters gained since the
+//! usage/history — the durable usage history: `nile.flush_usage()` writes what the shared counters gained since the
 //! last flush into `nile.usage_history` (one row per tenant per period), and the rows count as flushed only when that
 //! transaction commits; `nile._unflushed_usage()` shows the period still open.
 //!
 //! Exactly-once: a flush takes the history table's lock in SHARE ROW EXCLUSIVE mode (one flush per database at a
 //! time), reads each row's counters and subtracts what the row's flushed copy says is already written. The flushed
 //! copies are updated in the commit callback, which runs before the table lock is released, so the next flush (of any
-//! session, or the background worker in usage_flusher.rs) starts from exactly what this one wrote. A flush that rolls
+//! session, or the background worker in usage/flusher.rs) starts from exactly what this one wrote. A flush that rolls
 //! back, wholly or to a savepoint, leaves the flushed copies as they were.
 
 use crate::errors::{OrInternal, Problem};
 use crate::privilege::require_role;
-use crate::usage_api::{count, ms, this_database};
-use crate::usage_store::{self, CounterValues, FlushView, RowKind, UsageKey};
+use crate::usage::api::{count, ms, this_database};
+use crate::usage::store::{self, CounterValues, FlushView, RowKind, UsageKey};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -26,7 +26,7 @@ enum AtCommit {
         values: Box<CounterValues>,
         at: i64,
     },
-    /// `nile.reset_usage()`: remove rows (see usage_store::reset).
+    /// `nile.reset_usage()`: remove rows (see store::reset).
     Reset {
         database: pg_sys::Oid,
         tenant: Option<[u8; 16]>,
@@ -65,7 +65,7 @@ fn open_periods(database: pg_sys::Oid, now: i64) -> Vec<(Period, FlushView)> {
             })
             .collect()
     });
-    usage_store::flush_view(database)
+    store::flush_view(database)
         .into_iter()
         .filter_map(|row| {
             // The latest flush of this row in this transaction, if any, is the baseline.
@@ -142,8 +142,8 @@ fn column<T>(rows: &[PeriodRow], field: impl Fn(&PeriodRow) -> T) -> Vec<T> {
 /// the transaction commits. Returns how many history rows were written. Runs as the extension's owner: callers check
 /// the caller's rights first.
 pub fn flush_database() -> i64 {
-    usage_store::require_available("nile.flush_usage()");
-    crate::usage_hooks::not_counted(|| {
+    store::require_available("nile.flush_usage()");
+    crate::usage::hooks::not_counted(|| {
         crate::privilege::as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 // One flush per database at a time, held to the end of the transaction (see the module header).
@@ -208,7 +208,7 @@ fn flush_usage() -> i64 {
 #[pg_extern(volatile, parallel_unsafe)]
 fn reset_usage(tenant_id: default!(Option<Uuid>, "NULL")) {
     require_role("nile_admin", "nile.reset_usage()");
-    usage_store::require_available("nile.reset_usage()");
+    store::require_available("nile.reset_usage()");
     flush_database();
     // pg_database is shared: every database sees all of them.
     let live_databases: Vec<u32> = crate::privilege::as_extension_owner(|| {
@@ -235,13 +235,13 @@ fn apply(changes: Vec<(pg_sys::SubTransactionId, AtCommit)>) {
                 epoch,
                 values,
                 at,
-            } => usage_store::mark_flushed(&key, epoch, &values, at),
+            } => store::mark_flushed(&key, epoch, &values, at),
             AtCommit::Reset {
                 database,
                 tenant,
                 live_databases,
             } => {
-                usage_store::reset(database, tenant, &live_databases);
+                store::reset(database, tenant, &live_databases);
             }
         }
     }
@@ -363,7 +363,7 @@ fn unflushed_usage() -> TableIterator<
         name!(shared_blks_dirtied, i64),
     ),
 > {
-    usage_store::require_available("nile._unflushed_usage()");
+    store::require_available("nile._unflushed_usage()");
     let rows: Vec<PeriodRow> = open_periods(this_database(), now())
         .iter()
         .map(|(period, _)| period_row(period))

@@ -1,4 +1,4 @@
-//! usage_hooks — measuring each top-level statement for its tenant's usage row (usage_store.rs).
+//! usage/hooks — measuring each top-level statement for its tenant's usage row (usage/store.rs).
 //!
 //! The executor hooks (start, run, finish, end) and the utility hook, each chained to the previous one, measure in
 //! backend memory only: wall time and CPU time (getrusage) spent in ExecutorRun / ExecutorFinish or in the utility,
@@ -16,7 +16,7 @@
 //! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
 
 use crate::gucs;
-use crate::usage_store::{self, CounterValues, RowKind, StatementUsage, UsageKey};
+use crate::usage::store::{self, CounterValues, RowKind, StatementUsage, UsageKey};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
@@ -139,13 +139,13 @@ fn tracking() -> bool {
     };
     gucs::TRACK_USAGE.get()
         && client_statement
-        && usage_store::available()
+        && store::available()
         && crate::own_tables::nile_namespace().is_some()
 }
 
 /// The row a statement starting now counts in.
 fn current_key() -> UsageKey {
-    let database = crate::usage_api::this_database();
+    let database = crate::usage::api::this_database();
     if gucs::admin_in_force() {
         return UsageKey::new(database, RowKind::Admin, None);
     }
@@ -724,7 +724,7 @@ fn record_pending() {
     if due {
         settle_cpu(&mut pending);
     }
-    usage_store::record(&pending);
+    store::record(&pending);
 }
 
 /// Read the CPU time, and share what was used since the last reading among the rows of the CPU debt, adding it to
@@ -766,7 +766,7 @@ unsafe extern "C-unwind" fn settle_cpu_at_exit(_code: i32, _arg: pg_sys::Datum) 
     }
     let mut rows = Vec::new();
     settle_cpu(&mut rows);
-    usage_store::record(&rows);
+    store::record(&rows);
 }
 
 #[pg_guard]

@@ -1,15 +1,15 @@
-//! usage_persist — the usage counters survive a restart: the postmaster saves them to
+//! usage/persist — the usage counters survive a restart: the postmaster saves them to
 //! `pg_stat/nile_tenancy_usage.stat` when it shuts down (smart, fast or immediate shutdown) and loads (then deletes)
 //! that file when it starts. After a crash (a backend dying, or the postmaster killed) there is no file and the
 //! counters start from zero.
 
-use crate::usage_store::{self, CounterValues, SavedRow, UsageKey, HISTOGRAM_BUCKETS};
+use crate::usage::store::{self, CounterValues, SavedRow, UsageKey, HISTOGRAM_BUCKETS};
 use pgrx::prelude::*;
 use std::io::{Read, Write};
 
 static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 
-/// Called from _PG_init after `usage_store::init()`: when the library is preloaded, a shared-memory startup hook that
+/// Called from _PG_init after `store::init()`: when the library is preloaded, a shared-memory startup hook that
 /// runs after the counters' own (it is installed later, so it calls that one first) and, in the postmaster, brings back
 /// what the last clean shutdown saved and arranges to save it again at the next one.
 pub fn init() {
@@ -33,7 +33,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
             pg_sys::ffi::pg_guard_ffi_boundary(|| prev());
         }
         if !pg_sys::IsUnderPostmaster {
-            if usage_store::created_here() {
+            if store::created_here() {
                 load();
             }
             pg_sys::on_shmem_exit(Some(save_at_shutdown), pg_sys::Datum::from(0));
@@ -125,10 +125,10 @@ fn decode(record: &[u8]) -> Option<SavedRow> {
     let u32_at = |i: usize| Some(u32::from_le_bytes(record.get(i..i + 4)?.try_into().ok()?));
     // Rebuilt with UsageKey::new, so that a damaged kind or tenant cannot make two rows of one key.
     let kind = match u32_at(4)? {
-        0 => usage_store::RowKind::Tenant,
-        1 => usage_store::RowKind::NoTenant,
-        2 => usage_store::RowKind::Admin,
-        _ => usage_store::RowKind::Overflow,
+        0 => store::RowKind::Tenant,
+        1 => store::RowKind::NoTenant,
+        2 => store::RowKind::Admin,
+        _ => store::RowKind::Overflow,
     };
     let key = UsageKey::new(
         u32_at(0)?.into(),
@@ -150,7 +150,7 @@ unsafe extern "C-unwind" fn save_at_shutdown(code: i32, _arg: pg_sys::Datum) {
     if code != 0 {
         return;
     }
-    let rows = usage_store::snapshot_for_shutdown();
+    let rows = store::snapshot_for_shutdown();
     let mut bytes = Vec::with_capacity(12 + rows.len() * RECORD_LEN);
     bytes.extend_from_slice(&MAGIC.to_le_bytes());
     bytes.extend_from_slice(&VERSION.to_le_bytes());
@@ -196,7 +196,7 @@ fn load() {
         return;
     }
     let rows: Vec<SavedRow> = body.chunks_exact(RECORD_LEN).filter_map(decode).collect();
-    usage_store::restore(&rows);
+    store::restore(&rows);
 }
 
 #[cfg(test)]

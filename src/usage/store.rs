@@ -1,4 +1,4 @@
-//! usage_store — per-tenant usage counters in shared memory, keyed by (database, row kind, tenant).
+//! usage/store — per-tenant usage counters in shared memory, keyed by (database, row kind, tenant).
 //!
 //! One shared hash table (dynahash, fixed size: `nile.max_tracked_tenants` tenant rows plus a reserve for the rows
 //! that are not tenants) behind one LWLock. Recording a statement takes the lock in SHARED mode to find its row and
@@ -93,7 +93,7 @@ impl UsageKey {
 }
 
 /// What one top-level statement did, measured in the backend (its CPU time is shared out per transaction: see
-/// usage_hooks.rs).
+/// usage/hooks.rs).
 #[derive(Default, Clone, Copy, Debug)]
 pub struct StatementUsage {
     pub failed: bool,
@@ -360,7 +360,7 @@ struct Entry {
     /// so that a flush marks only the row it read.
     epoch: u64,
     counters: Counters,
-    /// The counters as last written to `nile.usage_history` (see usage_history.rs), and when.
+    /// The counters as last written to `nile.usage_history` (see usage/history.rs), and when.
     flushed: Counters,
     flushed_at: AtomicI64,
 }
@@ -511,7 +511,7 @@ unsafe extern "C-unwind" fn shmem_startup() {
     }
 }
 
-/// Whether this process created the counters' shared memory (the postmaster at start: usage_persist.rs then loads
+/// Whether this process created the counters' shared memory (the postmaster at start: usage/persist.rs then loads
 /// what the last clean shutdown saved), rather than attaching to it.
 pub fn created_here() -> bool {
     // SAFETY: written once by shmem_startup in this process, before any reader runs.
@@ -710,7 +710,7 @@ pub fn record(rows: &[(UsageKey, CounterValues)]) {
         }
         let _exclusive = Locked::acquire(pg_sys::LWLockMode::LW_EXCLUSIVE);
         for (key, usage) in missing {
-            // CPU time shared out late (see usage_hooks.rs) to a tenant without a row (reset since, or beyond
+            // CPU time shared out late (see usage/hooks.rs) to a tenant without a row (reset since, or beyond
             // capacity) does not take a row: it ran no statement now, and a reset row would come back as a ghost.
             let key = if usage.statements == 0 && key.kind() == RowKind::Tenant {
                 key.overflow_of()
@@ -832,7 +832,7 @@ pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
     rows
 }
 
-/// Every row of `database` with what of it the history already has, for a flush (see usage_history.rs).
+/// Every row of `database` with what of it the history already has, for a flush (see usage/history.rs).
 pub fn flush_view(database: pg_sys::Oid) -> Vec<FlushView> {
     rows_of(database, |entry| FlushView {
         key: entry.key,
@@ -850,7 +850,7 @@ pub fn mark_flushed(key: &UsageKey, epoch: u64, values: &CounterValues, at: i64)
         return;
     }
     // SAFETY: the shared memory exists; the row is found under the SHARED lock, and its flushed counters are written
-    // only by the one transaction that holds the history table's lock for this database (usage_history.rs).
+    // only by the one transaction that holds the history table's lock for this database (usage/history.rs).
     unsafe {
         let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
         let entry = find(key);

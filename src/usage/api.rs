@@ -1,8 +1,8 @@
-//! usage_api — the SQL functions under the live usage views (`nile.tenant_usage`, `nile.my_usage`). The views
+//! usage/api — the SQL functions under the live usage views (`nile.tenant_usage`, `nile.my_usage`). The views
 //! themselves, and who may read them, are in sql/finalize.sql; the history and `nile.reset_usage()` are in
-//! usage_history.rs.
+//! usage/history.rs.
 
-use crate::usage_store::{self, CounterValues, RowKind, UsageKey};
+use crate::usage::store::{self, CounterValues, RowKind, UsageKey};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -105,8 +105,8 @@ usage_functions! {
 
     /// `nile._usage()`: every usage row of this database (under `nile.tenant_usage`; nile_admin and pg_monitor).
     fn usage_rows as "_usage" {
-        usage_store::require_available("nile.tenant_usage");
-        usage_store::snapshot(this_database())
+        store::require_available("nile.tenant_usage");
+        store::snapshot(this_database())
             .iter()
             .map(|(key, values)| usage_row(key, values))
             .collect()
@@ -114,11 +114,11 @@ usage_functions! {
 
     /// `nile._my_usage()`: the usage row of the session's own tenant only (under `nile.my_usage`; everyone).
     fn my_usage_rows as "_my_usage" {
-        usage_store::require_available("nile.my_usage");
+        store::require_available("nile.my_usage");
         match crate::context::effective_tenant() {
             Some(tenant) => {
                 let mine = UsageKey::new(this_database(), RowKind::Tenant, Some(tenant));
-                usage_store::snapshot(this_database())
+                store::snapshot(this_database())
                     .iter()
                     .filter(|(key, _)| *key == mine)
                     .map(|(key, values)| usage_row(key, values))

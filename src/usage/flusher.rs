@@ -1,14 +1,14 @@
-//! usage_flusher — the background workers that write usage into `nile.usage_history` every
+//! usage/flusher — the background workers that write usage into `nile.usage_history` every
 //! `nile.usage_flush_interval`.
 //!
 //! Several databases can use the extension, and a background worker connects to one database for its life. So one
 //! launcher per cluster (registered at start when the library is preloaded, connected to no database) wakes up every
 //! interval, finds in shared memory the databases that have usage not yet in their history, and runs one short-lived
 //! worker per such database, one after the other; each connects to its database and runs the same flush as
-//! `nile.flush_usage()` (usage_history.rs). Databases without new usage cost nothing. The launcher also forgets the
+//! `nile.flush_usage()` (usage/history.rs). Databases without new usage cost nothing. The launcher also forgets the
 //! rows of databases that were dropped, and a worker those of its database when the extension is no longer there.
 
-use crate::usage_store;
+use crate::usage::store;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
@@ -77,8 +77,8 @@ pub extern "C-unwind" fn nile_usage_flush_launcher_main(_arg: pg_sys::Datum) {
 /// One round: forget dropped databases, then flush each database with new usage in a worker of its own.
 fn flush_every_database() {
     let connectable = connectable_databases();
-    usage_store::forget_databases(|database| database != 0 && !connectable.contains(&database));
-    for database in usage_store::databases_with_unflushed_usage() {
+    store::forget_databases(|database| database != 0 && !connectable.contains(&database));
+    for database in store::databases_with_unflushed_usage() {
         if !connectable.contains(&database) {
             continue;
         }
@@ -159,7 +159,7 @@ pub extern "C-unwind" fn nile_usage_flush_worker_main(arg: pg_sys::Datum) {
             .unwrap_or(false);
             if !installed {
                 // The extension was dropped: nothing more will be counted here, and nothing can be written.
-                usage_store::forget_databases(|d| d == database.to_u32());
+                store::forget_databases(|d| d == database.to_u32());
                 return;
             }
             crate::gucs::set_setting(
@@ -167,7 +167,7 @@ pub extern "C-unwind" fn nile_usage_flush_worker_main(arg: pg_sys::Datum) {
                 LOCK_TIMEOUT,
                 crate::gucs::Scope::Transaction,
             );
-            crate::usage_history::flush_database();
+            crate::usage::history::flush_database();
         })
     });
 }
