@@ -126,7 +126,8 @@ REVOKE ALL ON nile.tenants, nile.tenant_tables, nile.excluded_tables, nile.role_
     nile.usage_history FROM PUBLIC;
 GRANT SELECT ON nile.tenants TO PUBLIC;               -- row-level security limits it to the session's own tenant
 -- Foreign keys to nile.tenants, for the owners of tenant tables (a foreign key can hold up a tenant's purge, so not for
--- PUBLIC). The DDL event trigger accepts such a key only from a uuid column (ddl_events.rs).
+-- PUBLIC). Only a superuser may create a cast to uuid that runs a function, and verify() reports a key from a column
+-- that is not uuid: a lookup in nile.tenants runs as its owner (src/fk_validation.rs).
 GRANT REFERENCES (id) ON nile.tenants TO nile_table_owner;
 GRANT SELECT ON nile.tenant_tables, nile.excluded_tables TO PUBLIC;
 GRANT SELECT ON nile.admin_audit, nile.role_bindings TO nile_admin;

@@ -57,7 +57,7 @@ CREATE FUNCTION nile.disable_tenancy(tbl regclass) RETURNS void
         SELECT nile._disable_tenancy(tbl::oid);
     END;
 
--- The DDL event triggers (src/ddl_events.rs). Created last, so that none of the SQL above goes through them.
+-- The DDL event triggers (src/ddl/events.rs). Created last, so that none of the SQL above goes through them.
 CREATE FUNCTION nile._ddl_command_end() RETURNS event_trigger
     LANGUAGE c AS 'MODULE_PATHNAME', 'nile_ddl_command_end';
 CREATE FUNCTION nile._sql_drop() RETURNS event_trigger

@@ -1,5 +1,5 @@
 -- sql/verify.sql — "is my tenancy sound?": nile.verify() and the per-table check that the DDL event trigger
--- (src/ddl_events.rs) also uses. Only catalogs and nile's registry are read; nothing is changed.
+-- (src/ddl/events.rs) also uses. Only catalogs and nile's registry are read; nothing is changed.
 --
 -- Every finding names one object exactly and gives the SQL that fixes it. Severity 'error': a tenant can (or could,
 -- after one more step by a role that is allowed to take it) see or change another tenant's rows, or tenants are

@@ -21,7 +21,7 @@
 //! `errfinish()` runs every context callback before it throws, and ours replaces the code (`errcode()`), once. The
 //! frame that catches the error (Postgres' main loop, a PL/pgSQL exception block, a `PG_TRY`) restores the stack it
 //! saved, which removes the entry (pgrx's boundary around a call into Postgres restores it too); the one place that
-//! catches errors in Rust (ddl_events.rs) raises again. Errors set in a GUC check hook (`GUC_check_errcode`) take the
+//! catches errors in Rust (ddl/events.rs) raises again. Errors set in a GUC check hook (`GUC_check_errcode`) take the
 //! NT code directly.
 //! One limit: an NT error raised inside a query that the extension's own Rust code runs through SPI (an administrator's
 //! function, not an application's statement) is turned into XX000 by pgrx on its way out; the message stays.

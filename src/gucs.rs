@@ -40,7 +40,7 @@ pub static MISSING_TENANT: GucSetting<MissingTenant> =
     GucSetting::<MissingTenant>::new(MissingTenant::Error);
 
 /// `nile.auto_enable`: whether DDL that creates a table with a tenant column (or adds one) enrolls it at once (on, the
-/// default) or only warns (off). See src/ddl_events.rs.
+/// default) or only warns (off). See src/ddl/events.rs.
 pub static AUTO_ENABLE: GucSetting<bool> = GucSetting::<bool>::new(true);
 
 /// `nile.require_token`: when on (set per role by a superuser: `ALTER ROLE app SET nile.require_token = on`), the

@@ -8,8 +8,8 @@
 //! - `tenants`: the tenant lifecycle (create, update, soft delete, purge), and tenant tables in foreign-key order
 //! - `tokens`: signed tenant tokens (`nile.set_tenant_token()`, `nile.sign_tenant_token()`)
 //! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
-//! - `ddl_events`: the DDL event triggers that enroll, protect and forget tables as the schema changes
-//! - `ddl_prefilter`: the DDL trigger's SPI-free first look: does this command's table concern tenancy at all?
+//! - `ddl/`: the DDL event triggers that enroll, protect and forget tables as the schema changes (`events`), and their
+//!   SPI-free first look: does this command's table concern tenancy at all? (`prefilter`)
 //! - `fk_validation`: foreign keys validated over every tenant's rows, never over one tenant's view
 //! - `admin`: `nile.admin_context()`, its audit and its row-security hook
 //! - `policy_guard`: restrictive copies of the tenant policies, so that no other permissive policy can widen them
@@ -28,8 +28,7 @@ use pgrx::prelude::*;
 
 mod admin;
 mod context;
-mod ddl_events;
-mod ddl_prefilter;
+mod ddl;
 mod errors;
 mod fk_validation;
 mod gucs;

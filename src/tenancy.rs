@@ -8,7 +8,7 @@
 //! through the parent; inheritance children are covered the same way. All checks happen before the first change, and
 //! everything runs in the caller's transaction: an error leaves nothing half-applied. Running it again repairs whatever
 //! drifted. `disable_tenancy` is the deliberate way out, and records the table in `nile.excluded_tables` so that the
-//! DDL event trigger (src/ddl_events.rs) does not enroll it again.
+//! DDL event trigger (src/ddl/events.rs) does not enroll it again.
 
 use crate::errors::{raise, require_not_null, OrInternal, Problem};
 use crate::gucs::{set_setting, Scope};

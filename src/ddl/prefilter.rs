@@ -1,8 +1,8 @@
-//! ddl_prefilter — the DDL event triggers' first look, without SPI, so that DDL on tables that have nothing to do
+//! ddl/prefilter — the DDL event triggers' first look, without SPI, so that DDL on tables that have nothing to do
 //! with tenancy costs a few catalog-cache lookups and index probes:
 //! - `ddl_command_end`: which tables the command names, and whether any of them may concern tenancy (enrolled, in an
 //!   inheritance tree, or with a tenant column). Every other command, and every statement this module does not
-//!   resolve, gets the full check in `ddl_events`.
+//!   resolve, gets the full check in `ddl/events.rs`.
 //! - `sql_drop`: the dropped objects, read straight from `pg_event_trigger_dropped_objects()`: which dropped tables
 //!   are in the registry or the exclusion list, and whether a `nile_tenant_*` policy is among them.
 

@@ -1,4 +1,4 @@
-//! ddl_events — the DDL event triggers that keep tenant tables protected as the schema evolves.
+//! ddl/events — the DDL event triggers that keep tenant tables protected as the schema evolves.
 //!
 //! `nile_ddl_command_end` (event `ddl_command_end`) looks at every table a DDL command created or changed:
 //! - a table that is, or is below, a tenant table: new partitions and inheritance children are protected and
@@ -15,7 +15,7 @@
 //! skip a superuser's DDL while `row_security` is off, which is how `pg_dump` scripts and `pg_restore` run: a restore
 //! recreates the policies and the registry itself (the registry's rows are in the dump).
 
-use crate::ddl_prefilter::{self, command_may_concern_tenancy};
+use super::prefilter::{self, command_may_concern_tenancy};
 use crate::errors::{OrInternal, Problem};
 use crate::gucs::AUTO_ENABLE;
 use crate::own_ddl::{in_own_ddl, own_ddl};
@@ -102,7 +102,7 @@ pub unsafe extern "C-unwind" fn nile_ddl_command_end(
 pub unsafe extern "C-unwind" fn nile_sql_drop(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::Datum {
     // SAFETY: Postgres passes a valid fcinfo.
     unsafe { require_event_trigger_call(fcinfo, "nile._sql_drop()") };
-    let dropped = ddl_prefilter::dropped();
+    let dropped = prefilter::dropped();
     let check_dropped =
         (dropped.tenant_policy || dropped.tenant_fk || dropped.tenant_index) && !skip_event();
     if check_dropped || !dropped.registered_tables.is_empty() {
