@@ -22,59 +22,35 @@
 //! had a type of its own with a cast to uuid, the cast's function (its creator's code) would run there with a
 //! superuser's rights, before any check after the command could refuse it (the lookup writes `$1::uuid`, which applies
 //! an explicit cast too, once the key exists). So nobody but a superuser may create a cast to uuid that runs a function:
-//! a `ProcessUtility` hook refuses `CREATE CAST` before it runs, and the DDL event trigger refuses it at the end of the
+//! a check before each utility statement (hook_chain.rs) refuses `CREATE CAST` before it runs, and the DDL event trigger refuses it at the end of the
 //! command in a session where the library was not loaded yet (without `shared_preload_libraries`, the hook is not
 //! installed before the first call into the extension). `nile.verify()` reports such a cast, and a foreign key to
 //! `nile.tenants` from a column that is not uuid.
 
 use crate::errors::Problem;
-use crate::hook_chain::next_process_utility;
 use pgrx::prelude::*;
 
 static mut PREV_CHECK_PERMS: pg_sys::ExecutorCheckPerms_hook_type = None;
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 pub fn init() {
-    // SAFETY: _PG_init runs once per process before any query; the previous hooks are saved and called by ours.
+    // SAFETY: _PG_init runs once per process before any query; the previous hook is saved and called by ours.
     unsafe {
         PREV_CHECK_PERMS = pg_sys::ExecutorCheckPerms_hook;
         pg_sys::ExecutorCheckPerms_hook = Some(check_perms);
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
     }
+    crate::hook_chain::check_before_running(refuse_cast_statement);
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    // SAFETY: pstmt is the statement Postgres is about to run; its utilityStmt is a valid node, read only here.
+/// The utility check (hook_chain.rs): `CREATE CAST` goes to `refuse_function_cast_to_uuid`.
+///
+/// # Safety
+/// `stmt` must be the valid parse tree of the utility statement about to run.
+unsafe fn refuse_cast_statement(stmt: *mut pg_sys::Node) {
+    // SAFETY (caller): a valid node, whose tag tells its type.
     unsafe {
-        let stmt = (*pstmt).utilityStmt;
-        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_CreateCastStmt {
+        if (*stmt).type_ == pg_sys::NodeTag::T_CreateCastStmt {
             refuse_function_cast_to_uuid(stmt.cast());
         }
-    }
-    // SAFETY: the arguments Postgres gave this hook, unchanged.
-    unsafe {
-        next_process_utility(
-            PREV_PROCESS_UTILITY,
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        )
     }
 }
 

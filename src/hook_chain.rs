@@ -1,9 +1,71 @@
-//! hook_chain — passing a utility statement on to the next `ProcessUtility` hook in the chain, or to Postgres' own
-//! `standard_ProcessUtility` when there is none: for the modules that install that hook (usage/hooks.rs, which
-//! measures statements, pool_guard.rs, which refuses cursors WITH HOLD in a context, and fk_validation.rs, which refuses
-//! casts to uuid that would run a user's function as the owner of nile.tenants).
+//! hook_chain — the `ProcessUtility` hook chain: passing a utility statement on to the next hook, or to Postgres' own
+//! `standard_ProcessUtility` when there is none (for usage/hooks.rs, which wraps every statement to measure it), and
+//! one hook shared by the modules that only look at a statement before it runs and may refuse it
+//! (`check_before_running`: pool_guard.rs refuses cursors WITH HOLD in a context, fk_validation.rs casts to uuid that
+//! would run a user's function as the owner of nile.tenants), so that a utility statement passes one such hook, not
+//! one per check.
 
 use pgrx::prelude::*;
+
+/// A look at a utility statement's parse tree (never NULL) before it runs; it raises to refuse the statement.
+pub type UtilityCheck = unsafe fn(*mut pg_sys::Node);
+
+/// The checks registered so far, in registration order (there are two; the room is fixed, registration happens in
+/// `_PG_init`).
+static mut CHECKS: [Option<UtilityCheck>; 4] = [None; 4];
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// Called from an `init()` in `_PG_init`: run `check` on every utility statement before it runs. The first call
+/// installs the shared hook.
+pub fn check_before_running(check: UtilityCheck) {
+    // SAFETY: _PG_init runs once per process, on its only thread, before any statement; the previous hook is saved and
+    // called by ours.
+    unsafe {
+        let checks = &mut *(&raw mut CHECKS);
+        if checks[0].is_none() {
+            PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+            pg_sys::ProcessUtility_hook = Some(run_checks);
+        }
+        let Some(free) = checks.iter_mut().find(|c| c.is_none()) else {
+            panic!("hook_chain: more utility checks than CHECKS has room for");
+        };
+        *free = Some(check);
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn run_checks(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query_string: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    // SAFETY: pstmt is the statement Postgres is about to run, its utilityStmt a valid node; CHECKS is only written in
+    // _PG_init; the next hook gets the arguments Postgres gave this one, unchanged.
+    unsafe {
+        let stmt = (*pstmt).utilityStmt;
+        if !stmt.is_null() {
+            for check in (*(&raw const CHECKS)).iter().map_while(|c| *c) {
+                check(stmt);
+            }
+        }
+        next_process_utility(
+            PREV_PROCESS_UTILITY,
+            pstmt,
+            query_string,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        )
+    }
+}
 
 extern "C-unwind" {
     #[link_name = "standard_ProcessUtility"]

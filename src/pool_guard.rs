@@ -5,17 +5,14 @@
 //! the commit of a transaction that declared one and entered a context (in either order: Postgres runs a holdable
 //! cursor to its end when the transaction commits, with what its plan computed in the context, the tenant included).
 //!
-//! Design: one `ProcessUtility` hook, chained to the previous one, that looks at `DeclareCursorStmt` only, and one
+//! Design: a check before each utility statement (hook_chain.rs) that looks at `DeclareCursorStmt` only, and one
 //! transaction callback; installed whenever the library is loaded, which any tenant context needs (`nile.set_tenant()`
 //! is in it).
 
 use crate::context::effective_tenant;
 use crate::errors::Problem;
 use crate::gucs;
-use crate::hook_chain::next_process_utility;
 use pgrx::prelude::*;
-
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 thread_local! {
     /// The names of the cursors WITH HOLD the current transaction declared.
@@ -23,11 +20,9 @@ thread_local! {
 }
 
 pub fn init() {
-    // SAFETY: _PG_init runs once per process before any query; the previous hook is saved and called by ours, and the
-    // callback is registered for the life of the process.
+    crate::hook_chain::check_before_running(check_cursor_declaration);
+    // SAFETY: _PG_init runs once per process before any query; the callback is registered for the life of the process.
     unsafe {
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
     }
 }
@@ -77,22 +72,14 @@ unsafe extern "C-unwind" fn on_xact_event(
     }
 }
 
-#[pg_guard]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query_string: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    // SAFETY: pstmt is the statement Postgres is about to run; its utilityStmt is a valid node, read only here, and a
-    // DeclareCursorStmt's portalname is a NUL-terminated string.
+/// The utility check (hook_chain.rs): a `DECLARE … WITH HOLD` is refused in a context, and remembered otherwise.
+///
+/// # Safety
+/// `stmt` must be the valid parse tree of the utility statement about to run.
+unsafe fn check_cursor_declaration(stmt: *mut pg_sys::Node) {
+    // SAFETY (caller): a valid node, read only here; a DeclareCursorStmt's portalname is a NUL-terminated string.
     let holdable_cursor = unsafe {
-        let stmt = (*pstmt).utilityStmt;
-        if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt {
+        if (*stmt).type_ == pg_sys::NodeTag::T_DeclareCursorStmt {
             let declare = stmt as *mut pg_sys::DeclareCursorStmt;
             ((*declare).options & pg_sys::CURSOR_OPT_HOLD as i32 != 0)
                 .then(|| std::ffi::CStr::from_ptr((*declare).portalname).to_owned())
@@ -103,20 +90,6 @@ unsafe extern "C-unwind" fn process_utility(
     if let Some(name) = holdable_cursor {
         refuse_if_in_a_context();
         HOLDABLE_DECLARED.with(|h| h.borrow_mut().push(name));
-    }
-    // SAFETY: the arguments Postgres gave this hook, unchanged.
-    unsafe {
-        next_process_utility(
-            PREV_PROCESS_UTILITY,
-            pstmt,
-            query_string,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        )
     }
 }
 
