@@ -6,7 +6,7 @@
 #             the admin context: not per tenant, no batches, no progress]
 #   import    nile.import_schema() of one legacy schema  vs  the same INSERT ... SELECT written by hand, in the
 #             tenant's context; once with one owner for both tables (one INSERT ... SELECT, as that owner), once with
-#             the legacy table of another owner (the values pass as text through a staging table, src/import_copy.rs)
+#             the legacy table of another owner (the values pass as text through a staging table, src/tenants/import.rs)
 #   move      scripts/move_tenant.sh of one tenant into a second database  vs  psql \copy out of the source and
 #             \copy into the target as a superuser (no verification, no tenant context, no checksums)
 # Prints seconds per run and the ratios tool / hand-written (below 1: the tool is faster).

@@ -5,7 +5,7 @@
 #      (evaluated only for a row of another tenant, to raise NT005), against a twin table whose policies have the
 #      0.2.0 WITH CHECK: pgbench, BENCH_CLIENTS clients, transactions of set_tenant() + a 100-row INSERT;
 #   b. ADD FOREIGN KEY between two tenant tables of BENCH_ROWS rows each: run by the tables' owner, for whom the
-#      validation goes row by row (src/fk_validation.rs), against the same statement run by a superuser, for whom
+#      validation goes row by row (src/tables/fk_validation.rs), against the same statement run by a superuser, for whom
 #      Postgres keeps its one-query check.
 #
 # Environment: BENCH_ROUNDS (default 5), BENCH_SECONDS per pgbench run (default 10), BENCH_CLIENTS (default 2),

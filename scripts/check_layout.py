@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
-"""scripts/check_layout.py — the module graph of src/ has no import cycle (issue 19).
+"""scripts/check_layout.py — the module graph of src/ has no import cycle, and the module lists match the tree (issue 19).
 
 A module depends on another when its source names it as `crate::<module>` (in a `use` or a path, grouped imports
 `use crate::{a::x, b}` included). Modules are the files of src/ and the folders of src/ with a mod.rs; a folder's
-own files count as the folder. The script prints every cycle (a strongly connected component of more than one module,
-and the modules of it that import each other) and exits 1 if there is one; it first proves on a made-up tree that it
-finds cycles. `make test` runs it first.
+own files count as the folder. Inside each folder the same holds for its files, which name each other as
+`super::<file>` or `crate::<folder>::<file>`. The script prints every cycle (a strongly connected component of more
+than one module, and the modules of it that import each other) and exits 1 if there is one; it first proves on a
+made-up tree that it finds cycles.
+
+It also checks that the module lists match the tree: src/lib.rs declares (`mod x;`) and its header lists (`- `x``)
+exactly the modules of src/, and each folder's mod.rs declares and lists exactly its files. `make test` runs it first.
 """
 import os
 import re
@@ -26,11 +30,14 @@ def modules(root):
     return found
 
 
-def named_modules(source):
-    """Top-level module names a source file reaches through `crate::`."""
-    names = set(re.findall(r"\bcrate::(\w+)", source))
-    for group in re.findall(r"\bcrate::\{([^}]*)\}", source, flags=re.S):
-        names.update(re.findall(r"(?:^|,)\s*(\w+)", group))
+def named_modules(source, prefixes=("crate",)):
+    """Module names a source file reaches through one of `prefixes` (`crate` for the top level; `super` and
+    `crate::<folder>` inside a folder)."""
+    names = set()
+    for prefix in prefixes:
+        names.update(re.findall(r"\b%s::(\w+)" % re.escape(prefix), source))
+        for group in re.findall(r"\b%s::\{([^}]*)\}" % re.escape(prefix), source, flags=re.S):
+            names.update(re.findall(r"(?:^|,)\s*(\w+)", group))
     return names
 
 
@@ -64,17 +71,55 @@ def strongly_connected(graph):
     return result
 
 
-def cycles_in(root):
-    """The import cycles among the modules under `root`, each with the graph's edges."""
-    mods = modules(root)
+def folder_modules(folder):
+    """File name (without .rs) -> [path], for the files of one folder of src/ other than its mod.rs."""
+    return {entry[:-3]: [os.path.join(folder, entry)] for entry in sorted(os.listdir(folder))
+            if entry.endswith(".rs") and entry != "mod.rs"}
+
+
+def graph_of(mods, prefixes):
     graph = {}
     for name, files in mods.items():
         deps = set()
         for path in files:
             with open(path, encoding="utf-8") as f:
-                deps |= named_modules(f.read())
+                deps |= named_modules(f.read(), prefixes)
         graph[name] = {d for d in deps if d in mods and d != name}
-    return [c for c in strongly_connected(graph) if len(c) > 1], graph
+    return graph
+
+
+def cycles_in(root):
+    """The import cycles among the modules under `root` (the top level, then inside each folder, whose modules are
+    named `folder/file`), with the graph's edges."""
+    graph = graph_of(modules(root), ("crate",))
+    cycles = [c for c in strongly_connected(graph) if len(c) > 1]
+    for folder in sorted(e for e in os.listdir(root) if os.path.isfile(os.path.join(root, e, "mod.rs"))):
+        inner = graph_of(folder_modules(os.path.join(root, folder)), ("super", f"crate::{folder}"))
+        cycles += [[f"{folder}/{m}" for m in c] for c in strongly_connected(inner) if len(c) > 1]
+        graph.update({f"{folder}/{m}": {f"{folder}/{d}" for d in deps} for m, deps in inner.items()})
+    return cycles, graph
+
+
+def list_mismatches(root):
+    """Where a module list (lib.rs for src/, mod.rs for each folder: its `mod` declarations and its header's `- `x``
+    items) differs from the files on disk."""
+    problems = []
+
+    def compare(list_file, on_disk, ignore=()):
+        with open(list_file, encoding="utf-8") as f:
+            text = f.read()
+        declared = set(re.findall(r"^\s*(?:pub(?:\([^)]*\))? )?mod (\w+);", text, flags=re.M)) - set(ignore)
+        header = "\n".join(line for line in text.splitlines() if line.startswith("//!"))
+        listed = set(re.findall(r"^//! - `(\w+)/?`", header, flags=re.M))
+        name = os.path.relpath(list_file, os.path.dirname(root))
+        for what, found in (("declares", declared), ("lists in its header", listed)):
+            if found != on_disk:
+                problems.append(f"{name} {what} {sorted(found)}, the tree has {sorted(on_disk)}")
+
+    compare(os.path.join(root, "lib.rs"), set(modules(root)) - {"pg_tests"}, ignore=("pg_tests",))
+    for folder in sorted(e for e in os.listdir(root) if os.path.isfile(os.path.join(root, e, "mod.rs"))):
+        compare(os.path.join(root, folder, "mod.rs"), set(folder_modules(os.path.join(root, folder))))
+    return problems
 
 
 def self_test():
@@ -99,6 +144,21 @@ def self_test():
             f.write("")
         found, _ = cycles_in(root)
         assert found == [], found
+        # Inside a folder: two files that import each other (one through super::, one through crate::e::).
+        with open(os.path.join(root, "e", "f.rs"), "w", encoding="utf-8") as f:
+            f.write("use super::g::x;")
+        with open(os.path.join(root, "e", "g.rs"), "w", encoding="utf-8") as f:
+            f.write("use crate::e::{f, h};")
+        found, _ = cycles_in(root)
+        assert found == [["e/f", "e/g"]], found
+        # The lists: lib.rs without `mod e;`, and e/mod.rs declaring f only and listing nothing.
+        with open(os.path.join(root, "lib.rs"), "w", encoding="utf-8") as f:
+            f.write("//! - `a`\n//! - `b`\n//! - `d`\n//! - `e/`\nmod a;\nmod b;\nmod d;\n")
+        with open(os.path.join(root, "e", "mod.rs"), "w", encoding="utf-8") as f:
+            f.write("//! e\nmod f;\n")
+        problems = list_mismatches(root)
+        assert len(problems) == 3 and problems[0].endswith("lib.rs declares ['a', 'b', 'd'], the tree has "
+                                                         "['a', 'b', 'd', 'e']"), problems
 
 
 def main():
@@ -108,9 +168,13 @@ def main():
         mutual = sorted({tuple(sorted((a, b))) for a in cycle for b in graph[a] if a in graph[b]})
         print(f"check_layout: import cycle among {', '.join(cycle)}"
               + (f"; importing each other: {', '.join(a + ' <-> ' + b for a, b in mutual)}" if mutual else ""))
-    if cycles:
+    problems = list_mismatches(ROOT)
+    for problem in problems:
+        print(f"check_layout: {problem}")
+    if cycles or problems:
         sys.exit(1)
-    print(f"check_layout: {len(graph)} modules of src/, no import cycle")
+    print(f"check_layout: {len(graph)} modules and files of src/, no import cycle; lib.rs and every mod.rs list the "
+          "tree")
 
 
 if __name__ == "__main__":

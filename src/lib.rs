@@ -1,55 +1,33 @@
 //! nile_tenancy — a multi-tenant PostgreSQL: tenants, an unforgeable tenant context and row-level isolation that the
 //! database manages for you.
 //!
-//! Modules, one concern each:
-//! - `gucs`: every `nile.*` setting, and the guard that lets only the extension set the tenant and admin contexts
-//! - `context`: `nile.set_tenant()`, `nile.clear_tenant()`, `nile.current_tenant()` and the policy functions
-//! - `tenant_cache`: per-backend cache of tenant status, read from `nile.tenants` by index, invalidated on change
-//! - `tenants`: the tenant lifecycle (create, update, soft delete, purge), and tenant tables in foreign-key order
-//! - `tokens`: signed tenant tokens (`nile.set_tenant_token()`, `nile.sign_tenant_token()`)
-//! - `tenancy`: enrolling tables (`nile.enable_tenancy()`, `nile.disable_tenancy()`)
-//! - `ddl/`: the DDL event triggers that enroll, protect and forget tables as the schema changes (`events`), and their
-//!   SPI-free first look: does this command's table concern tenancy at all? (`prefilter`)
-//! - `fk_validation`: foreign keys validated over every tenant's rows, never over one tenant's view
-//! - `admin`: `nile.admin_context()`, its audit and its row-security hook
-//! - `policy_guard`: restrictive copies of the tenant policies, so that no other permissive policy can widen them
-//! - `rls_policies`: the generated policies of a relation and the previous hooks' policies, for both row-security hooks
-//! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
-//! - `own_ddl`: the extension's own DDL, which its event triggers leave alone
-//! - `own_tables`: reading the extension's own tables by heap and index, without SPI or row-level security
-//! - `privilege`: role checks and running the extension's own SQL with its rights
-//! - `spi_util`: running the extension's own SQL (never with a row limit on writes)
-//! - `usage/`: per-tenant usage metering (counters in shared memory, their persistence, the statement hooks, the SQL
-//!   views' functions, the durable history and its flush workers; see usage/mod.rs)
-//! - `uuid_text`: canonical UUID text and UUIDv7 generation
-//! - `errors`: raising errors with a SQLSTATE, detail and hint; Rust backtraces kept out of them (to the server log)
+//! Folders and modules, one concern each (each folder's mod.rs lists its files; docs/contributing.md explains the
+//! layout; scripts/check_layout.py proves that no two of them import each other):
+//! - `pg/`: Postgres plumbing that knows nothing of tenants: errors with their SQLSTATE, settings written the way `SET`
+//!   does, privileges and the extension's own SQL, SPI, reading its own tables, the `ProcessUtility` chain, UUID text
+//! - `settings`: the plain `nile.*` settings behind typed getters
+//! - `context/`: who a session works for: the unforgeable tenant and admin contexts, tenant status cache, tokens,
+//!   tenant-bound roles, `nile.admin_context()`, and what a context may not leave on a pooled connection
+//! - `rls/`: the row-security hooks: restrictive copies of the tenant policies, the admin context's allow-all policy
+//! - `tables/`: enrolling tenant tables, the extension's own DDL, foreign keys validated over every tenant's rows
+//! - `ddl/`: the DDL event triggers that enroll, protect and forget tables as the schema changes
+//! - `tenants/`: the tenant lifecycle (create, update, soft delete, purge), storage per tenant, the import's steps
+//! - `usage/`: per-tenant usage metering: shared-memory counters, their persistence, the statement hooks, the views'
+//!   functions, the durable history and its flush workers
+//!
+//! A folder imports only folders listed above it, never one below (`pg/` none; `usage/` and `tenants/` may use
+//! `context/`; `ddl/` uses `tables/`).
 
 use pgrx::prelude::*;
 
-mod admin;
 mod context;
 mod ddl;
-mod errors;
-mod fk_validation;
-mod gucs;
-mod heap_scan;
-mod hook_chain;
-mod import_copy;
-mod own_ddl;
-mod own_tables;
-mod policy_guard;
-mod pool_guard;
-mod privilege;
-mod rls_policies;
-mod role_binding;
-mod spi_util;
-mod tenancy;
-mod tenant_cache;
-mod tenant_storage;
+mod pg;
+mod rls;
+mod settings;
+mod tables;
 mod tenants;
-mod tokens;
 mod usage;
-mod uuid_text;
 
 pgrx::pg_module_magic!(name, version);
 
@@ -69,14 +47,14 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    errors::init();
-    gucs::init();
-    tenant_cache::init();
-    admin::init();
-    fk_validation::init();
-    policy_guard::init();
-    pool_guard::init();
-    role_binding::init();
+    pg::init();
+    context::init();
+    // After every other `nile.*` setting is defined (the guarded ones by context::init()): reserving the prefix stops
+    // placeholders from being created under it.
+    settings::init();
+    settings::reserve_prefix();
+    rls::init();
+    tables::init();
     usage::init();
 }
 

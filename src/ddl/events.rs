@@ -16,12 +16,12 @@
 //! recreates the policies and the registry itself (the registry's rows are in the dump).
 
 use super::prefilter::{self, command_may_concern_tenancy};
-use crate::errors::{OrInternal, Problem};
-use crate::gucs::AUTO_ENABLE;
-use crate::own_ddl::{in_own_ddl, own_ddl};
-use crate::privilege::{as_extension_owner, with_safe_search_path};
-use crate::spi_util::{execute, first_value, required_column, saved_plan_column};
-use crate::tenancy::{self, check_can_enroll, table_facts, table_tree};
+use crate::pg::errors::{OrInternal, Problem};
+use crate::pg::privilege::{as_extension_owner, with_safe_search_path};
+use crate::pg::spi_util::{execute, first_value, required_column, saved_plan_column};
+use crate::settings;
+use crate::tables::enrolment::{self, check_can_enroll, table_facts, table_tree};
+use crate::tables::own_ddl::{in_own_ddl, own_ddl};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, SpiClient};
@@ -79,7 +79,7 @@ pub unsafe extern "C-unwind" fn nile_ddl_command_end(
     unsafe {
         let tree = (*data).parsetree;
         if !tree.is_null() && (*tree).type_ == pg_sys::NodeTag::T_CreateCastStmt {
-            crate::fk_validation::refuse_function_cast_to_uuid(tree.cast());
+            crate::tables::fk_validation::refuse_function_cast_to_uuid(tree.cast());
             return pg_sys::Datum::from(0);
         }
     }
@@ -196,7 +196,7 @@ fn registered_children(
     client: &SpiClient<'_>,
     relid: pg_sys::Oid,
 ) -> Vec<(pg_sys::Oid, pg_sys::Oid)> {
-    crate::spi_util::select(
+    crate::pg::spi_util::select(
         client,
         "SELECT t.relid::oid, coalesce(t.parent, t.relid)::oid
          FROM pg_inherits i JOIN nile.tenant_tables t ON t.relid::oid = i.inhrelid
@@ -239,7 +239,7 @@ fn adopt_members(client: &mut SpiClient<'_>, root: pg_sys::Oid) {
     )
     .unwrap_or_else(|| "tenant_id".into());
     let col = quote_identifier(&column);
-    let registered: Vec<pg_sys::Oid> = crate::spi_util::select(client, "SELECT relid::oid FROM nile.tenant_tables WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
+    let registered: Vec<pg_sys::Oid> = crate::pg::spi_util::select(client, "SELECT relid::oid FROM nile.tenant_tables WHERE relid = $1::oid::regclass OR parent = $1::oid::regclass",
             None,
             &[root.into()])
         .map(|row| required_column::<pg_sys::Oid>(&row, 1))
@@ -265,9 +265,9 @@ fn adopt_members(client: &mut SpiClient<'_>, root: pg_sys::Oid) {
     as_extension_owner(|| {
         own_ddl(|| {
             for member in &newcomers {
-                tenancy::protect_member(client, member, &column, &col);
+                enrolment::protect_member(client, member, &column, &col);
             }
-            tenancy::register(client, root, &newcomers, &column);
+            enrolment::register(client, root, &newcomers, &column);
             // Registered under root but no longer below it (detached): the top of what was detached is a tenant table
             // of its own now, and what is below it moves under it.
             execute(
@@ -324,7 +324,7 @@ fn follow_renamed_column(client: &mut SpiClient<'_>, relid: pg_sys::Oid) {
 /// sql/verify.sql, which `nile.verify()` uses too).
 fn refuse_unprotected(client: &SpiClient<'_>, relid: pg_sys::Oid, root: pg_sys::Oid) {
     let problems: Vec<String> = as_extension_owner(|| {
-        crate::spi_util::select(
+        crate::pg::spi_util::select(
             client,
             "SELECT problem FROM nile._protection_problems($1::oid::regclass)",
             None,
@@ -360,7 +360,7 @@ fn regclass_text(client: &SpiClient<'_>, relid: pg_sys::Oid) -> String {
 fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
     // The highest table of relid's tree that has a tenant column (a partition's root has it whenever the partition
     // does), unless that tree holds an excluded table or is not a place for tenant tables.
-    let target = crate::spi_util::select(client, &format!(
+    let target = crate::pg::spi_util::select(client, &format!(
                 "WITH RECURSIVE up(relid, level) AS (
                      SELECT $1::oid, 0
                      UNION SELECT i.inhparent, up.level + 1 FROM pg_inherits i JOIN up ON i.inhrelid = up.relid)
@@ -390,7 +390,7 @@ fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
         return;
     };
     let facts = table_facts(client, target);
-    if !AUTO_ENABLE.get() {
+    if !settings::auto_enable() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_WARNING,
             format!(
@@ -416,7 +416,7 @@ fn enroll_if_tenant_table(client: &SpiClient<'_>, relid: pg_sys::Oid) {
     // Say why a CREATE TABLE or ALTER TABLE failed on something the user did not write.
     let table = facts.qualified.clone();
     PgTryBuilder::new(AssertUnwindSafe(|| {
-        tenancy::enroll(target, &facts, &column, None)
+        enrolment::enroll(target, &facts, &column, None)
     }))
     .catch_others(|caught| match caught {
         CaughtError::PostgresError(report) | CaughtError::ErrorReport(report) => {
@@ -504,7 +504,7 @@ fn refuse_dropped_tenant_objects(client: &mut SpiClient<'_>) {
     problem.raise();
 }
 
-/// An enrolled table that still exists, whose index named as the enrolment names it (`tenancy::generated_index_name`,
+/// An enrolled table that still exists, whose index named as the enrolment names it (`enrolment::generated_index_name`,
 /// for ASCII names) was dropped by the command itself (not as part of a dropped table), and that has no index leading
 /// with its tenant column any more: "index", "<index> on <table>" and the table's root, a line each.
 const DROPPED_TENANT_INDEX: &str =

@@ -6,7 +6,7 @@
 //! - `sql_drop`: the dropped objects, read straight from `pg_event_trigger_dropped_objects()`: which dropped tables
 //!   are in the registry or the exclusion list, and whether a `nile_tenant_*` policy is among them.
 
-use crate::own_tables::{scan_key, NileTable};
+use crate::pg::own_tables::{scan_key, NileTable};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -15,7 +15,7 @@ use std::ffi::CStr;
 ///
 /// # Safety
 /// `data` is the `EventTriggerData` Postgres passed to a `ddl_command_end` event trigger.
-pub unsafe fn command_may_concern_tenancy(data: *const pg_sys::EventTriggerData) -> bool {
+pub(super) unsafe fn command_may_concern_tenancy(data: *const pg_sys::EventTriggerData) -> bool {
     // SAFETY (caller): data and its parse tree are valid for the duration of the trigger call.
     match unsafe { tables_named_by((*data).parsetree) } {
         Some(relids) => relids.into_iter().any(table_may_concern_tenancy),
@@ -302,7 +302,7 @@ unsafe fn name_key(
 }
 
 /// What a `sql_drop` event dropped, as far as the triggers care.
-pub struct Dropped {
+pub(super) struct Dropped {
     /// Dropped tables that were enrolled or excluded (their bookkeeping must go).
     pub registered_tables: Vec<pg_sys::Oid>,
     /// Whether a policy named `nile_tenant_*` was dropped (the full check decides whether its table stays).

@@ -2,7 +2,7 @@
 //! themselves, and who may read them, are in sql/finalize.sql; the history and `nile.reset_usage()` are in
 //! usage/history.rs.
 
-use crate::usage::store::{self, CounterValues, RowKind, UsageKey};
+use crate::usage::store::{self, count, ms, this_database, CounterValues, RowKind, UsageKey};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -21,16 +21,6 @@ macro_rules! usage_functions {
             }
         )*
     };
-}
-
-/// Nanoseconds as milliseconds, for the SQL columns.
-pub(crate) fn ms(ns: u64) -> f64 {
-    ns as f64 / 1_000_000.0
-}
-
-/// A counter as a bigint column (saturating).
-pub(crate) fn count(n: u64) -> i64 {
-    i64::try_from(n).unwrap_or(i64::MAX)
 }
 
 fn timestamp(t: i64) -> Option<TimestampWithTimeZone> {
@@ -72,12 +62,6 @@ fn usage_row(key: &UsageKey, v: &CounterValues) -> UsageRow {
     )
 }
 
-/// The database this backend is connected to.
-pub(crate) fn this_database() -> pg_sys::Oid {
-    // SAFETY: reads the backend's database id.
-    unsafe { pg_sys::MyDatabaseId }
-}
-
 usage_functions! {
     columns = (
     name!(kind, String),
@@ -115,7 +99,7 @@ usage_functions! {
     /// `nile._my_usage()`: the usage row of the session's own tenant only (under `nile.my_usage`; everyone).
     fn my_usage_rows as "_my_usage" {
         store::require_available("nile.my_usage");
-        match crate::context::effective_tenant() {
+        match crate::context::tenant::effective_tenant() {
             Some(tenant) => {
                 let mine = UsageKey::new(this_database(), RowKind::Tenant, Some(tenant));
                 store::snapshot(this_database())

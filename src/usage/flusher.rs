@@ -22,7 +22,7 @@ const LOCK_TIMEOUT: &std::ffi::CStr = c"10s";
 
 /// Called from _PG_init: register the launcher when the library is being preloaded.
 pub fn init() {
-    if !crate::gucs::preloaded() {
+    if !crate::settings::preloaded() {
         return;
     }
     BackgroundWorkerBuilder::new(LAUNCHER_NAME)
@@ -34,7 +34,7 @@ pub fn init() {
 }
 
 fn interval() -> Option<Duration> {
-    let seconds = crate::gucs::USAGE_FLUSH_INTERVAL.get();
+    let seconds = crate::settings::usage_flush_interval();
     (seconds > 0).then(|| Duration::from_secs(seconds as u64))
 }
 
@@ -150,8 +150,8 @@ pub extern "C-unwind" fn nile_usage_flush_worker_main(arg: pg_sys::Datum) {
     let database = pg_sys::Oid::from(arg.value() as u32);
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(database), None);
     BackgroundWorker::transaction(|| {
-        crate::privilege::with_safe_search_path(|| {
-            let installed = crate::spi_util::query_value::<bool>(
+        crate::pg::privilege::with_safe_search_path(|| {
+            let installed = crate::pg::spi_util::query_value::<bool>(
                 "SELECT EXISTS (SELECT FROM pg_catalog.pg_extension WHERE extname = 'nile_tenancy')
                     AND pg_catalog.to_regclass('nile.usage_history') IS NOT NULL",
                 &[],
@@ -162,10 +162,10 @@ pub extern "C-unwind" fn nile_usage_flush_worker_main(arg: pg_sys::Datum) {
                 store::forget_databases(|d| d == database.to_u32());
                 return;
             }
-            crate::gucs::set_setting(
+            crate::pg::guc::set_setting(
                 c"lock_timeout",
                 LOCK_TIMEOUT,
-                crate::gucs::Scope::Transaction,
+                crate::pg::guc::Scope::Transaction,
             );
             crate::usage::history::flush_database();
         })

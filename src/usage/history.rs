@@ -8,10 +8,10 @@
 //! session, or the background worker in usage/flusher.rs) starts from exactly what this one wrote. A flush that rolls
 //! back, wholly or to a savepoint, leaves the flushed copies as they were.
 
-use crate::errors::{OrInternal, Problem};
-use crate::privilege::require_role;
-use crate::usage::api::{count, ms, this_database};
+use crate::pg::errors::{OrInternal, Problem};
+use crate::pg::privilege::require_role;
 use crate::usage::store::{self, CounterValues, FlushView, RowKind, UsageKey};
+use crate::usage::store::{count, ms, this_database};
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
@@ -41,7 +41,7 @@ thread_local! {
 }
 
 /// One period of one row: what it did between `start` and `end`.
-pub struct Period {
+pub(super) struct Period {
     pub key: UsageKey,
     pub start: i64,
     pub end: i64,
@@ -141,13 +141,13 @@ fn column<T>(rows: &[PeriodRow], field: impl Fn(&PeriodRow) -> T) -> Vec<T> {
 /// Write this database's usage not yet in the history into `nile.usage_history`; the rows count as flushed when
 /// the transaction commits. Returns how many history rows were written. Runs as the extension's owner: callers check
 /// the caller's rights first.
-pub fn flush_database() -> i64 {
+pub(super) fn flush_database() -> i64 {
     store::require_available("nile.flush_usage()");
     crate::usage::hooks::not_counted(|| {
-        crate::privilege::as_extension_owner(|| {
+        crate::pg::privilege::as_extension_owner(|| {
             Spi::connect_mut(|client| {
                 // One flush per database at a time, held to the end of the transaction (see the module header).
-                crate::spi_util::execute(
+                crate::pg::spi_util::execute(
                     client,
                     "LOCK TABLE nile.usage_history IN SHARE ROW EXCLUSIVE MODE",
                     &[],
@@ -179,7 +179,7 @@ pub fn flush_database() -> i64 {
                     column(&rows, |r| r.17).into(),
                     column(&rows, |r| r.18).into(),
                 ];
-                let written = crate::spi_util::execute(client, INSERT_PERIODS, &args);
+                let written = crate::pg::spi_util::execute(client, INSERT_PERIODS, &args);
                 for (period, row) in periods {
                     at_commit(AtCommit::Flushed {
                         key: row.key,
@@ -211,9 +211,9 @@ fn reset_usage(tenant_id: default!(Option<Uuid>, "NULL")) {
     store::require_available("nile.reset_usage()");
     flush_database();
     // pg_database is shared: every database sees all of them.
-    let live_databases: Vec<u32> = crate::privilege::as_extension_owner(|| {
+    let live_databases: Vec<u32> = crate::pg::privilege::as_extension_owner(|| {
         Spi::connect(|client| {
-            crate::spi_util::select(client, "SELECT oid FROM pg_catalog.pg_database", None, &[])
+            crate::pg::spi_util::select(client, "SELECT oid FROM pg_catalog.pg_database", None, &[])
                 .filter_map(|row| row.get::<pg_sys::Oid>(1).ok().flatten())
                 .map(|o| o.to_u32())
                 .collect()

@@ -15,7 +15,8 @@
 //! Because an ERROR skips the "after" half, the nesting level is put back by the (sub)transaction abort callbacks,
 //! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
 
-use crate::gucs;
+use crate::context::guard;
+use crate::settings;
 use crate::usage::store::{self, CounterValues, RowKind, StatementUsage, UsageKey};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -122,7 +123,7 @@ pub fn init() {
 
 /// Counting needs the shared memory, which only exists when the library is preloaded.
 fn usage_store_possible() -> bool {
-    gucs::preloaded()
+    settings::preloaded()
 }
 
 /// Should this top-level statement be measured? Only with tracking on, in a database that has the extension (its
@@ -137,19 +138,19 @@ fn tracking() -> bool {
             && pg_sys::MyDatabaseId != pg_sys::InvalidOid
             && !pg_sys::ActivePortal.is_null()
     };
-    gucs::TRACK_USAGE.get()
+    settings::track_usage()
         && client_statement
         && store::available()
-        && crate::own_tables::nile_namespace().is_some()
+        && crate::pg::own_tables::nile_namespace().is_some()
 }
 
 /// The row a statement starting now counts in.
 fn current_key() -> UsageKey {
-    let database = crate::usage::api::this_database();
-    if gucs::admin_in_force() {
+    let database = crate::usage::store::this_database();
+    if guard::admin_in_force() {
         return UsageKey::new(database, RowKind::Admin, None);
     }
-    match crate::context::effective_tenant() {
+    match crate::context::tenant::effective_tenant() {
         Some(tenant) => UsageKey::new(database, RowKind::Tenant, Some(tenant)),
         None => UsageKey::new(database, RowKind::NoTenant, None),
     }
@@ -429,7 +430,7 @@ unsafe extern "C-unwind" fn rows_of(query_desc: *mut pg_sys::QueryDesc) -> u64 {
 
 /// Run `f`, the extension's own bookkeeping (writing the usage history), without adding the rows it writes to the
 /// statement that runs it: they are not the user's work.
-pub fn not_counted<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn not_counted<R>(f: impl FnOnce() -> R) -> R {
     struct Leave;
     impl Drop for Leave {
         fn drop(&mut self) {
@@ -507,17 +508,17 @@ fn finish(measured: Measured) {
     if measured.usage.failed || measured.key == current_key() {
         add_pending(measured.key, &measured.usage);
     }
-    let slow_ms = gucs::SLOW_STATEMENT_MS.get();
+    let slow_ms = settings::slow_statement_ms();
     let elapsed_ms = measured.usage.time_ns as f64 / 1_000_000.0;
     if slow_ms >= 0 && !measured.usage.failed && elapsed_ms >= slow_ms as f64 {
         let who = match measured.key.kind() {
             RowKind::Tenant => format!(
                 "tenant {}",
-                crate::uuid_text::format_uuid(&measured.key.tenant)
+                crate::pg::uuid_text::format_uuid(&measured.key.tenant)
             ),
             kind => kind.label().to_string(),
         };
-        crate::errors::Problem::new(
+        crate::pg::errors::Problem::new(
             PgSqlErrorCode::ERRCODE_SUCCESSFUL_COMPLETION,
             // The server log's STATEMENT line that follows carries the statement's text.
             format!("nile_tenancy: slow statement for {who}: {elapsed_ms:.3} ms"),
@@ -619,7 +620,7 @@ unsafe extern "C-unwind" fn process_utility(
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
     unsafe {
         let role = before_utility(pstmt);
-        crate::hook_chain::next_process_utility(
+        crate::pg::hook_chain::next_process_utility(
             PREV_PROCESS_UTILITY,
             pstmt,
             query_string,

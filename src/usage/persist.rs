@@ -13,7 +13,7 @@ static mut PREV_SHMEM_STARTUP_HOOK: pg_sys::shmem_startup_hook_type = None;
 /// runs after the counters' own (it is installed later, so it calls that one first) and, in the postmaster, brings back
 /// what the last clean shutdown saved and arranges to save it again at the next one.
 pub fn init() {
-    if !crate::gucs::preloaded() {
+    if !crate::settings::preloaded() {
         return;
     }
     // SAFETY: _PG_init runs in the postmaster while shared_preload_libraries is processed; the previous hook is saved

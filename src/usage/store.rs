@@ -9,7 +9,7 @@
 //!
 //! Only the postmaster creates the memory (shared_preload_libraries); without preloading `available()` is false.
 
-use crate::errors::Problem;
+use crate::pg::errors::Problem;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 /// Latency histogram buckets: bucket `i` counts statements that took [2^(i/3), 2^((i+1)/3)) microseconds (bucket 0
 /// also everything under 1 µs, the last one everything above ~2^32 µs = 71 minutes). Relative error of a percentile
 /// read from it: under 13 %.
-pub const HISTOGRAM_BUCKETS: usize = 96;
+pub(super) const HISTOGRAM_BUCKETS: usize = 96;
 const BUCKETS_PER_DOUBLING: f64 = 3.0;
 
 /// Rows that are not tenants (no tenant, admin, overflow: three per database using the extension).
@@ -42,7 +42,7 @@ pub enum RowKind {
 }
 
 impl RowKind {
-    pub fn label(self) -> &'static str {
+    pub(super) fn label(self) -> &'static str {
         match self {
             RowKind::Tenant => "tenant",
             RowKind::NoTenant => "no tenant",
@@ -95,7 +95,7 @@ impl UsageKey {
 /// What one top-level statement did, measured in the backend (its CPU time is shared out per transaction: see
 /// usage/hooks.rs).
 #[derive(Default, Clone, Copy, Debug)]
-pub struct StatementUsage {
+pub(super) struct StatementUsage {
     pub failed: bool,
     pub rows_returned: u64,
     pub rows_inserted: u64,
@@ -152,7 +152,7 @@ pub struct CounterValues {
 }
 
 /// The histogram bucket of a duration.
-pub fn bucket_of(time_ns: u64) -> usize {
+pub(super) fn bucket_of(time_ns: u64) -> usize {
     let micros = time_ns as f64 / 1000.0;
     if micros < 1.0 {
         return 0;
@@ -282,7 +282,7 @@ impl Default for CounterValues {
 
 impl CounterValues {
     /// Add one finished statement.
-    pub fn add_statement(&mut self, s: &StatementUsage) {
+    pub(super) fn add_statement(&mut self, s: &StatementUsage) {
         self.statements += 1;
         self.errors += s.failed as u64;
         self.rows_returned += s.rows_returned;
@@ -332,7 +332,7 @@ impl CounterValues {
 
     /// The `q` quantile (0 < q < 1) of the statements' execution time in milliseconds, interpolated inside its
     /// histogram bucket and never above the maximum seen; None without statements.
-    pub fn percentile_ms(&self, q: f64) -> Option<f64> {
+    pub(super) fn percentile_ms(&self, q: f64) -> Option<f64> {
         let total: u64 = self.histogram.iter().sum();
         if total == 0 {
             return None;
@@ -367,7 +367,7 @@ struct Entry {
 
 /// One row as a flush sees it: what it counts now and what of that is already in `nile.usage_history`.
 #[derive(Clone, Debug)]
-pub struct FlushView {
+pub(super) struct FlushView {
     pub key: UsageKey,
     pub epoch: u64,
     pub current: CounterValues,
@@ -414,7 +414,7 @@ thread_local! {
 }
 
 fn capacity() -> u64 {
-    crate::gucs::MAX_TRACKED_TENANTS.get().max(1) as u64
+    crate::settings::max_tracked_tenants().max(1) as u64
 }
 
 fn table_rows() -> i64 {
@@ -433,7 +433,7 @@ fn shmem_size() -> pg_sys::Size {
 
 /// Called from _PG_init: reserve the memory and the lock when the library is being preloaded.
 pub fn init() {
-    if !crate::gucs::preloaded() {
+    if !crate::settings::preloaded() {
         return;
     }
     // SAFETY: _PG_init runs in the postmaster while shared_preload_libraries is processed; the previous hooks are
@@ -513,19 +513,19 @@ unsafe extern "C-unwind" fn shmem_startup() {
 
 /// Whether this process created the counters' shared memory (the postmaster at start: usage/persist.rs then loads
 /// what the last clean shutdown saved), rather than attaching to it.
-pub fn created_here() -> bool {
+pub(super) fn created_here() -> bool {
     // SAFETY: written once by shmem_startup in this process, before any reader runs.
     unsafe { CREATED_HERE }
 }
 
 /// Whether the shared memory exists (the library was preloaded).
-pub fn available() -> bool {
+pub(super) fn available() -> bool {
     // SAFETY: SHARED is written once in shmem_startup, before any backend exists.
     unsafe { !(&raw const SHARED).read().is_null() }
 }
 
 /// Raise 55000 with a hint unless the shared memory exists.
-pub fn require_available(what: &str) {
+pub(super) fn require_available(what: &str) {
     if !available() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -743,7 +743,7 @@ unsafe fn for_each_entry(mut visit: impl FnMut(&Entry)) {
 
 /// A copy of every row of every database, with the lost row as database 0: for the file saved at shutdown. Only
 /// when no backend runs any more (the postmaster at shutdown), so without the lock.
-pub fn snapshot_for_shutdown() -> Vec<SavedRow> {
+pub(super) fn snapshot_for_shutdown() -> Vec<SavedRow> {
     let mut rows = Vec::new();
     if !available() {
         return rows;
@@ -833,7 +833,7 @@ pub fn snapshot(database: pg_sys::Oid) -> Vec<(UsageKey, CounterValues)> {
 }
 
 /// Every row of `database` with what of it the history already has, for a flush (see usage/history.rs).
-pub fn flush_view(database: pg_sys::Oid) -> Vec<FlushView> {
+pub(super) fn flush_view(database: pg_sys::Oid) -> Vec<FlushView> {
     rows_of(database, |entry| FlushView {
         key: entry.key,
         epoch: entry.epoch,
@@ -845,7 +845,7 @@ pub fn flush_view(database: pg_sys::Oid) -> Vec<FlushView> {
 
 /// Record that `values` of row `key` (the incarnation `epoch`) are now in the history, as of `at`. A row that was
 /// reset since it was read is left alone. Cannot fail: called when a flush commits.
-pub fn mark_flushed(key: &UsageKey, epoch: u64, values: &CounterValues, at: i64) {
+pub(super) fn mark_flushed(key: &UsageKey, epoch: u64, values: &CounterValues, at: i64) {
     if !available() {
         return;
     }
@@ -862,7 +862,7 @@ pub fn mark_flushed(key: &UsageKey, epoch: u64, values: &CounterValues, at: i64)
 }
 
 /// The databases that have a row with usage not yet in their history.
-pub fn databases_with_unflushed_usage() -> Vec<u32> {
+pub(super) fn databases_with_unflushed_usage() -> Vec<u32> {
     let mut databases = Vec::new();
     if !available() {
         return databases;
@@ -890,7 +890,11 @@ pub fn databases_with_unflushed_usage() -> Vec<u32> {
 
 /// Remove the rows of `database` (only the tenant's row when `tenant` is given), and the rows of databases that no
 /// longer exist (not in `live_databases`). Returns how many were removed.
-pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>, live_databases: &[u32]) -> u64 {
+pub(super) fn reset(
+    database: pg_sys::Oid,
+    tenant: Option<[u8; 16]>,
+    live_databases: &[u32],
+) -> u64 {
     let database = database.to_u32();
     remove_rows(
         |key| {
@@ -906,7 +910,7 @@ pub fn reset(database: pg_sys::Oid, tenant: Option<[u8; 16]>, live_databases: &[
 }
 
 /// Remove every row of the databases for which `doomed` is true (dropped, or without the extension any more).
-pub fn forget_databases(doomed: impl Fn(u32) -> bool) -> u64 {
+pub(super) fn forget_databases(doomed: impl Fn(u32) -> bool) -> u64 {
     remove_rows(|key| doomed(key.database), false)
 }
 
@@ -992,4 +996,20 @@ mod tests {
             assert!(values.percentile_ms(0.99).unwrap() <= max_ms, "{ns} ns");
         }
     }
+}
+
+/// Nanoseconds as milliseconds, for the SQL columns.
+pub(super) fn ms(ns: u64) -> f64 {
+    ns as f64 / 1_000_000.0
+}
+
+/// A counter as a bigint column (saturating).
+pub(super) fn count(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// The database this backend is connected to.
+pub(super) fn this_database() -> pg_sys::Oid {
+    // SAFETY: reads the backend's database id.
+    unsafe { pg_sys::MyDatabaseId }
 }

@@ -1,8 +1,8 @@
-//! privilege — who may call what, and running the extension's own SQL with the extension's rights.
+//! pg/privilege — who may call what, and running the extension's own SQL with the extension's rights.
 //!
-//! The principle (docs/security.md, "Security model"): no query over a user object is planned or executed with rights its owner
-//! does not have. Planning a query over a table evaluates its owner's IMMUTABLE functions (index expressions and
-//! predicates, statistics expressions, CHECK constraints of inheritance children), and running it fires the owner's
+//! The principle (docs/security.md, "Security model"): no query over a user object is planned or executed with rights
+//! its owner does not have. Planning a query over a table evaluates its owner's IMMUTABLE functions (index expressions
+//! and predicates, statistics expressions, CHECK constraints of inheritance children), and running it fires the owner's
 //! triggers, policies and defaults; so:
 //! - `as_extension_owner`: the bootstrap superuser, for the extension's own tables and for catalog reads only;
 //! - `as_table_owner_policed`: a user table's owner, its policies forced, inside a security-restricted operation (what
@@ -12,8 +12,8 @@
 //! Each entry point checks the caller's rights itself first. Nothing here is SECURITY DEFINER: a function's `SET`
 //! clause would undo the `SET LOCAL` that `nile.set_tenant()` relies on.
 
-use crate::errors::Problem;
-use crate::gucs::{set_setting, Scope};
+use crate::pg::errors::Problem;
+use crate::pg::guc::{set_setting, Scope};
 use pgrx::prelude::*;
 use std::ffi::CString;
 
@@ -167,7 +167,8 @@ impl Drop for Restore {
             return;
         }
         // SAFETY: closes exactly the nesting level opened in run_as and restores the saved identity; isCommit = false
-        // undoes every setting changed at that level, as index_build() and vacuum_rel() do after running an owner's code.
+        // undoes every setting changed at that level, as index_build() and vacuum_rel() do after running an owner's
+        // code.
         unsafe {
             pg_sys::AtEOXact_GUC(self.settings == Settings::Keep, self.nest_level);
             pg_sys::SetUserIdAndSecContext(self.saved_user, self.saved_context);

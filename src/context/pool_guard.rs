@@ -1,17 +1,18 @@
-//! pool_guard — what a tenant context may not leave behind on a server connection that a pool hands to the next
-//! client (issue 18): a cursor declared `WITH HOLD` inside a tenant's context, or inside the admin context, outlives the
-//! transaction that had the context, so the next client on the same connection could `FETCH` the rows it was planned
-//! and opened to read. Such a `DECLARE` is refused (with or without a pooler: the rule has to hold for both), and so is
-//! the commit of a transaction that declared one and entered a context (in either order: Postgres runs a holdable
-//! cursor to its end when the transaction commits, with what its plan computed in the context, the tenant included).
+//! context/pool_guard — what a tenant context may not leave behind on a server connection that a pool hands to the next
+//! client (issue 18): a cursor declared `WITH HOLD` inside a tenant's context, or inside the admin context, outlives
+//! the transaction that had the context, so the next client on the same connection could `FETCH` the rows it was
+//! planned and opened to read. Such a `DECLARE` is refused (with or without a pooler: the rule has to hold for both),
+//! and so is the commit of a transaction that declared one and entered a context (in either order: Postgres runs a
+//! holdable cursor to its end when the transaction commits, with what its plan computed in the context, the tenant
+//! included).
 //!
-//! Design: a check before each utility statement (hook_chain.rs) that looks at `DeclareCursorStmt` only, and one
+//! Design: a check before each utility statement (src/pg/hook_chain.rs) that looks at `DeclareCursorStmt` only, and one
 //! transaction callback; installed whenever the library is loaded, which any tenant context needs (`nile.set_tenant()`
 //! is in it).
 
-use crate::context::effective_tenant;
-use crate::errors::Problem;
-use crate::gucs;
+use super::guard;
+use crate::context::tenant::effective_tenant;
+use crate::pg::errors::Problem;
 use pgrx::prelude::*;
 
 thread_local! {
@@ -19,8 +20,8 @@ thread_local! {
     static HOLDABLE_DECLARED: std::cell::RefCell<Vec<std::ffi::CString>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
-pub fn init() {
-    crate::hook_chain::check_before_running(check_cursor_declaration);
+pub(super) fn init() {
+    crate::pg::hook_chain::check_before_running(check_cursor_declaration);
     // SAFETY: _PG_init runs once per process before any query; the callback is registered for the life of the process.
     unsafe {
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
@@ -37,8 +38,8 @@ unsafe extern "C-unwind" fn on_xact_event(
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             let declared = HOLDABLE_DECLARED.with(|h| std::mem::take(&mut *h.borrow_mut()));
-            if !declared.is_empty() && gucs::context_entered() {
-                gucs::forget_context_entered();
+            if !declared.is_empty() && guard::context_entered() {
+                guard::forget_context_entered();
                 // Postgres has just run them to their end and made them outlive the transaction, even one that
                 // aborts now: close them first.
                 for name in &declared {
@@ -66,13 +67,13 @@ unsafe extern "C-unwind" fn on_xact_event(
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_COMMIT
         | pg_sys::XactEvent::XACT_EVENT_PARALLEL_ABORT => {
             HOLDABLE_DECLARED.with(|h| h.borrow_mut().clear());
-            gucs::forget_context_entered();
+            guard::forget_context_entered();
         }
         _ => {}
     }
 }
 
-/// The utility check (hook_chain.rs): a `DECLARE … WITH HOLD` is refused in a context, and remembered otherwise.
+/// The utility check (src/pg/hook_chain.rs): a `DECLARE … WITH HOLD` is refused in a context, and remembered otherwise.
 ///
 /// # Safety
 /// `stmt` must be the valid parse tree of the utility statement about to run.
@@ -95,7 +96,7 @@ unsafe fn check_cursor_declaration(stmt: *mut pg_sys::Node) {
 
 /// Raise 0A000 inside a tenant's context or the admin context.
 fn refuse_if_in_a_context() {
-    let which = if gucs::admin_in_force() {
+    let which = if guard::admin_in_force() {
         "the admin context"
     } else if effective_tenant().is_some() {
         "a tenant's context"

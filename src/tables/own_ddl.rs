@@ -1,4 +1,4 @@
-//! own_ddl — the extension's own DDL, which its DDL event triggers leave alone: enrolment, repair and
+//! tables/own_ddl — the extension's own DDL, which its DDL event triggers leave alone: enrolment, repair and
 //! `disable_tenancy()` run inside `own_ddl()`, and user code they run on purpose (a table's triggers during a
 //! backfill) inside `running_user_code()`, where DDL is checked again.
 //!
@@ -18,7 +18,7 @@ pub fn own_ddl<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Run user code (a table's triggers, during a backfill) inside `own_ddl`: DDL it runs is checked as usual.
-pub fn running_user_code<R>(f: impl FnOnce() -> R) -> R {
+pub(super) fn running_user_code<R>(f: impl FnOnce() -> R) -> R {
     with_own_ddl_depth(0, f)
 }
 

@@ -1,29 +1,29 @@
-//! import_copy — the steps of `nile.import_schema()` (sql/lifecycle.sql) that read or write user tables.
+//! tenants/import — the steps of `nile.import_schema()` (sql/lifecycle.sql) that read or write user tables.
 //!
 //! A legacy table's owner can hang code on it (policies, triggers, index and statistics expressions, CHECK constraints
 //! of children), and so can a tenant table's; importing must run neither with the importing administrator's rights
 //! (issue 17, finding 5). So each step runs as the owner of the table it touches, in a security-restricted operation
-//! (privilege.rs) with row-level security as Postgres applies it to that owner: the source is read as the source's
-//! owner; the target is read and written as the target's owner, whose tenant policies are forced, in the tenant's
-//! context that `import_schema()` has entered. When the two owners differ, the rows pass through a temporary table of
-//! the caller's with text columns, which carries nobody's code: the source's owner fills it with its values' text (so
-//! only its own types' and casts' code runs in its context), the target's owner converts that text to the target's
-//! types (so its domains, defaults and triggers run in its context). The table gets a fresh unpredictable name for each
-//! step and is checked to be unchanged (no trigger, rule, policy or other column type) before the second owner reads
-//! it. Because the owners' rights are used, the caller's own are checked first: SELECT on the source, SELECT and INSERT
-//! on the target, all at table level, and no row-level security on the source that applies to the caller (the source's
-//! owner would read rows the caller may not).
+//! (src/pg/privilege.rs) with row-level security as Postgres applies it to that owner: the source is read as the
+//! source's owner; the target is read and written as the target's owner, whose tenant policies are forced, in the
+//! tenant's context that `import_schema()` has entered. When the two owners differ, the rows pass through a temporary
+//! table of the caller's with text columns, which carries nobody's code: the source's owner fills it with its values'
+//! text (so only its own types' and casts' code runs in its context), the target's owner converts that text to the
+//! target's types (so its domains, defaults and triggers run in its context). The table gets a fresh unpredictable name
+//! for each step and is checked to be unchanged (no trigger, rule, policy or other column type) before the second owner
+//! reads it. Because the owners' rights are used, the caller's own are checked first: SELECT on the source, SELECT and
+//! INSERT on the target, all at table level, and no row-level security on the source that applies to the caller (the
+//! source's owner would read rows the caller may not).
 //!
 //! The SQL of every step has a fixed shape; table and column names come from the catalogs, quoted.
 
-use crate::context::effective_tenant;
-use crate::errors::{raise, require_not_null};
-use crate::gucs::{set_setting, Scope};
-use crate::privilege::{
+use crate::context::tenant::effective_tenant;
+use crate::pg::errors::{raise, require_not_null};
+use crate::pg::guc::{set_setting, Scope};
+use crate::pg::privilege::{
     as_extension_owner, as_table_owner_policed, require_role, role_name, with_safe_search_path,
 };
-use crate::spi_util::{execute, query_value};
-use crate::uuid_text::format_uuid;
+use crate::pg::spi_util::{execute, query_value};
+use crate::pg::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use pgrx::spi::quote_identifier;
 use pgrx::Uuid;
@@ -171,7 +171,7 @@ fn import_step(
 fn highest(relid: pg_sys::Oid, column: &str) -> Option<i64> {
     let facts = as_extension_owner(|| {
         Spi::connect(|client| {
-            crate::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner,
+            crate::pg::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner,
                             EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = c.oid AND attname = $2 AND attnum > 0
                                     AND NOT attisdropped AND atttypid IN ('int2'::regtype, 'int4'::regtype, 'int8'::regtype)
                                     AND (attidentity <> '' OR pg_get_serial_sequence(c.oid::regclass::text, attname) IS NOT NULL))
@@ -268,7 +268,7 @@ fn require_privilege(relid: pg_sys::Oid, name: &str, privilege: &str) {
 }
 
 /// The settings under which a value's text reads back as the same value, whatever the caller's (`extra_float_digits`
-/// below 1 drops digits), for the rest of the enclosing owner's operation (privilege.rs rolls them back).
+/// below 1 drops digits), for the rest of the enclosing owner's operation (src/pg/privilege.rs rolls them back).
 fn pin_text_settings() {
     for (name, value) in [
         (c"extra_float_digits", c"3"),
@@ -485,7 +485,7 @@ fn pair(source: Option<pg_sys::Oid>, target: pg_sys::Oid) -> Pair {
     let source = source.unwrap_or(target);
     let facts = as_extension_owner(|| {
         Spi::connect(|client| {
-            let mut rows = crate::spi_util::select(client, "SELECT format('%I.%I', sn.nspname, s.relname), s.relowner, format('%I.%I', tn.nspname, t.relname),
+            let mut rows = crate::pg::spi_util::select(client, "SELECT format('%I.%I', sn.nspname, s.relname), s.relowner, format('%I.%I', tn.nspname, t.relname),
                         t.relowner, quote_ident(e.tenant_column),
                         c.names, c.types, c.missing
                  FROM pg_class s JOIN pg_namespace sn ON sn.oid = s.relnamespace,

@@ -1,14 +1,14 @@
-//! tenant_storage — one tenant table's rows and bytes per tenant, for `nile.tenant_storage()` (sql/finalize.sql).
+//! tenants/storage — one tenant table's rows and bytes per tenant, for `nile.tenant_storage()` (sql/finalize.sql).
 //!
 //! Counting every tenant's rows needs every row, which the tenant policies hide from everybody but the admin context;
 //! and a query over the table would be planned with its owner's functions (index and statistics expressions, CHECK
 //! constraints) and, as a SECURITY DEFINER caller's, with the superuser's rights (issue 17, finding 2). So the table is
-//! read with a plain heap scan (heap_scan.rs): no planner, no policies, no expression of anybody's is evaluated.
+//! read with a plain heap scan (src/pg/heap_scan.rs): no planner, no policies, no expression of anybody's is evaluated.
 
-use crate::errors::{raise, require_not_null};
-use crate::heap_scan;
-use crate::privilege::{as_extension_owner, require_role};
-use crate::spi_util::query_value;
+use crate::pg::errors::{raise, require_not_null};
+use crate::pg::heap_scan;
+use crate::pg::privilege::{as_extension_owner, require_role};
+use crate::pg::spi_util::query_value;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::collections::BTreeMap;
@@ -66,7 +66,7 @@ fn tenant_table_storage(
     )
 }
 
-/// (rows, bytes) per tenant id, from a heap scan of `relid` (heap_scan.rs).
+/// (rows, bytes) per tenant id, from a heap scan of `relid` (src/pg/heap_scan.rs).
 fn scan(
     relid: pg_sys::Oid,
     attnum: i16,

@@ -1,21 +1,21 @@
-//! spi_util — the only way the extension runs its own SQL (scripts/check_sql.py fails `make test` on any other SPI
+//! pg/spi_util — the only way the extension runs its own SQL (scripts/check_sql.py fails `make test` on any other SPI
 //! call in src/), each with the failure handling it needs.
 //!
-//! Every statement is checked here to run with `search_path = pg_catalog, pg_temp` (privilege.rs pins it): SQL of ours
-//! that ran in a caller's search_path would call whatever function or operator overloads the caller's schemas hold
-//! (issue 17). The check raises XX000 rather than run it; the whole test suite runs through it.
+//! Every statement is checked here to run with `search_path = pg_catalog, pg_temp` (src/pg/privilege.rs pins it): SQL
+//! of ours that ran in a caller's search_path would call whatever function or operator overloads the caller's schemas
+//! hold (issue 17). The check raises XX000 rather than run it; the whole test suite runs through it.
 //!
 //! Data-changing statements are always run without a row limit: a limited SPI execution stops the executor early,
 //! and the statement-level trigger that invalidates the tenant caches (sql/finalize.sql) would not fire.
 
-use crate::errors::OrInternal;
+use crate::pg::errors::OrInternal;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient, SpiHeapTupleData, SpiTupleTable};
 use pgrx::PgOid;
 
 /// The search_path every statement of the extension runs with.
-pub const PINNED_SEARCH_PATH: &str = "pg_catalog, pg_temp";
+pub(super) const PINNED_SEARCH_PATH: &str = "pg_catalog, pg_temp";
 
 /// Raise XX000 unless the session's search_path is `PINNED_SEARCH_PATH`.
 #[track_caller]
@@ -24,7 +24,7 @@ fn require_pinned_search_path() {
     // "\"$user\", public") and NUL-terminated; it is only read here.
     let path = unsafe { std::ffi::CStr::from_ptr(pg_sys::namespace_search_path) };
     if path.to_bytes() != PINNED_SEARCH_PATH.as_bytes() {
-        crate::errors::Problem::new(
+        crate::pg::errors::Problem::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!(
                 "nile_tenancy: a statement of the extension would run with search_path = {}",
@@ -55,7 +55,7 @@ pub fn select<'c>(
 pub fn required_column<T: FromDatum + IntoDatum>(row: &SpiHeapTupleData<'_>, ordinal: usize) -> T {
     match row.get::<T>(ordinal).or_internal("reading a query result") {
         Some(value) => value,
-        None => crate::errors::Problem::new(
+        None => crate::pg::errors::Problem::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             format!("nile_tenancy: column {ordinal} of a catalog query was NULL"),
         )

@@ -1,5 +1,5 @@
-//! fk_validation — foreign keys: validated over every row of every tenant, never over one tenant's view; and none to
-//! `nile.tenants` can run its creator's code with the rights of that table's owner (issue 18).
+//! tables/fk_validation — foreign keys: validated over every row of every tenant, never over one tenant's view; and
+//! none to `nile.tenants` can run its creator's code with the rights of that table's owner (issue 18).
 //!
 //! When `ALTER TABLE … ADD FOREIGN KEY` (or `VALIDATE CONSTRAINT`, or an `ATTACH PARTITION` that clones one) checks
 //! the existing rows, Postgres first tries one `LEFT JOIN` query run as the current user (`RI_Initial_Check`). It
@@ -21,27 +21,27 @@
 //! lookup runs as the owner of `nile.tenants`, a superuser, and compares `id = $1::uuid`. If the referencing column
 //! had a type of its own with a cast to uuid, the cast's function (its creator's code) would run there with a
 //! superuser's rights, before any check after the command could refuse it (the lookup writes `$1::uuid`, which applies
-//! an explicit cast too, once the key exists). So nobody but a superuser may create a cast to uuid that runs a function:
-//! a check before each utility statement (hook_chain.rs) refuses `CREATE CAST` before it runs, and the DDL event trigger refuses it at the end of the
-//! command in a session where the library was not loaded yet (without `shared_preload_libraries`, the hook is not
-//! installed before the first call into the extension). `nile.verify()` reports such a cast, and a foreign key to
-//! `nile.tenants` from a column that is not uuid.
+//! an explicit cast too, once the key exists). So nobody but a superuser may create a cast to uuid that runs a
+//! function: a check before each utility statement (src/pg/hook_chain.rs) refuses `CREATE CAST` before it runs, and the
+//! DDL event trigger refuses it at the end of the command in a session where the library was not loaded yet (without
+//! `shared_preload_libraries`, the hook is not installed before the first call into the extension). `nile.verify()`
+//! reports such a cast, and a foreign key to `nile.tenants` from a column that is not uuid.
 
-use crate::errors::Problem;
+use crate::pg::errors::Problem;
 use pgrx::prelude::*;
 
 static mut PREV_CHECK_PERMS: pg_sys::ExecutorCheckPerms_hook_type = None;
 
-pub fn init() {
+pub(super) fn init() {
     // SAFETY: _PG_init runs once per process before any query; the previous hook is saved and called by ours.
     unsafe {
         PREV_CHECK_PERMS = pg_sys::ExecutorCheckPerms_hook;
         pg_sys::ExecutorCheckPerms_hook = Some(check_perms);
     }
-    crate::hook_chain::check_before_running(refuse_cast_statement);
+    crate::pg::hook_chain::check_before_running(refuse_cast_statement);
 }
 
-/// The utility check (hook_chain.rs): `CREATE CAST` goes to `refuse_function_cast_to_uuid`.
+/// The utility check (src/pg/hook_chain.rs): `CREATE CAST` goes to `refuse_function_cast_to_uuid`.
 ///
 /// # Safety
 /// `stmt` must be the valid parse tree of the utility statement about to run.

@@ -1,19 +1,19 @@
-//! role_binding — tenant-bound roles: `nile.bind_role(role, tenant_id)` fixes every session of a role to one tenant,
-//! `nile.unbind_role(role)` releases it.
+//! context/role_binding — tenant-bound roles: `nile.bind_role(role, tenant_id)` fixes every session of a role to one
+//! tenant, `nile.unbind_role(role)` releases it.
 //!
 //! The bindings live in `nile.role_bindings`. A session is bound when its session user (the role it logged in as) is
 //! bound, or else when its current outer role (after `SET ROLE`) is: the session user's binding wins, so a bound login
 //! cannot leave its tenant by `SET ROLE`, and a `SECURITY DEFINER` function it calls still works for its tenant. The
 //! policy functions ask `bound_tenant()` on every statement, so the bindings are cached per backend, read straight
 //! from the table (no SPI, works in parallel workers) and dropped when a statement trigger on the table sends a
-//! relcache invalidation, as for `nile.tenants` (src/tenant_cache.rs).
+//! relcache invalidation, as for `nile.tenants` (src/context/tenant_cache.rs).
 
-use crate::errors::{raise, require_not_null, Problem};
-use crate::own_tables::NileTable;
-use crate::privilege::{as_extension_owner, require_role};
-use crate::spi_util::execute;
-use crate::tenant_cache::require_usable_tenant;
-use crate::uuid_text::format_uuid;
+use crate::context::tenant_cache::require_usable_tenant;
+use crate::pg::errors::{raise, require_not_null, Problem};
+use crate::pg::own_tables::NileTable;
+use crate::pg::privilege::{as_extension_owner, require_role};
+use crate::pg::spi_util::execute;
+use crate::pg::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::{Cell, RefCell};
@@ -27,7 +27,7 @@ thread_local! {
     static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
 
-pub fn init() {
+pub(super) fn init() {
     // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
@@ -43,7 +43,7 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
 }
 
 /// The tenant this session is bound to, if its login role (or, failing that, its current outer role) is bound.
-pub fn bound_tenant() -> Option<[u8; 16]> {
+pub(super) fn bound_tenant() -> Option<[u8; 16]> {
     // SAFETY: reads the session's role ids.
     let (session_user, outer_user) =
         unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetOuterUserId()) };
@@ -56,7 +56,7 @@ pub fn bound_tenant() -> Option<[u8; 16]> {
 }
 
 /// Raise 42501 if this session is bound to a tenant: `what` would let it leave.
-pub fn refuse_if_bound(what: &str) {
+pub(super) fn refuse_if_bound(what: &str) {
     if let Some(tenant) = bound_tenant() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -1,17 +1,17 @@
-//! heap_scan — reading a table's rows without evaluating anything of anybody's: a plain heap scan under the calling
+//! pg/heap_scan — reading a table's rows without evaluating anything of anybody's: a plain heap scan under the calling
 //! statement's snapshot, with no planner, no policies and no expressions.
 //!
 //! For the reads that must see every tenant's rows: enrolment's NULL-tenant, has-rows and missing-tenant checks
-//! (tenancy.rs) and `nile.tenant_storage()` (tenant_storage.rs). Run as a query, such a read would be planned with the
-//! table owner's functions (index and statistics expressions, CHECK constraints) and would need row-level security
-//! lifted, as the caller's rights (a superuser's) or as the owner's with `SECURITY_NOFORCE_RLS`, under which the
-//! owner's code could read every tenant's rows of its other tables (issue 17). The tenant column is read by attribute
-//! number; nothing else of a row is decoded but the varlena columns asked for.
+//! (src/tables/enrolment.rs) and `nile.tenant_storage()` (src/tenants/storage.rs). Run as a query, such a read would be
+//! planned with the table owner's functions (index and statistics expressions, CHECK constraints) and would need
+//! row-level security lifted, as the caller's rights (a superuser's) or as the owner's with `SECURITY_NOFORCE_RLS`,
+//! under which the owner's code could read every tenant's rows of its other tables (issue 17). The tenant column is
+//! read by attribute number; nothing else of a row is decoded but the varlena columns asked for.
 //!
 //! Locking: `AccessShareLock` on the table, held to the end of the transaction, as a `SELECT` takes.
 //! Visibility: the calling statement's snapshot, or one that sees all the transaction has done (`Sees`).
 
-use crate::errors::raise;
+use crate::pg::errors::raise;
 use pgrx::prelude::*;
 use std::ops::ControlFlow;
 

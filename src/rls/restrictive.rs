@@ -1,4 +1,4 @@
-//! policy_guard — the tenant policies cannot be widened by other permissive policies.
+//! rls/restrictive — the tenant policies cannot be widened by other permissive policies.
 //!
 //! Postgres ORs every permissive policy of a table together, so one extra `CREATE POLICY ... USING (true)` next to the
 //! generated `nile_tenant_*` policies would open every tenant's rows. A row-security hook therefore adds each
@@ -7,15 +7,15 @@
 //! comparison, the planner merges both into one equivalence class: the index condition and the cost are unchanged.
 //!
 //! Inside `nile.admin_context()` the copies are left out for the identity that holds `nile_admin`, exactly where the
-//! admin hook (admin.rs) adds its allow-all permissive policy; every switch of the admin context resets the plan cache,
-//! so no plan carries the wrong set across the boundary.
+//! admin hook (src/context/admin.rs) adds its allow-all permissive policy; every switch of the admin context resets the
+//! plan cache, so no plan carries the wrong set across the boundary.
 
-use crate::rls_policies::{generated_policies, previous_policies};
+use crate::rls::policies::{generated_policies, previous_policies};
 use pgrx::prelude::*;
 
 static mut PREV_ROW_SECURITY_RESTRICTIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
 
-pub fn init() {
+pub(super) fn init() {
     // SAFETY: _PG_init runs once per backend before any query; we save the previous hook and chain to it.
     unsafe {
         PREV_ROW_SECURITY_RESTRICTIVE_HOOK = pg_sys::row_security_policy_hook_restrictive;
@@ -75,7 +75,7 @@ unsafe extern "C-unwind" fn tenant_guard_hook(
     let Some(command) = policy_command_letter(cmd) else {
         return policies;
     };
-    if crate::admin::admin_policy_role().is_some() {
+    if crate::context::admin::admin_policy_role().is_some() {
         return policies;
     }
     // SAFETY: the rewriter passes an open relation; lappend accepts NIL and the copies live in the query's memory

@@ -1,15 +1,15 @@
-//! tenants — the tenant lifecycle: create, update, deactivate/reactivate (SQL wrappers in sql/finalize.sql), soft
-//! delete and purge.
+//! tenants/lifecycle — the tenant lifecycle: create, update, deactivate/reactivate (SQL wrappers in sql/finalize.sql),
+//! soft delete and purge.
 //!
 //! All of these are for members of `nile_admin`. They check their arguments completely before writing anything, and
-//! run their SQL with the extension's rights (see privilege.rs), so `nile.tenants`' own row-level security does not
-//! get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
+//! run their SQL with the extension's rights (see src/pg/privilege.rs), so `nile.tenants`' own row-level security does
+//! not get in the way. Every write fires the trigger that invalidates the tenant caches of all backends.
 
-use crate::context::while_purging;
-use crate::errors::{raise, require_not_null, Problem};
-use crate::privilege::{as_extension_owner, as_table_owner_policed, require_role};
-use crate::spi_util::{execute, query_value, required_column, write_returning};
-use crate::uuid_text::{format_uuid, new_uuid_v7};
+use crate::context::tenant::while_purging;
+use crate::pg::errors::{raise, require_not_null, Problem};
+use crate::pg::privilege::{as_extension_owner, as_table_owner_policed, require_role};
+use crate::pg::spi_util::{execute, query_value, required_column, write_returning};
+use crate::pg::uuid_text::{format_uuid, new_uuid_v7};
 use pgrx::prelude::*;
 use pgrx::{JsonB, Uuid};
 use serde_json::{Map, Value};
@@ -295,9 +295,9 @@ struct TenantRowHolder {
 /// tables its foreign keys point to. These are the enrolled tables (partitions are reached through their parent)
 /// and any other table with a foreign key to nile.tenants.
 fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
-    crate::privilege::with_safe_search_path(|| {
+    crate::pg::privilege::with_safe_search_path(|| {
         Spi::connect(|client| {
-            let tables: Vec<TenantRowHolder> = crate::spi_util::select(client, "WITH holders AS (
+            let tables: Vec<TenantRowHolder> = crate::pg::spi_util::select(client, "WITH holders AS (
                      SELECT relid::oid AS relid, tenant_column::text AS col FROM nile.tenant_tables WHERE parent IS NULL
                      UNION
                      SELECT c.conrelid, a.attname::text
@@ -316,7 +316,7 @@ fn tables_holding_tenant_rows() -> Vec<TenantRowHolder> {
                 column: required_column(&row, 2),
             })
             .collect();
-            let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::spi_util::select(
+            let edges: Vec<(pg_sys::Oid, pg_sys::Oid)> = crate::pg::spi_util::select(
                 client,
                 "SELECT conrelid, confrelid FROM pg_constraint
                  WHERE contype = 'f' AND conparentid = 0 AND conrelid <> confrelid

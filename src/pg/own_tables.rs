@@ -1,4 +1,4 @@
-//! own_tables — reading the extension's own tables (`nile.tenants`, `nile.tenant_tables`, `nile.role_bindings`, ...)
+//! pg/own_tables — reading the extension's own tables (`nile.tenants`, `nile.tenant_tables`, `nile.role_bindings`, ...)
 //! straight from heap and index, without SPI and without row-level security, for code that runs on hot paths or
 //! inside event triggers and parallel workers.
 //!

@@ -1,17 +1,17 @@
-//! errors — raising Postgres errors and warnings with a specific SQLSTATE, an optional DETAIL and an optional HINT;
+//! pg/errors — raising Postgres errors and warnings with a specific SQLSTATE, an optional DETAIL and an optional HINT;
 //! and keeping Rust backtraces out of every error a client receives.
 //!
 //! Every error the user can trigger goes through `raise`, so that no message is raised without a SQLSTATE and the
 //! `#[track_caller]` location points at the code that decided to fail.
 //!
-//! Backtraces: pgrx's panic hook (installed by `Pg_magic_func`, before `_PG_init`) calls `Backtrace::capture()` whenever
-//! a Rust panic, or a Postgres error caught at an FFI call (SPI included), unwinds through the extension, and pgrx then
-//! appends a captured backtrace to the error's DETAIL, which goes to the client. Whether anything is captured depends
-//! on RUST_BACKTRACE / RUST_LIB_BACKTRACE in the server's environment, which is not ours to choose (many containers set
-//! RUST_BACKTRACE=1). `init()` sets RUST_LIB_BACKTRACE=0, which takes precedence for `Backtrace::capture()` (not for
-//! the standard panic message), so nothing is captured for the DETAIL; a real Rust panic (a bug: not an ERROR travelling
-//! as a panic) still gets its backtrace written to the server log by the hook `init()` puts around pgrx's. A panic
-//! reaches the client as an ERROR with SQLSTATE XX000 and the panic's message.
+//! Backtraces: pgrx's panic hook (installed by `Pg_magic_func`, before `_PG_init`) calls `Backtrace::capture()`
+//! whenever a Rust panic, or a Postgres error caught at an FFI call (SPI included), unwinds through the extension, and
+//! pgrx then appends a captured backtrace to the error's DETAIL, which goes to the client. Whether anything is captured
+//! depends on RUST_BACKTRACE / RUST_LIB_BACKTRACE in the server's environment, which is not ours to choose (many
+//! containers set RUST_BACKTRACE=1). `init()` sets RUST_LIB_BACKTRACE=0, which takes precedence for
+//! `Backtrace::capture()` (not for the standard panic message), so nothing is captured for the DETAIL; a real Rust
+//! panic (a bug: not an ERROR travelling as a panic) still gets its backtrace written to the server log by the hook
+//! `init()` puts around pgrx's. A panic reaches the client as an ERROR with SQLSTATE XX000 and the panic's message.
 //!
 //! The extension's own SQLSTATEs (class NT, `NileCode`): the situations an application must tell apart (no tenant
 //! context, tenant not found, inactive, deleted, …) each have a code of their own, listed in docs/errors.md
@@ -123,8 +123,8 @@ unsafe extern "C-unwind" fn put_pending_code(_arg: *mut std::ffi::c_void) {
 /// Arrange for the error about to be raised with `standard` to carry `nile` instead.
 fn expect_code(standard: PgSqlErrorCode, nile: NileCode) {
     PENDING_CODE.with(|p| p.set(Some((standard as i32, nile.packed()))));
-    // SAFETY: error_context_stack is the backend's list of live context entries; CODE_CALLBACK is static, so it outlives
-    // any use. It is pushed only when it is not in the list already (pushing it twice would make a cycle).
+    // SAFETY: error_context_stack is the backend's list of live context entries; CODE_CALLBACK is static, so it
+    // outlives any use. It is pushed only when it is not in the list already (pushing it twice would make a cycle).
     unsafe {
         let entry = &raw mut CODE_CALLBACK;
         let mut cursor = pg_sys::error_context_stack;
@@ -140,7 +140,7 @@ fn expect_code(standard: PgSqlErrorCode, nile: NileCode) {
 }
 
 /// Called from `_PG_init`: Rust backtraces go to the server log, never into an error (see the module header).
-pub fn init() {
+pub(super) fn init() {
     // `set_var` is not thread-safe; `_PG_init` runs on the only thread of the postmaster (preloaded) or of a backend,
     // before the extension has captured any backtrace in this process.
     std::env::set_var("RUST_LIB_BACKTRACE", "0");

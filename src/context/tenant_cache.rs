@@ -1,4 +1,4 @@
-//! tenant_cache — what this backend knows about each tenant's status, read straight from `nile.tenants`.
+//! context/tenant_cache — what this backend knows about each tenant's status, read straight from `nile.tenants`.
 //!
 //! The policy functions run once per scan (and per row for filters), so they must not run SQL. They ask this cache,
 //! which reads a missing tenant through the primary-key index of `nile.tenants` directly (no SPI, no row-level
@@ -6,9 +6,9 @@
 //! table (see sql/finalize.sql) sends a relcache invalidation, which every backend processes before its next
 //! statement, and the callback registered here empties the cache.
 
-use crate::errors::{NileCode, Problem};
-use crate::own_tables::{scan_key, NileTable};
-use crate::uuid_text::format_uuid;
+use crate::pg::errors::{NileCode, Problem};
+use crate::pg::own_tables::{scan_key, NileTable};
+use crate::pg::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -32,7 +32,7 @@ impl TenantStatus {
 }
 
 #[derive(Clone, Debug)]
-pub struct TenantInfo {
+pub(super) struct TenantInfo {
     pub status: TenantStatus,
     pub name: String,
 }
@@ -51,7 +51,7 @@ thread_local! {
     static RELATION: Cell<Option<TenantsRelation>> = const { Cell::new(None) };
 }
 
-pub fn init() {
+pub(super) fn init() {
     // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.
     unsafe {
         pg_sys::CacheRegisterRelcacheCallback(Some(relcache_changed), pg_sys::Datum::from(0))
@@ -82,7 +82,7 @@ pub fn status_of(id: &[u8; 16]) -> Option<TenantStatus> {
 }
 
 /// Everything the cache knows about the tenant (reading it if needed).
-pub fn info_of(id: &[u8; 16]) -> Option<TenantInfo> {
+pub(super) fn info_of(id: &[u8; 16]) -> Option<TenantInfo> {
     process_pending_invalidations();
     if let Some(info) = CACHE.with(|c| c.borrow().get(id).cloned()) {
         return Some(info);
@@ -91,7 +91,7 @@ pub fn info_of(id: &[u8; 16]) -> Option<TenantInfo> {
 }
 
 /// `"name" (uuid)` for messages, or just the uuid if the tenant is unknown.
-pub fn describe(id: &[u8; 16]) -> String {
+pub(super) fn describe(id: &[u8; 16]) -> String {
     match info_of(id) {
         Some(info) => format!("\"{}\" ({})", info.name, format_uuid(id)),
         None => format_uuid(id),
@@ -136,7 +136,7 @@ fn tenants_relation() -> TenantsRelation {
             pg_sys::get_relname_relid(c"tenants".as_ptr(), nsp)
         };
         if relid == pg_sys::InvalidOid {
-            crate::errors::raise(
+            crate::pg::errors::raise(
                 PgSqlErrorCode::ERRCODE_UNDEFINED_TABLE,
                 "nile.tenants does not exist in this database",
                 "Run CREATE EXTENSION nile_tenancy in this database.",
@@ -150,7 +150,7 @@ fn tenants_relation() -> TenantsRelation {
         }
     };
     if rel.pkey == pg_sys::InvalidOid || rel.name_attnum <= 0 || rel.status_attnum <= 0 {
-        crate::errors::raise(
+        crate::pg::errors::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "nile.tenants has been altered: its primary key, name or status column is missing",
             "Reinstall the extension (DROP EXTENSION nile_tenancy CASCADE; CREATE EXTENSION nile_tenancy).",
@@ -213,7 +213,7 @@ fn tenants_changed<'a>(
 
 /// Raise unless tenant `id` exists (NT002) and is not deleted (NT004): what entering, signing for or binding to a
 /// tenant needs. The message names only the id the caller passed: nothing about a tenant it may not use.
-pub fn require_usable_tenant(id: &[u8; 16]) {
+pub(super) fn require_usable_tenant(id: &[u8; 16]) {
     match status_of(id) {
         None => Problem::nile(
             NileCode::TenantNotFound,

@@ -1,5 +1,5 @@
-//! tokens — signed tenant tokens: `nile.set_tenant_token()` enters the tenant a token names, `nile.sign_tenant_token()`
-//! mints one, `nile.current_user_id()` returns the user id a token carried.
+//! context/tokens — signed tenant tokens: `nile.set_tenant_token()` enters the tenant a token names,
+//! `nile.sign_tenant_token()` mints one, `nile.current_user_id()` returns the user id a token carried.
 //!
 //! A token is a JSON Web Token signed with HMAC-SHA256 (`alg` HS256) under the key in `nile.token_key` (or, during a
 //! key changeover, `nile.token_key_previous`): `base64url(header) . base64url(payload) . base64url(signature)`, where
@@ -8,12 +8,13 @@
 //! from "altered". The payload carries `tid` (the tenant's uuid), `exp` (expiry, Unix seconds), optionally `sub` (a
 //! user id) and `iat`/`nbf`. The signature is checked before anything in the payload is looked at.
 
-use crate::context::enter_tenant;
-use crate::errors::{raise, require_not_null, NileCode, Problem};
-use crate::gucs::{self, TOKEN_KEY_MIN_LEN};
-use crate::privilege::require_role;
-use crate::tenant_cache::require_usable_tenant;
-use crate::uuid_text::{format_uuid, parse_canonical_uuid};
+use super::guard;
+use crate::context::tenant::enter_tenant;
+use crate::context::tenant_cache::require_usable_tenant;
+use crate::pg::errors::{raise, require_not_null, NileCode, Problem};
+use crate::pg::privilege::require_role;
+use crate::pg::uuid_text::{format_uuid, parse_canonical_uuid};
+use crate::settings::{self, TOKEN_KEY_MIN_LEN};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, KeyInit, Mac};
@@ -73,18 +74,18 @@ fn sign_tenant_token(
 /// `nile.current_user_id() RETURNS text`: the user id of the token the session entered its tenant with, or NULL.
 #[pg_extern(stable, parallel_safe)]
 fn current_user_id() -> Option<String> {
-    gucs::current_user_id()
+    guard::current_user_id()
 }
 
 /// What a verified token says.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Claims {
+pub(super) struct Claims {
     pub tenant: [u8; 16],
     pub user: Option<String>,
 }
 
 /// `base64url(header).base64url(payload).base64url(HMAC-SHA256(key, header.payload))`.
-pub fn sign(key: &[u8], payload: &Value) -> String {
+pub(super) fn sign(key: &[u8], payload: &Value) -> String {
     let header = json!({"alg": "HS256", "typ": "JWT", "kid": key_id(key)});
     let signed = format!(
         "{}.{}",
@@ -96,7 +97,7 @@ pub fn sign(key: &[u8], payload: &Value) -> String {
 }
 
 /// The key id of a key: the first 16 hex digits of its SHA-256.
-pub fn key_id(key: &[u8]) -> String {
+pub(super) fn key_id(key: &[u8]) -> String {
     Sha256::digest(key)[..8]
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -112,7 +113,7 @@ fn mac(key: &[u8], message: &[u8]) -> Hmac<Sha256> {
 
 /// The configured keys (current, previous); 55000 when there is none, or the library was not preloaded.
 fn configured_keys() -> (Vec<u8>, Vec<u8>) {
-    if !gucs::preloaded() {
+    if !settings::preloaded() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             "tenant tokens need nile_tenancy in shared_preload_libraries",
@@ -121,7 +122,7 @@ fn configured_keys() -> (Vec<u8>, Vec<u8>) {
         .hint("Add nile_tenancy to shared_preload_libraries in postgresql.conf and restart the server.")
         .raise();
     }
-    let (current, previous) = gucs::token_keys();
+    let (current, previous) = settings::token_keys();
     if current.len() < TOKEN_KEY_MIN_LEN {
         Problem::new(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
@@ -145,7 +146,7 @@ fn verify(token: &str, now: i64) -> Claims {
 
 /// Why a token was refused.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Refusal {
+pub(super) enum Refusal {
     Malformed(&'static str),
     UnknownKey(String),
     Altered,
@@ -205,7 +206,7 @@ impl Refusal {
 }
 
 /// Verify a token (pure: no Postgres calls, so the unit tests exercise it directly).
-pub fn check_token(
+pub(super) fn check_token(
     token: &str,
     current: &[u8],
     previous: &[u8],

@@ -1,18 +1,19 @@
-//! context — putting a session into a tenant's context, and the functions the generated policies call.
+//! context/tenant — putting a session into a tenant's context, and the functions the generated policies call.
 //!
-//! `nile.set_tenant()` validates the tenant and applies it through the guarded `nile.tenant_id` setting (see gucs.rs).
-//! The policies compare the tenant column with `(SELECT nile.policy_read_tenant())` or `(SELECT
+//! `nile.set_tenant()` validates the tenant and applies it through the guarded `nile.tenant_id` setting (see
+//! src/context/guard.rs). The policies compare the tenant column with `(SELECT nile.policy_read_tenant())` or `(SELECT
 //! nile.policy_write_tenant())`: STABLE, PARALLEL SAFE functions returning `uuid`, called through an InitPlan, so they
-//! run once per statement and the comparison is an index condition (see tenancy.rs).
+//! run once per statement and the comparison is an index condition (see src/tables/enrolment.rs).
 //! They are also where fail-closed behaviour lives: no context means an error (or, with `nile.missing_tenant =
 //! 'deny'`, NULL, which matches no row and fails every WITH CHECK); a deleted tenant means an error; an inactive
 //! tenant may read but not write.
 
-use crate::errors::{raise, NileCode, Problem};
-use crate::gucs::{self, MissingTenant, MISSING_TENANT, REQUIRE_TOKEN};
-use crate::privilege::in_transaction_block;
-use crate::role_binding::{bound_tenant, refuse_if_bound};
-use crate::tenant_cache::{self, require_usable_tenant, TenantStatus};
+use super::guard;
+use crate::context::role_binding::{bound_tenant, refuse_if_bound};
+use crate::context::tenant_cache::{self, require_usable_tenant, TenantStatus};
+use crate::pg::errors::{raise, NileCode, Problem};
+use crate::pg::privilege::in_transaction_block;
+use crate::settings::{self, MissingTenant};
 use pgrx::prelude::*;
 use pgrx::Uuid;
 
@@ -45,8 +46,8 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
 /// leave the context with `nile.clear_tenant()` when they are done. For members of `nile_admin` only.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _enter_tenant_for_routine(tenant_id: Option<Uuid>) {
-    crate::privilege::require_role("nile_admin", "nile._enter_tenant_for_routine()");
-    let tenant_id = crate::errors::require_not_null(tenant_id, "tenant_id");
+    crate::pg::privilege::require_role("nile_admin", "nile._enter_tenant_for_routine()");
+    let tenant_id = crate::pg::errors::require_not_null(tenant_id, "tenant_id");
     enter_tenant_checked(*tenant_id.as_bytes(), None, true, false, false);
 }
 
@@ -69,7 +70,7 @@ fn _require_no_transaction_block(routine: Option<&str>) {
 /// Put the session into tenant `id`'s context (with the user id of a token, if any), after every check:
 /// `is_local` needs a transaction block, a session under `nile.require_token` needs a token, and the tenant must exist
 /// and not be deleted.
-pub fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: bool) {
+pub(super) fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: bool) {
     enter_tenant_checked(id, user, is_local, by_token, true);
 }
 
@@ -86,7 +87,7 @@ fn enter_tenant_checked(
         "nile.set_tenant()"
     });
     // SAFETY: superuser() reads the current user's catalog entry.
-    if !is_local && !gucs::ALLOW_SESSION_SCOPE.get() && !unsafe { pg_sys::superuser() } {
+    if !is_local && !settings::allow_session_scope() && !unsafe { pg_sys::superuser() } {
         Problem::nile(
             NileCode::SessionScopeRefused,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -111,7 +112,7 @@ fn enter_tenant_checked(
         .raise();
     }
     // SAFETY: superuser() reads the current user's catalog entry.
-    if !by_token && REQUIRE_TOKEN.get() && !unsafe { pg_sys::superuser() } {
+    if !by_token && settings::require_token() && !unsafe { pg_sys::superuser() } {
         Problem::nile(
             NileCode::TokenRequired,
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
@@ -123,7 +124,7 @@ fn enter_tenant_checked(
     }
     refuse_if_bypassing_rls();
     require_usable_tenant(&id);
-    gucs::set_tenant_context(Some(id), user, is_local);
+    guard::set_tenant_context(Some(id), user, is_local);
 }
 
 /// A role with BYPASSRLS (but not a superuser, who is exempt on purpose) gets 42501 instead of a tenant context that
@@ -140,7 +141,7 @@ fn refuse_if_bypassing_rls() {
         )
     };
     if bypasses_rls && !superuser {
-        let name = crate::privilege::role_name(role).unwrap_or_default();
+        let name = crate::pg::privilege::role_name(role).unwrap_or_default();
         Problem::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             format!("role \"{name}\" has BYPASSRLS: a tenant context would not isolate it"),
@@ -155,7 +156,7 @@ fn refuse_if_bypassing_rls() {
 #[pg_extern(volatile, parallel_unsafe)]
 fn clear_tenant() {
     refuse_if_bound("nile.clear_tenant()");
-    gucs::set_tenant_context(None, None, false);
+    guard::set_tenant_context(None, None, false);
 }
 
 /// `nile.current_tenant() RETURNS uuid`: the session's tenant, or NULL when it has none.
@@ -169,7 +170,7 @@ fn current_tenant() -> Option<Uuid> {
 pub fn effective_tenant() -> Option<[u8; 16]> {
     purging_tenant()
         .or_else(bound_tenant)
-        .or_else(gucs::current_tenant)
+        .or_else(guard::current_tenant)
 }
 
 thread_local! {
@@ -266,7 +267,7 @@ fn policy_foreign_row(row_tenant: Option<Uuid>) -> bool {
 }
 
 fn missing_context() -> Option<[u8; 16]> {
-    match MISSING_TENANT.get() {
+    match settings::missing_tenant() {
         MissingTenant::Deny => None,
         MissingTenant::Error => Problem::nile(
             NileCode::NoTenantContext,

@@ -1,8 +1,8 @@
-//! rls_policies — what the two row-security hooks (admin.rs adds the admin context's allow-all policy, policy_guard.rs
-//! the restrictive copies of the tenant policies) both need: a relation's generated `nile_tenant_*` policies, read off
-//! its relcache entry, and the policies of the hook installed before theirs.
+//! rls/policies — what the two row-security hooks (admin_policy.rs adds the admin context's allow-all policy,
+//! restrictive.rs the restrictive copies of the tenant policies) both need: a relation's generated `nile_tenant_*`
+//! policies, read off its relcache entry, and the policies of the hook installed before theirs.
 
-use crate::tenancy::POLICY_PREFIX;
+use crate::tables::enrolment::POLICY_PREFIX;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -10,7 +10,7 @@ use std::ffi::CStr;
 ///
 /// # Safety
 /// `relation` must be an open relation, as the rewriter passes to the row-security hooks.
-pub unsafe fn generated_policies(
+pub(super) unsafe fn generated_policies(
     relation: pg_sys::Relation,
 ) -> Vec<*mut pg_sys::RowSecurityPolicy> {
     // SAFETY (caller): rd_rsdesc is NULL or a valid descriptor whose policies list holds RowSecurityPolicy pointers
@@ -35,7 +35,7 @@ pub unsafe fn generated_policies(
 }
 
 /// The policies of the hook that was installed before ours (NIL if none), for a row-security hook to add to.
-pub fn previous_policies(
+pub(super) fn previous_policies(
     previous: pg_sys::row_security_policy_hook_type,
     cmd: pg_sys::CmdType::Type,
     relation: pg_sys::Relation,

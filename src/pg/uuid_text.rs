@@ -1,4 +1,4 @@
-//! uuid_text — canonical UUID text form and time-ordered UUIDv7 generation (RFC 9562).
+//! pg/uuid_text — canonical UUID text form and time-ordered UUIDv7 generation (RFC 9562).
 //!
 //! The tenant context is carried as canonical text (`xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase) inside the
 //! `nile.tenant_id` setting; these helpers convert between that form and the 16 raw bytes the policy functions return.
@@ -60,7 +60,7 @@ pub fn new_uuid_v7() -> [u8; 16] {
     let mut random = [0u8; 10];
     // SAFETY: the buffer is valid for writes of its whole length.
     if !unsafe { pg_sys::pg_strong_random(random.as_mut_ptr().cast(), random.len()) } {
-        crate::errors::Problem::new(
+        crate::pg::errors::Problem::new(
             PgSqlErrorCode::ERRCODE_INTERNAL_ERROR,
             "could not generate random bytes for a UUID",
         )

@@ -1,4 +1,4 @@
-//! tenancy — enrolling tables: `nile.enable_tenancy()` and `nile.disable_tenancy()` (SQL signatures in
+//! tables/enrolment — enrolling tables: `nile.enable_tenancy()` and `nile.disable_tenancy()` (SQL signatures in
 //! sql/finalize.sql).
 //!
 //! Enrolling a table makes it look exactly like a hand-built, well-indexed multi-tenant table: a `uuid NOT NULL`
@@ -10,16 +10,16 @@
 //! drifted. `disable_tenancy` is the deliberate way out, and records the table in `nile.excluded_tables` so that the
 //! DDL event trigger (src/ddl/events.rs) does not enroll it again.
 
-use crate::errors::{raise, require_not_null, OrInternal, Problem};
-use crate::gucs::{set_setting, Scope};
-use crate::heap_scan;
-use crate::own_ddl::{own_ddl, running_user_code};
-use crate::privilege::{
+use crate::context::tenant_cache::{self, TenantStatus};
+use crate::pg::errors::{raise, require_not_null, OrInternal, Problem};
+use crate::pg::guc::{set_setting, Scope};
+use crate::pg::heap_scan;
+use crate::pg::privilege::{
     as_extension_owner, as_table_owner_policed, require_role, role_name, with_safe_search_path,
 };
-use crate::spi_util::{execute, first_value, required_column};
-use crate::tenant_cache::{self, TenantStatus};
-use crate::uuid_text::format_uuid;
+use crate::pg::spi_util::{execute, first_value, required_column};
+use crate::pg::uuid_text::format_uuid;
+use crate::tables::own_ddl::{own_ddl, running_user_code};
 use pgrx::prelude::*;
 use pgrx::spi::{quote_identifier, quote_literal, SpiClient};
 use pgrx::Uuid;
@@ -59,7 +59,7 @@ pub struct TableFacts {
 }
 
 pub fn table_facts(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableFacts {
-    let mut rows = crate::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner, c.relname::text, c.relkind::text,
+    let mut rows = crate::pg::spi_util::select(client, "SELECT format('%I.%I', n.nspname, c.relname), c.relowner, c.relname::text, c.relkind::text,
                     pg_has_role(c.relowner, 'USAGE'), n.nspname::text, c.relpersistence = 't',
                     (SELECT format('%I.%I', pn.nspname, p.relname) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent
                       JOIN pg_namespace pn ON pn.oid = p.relnamespace WHERE i.inhrelid = c.oid AND c.relispartition),
@@ -209,7 +209,7 @@ struct ColumnFacts {
 }
 
 fn column_facts(client: &SpiClient<'_>, relid: pg_sys::Oid, column: &str) -> Option<ColumnFacts> {
-    let mut rows = crate::spi_util::select(client, "SELECT attnum, format_type(atttypid, atttypmod), atttypid = 'uuid'::regtype
+    let mut rows = crate::pg::spi_util::select(client, "SELECT attnum, format_type(atttypid, atttypmod), atttypid = 'uuid'::regtype
              FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
             Some(1),
             &[relid.into(), column.into()]);
@@ -231,7 +231,7 @@ fn leaf_tables(
     relid: pg_sys::Oid,
     column: Option<&str>,
 ) -> Vec<(pg_sys::Oid, i16)> {
-    crate::spi_util::select(
+    crate::pg::spi_util::select(
         client,
         "WITH RECURSIVE down(relid) AS (
              SELECT $1::oid UNION SELECT i.inhrelid FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
@@ -251,7 +251,8 @@ fn leaf_tables(
 }
 
 /// Does a row of `relid`'s tree have a tenant value (`column`'s; `None`: any row) for which `found` holds? Read with
-/// heap scans (heap_scan.rs): these checks must see every tenant's rows, and no owner's code may run while they do.
+/// heap scans (src/pg/heap_scan.rs): these checks must see every tenant's rows, and no owner's code may run while they
+/// do.
 fn any_row(
     client: &SpiClient<'_>,
     relid: pg_sys::Oid,
@@ -310,7 +311,7 @@ pub struct TreeMember {
     pub relname: String,
     /// An inheritance child (not a partition) below the top: indexes and foreign keys are not inherited by those.
     pub inheritance_child: bool,
-    /// The table's owner, as whom it is changed (privilege.rs).
+    /// The table's owner, as whom it is changed (src/pg/privilege.rs).
     pub owner: pg_sys::Oid,
 }
 
@@ -319,7 +320,7 @@ pub fn table_tree(client: &SpiClient<'_>, relid: pg_sys::Oid) -> TableTree {
         members: Vec::new(),
         foreign: None,
     };
-    let rows = crate::spi_util::select(client, "WITH RECURSIVE down(relid, level) AS (
+    let rows = crate::pg::spi_util::select(client, "WITH RECURSIVE down(relid, level) AS (
                  SELECT $1::oid, 0
                  UNION SELECT i.inhrelid, d.level + 1 FROM pg_inherits i JOIN down d ON i.inhparent = d.relid)
              SELECT c.oid, format('%I.%I', n.nspname, c.relname), c.relkind::text, d.level > 0 AND NOT c.relispartition,
@@ -388,7 +389,7 @@ fn enable_tenancy(
 ) {
     let (relid, facts) = checked_table(tbl, "enable");
     // An administrator's decision that the table is shared (disable_tenancy) is reverted by an administrator only.
-    if crate::privilege::held_role("nile_admin").is_none() {
+    if crate::pg::privilege::held_role("nile_admin").is_none() {
         let excluded = with_safe_search_path(|| {
             Spi::connect(|client| {
                 query_bool(
@@ -445,9 +446,10 @@ fn enable_tenancy(
 /// and by the DDL event trigger's automatic enrollment.
 ///
 /// Every query over the table and every change to it runs as its owner in a security-restricted operation
-/// (`as_table_owner_policed`; each table of the tree as its own owner): planning a query over the table evaluates its owner's
-/// functions, which must never run with more rights than the owner has (issue 17, finding 1). Only the registry, the
-/// list of tenants and `CREATE INDEX` (which builds as the owner itself) are touched with the extension's rights.
+/// (`as_table_owner_policed`; each table of the tree as its own owner): planning a query over the table evaluates its
+/// owner's functions, which must never run with more rights than the owner has (issue 17, finding 1). Only the
+/// registry, the list of tenants and `CREATE INDEX` (which builds as the owner itself) are touched with the extension's
+/// rights.
 pub fn enroll(relid: pg_sys::Oid, facts: &TableFacts, column: &str, backfill: Option<&Uuid>) {
     with_safe_search_path(|| {
         own_ddl(|| {
@@ -524,7 +526,7 @@ fn protection_problems(
 ) -> Vec<String> {
     let members: Vec<pg_sys::Oid> = tree.members.iter().map(|m| m.relid).collect();
     as_extension_owner(|| {
-        crate::spi_util::select(
+        crate::pg::spi_util::select(
             client,
             "SELECT p.object || ': ' || p.problem
              FROM nile.tenant_tables e JOIN pg_class c ON c.oid = e.relid::oid,
@@ -656,7 +658,8 @@ fn ensure_tenant_column(
     }
 }
 
-/// Give the table the foreign key to `nile.tenants`, as its owner (the caller runs this inside `as_table_owner_policed`).
+/// Give the table the foreign key to `nile.tenants`, as its owner (the caller runs this inside
+/// `as_table_owner_policed`).
 fn ensure_foreign_key(
     client: &mut SpiClient<'_>,
     owner: pg_sys::Oid,
@@ -709,7 +712,7 @@ fn ensure_foreign_key(
         )
         .raise()
     };
-    let before_fks: Vec<pg_sys::Oid> = crate::spi_util::select(
+    let before_fks: Vec<pg_sys::Oid> = crate::pg::spi_util::select(
         client,
         "SELECT oid FROM pg_constraint WHERE confrelid = 'nile.tenants'::regclass AND contype = 'f'",
         None,
@@ -846,7 +849,8 @@ fn protect(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &st
             sql.push_str(&format!(" USING ({col} = {f})"));
         }
         match check {
-            // The second half runs only for a row of another tenant, to raise NT005 (context.rs, policy_foreign_row).
+            // The second half runs only for a row of another tenant, to raise NT005 (src/context/tenant.rs,
+            // policy_foreign_row).
             Some(f) if foreign_row_check => sql.push_str(&format!(
                 " WITH CHECK ({col} = {f} OR nile.policy_foreign_row({col}))"
             )),
@@ -859,7 +863,7 @@ fn protect(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str, col: &st
 
 /// Drop every nile_tenant_* policy on the table (the generated ones, and any look-alike that would confuse them).
 fn drop_generated_policies(client: &mut SpiClient<'_>, relid: pg_sys::Oid, table: &str) {
-    let existing: Vec<String> = crate::spi_util::select(client, "SELECT polname::text FROM pg_policy WHERE polrelid = $1 AND starts_with(polname::text, $2)",
+    let existing: Vec<String> = crate::pg::spi_util::select(client, "SELECT polname::text FROM pg_policy WHERE polrelid = $1 AND starts_with(polname::text, $2)",
             None,
             &[relid.into(), POLICY_PREFIX.into()])
         .map(|row| required_column::<String>(&row, 1))

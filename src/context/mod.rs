@@ -1,0 +1,31 @@
+//! context — who a session works for: a tenant's context, the admin context, and the guard that makes both
+//! unforgeable.
+//!
+//! - `guard`: `nile.tenant_id`, `nile.user_id` and `nile.admin_active`, settings that only this folder's functions can
+//!   turn on, kept parsed in backend memory
+//! - `tenant`: `nile.set_tenant()`, `nile.clear_tenant()`, `nile.current_tenant()`, and the policy functions the
+//!   generated policies call
+//! - `tenant_cache`: each tenant's status as this backend knows it, read from `nile.tenants` by index and invalidated
+//!   on change
+//! - `tokens`: signed tenant tokens (`nile.set_tenant_token()`, `nile.sign_tenant_token()`, `nile.current_user_id()`)
+//! - `role_binding`: tenant-bound roles (`nile.bind_role()`, `nile.unbind_role()`)
+//! - `admin`: `nile.admin_context()` and its audit; whether the admin context applies to the current identity
+//! - `pool_guard`: what a context may not leave behind on a pooled connection (`WITH HOLD` cursors)
+//!
+//! `init()` defines the guarded settings, then registers the cache invalidations and the pool guard.
+
+pub mod admin;
+pub mod guard;
+pub mod pool_guard;
+pub mod role_binding;
+pub mod tenant;
+pub mod tenant_cache;
+pub mod tokens;
+
+/// Called from `_PG_init`, before the plain settings (src/settings.rs) reserve the `nile.` prefix.
+pub fn init() {
+    guard::init();
+    tenant_cache::init();
+    role_binding::init();
+    pool_guard::init();
+}

@@ -1,0 +1,29 @@
+//! pg — Postgres plumbing that every other concern uses and that knows nothing of tenants' rules: errors with their
+//! SQLSTATE, settings written the way `SET` does, role checks and running the extension's own SQL with its rights,
+//! SPI, reading the extension's own tables and any table's heap without SPI, the `ProcessUtility` hook chain, and UUID
+//! text.
+//!
+//! - `errors`: the one error builder (`raise`, `Problem`), the NT codes, and Rust backtraces kept out of messages
+//! - `guc`: `set_setting()` with its scope, and how a check hook refuses a value
+//! - `privilege`: who may call what, and the extension's own SQL run with the right role and a safe `search_path`
+//! - `spi_util`: the only way the extension runs SQL (scripts/check_sql.py enforces it)
+//! - `own_tables`: `nile.*` tables read by heap and index, without SPI or row-level security
+//! - `heap_scan`: a table's rows read without planner, policies or expressions
+//! - `hook_chain`: the next `ProcessUtility` hook, and the one hook that runs the registered statement checks
+//! - `uuid_text`: canonical UUID text and UUIDv7 generation
+//!
+//! Nothing here imports another folder of src/; every other folder may import this one.
+
+pub mod errors;
+pub mod guc;
+pub mod heap_scan;
+pub mod hook_chain;
+pub mod own_tables;
+pub mod privilege;
+pub mod spi_util;
+pub mod uuid_text;
+
+/// Called first from `_PG_init`: the panic hook that keeps backtraces out of client messages.
+pub fn init() {
+    errors::init();
+}
