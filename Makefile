@@ -52,27 +52,27 @@ test-all:
 
 bench:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
-	scripts/bench.sh $(PG_MAJOR)
+	bench/isolation.sh $(PG_MAJOR)
 
 bench-ddl:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
-	scripts/bench_ddl.sh $(PG_MAJOR)
+	bench/ddl.sh $(PG_MAJOR)
 
 bench-usage:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
-	scripts/bench_usage.sh $(PG_MAJOR)
+	bench/usage.sh $(PG_MAJOR)
 
 bench-lifecycle:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
-	scripts/bench_lifecycle.sh $(PG_MAJOR)
+	bench/lifecycle.sh $(PG_MAJOR)
 
 bench-writes:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
-	scripts/bench_writes.sh $(PG_MAJOR)
+	bench/writes.sh $(PG_MAJOR)
 
 fmt:
 	cargo fmt --all
 
 clean:
 	-scripts/cluster.sh stop $(RUN_DIR)
-	rm -rf $(RUN_DIR) target tests/integration/target
+	rm -rf $(RUN_DIR) target

@@ -111,7 +111,7 @@ fi
 
 say "integration tests (tests/integration, multi-session; PgBouncer in transaction mode in front of the cluster)"
 pgbouncer_port=$(scripts/pgbouncer.sh start "$work/pgbouncer" "$port")
-NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test --manifest-path tests/integration/Cargo.toml -- --test-threads=1
+NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test -p nile_tenancy_integration -- --test-threads=1
 
 say "real-client suites (tests/clients): Python and Node libraries and ORMs, directly and through PgBouncer"
 for lang in python node; do

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# scripts/bench.sh [MAJOR] — `make bench`: what tenant isolation costs, side by side against hand-written alternatives.
+# bench/isolation.sh [MAJOR] — `make bench`: what tenant isolation costs, side by side against hand-written alternatives.
 #
-# Starts its own throwaway cluster (scripts/bench_lib.sh: release build, preloaded, as for `make run`), loads one
+# Starts its own throwaway cluster (bench/lib.sh: release build, preloaded, as for `make run`), loads one
 # dataset into four identical tables and runs pgbench (-M prepared, as the non-owner role bench_app) custom scripts
 # for each variant, alternating the variants run by run in ABBA order (a b1 b2 c d, then d c b2 b1 a, ...) so that
 # machine drift cancels out:
@@ -22,7 +22,7 @@
 # It also times nile.set_tenant() against set_config(..., true) / SET LOCAL: server-side per call (a PL/pgSQL loop)
 # and per round trip (pgbench).
 #
-# Writes bench/results.md and bench/results.png (scripts/bench_report.py); raw figures stay in $BENCH_DIR.
+# Writes bench/results.md and bench/results.png (bench/report.py); raw figures stay in $BENCH_DIR.
 #
 # Besides the run-by-run rounds, each workload but noisy is also measured interleaved (see interleave()): all the
 # variants in the same connections, transaction by transaction.
@@ -54,7 +54,7 @@ small_rows=$(((rows - big_rows) / (tenants - 1)))
   || { echo "[bench] need at least 2 tenants and 20 rows per small tenant ($tenants tenants, $rows rows)" >&2; exit 1; }
 started=$(date +%s)
 
-. scripts/bench_lib.sh
+. bench/lib.sh
 bench_cluster "$major" "$dir"
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
 # Every table fits in shared memory, so that no variant reads from the OS cache what another finds in its buffers.
@@ -335,5 +335,5 @@ loop_calls=$loop_calls
 minutes=$(( ($(date +%s) - started + 59) / 60 ))
 EOF
 mkdir -p "$out"
-"$(chart_python)" scripts/bench_report.py "$dir" "$out"
+"$(chart_python)" bench/report.py "$dir" "$out"
 echo "[bench] done in $(( $(date +%s) - started )) s: $out/results.md, $out/results.png"

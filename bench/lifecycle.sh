@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench_lifecycle.sh [MAJOR] — what the tenant-lifecycle tools cost, each against the hand-written way, in one
+# bench/lifecycle.sh [MAJOR] — what the tenant-lifecycle tools cost, each against the hand-written way, in one
 # run and in alternating order (A B B A) so that machine drift cancels out:
 #   backfill  CALL nile.for_each_tenant(UPDATE ..., 100)  vs  a client-side loop of BEGIN; set_tenant; UPDATE; COMMIT
 #             per tenant (one psql session, every statement a round trip)  [and, for scale, one UPDATE of every row in
@@ -21,7 +21,7 @@ rows=${BENCH_ROWS_PER_TENANT:-50}
 legacy_rows=${BENCH_LEGACY_ROWS:-100000}
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-lifecycle}/pg$major
 
-. scripts/bench_lib.sh
+. bench/lib.sh
 bench_cluster "$major" "$dir"
 psql_as() { local user=$1 db=$2; shift 2; "$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U "$user" -d "$db" "$@"; }
 now() { date +%s.%N; }

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench_ddl.sh [MAJOR] — what nile_tenancy's DDL event triggers cost a DDL statement on a table that has
+# bench/ddl.sh [MAJOR] — what nile_tenancy's DDL event triggers cost a DDL statement on a table that has
 # nothing to do with tenancy: CREATE TABLE, ALTER TABLE ... ADD COLUMN, CREATE INDEX, DROP TABLE, with the triggers
 # enabled vs the same statements with them disabled (ALTER EVENT TRIGGER ... DISABLE), in a database that already
 # has BENCH_PARTITIONS enrolled partitions (the registry the triggers consult). Alternating rounds, so that machine
@@ -16,7 +16,7 @@ iterations=${BENCH_ITERATIONS:-500}
 partitions=${BENCH_PARTITIONS:-1000}
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-ddl}/pg$major
 
-. scripts/bench_lib.sh
+. bench/lib.sh
 bench_cluster "$major" "$dir"
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench)
 

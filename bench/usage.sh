@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench_usage.sh [MAJOR] — what usage metering costs: the same pgbench workloads through the tenant path with
+# bench/usage.sh [MAJOR] — what usage metering costs: the same pgbench workloads through the tenant path with
 # nile.track_usage off and on, alternating in ABBA order (off on, on off, off on ...) so that machine drift cancels out.
 #
 # Workloads (pgbench -M prepared, as a non-owner application role, 1 000 tenants, a random tenant per transaction):
@@ -21,7 +21,7 @@ tenants=${BENCH_TENANTS:-1000}
 rows=${BENCH_ROWS_PER_TENANT:-100}
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-usage}/pg$major
 
-. scripts/bench_lib.sh
+. bench/lib.sh
 bench_cluster "$major" "$dir"
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -d bench)
 

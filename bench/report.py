@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""scripts/bench_report.py RAW_DIR OUT_DIR — turn the raw figures of scripts/bench.sh into OUT_DIR/results.md (medians,
+"""bench/report.py RAW_DIR OUT_DIR — turn the raw figures of bench/isolation.sh into OUT_DIR/results.md (medians,
 ratios to the baseline, spreads, the goals, the set_tenant() cost, the plans) and OUT_DIR/results.png (the ratios per
 workload and variant). Ratios are medians of per-round ratios: each round runs every variant back to back."""
 

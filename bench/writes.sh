@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# scripts/bench_writes.sh [MAJOR] — what issue 18 costs on the write path, each side by side with its baseline in one
+# bench/writes.sh [MAJOR] — what issue 18 costs on the write path, each side by side with its baseline in one
 # run, in alternating rounds so that machine drift cancels out; prints every round, the medians and the ratios:
 #   a. inserts through the generated policies, whose WITH CHECK now ends in `OR nile.policy_foreign_row(tenant_id)`
 #      (evaluated only for a row of another tenant, to raise NT005), against a twin table whose policies have the
@@ -19,7 +19,7 @@ clients=${BENCH_CLIENTS:-2}
 rows=${BENCH_ROWS:-200000}
 dir=${BENCH_DIR:-/tmp/nile-tenancy-bench-writes}/pg$major
 
-. scripts/bench_lib.sh
+. bench/lib.sh
 bench_cluster "$major" "$dir"
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d bench)
 

@@ -1,4 +1,4 @@
-# scripts/bench_lib.sh — sourced by the bench_*.sh scripts: a fresh cluster with a release build, and a median.
+# bench/lib.sh — sourced by the scripts of bench/: a fresh cluster with a release build, and a median.
 #
 # bench_cluster MAJOR DIR sets pg_config, bindir and port: it installs a release build of nile_tenancy into DIR.pginstall,
 # the benches' own PostgreSQL MAJOR install tree (scripts/install.sh: atomic, shared with no test and no `make run`), and
