@@ -51,7 +51,7 @@ EOF
     else
       port=$(free_port)
       # RUST_BACKTRACE=1, as many developers' and containers' environments have it: the extension must keep Rust
-      # backtraces out of every message a client receives (tests/integration/tests/attacks.rs checks it).
+      # backtraces out of every message a client receives (tests/integration/tests/attacks/own_objects.rs checks it).
       as_postgres env RUST_BACKTRACE=1 "$bindir/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -o "-p $port" -w start >/dev/null \
         || { tail -n 30 "$dir/data/server.log" >&2; exit 1; }
       echo "$port" >"$dir/port"

@@ -48,10 +48,12 @@ pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     pg::init();
-    context::init();
-    // After every other `nile.*` setting is defined (the guarded ones by context::init()): reserving the prefix stops
-    // placeholders from being created under it.
+    // First after the panic hook: settings::init() records whether the library is being preloaded, which later
+    // init()s read through settings::preloaded().
     settings::init();
+    context::init();
+    // After every `nile.*` setting is defined (the guarded ones by context::init(); no later init() defines one):
+    // reserving the prefix stops placeholders from being created under it.
     settings::reserve_prefix();
     rls::init();
     tables::init();

@@ -243,7 +243,6 @@ pub fn init() {
         GucContext::Suset,
         GucFlags::UNIT_MS,
     );
-    // SAFETY: plain call into Postgres during _PG_init.
 }
 
 /// Stop anyone from creating placeholder settings under `nile.` (typos, or names a later version will define). Called

@@ -22,7 +22,7 @@ pub mod tenant;
 pub mod tenant_cache;
 pub mod tokens;
 
-/// Called from `_PG_init`, before the plain settings (src/settings.rs) reserve the `nile.` prefix.
+/// Called from `_PG_init`, after the plain settings are defined and before they reserve the `nile.` prefix.
 pub fn init() {
     guard::init();
     tenant_cache::init();

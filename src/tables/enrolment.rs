@@ -195,7 +195,8 @@ fn checked_table(tbl: Option<pg_sys::Oid>, action: &str) -> (pg_sys::Oid, TableF
     }
     let relid = require_not_null(tbl, "tbl");
     // The caller's rights (ownership is checked), but not the caller's search_path: an overload planted in one of its
-    // schemas must not run here (tests/integration/tests/attacks.rs, hijack_search_path_of_enable_and_disable_tenancy).
+    // schemas must not run here (tests/integration/tests/attacks/own_objects.rs,
+    // hijack_search_path_of_enable_and_disable_tenancy).
     let facts = with_safe_search_path(|| Spi::connect(|client| table_facts(client, relid)));
     check_can_enroll(&facts, action);
     (relid, facts)

@@ -268,7 +268,10 @@ fn a_cursor_with_hold_cannot_carry_a_tenants_rows_past_its_transaction() {
          SELECT nile.set_tenant('{ACME}'); FETCH 1 FROM held; SELECT nile.clear_tenant(); COMMIT;"
     )));
     let _ = c.batch_execute("ROLLBACK");
-    assert_eq!(declared_first, "0A000", "declared first, then a context: the commit is refused");
+    assert_eq!(
+        declared_first, "0A000",
+        "declared first, then a context: the commit is refused"
+    );
     // Nothing was left behind for the next statement on this connection.
     let left: i64 = one(&mut c, "SELECT count(*) FROM pg_cursors WHERE is_holdable");
     assert_eq!(left, 0, "a cursor survived");
@@ -292,21 +295,29 @@ fn session_scope_and_missing_tenant_are_a_superusers_settings() {
     .unwrap();
     let mut c = connect(&db, "it_pooled_app");
     assert_fails(
-        c.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)")),
+        c.batch_execute(&format!(
+            "SELECT nile.set_tenant('{ACME}', is_local => false)"
+        )),
         "NT007",
     );
-    assert_fails(c.batch_execute("SET nile.allow_session_scope = on"), "42501");
+    assert_fails(
+        c.batch_execute("SET nile.allow_session_scope = on"),
+        "42501",
+    );
     assert_fails(c.batch_execute("SET nile.missing_tenant = error"), "42501");
     // Transaction scope works; and without a context the role's missing_tenant = deny applies.
     let seen: i64 = one(&mut c, "SELECT count(*) FROM projects");
     assert_eq!(seen, 0);
-    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}');")).unwrap();
+    c.batch_execute(&format!("BEGIN; SELECT nile.set_tenant('{ACME}');"))
+        .unwrap();
     let acme: i64 = one(&mut c, "SELECT count(*) FROM projects");
     c.batch_execute("COMMIT").unwrap();
     assert_eq!(acme, 2);
     // Other roles keep the defaults; an application role cannot change missing_tenant for itself either.
     let mut app = connect(&db, "it_app");
     assert_fails(app.batch_execute("SET nile.missing_tenant = deny"), "42501");
-    app.batch_execute(&format!("SELECT nile.set_tenant('{ACME}', is_local => false)"))
-        .unwrap();
+    app.batch_execute(&format!(
+        "SELECT nile.set_tenant('{ACME}', is_local => false)"
+    ))
+    .unwrap();
 }

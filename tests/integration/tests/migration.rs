@@ -337,7 +337,10 @@ fn a_tenant_moves_to_another_database_verified_and_then_purged() {
         ("--to", from.clone(), dsn(target, "postgres")),
     ] {
         let (ok, log) = move_tenant(&["--from", &from, "--to", &to, "--tenant", globex, "--purge"]);
-        assert!(!ok && log.contains(&format!("the {side} role is a superuser")), "{log}");
+        assert!(
+            !ok && log.contains(&format!("the {side} role is a superuser")),
+            "{log}"
+        );
     }
     assert_eq!(tenant_rows(&source, globex), before);
     let status: String = one(

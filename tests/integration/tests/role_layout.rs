@@ -38,7 +38,8 @@ fn findings(client: &mut postgres::Client) -> String {
 }
 
 #[test]
-fn the_documented_layout_passes_verify_and_its_migration_role_changes_the_schema_without_a_context() {
+fn the_documented_layout_passes_verify_and_its_migration_role_changes_the_schema_without_a_context()
+{
     let db = layout_scenario("layout_migrations");
     let mut migrator = connect(&db, "app_migrator");
     // Problem 3: REFERENCES nile.tenants (id) written by a role that is not a superuser. Problem 1: a composite foreign
@@ -83,12 +84,14 @@ fn the_documented_layout_passes_verify_and_its_migration_role_changes_the_schema
         "42501",
     );
     let mut su = connect(&db, "postgres");
-    su.batch_execute("SELECT nile.disable_tenancy('notes')").unwrap();
+    su.batch_execute("SELECT nile.disable_tenancy('notes')")
+        .unwrap();
     assert_fails(
         migrator.batch_execute("SELECT nile.enable_tenancy('notes')"),
         "42501",
     );
-    su.batch_execute("SELECT nile.enable_tenancy('notes')").unwrap();
+    su.batch_execute("SELECT nile.enable_tenancy('notes')")
+        .unwrap();
 
     // The application works in its tenants' contexts with what the default privileges gave it.
     let mut app = connect(&db, "app_user");
@@ -118,7 +121,11 @@ fn the_documented_layout_passes_verify_and_its_migration_role_changes_the_schema
         .unwrap();
 
     let mut su = connect(&db, "postgres");
-    assert_eq!(findings(&mut su), "", "nile.verify() with the documented layout");
+    assert_eq!(
+        findings(&mut su),
+        "",
+        "nile.verify() with the documented layout"
+    );
 
     // The migration role can take it all down again.
     migrator
@@ -140,8 +147,10 @@ fn a_foreign_key_is_validated_over_every_tenants_rows_never_over_one_tenants_vie
     // Acme's child has its parent; Globex's child points at a parent that does not exist.
     let mut app = connect(&db, "app_user");
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, ACME);
-    tx.batch_execute("INSERT INTO parents VALUES (DEFAULT, 1); INSERT INTO children VALUES (DEFAULT, 1, 1);")
-        .unwrap();
+    tx.batch_execute(
+        "INSERT INTO parents VALUES (DEFAULT, 1); INSERT INTO children VALUES (DEFAULT, 1, 1);",
+    )
+    .unwrap();
     tx.commit().unwrap();
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, GLOBEX);
     tx.batch_execute("INSERT INTO children VALUES (DEFAULT, 1, 99)")
@@ -164,12 +173,16 @@ fn a_foreign_key_is_validated_over_every_tenants_rows_never_over_one_tenants_vie
     let mut su = connect(&db, "postgres");
     su.batch_execute("GRANT nile_app TO app_migrator").unwrap();
     let mut migrator = connect(&db, "app_migrator");
-    for mode in ["", " NOT VALID; ALTER TABLE children VALIDATE CONSTRAINT children_parent_fk"] {
+    for mode in [
+        "",
+        " NOT VALID; ALTER TABLE children VALIDATE CONSTRAINT children_parent_fk",
+    ] {
         let mut tx = begin_as(&mut migrator, postgres::IsolationLevel::ReadCommitted, ACME);
         assert_fails(tx.batch_execute(&format!("{add}{mode}")), "23503");
         tx.rollback().unwrap();
     }
-    su.batch_execute("REVOKE nile_app FROM app_migrator").unwrap();
+    su.batch_execute("REVOKE nile_app FROM app_migrator")
+        .unwrap();
 
     // Once the dangling row is gone, the same statement passes, without a context.
     let mut tx = begin_as(&mut app, postgres::IsolationLevel::ReadCommitted, GLOBEX);
@@ -249,8 +262,10 @@ fn a_purge_never_runs_a_table_owners_trigger_with_the_administrators_rights() {
     let mut su = connect(&db, "postgres");
     su.batch_execute(&format!("INSERT INTO seats VALUES ('{GLOBEX}')"))
         .unwrap();
-    su.batch_execute(&format!("SELECT nile.delete_tenant('{GLOBEX}', purge => true)"))
-        .unwrap_or_else(|e| panic!("the purge: {e:?}"));
+    su.batch_execute(&format!(
+        "SELECT nile.delete_tenant('{GLOBEX}', purge => true)"
+    ))
+    .unwrap_or_else(|e| panic!("the purge: {e:?}"));
     assert_eq!(one::<i64>(&mut su, "SELECT count(*) FROM seats"), 0);
     // PostgreSQL 14-17 fire the cascade's AFTER triggers as the role that deleted the tenant's row: before the fix,
     // the superuser; now nile_purger, which can do nothing. PostgreSQL 18 fires them as the table's owner.
@@ -259,15 +274,22 @@ fn a_purge_never_runs_a_table_owners_trigger_with_the_administrators_rights() {
         "SELECT string_agg(DISTINCT who, ',' ORDER BY who) FROM seen_as",
     );
     assert!(
-        seen.split(',').all(|who| who == "app_migrator" || who == "nile_purger"),
+        seen.split(',')
+            .all(|who| who == "app_migrator" || who == "nile_purger"),
         "the owner's triggers ran as {seen}"
     );
     assert_eq!(
-        one::<String>(&mut su, "SELECT string_agg(DISTINCT level, ',' ORDER BY level) FROM seen_as"),
+        one::<String>(
+            &mut su,
+            "SELECT string_agg(DISTINCT level, ',' ORDER BY level) FROM seen_as"
+        ),
         "ROW,STATEMENT"
     );
     assert_eq!(
-        one::<i64>(&mut su, &format!("SELECT count(*) FROM nile.tenants WHERE id = '{GLOBEX}'")),
+        one::<i64>(
+            &mut su,
+            &format!("SELECT count(*) FROM nile.tenants WHERE id = '{GLOBEX}'")
+        ),
         0
     );
 }
@@ -277,7 +299,9 @@ fn the_enrolments_index_is_kept_while_it_is_the_tenant_columns_only_index() {
     let db = layout_scenario("layout_index");
     let mut migrator = connect(&db, "app_migrator");
     migrator
-        .batch_execute("CREATE TABLE events (tenant_id uuid NOT NULL, at timestamptz NOT NULL DEFAULT now())")
+        .batch_execute(
+            "CREATE TABLE events (tenant_id uuid NOT NULL, at timestamptz NOT NULL DEFAULT now())",
+        )
         .unwrap();
     let index = one::<String>(
         &mut migrator,
@@ -286,8 +310,14 @@ fn the_enrolments_index_is_kept_while_it_is_the_tenant_columns_only_index() {
     assert_eq!(index, "nile_events_tenant_id_idx");
     // What drizzle-kit push and Alembic's autogenerate (without the filter) propose: refused while it is the only index
     // leading with the tenant column (before the fix, the drop went through).
-    let refused = assert_fails(migrator.batch_execute(&format!("DROP INDEX {index}")), "2BP01");
-    assert!(refused.contains("no other index leading with its tenant column"), "{refused}");
+    let refused = assert_fails(
+        migrator.batch_execute(&format!("DROP INDEX {index}")),
+        "2BP01",
+    );
+    assert!(
+        refused.contains("no other index leading with its tenant column"),
+        "{refused}"
+    );
     // With another such index it may go, and the table itself may always go.
     migrator
         .batch_execute(&format!(

@@ -355,7 +355,9 @@ fn a_tree_with_two_owners_is_refused_with_the_fix() {
     let db_err = err.as_db_error().expect("a server error");
     assert_eq!(db_err.code().code(), "42501");
     assert!(
-        db_err.message().contains("public.ledger_1 below it has another owner"),
+        db_err
+            .message()
+            .contains("public.ledger_1 below it has another owner"),
         "{}",
         db_err.message()
     );

@@ -128,7 +128,9 @@ fn trapped_database() -> String {
     admin
         .batch_execute(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
         .unwrap();
-    admin.batch_execute(&format!("CREATE DATABASE {db}")).unwrap();
+    admin
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .unwrap();
     ensure_login_role(&mut admin, "it_trap_owner", "");
     ensure_login_role(&mut admin, "it_trap_admin", "");
     let mut su = connect(db, "postgres");
@@ -163,7 +165,10 @@ fn trapped_database() -> String {
         &mut su,
         "SELECT count(*) FROM nile.tenant_tables WHERE relid IN ('public.t'::regclass, 'public.t_child'::regclass)",
     );
-    assert_eq!(enrolled, 2, "the owner's CREATE TABLE enrolled t and its child");
+    assert_eq!(
+        enrolled, 2,
+        "the owner's CREATE TABLE enrolled t and its child"
+    );
     su.batch_execute("TRUNCATE public.trap_log").unwrap();
     db.to_string()
 }
@@ -194,17 +199,34 @@ fn run_every_function(db: &str, role: &str, tenant: &str, round: usize) {
         c.batch_execute(sql)
             .unwrap_or_else(|e| panic!("as {role}: {sql}: {e:?}"))
     };
-    run(&mut c, &format!("SELECT nile.create_tenant('Trap {round}', '{tenant}')"));
-    run(&mut c, &format!("SELECT nile.update_tenant('{tenant}', '{{\"name\": \"Trap {round}b\"}}')"));
-    run(&mut c, &format!("SELECT nile.deactivate_tenant('{tenant}'); SELECT nile.reactivate_tenant('{tenant}')"));
+    run(
+        &mut c,
+        &format!("SELECT nile.create_tenant('Trap {round}', '{tenant}')"),
+    );
+    run(
+        &mut c,
+        &format!("SELECT nile.update_tenant('{tenant}', '{{\"name\": \"Trap {round}b\"}}')"),
+    );
+    run(
+        &mut c,
+        &format!(
+            "SELECT nile.deactivate_tenant('{tenant}'); SELECT nile.reactivate_tenant('{tenant}')"
+        ),
+    );
     run(&mut c, "SELECT * FROM nile.verify()");
     run(&mut c, "SELECT * FROM nile.tenant_storage()");
-    run(&mut c, &format!("SELECT * FROM nile.tenant_storage('{ACME}')"));
+    run(
+        &mut c,
+        &format!("SELECT * FROM nile.tenant_storage('{ACME}')"),
+    );
     run(&mut c, "SELECT * FROM nile.tenant_usage; SELECT * FROM nile.noisy_neighbours(); SELECT * FROM nile.usage_history");
     run(&mut c, "SELECT nile.reset_usage()");
     run(&mut c, &format!("BEGIN; SELECT nile.admin_context('trap harness'); SELECT count(*) FROM nile.tenants; COMMIT"));
     run(&mut c, &format!("BEGIN; SELECT nile.set_tenant('{ACME}'); SELECT nile.current_tenant(); COMMIT; SELECT nile.clear_tenant()"));
-    run(&mut c, &format!("SELECT * FROM nile.export_tenant('{ACME}')"));
+    run(
+        &mut c,
+        &format!("SELECT * FROM nile.export_tenant('{ACME}')"),
+    );
     // The helpers granted to nile_admin, called directly (each must pin its own search_path, not rely on a caller's).
     run(&mut c, "SELECT * FROM nile._tenant_tables_in_load_order()");
     run(&mut c, "SELECT nile._advance_sequences('public.t')");
@@ -213,36 +235,68 @@ fn run_every_function(db: &str, role: &str, tenant: &str, round: usize) {
     // owner's besides the tenant policies, which could bind the owner (as whom the import writes) differently from an
     // administrator who is not the owner: such an administrator is refused, before any of the owner's code runs.
     if role == "postgres" {
-        run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}', dry_run => true)"));
-        run(&mut c, &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"));
+        run(
+            &mut c,
+            &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}', dry_run => true)"),
+        );
+        run(
+            &mut c,
+            &format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"),
+        );
     } else {
         let err = c
-            .batch_execute(&format!("SELECT * FROM nile.import_schema('legacy', '{tenant}')"))
-            .expect_err("an import into a table with a policy of its owner's besides the tenant policies");
-        assert_eq!(err.as_db_error().map(|e| e.code().code()), Some("42501"), "{err:?}");
+            .batch_execute(&format!(
+                "SELECT * FROM nile.import_schema('legacy', '{tenant}')"
+            ))
+            .expect_err(
+                "an import into a table with a policy of its owner's besides the tenant policies",
+            );
+        assert_eq!(
+            err.as_db_error().map(|e| e.code().code()),
+            Some("42501"),
+            "{err:?}"
+        );
     }
     run(&mut c, "CALL nile.for_each_tenant('SELECT 1', 2)");
-    run(&mut c, &format!("SELECT nile.delete_tenant('{tenant}', purge => true)"));
+    run(
+        &mut c,
+        &format!("SELECT nile.delete_tenant('{tenant}', purge => true)"),
+    );
     run(&mut c, &format!("SELECT nile.create_tenant('Trap {round} again', '{tenant}'); SELECT nile.delete_tenant('{tenant}')"));
     if role == "postgres" {
         // The superuser's paths that need a table's owner or a superuser: repairing the enrolment, switching it off
         // and on, binding roles, tokens.
         run(&mut c, "SELECT nile.enable_tenancy('public.t')");
-        run(&mut c, "SELECT nile.disable_tenancy('public.t'); SELECT nile.enable_tenancy('public.t')");
+        run(
+            &mut c,
+            "SELECT nile.disable_tenancy('public.t'); SELECT nile.enable_tenancy('public.t')",
+        );
         run(&mut c, &format!("SELECT nile.bind_role('it_trap_owner', '{ACME}'); SELECT nile.unbind_role('it_trap_owner')"));
         // The event triggers' paths on the owner's tables: a column added, a child created, the tenant column
         // given to a tree, a column renamed, a table dropped.
         run(&mut c, "ALTER TABLE public.t ADD COLUMN extra_su int");
-        run(&mut c, "CREATE TABLE public.su_child (note text) INHERITS (public.t)");
+        run(
+            &mut c,
+            "CREATE TABLE public.su_child (note text) INHERITS (public.t)",
+        );
         run(&mut c, "ALTER TABLE public.late ADD COLUMN tenant_id uuid");
-        run(&mut c, "ALTER TABLE public.t RENAME COLUMN extra_su TO extra_su2");
+        run(
+            &mut c,
+            "ALTER TABLE public.t RENAME COLUMN extra_su TO extra_su2",
+        );
         run(&mut c, "DROP TABLE public.su_child");
         run(&mut c, "SELECT nile.disable_tenancy('public.late')");
     } else {
         // The event triggers' paths on a table of its own.
-        run(&mut c, "CREATE TABLE public.adm_own (tenant_id uuid NOT NULL, v int)");
+        run(
+            &mut c,
+            "CREATE TABLE public.adm_own (tenant_id uuid NOT NULL, v int)",
+        );
         run(&mut c, "ALTER TABLE public.adm_own ADD COLUMN w int");
-        run(&mut c, "CREATE TABLE public.adm_kid () INHERITS (public.adm_own)");
+        run(
+            &mut c,
+            "CREATE TABLE public.adm_kid () INHERITS (public.adm_own)",
+        );
         run(&mut c, "SELECT nile.disable_tenancy('public.adm_own'); SELECT nile.enable_tenancy('public.adm_own')");
         run(&mut c, "DROP TABLE public.adm_own CASCADE");
     }
@@ -262,17 +316,35 @@ fn runs_by_others(su: &mut Client) -> String {
 fn no_owner_code_runs_with_a_superusers_or_an_administrators_rights() {
     let db = trapped_database();
     let mut su = connect(&db, "postgres");
-    for (round, (role, tenant)) in [("postgres", INITECH), ("it_trap_admin", HOOLI)].into_iter().enumerate() {
+    for (round, (role, tenant)) in [("postgres", INITECH), ("it_trap_admin", HOOLI)]
+        .into_iter()
+        .enumerate()
+    {
         run_every_function(&db, role, tenant, round);
-        assert_eq!(runs_by_others(&mut su), "", "as {role}: the owner's code ran with other rights");
+        assert_eq!(
+            runs_by_others(&mut su),
+            "",
+            "as {role}: the owner's code ran with other rights"
+        );
     }
     // The harness reaches the owner's code (as the owner): through the purges, the imports and the enrolments.
     let reached: String = one(
         &mut su,
         "SELECT string_agg(DISTINCT place, ', ' ORDER BY place) FROM public.trap_log",
     );
-    for place in ["trigger BEFORE ROW DELETE", "trigger AFTER STATEMENT INSERT", "domain", "generated column", "legacy statistics", "policy check", "check of a child"] {
-        assert!(reached.contains(place), "the owner's {place} never ran: {reached}");
+    for place in [
+        "trigger BEFORE ROW DELETE",
+        "trigger AFTER STATEMENT INSERT",
+        "domain",
+        "generated column",
+        "legacy statistics",
+        "policy check",
+        "check of a child",
+    ] {
+        assert!(
+            reached.contains(place),
+            "the owner's {place} never ran: {reached}"
+        );
     }
     // And the extension still did its work: Globex's rows are untouched, the legacy rows were imported and purged.
     let globex: i64 = one(

@@ -415,10 +415,18 @@ fn without_preloading_isolation_works_and_usage_objects_say_why_not() {
         .unwrap();
     let cast = caster
         .batch_execute("CREATE CAST (np_ref AS uuid) WITH FUNCTION np_ref_uuid(np_ref) AS IMPLICIT")
-        .expect_err("a non-superuser's function cast to uuid must be refused without preloading too");
-    assert_eq!(cast.as_db_error().expect("a server error").code().code(), "42501");
+        .expect_err(
+            "a non-superuser's function cast to uuid must be refused without preloading too",
+        );
     assert_eq!(
-        one::<i64>(&mut c, "SELECT count(*) FROM pg_cast WHERE casttarget = 'uuid'::regtype AND castfunc <> 0"),
+        cast.as_db_error().expect("a server error").code().code(),
+        "42501"
+    );
+    assert_eq!(
+        one::<i64>(
+            &mut c,
+            "SELECT count(*) FROM pg_cast WHERE casttarget = 'uuid'::regtype AND castfunc <> 0"
+        ),
         0
     );
     let mut app = Client::connect(
