@@ -5,6 +5,9 @@
 -- after one more step by a role that is allowed to take it) see or change another tenant's rows, or tenants are
 -- locked out. Severity 'warning': isolation holds but something leaks or can break it (existence oracles,
 -- cross-tenant references, roles able to switch it off, missing indexes).
+--
+-- Runs after sql/lifecycle.sql, when every table it reads exists; where signatures and privileges live: the header of
+-- sql/bootstrap.sql. Both functions are for administrators.
 
 -- What is wrong with one enrolled table's protection: the table or its tenant column is gone, row-level security is
 -- not enabled or not forced, a nile_tenant_* policy is missing or differs from what enable_tenancy generates, or it
@@ -74,6 +77,8 @@ CREATE FUNCTION nile._protection_problems(tbl regclass)
     FROM t JOIN pg_inherits i ON i.inhrelid = t.relid
     WHERE NOT EXISTS (SELECT 1 FROM nile.tenant_tables pe WHERE pe.relid::oid = i.inhparent)
     $$;
+REVOKE ALL ON FUNCTION nile._protection_problems(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._protection_problems(regclass) TO nile_admin;
 
 -- nile.verify(): every way the database's tenancy is not sound, empty when it is.
 CREATE FUNCTION nile.verify()
@@ -367,3 +372,5 @@ CREATE FUNCTION nile.verify()
     ORDER BY f.severity = 'warning', f.object, f.problem
     $$;
 COMMENT ON FUNCTION nile.verify() IS 'nile_tenancy: every way the tenancy of this database is not sound, with the SQL that fixes it; empty when all is sound';
+REVOKE ALL ON FUNCTION nile.verify() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.verify() TO nile_admin;
