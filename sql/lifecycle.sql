@@ -3,10 +3,19 @@
 -- and nile.export_tenant() (the SQL that copies one tenant's rows out; scripts/move_tenant.sh runs it).
 --
 -- Everything here runs with the caller's rights and, while it touches tenant rows, in the tenant's context, so the
--- tenant policies check every row it reads or writes. The Rust helpers it calls are in src/context.rs
--- (nile._enter_tenant_for_routine, nile._require_no_transaction_block), src/privilege.rs (nile._require_nile_admin,
--- which the routines call themselves in case EXECUTE on them is granted further) and src/tenants.rs
+-- tenant policies check every row it reads or writes. The Rust helpers it calls are in src/context/tenant.rs
+-- (nile._enter_tenant_for_routine, nile._require_no_transaction_block), src/pg/privilege.rs (nile._require_nile_admin,
+-- which the routines call themselves in case EXECUTE on them is granted further) and src/tenants/lifecycle.rs
 -- (nile._tenant_tables_in_load_order).
+--
+-- Runs after those Rust helpers and after sql/usage.sql; where signatures and privileges live: the header of
+-- sql/bootstrap.sql. Every routine here, and every Rust helper it calls, is for administrators only.
+
+-- The Rust helpers: the routines run with the caller's rights, so the caller needs them.
+REVOKE ALL ON FUNCTION nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text),
+    nile._tenant_tables_in_load_order(), nile._require_nile_admin(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._enter_tenant_for_routine(uuid), nile._require_no_transaction_block(text),
+    nile._tenant_tables_in_load_order(), nile._require_nile_admin(text) TO nile_admin;
 
 -- ---------------------------------------------------------------------------------------------------------------
 -- nile.for_each_tenant(): its runs and their failures. Administrators read them (and may delete old runs).
@@ -72,6 +81,8 @@ CREATE FUNCTION nile._active_tenants_after(after_id uuid, how_many integer)
     ORDER BY t.id
     LIMIT how_many
     $$;
+REVOKE ALL ON FUNCTION nile._active_tenants_after(uuid, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._active_tenants_after(uuid, integer) TO nile_admin;
 CREATE FUNCTION nile._active_tenant_count(after_id uuid)
     RETURNS integer
     LANGUAGE sql STABLE SECURITY DEFINER
@@ -79,6 +90,8 @@ CREATE FUNCTION nile._active_tenant_count(after_id uuid)
     AS $$
     SELECT count(*)::integer FROM nile.tenants t WHERE t.status = 'active' AND (after_id IS NULL OR t.id > after_id)
     $$;
+REVOKE ALL ON FUNCTION nile._active_tenant_count(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._active_tenant_count(uuid) TO nile_admin;
 
 -- The two keys of the session-level advisory lock that the session working on run `run_id` holds: the halves of the
 -- run's random claim_key (a key made of the run's id could be taken first by any role: advisory locks have no
@@ -91,6 +104,8 @@ CREATE FUNCTION nile._run_lock_keys(run_id bigint)
     SELECT ARRAY[(r.claim_key >> 32)::integer, (r.claim_key & 2147483647)::integer]
     FROM nile.for_each_tenant_runs r WHERE r.id = run_id
     $$;
+REVOKE ALL ON FUNCTION nile._run_lock_keys(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._run_lock_keys(bigint) TO nile_admin;
 
 -- Take that lock for this session, once (a session that holds it already keeps its single hold); false when another
 -- session holds it.
@@ -110,6 +125,8 @@ CREATE FUNCTION nile._hold_run_lock(run_id bigint)
         RETURN pg_try_advisory_lock(keys[1], keys[2]);
     END
     $$;
+REVOKE ALL ON FUNCTION nile._hold_run_lock(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._hold_run_lock(bigint) TO nile_admin;
 
 -- Release it at the end of the run.
 CREATE FUNCTION nile._release_run_lock(run_id bigint)
@@ -117,6 +134,8 @@ CREATE FUNCTION nile._release_run_lock(run_id bigint)
     LANGUAGE sql VOLATILE
     SET search_path = pg_catalog, pg_temp
     AS $$ SELECT pg_advisory_unlock(k[1], k[2]) FROM (SELECT nile._run_lock_keys(run_id) AS k) x $$;
+REVOKE ALL ON FUNCTION nile._release_run_lock(bigint) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._release_run_lock(bigint) TO nile_admin;
 
 -- Start a run of `statement`, or resume its unfinished one; returns the run. Checks everything first.
 CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
@@ -195,6 +214,8 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
         RETURN run;
     END
     $$;
+REVOKE ALL ON FUNCTION nile._for_each_tenant_start(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._for_each_tenant_start(text, integer) TO nile_admin;
 
 -- for_each_tenant(statement, batch_size): run `statement` once under each active tenant's context, in id order,
 -- committing after every `batch_size` tenants. A tenant whose statement fails is recorded in
@@ -202,8 +223,9 @@ CREATE FUNCTION nile._for_each_tenant_start(statement text, batch_size integer)
 -- resumes after the last committed batch.
 --
 -- A procedure that commits cannot have SET search_path, so it runs in the caller's search_path: every function,
--- operator and type name of its own is schema-qualified (an overload planted in a schema on that path, such as cardinality(uuid[])
--- or /(integer, numeric), would otherwise beat pg_catalog's). Only `statement` itself is the caller's SQL.
+-- operator and type name of its own is schema-qualified (an overload planted in a schema on that path, such as
+-- cardinality(uuid[]) or /(integer, numeric), would otherwise beat pg_catalog's). Only `statement` itself is the
+-- caller's SQL.
 CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT 100)
     LANGUAGE plpgsql
     AS $$
@@ -297,6 +319,8 @@ CREATE PROCEDURE nile.for_each_tenant(statement text, batch_size integer DEFAULT
     END
     $$;
 COMMENT ON PROCEDURE nile.for_each_tenant(text, integer) IS 'nile_tenancy: run a statement under every active tenant''s context, committing per batch; failures go to nile.for_each_tenant_failures; resumable';
+REVOKE ALL ON PROCEDURE nile.for_each_tenant(text, integer) FROM PUBLIC;
+GRANT EXECUTE ON PROCEDURE nile.for_each_tenant(text, integer) TO nile_admin;
 
 -- ---------------------------------------------------------------------------------------------------------------
 -- The columns of `tbl` that an INSERT can write (not dropped, not generated), quoted, in table order, without
@@ -311,6 +335,8 @@ CREATE FUNCTION nile._insertable_columns(tbl regclass, leave_out name DEFAULT NU
     WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
       AND a.attname IS DISTINCT FROM leave_out
     $$;
+REVOKE ALL ON FUNCTION nile._insertable_columns(regclass, name) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._insertable_columns(regclass, name) TO nile_admin;
 
 -- After rows were copied in with their own values, move the sequences behind the table's serial and identity columns
 -- past the highest value the caller can see, so that the next default does not collide with a copied row.
@@ -329,7 +355,7 @@ CREATE FUNCTION nile._advance_sequences(tbl regclass)
             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
               AND pg_get_serial_sequence(tbl::text, a.attname) IS NOT NULL
         LOOP
-            -- Read as the table's owner (src/import_copy.rs): the caller must not run the owner's code.
+            -- Read as the table's owner (src/tenants/import.rs): the caller must not run the owner's code.
             highest := nile._import_step('highest', NULL, tbl, NULL, col.attname);
             CONTINUE WHEN highest IS NULL;
             IF has_sequence_privilege(col.seq, 'UPDATE') AND has_sequence_privilege(col.seq, 'SELECT, USAGE') THEN
@@ -343,6 +369,12 @@ CREATE FUNCTION nile._advance_sequences(tbl regclass)
         END LOOP;
     END
     $$;
+REVOKE ALL ON FUNCTION nile._advance_sequences(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._advance_sequences(regclass) TO nile_admin;
+
+-- The steps of nile.import_schema() that touch user tables (src/tenants/import.rs), for administrators only.
+REVOKE ALL ON FUNCTION nile._import_step(text, oid, oid, uuid, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._import_step(text, oid, oid, uuid, text) TO nile_admin;
 
 -- import_schema(source_schema, tenant_id, target_schema, dry_run): copy every table of a legacy schema-per-tenant
 -- schema into the tenant tables of the same name in target_schema, as tenant_id's rows, in foreign-key order, in the
@@ -398,7 +430,7 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
         END IF;
 
         -- One row per source table. Every step that reads or writes a user table is nile._import_step()
-        -- (src/import_copy.rs): it runs as the table's owner, so that no owner's code runs with the caller's rights.
+        -- (src/tenants/import.rs): it runs as the table's owner, so that no owner's code runs with the caller's rights.
         CREATE TEMP TABLE pg_temp.nile_import_plan (
             source_table regclass, target_table regclass, tenant_column name, load_order integer,
             source_has_tenant_column boolean
@@ -510,6 +542,8 @@ CREATE FUNCTION nile.import_schema(source_schema name, tenant_id uuid, target_sc
     END
     $$;
 COMMENT ON FUNCTION nile.import_schema(name, uuid, name, boolean) IS 'nile_tenancy: copy a legacy schema-per-tenant schema''s tables into the shared tenant tables as one tenant''s rows, in foreign-key order, in one transaction';
+REVOKE ALL ON FUNCTION nile.import_schema(name, uuid, name, boolean) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.import_schema(name, uuid, name, boolean) TO nile_admin;
 
 -- ---------------------------------------------------------------------------------------------------------------
 -- export_tenant(tenant_id): for every table holding tenant rows, in foreign-key order (referenced tables first), the
@@ -551,21 +585,13 @@ CREATE FUNCTION nile.export_tenant(tenant_id uuid)
     END
     $$;
 COMMENT ON FUNCTION nile.export_tenant(uuid) IS 'nile_tenancy: per tenant table, in foreign-key order, the SQL that reads (rows_sql), copies out (copy_sql) and checksums (checksum_sql) one tenant''s rows';
+REVOKE ALL ON FUNCTION nile.export_tenant(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.export_tenant(uuid) TO nile_admin;
 
 CREATE FUNCTION nile._tenant_exists(tenant_id uuid)
     RETURNS boolean
     LANGUAGE sql STABLE SECURITY DEFINER
     SET search_path = pg_catalog, pg_temp
     AS $$ SELECT EXISTS (SELECT 1 FROM nile.tenants t WHERE t.id = tenant_id) $$;
-
--- Privileges: for administrators only.
-REVOKE ALL ON FUNCTION nile._insertable_columns(regclass, name), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
-    nile._release_run_lock(bigint), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
-    nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
-    nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) FROM PUBLIC;
-REVOKE ALL ON PROCEDURE nile.for_each_tenant(text, integer) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION nile._insertable_columns(regclass, name), nile._run_lock_keys(bigint), nile._hold_run_lock(bigint),
-    nile._release_run_lock(bigint), nile._active_tenants_after(uuid, integer), nile._active_tenant_count(uuid),
-    nile._for_each_tenant_start(text, integer), nile._advance_sequences(regclass),
-    nile.import_schema(name, uuid, name, boolean), nile.export_tenant(uuid), nile._tenant_exists(uuid) TO nile_admin;
-GRANT EXECUTE ON PROCEDURE nile.for_each_tenant(text, integer) TO nile_admin;
+REVOKE ALL ON FUNCTION nile._tenant_exists(uuid) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._tenant_exists(uuid) TO nile_admin;

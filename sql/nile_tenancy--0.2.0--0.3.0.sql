@@ -45,12 +45,12 @@ BEGIN
     END IF;
     IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = 'nile_purger') THEN
         CREATE ROLE nile_purger NOLOGIN;
-        COMMENT ON ROLE nile_purger IS 'nile_tenancy: the powerless role that deletes a purged tenant''s row (src/tenants.rs); give it no members';
+        COMMENT ON ROLE nile_purger IS 'nile_tenancy: the powerless role that deletes a purged tenant''s row (src/tenants/lifecycle.rs); give it no members';
     END IF;
 END
 $roles$;
 GRANT REFERENCES (id) ON nile.tenants TO nile_table_owner;
--- The purge deletes the tenant's row as nile_purger (src/tenants.rs).
+-- The purge deletes the tenant's row as nile_purger (src/tenants/lifecycle.rs).
 GRANT SELECT, DELETE ON nile.tenants TO nile_purger;
 CREATE POLICY nile_purger_delete ON nile.tenants FOR DELETE TO nile_purger USING (id = (SELECT nile.policy_write_tenant()));
 -- Enrolling only adds protection: the migration role of examples/role_layout.sql enrolls the tables it owns.
@@ -381,7 +381,7 @@ CREATE OR REPLACE FUNCTION nile.verify()
                             AND k.confrelid = 'nile.tenants'::regclass AND k.conkey = ARRAY[e.attnum])
 
         -- Other policies: a permissive one does nothing (the tenant policies are also applied as restrictive ones,
-        -- see policy_guard.rs) but suggests that someone expects it to widen access; a restrictive one that is always
+        -- see src/rls/restrictive.rs) but suggests that someone expects it to widen access; a restrictive one that is always
         -- false locks every tenant out.
         UNION ALL
         SELECT CASE WHEN p.polpermissive THEN 'warning' ELSE 'error' END, format('policy %I on %s', p.polname, e.name),
@@ -486,7 +486,7 @@ CREATE OR REPLACE FUNCTION nile.verify()
 
         -- Casts to uuid that run a user's function, and foreign keys to nile.tenants from a column that is not uuid:
         -- each lookup of such a key in nile.tenants would run the cast's function with the rights of the owner of
-        -- nile.tenants (fk_validation.rs).
+        -- nile.tenants (src/tables/fk_validation.rs).
         UNION ALL
         SELECT 'error', format('cast from %s to uuid', c.castsource::regtype),
                format('runs function %s: a foreign key from a column of type %s to nile.tenants would run it with the rights of the owner of nile.tenants',
@@ -628,7 +628,7 @@ LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'tenant_table_storage_wrapper';
 
 -- tenant_storage(only_tenant): rows and bytes per tenant per tenant table. It reads every row of every tenant table
--- with a plain heap scan (nile._tenant_table_storage() in src/tenant_storage.rs: no planner, no policies, no table
+-- with a plain heap scan (nile._tenant_table_storage() in src/tenants/storage.rs: no planner, no policies, no table
 -- owner's expression runs), so it is for nile_admin only; SECURITY DEFINER for the tenants' names.
 CREATE OR REPLACE FUNCTION nile.tenant_storage(only_tenant uuid DEFAULT NULL)
     RETURNS TABLE(tenant_id uuid, tenant_name text, table_name regclass, row_count bigint, bytes bigint)
@@ -676,7 +676,7 @@ CREATE OR REPLACE FUNCTION nile._advance_sequences(tbl regclass)
             WHERE a.attrelid = tbl AND a.attnum > 0 AND NOT a.attisdropped
               AND pg_get_serial_sequence(tbl::text, a.attname) IS NOT NULL
         LOOP
-            -- Read as the table's owner (src/import_copy.rs): the caller must not run the owner's code.
+            -- Read as the table's owner (src/tenants/import.rs): the caller must not run the owner's code.
             highest := nile._import_step('highest', NULL, tbl, NULL, col.attname);
             CONTINUE WHEN highest IS NULL;
             IF has_sequence_privilege(col.seq, 'UPDATE') AND has_sequence_privilege(col.seq, 'SELECT, USAGE') THEN
@@ -745,7 +745,7 @@ CREATE OR REPLACE FUNCTION nile.import_schema(source_schema name, tenant_id uuid
         END IF;
 
         -- One row per source table. Every step that reads or writes a user table is nile._import_step()
-        -- (src/import_copy.rs): it runs as the table's owner, so that no owner's code runs with the caller's rights.
+        -- (src/tenants/import.rs): it runs as the table's owner, so that no owner's code runs with the caller's rights.
         CREATE TEMP TABLE pg_temp.nile_import_plan (
             source_table regclass, target_table regclass, tenant_column name, load_order integer,
             source_has_tenant_column boolean
@@ -857,7 +857,7 @@ CREATE OR REPLACE FUNCTION nile.import_schema(source_schema name, tenant_id uuid
     END
     $$;
 
--- NT005: the generated WITH CHECK raises its own SQLSTATE for a row of another tenant (src/context.rs,
+-- NT005: the generated WITH CHECK raises its own SQLSTATE for a row of another tenant (src/context/tenant.rs,
 -- policy_foreign_row; evaluated only for such a row). Every enrolled table's insert and update policies get it.
 CREATE FUNCTION nile."policy_foreign_row"(
 	"row_tenant" uuid /* Option < Uuid > */
@@ -883,7 +883,7 @@ BEGIN
 END
 $policies$;
 
--- The DDL event trigger also looks at CREATE CAST (src/fk_validation.rs).
+-- The DDL event trigger also looks at CREATE CAST (src/tables/fk_validation.rs).
 DROP EVENT TRIGGER nile_ddl_command_end;
 CREATE EVENT TRIGGER nile_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'ALTER POLICY',

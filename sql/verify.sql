@@ -5,6 +5,9 @@
 -- after one more step by a role that is allowed to take it) see or change another tenant's rows, or tenants are
 -- locked out. Severity 'warning': isolation holds but something leaks or can break it (existence oracles,
 -- cross-tenant references, roles able to switch it off, missing indexes).
+--
+-- Runs after sql/lifecycle.sql, when every table it reads exists; where signatures and privileges live: the header of
+-- sql/bootstrap.sql. Both functions are for administrators.
 
 -- What is wrong with one enrolled table's protection: the table or its tenant column is gone, row-level security is
 -- not enabled or not forced, a nile_tenant_* policy is missing or differs from what enable_tenancy generates, or it
@@ -74,6 +77,8 @@ CREATE FUNCTION nile._protection_problems(tbl regclass)
     FROM t JOIN pg_inherits i ON i.inhrelid = t.relid
     WHERE NOT EXISTS (SELECT 1 FROM nile.tenant_tables pe WHERE pe.relid::oid = i.inhparent)
     $$;
+REVOKE ALL ON FUNCTION nile._protection_problems(regclass) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile._protection_problems(regclass) TO nile_admin;
 
 -- nile.verify(): every way the database's tenancy is not sound, empty when it is.
 CREATE FUNCTION nile.verify()
@@ -229,7 +234,7 @@ CREATE FUNCTION nile.verify()
                             AND k.confrelid = 'nile.tenants'::regclass AND k.conkey = ARRAY[e.attnum])
 
         -- Other policies: a permissive one does nothing (the tenant policies are also applied as restrictive ones,
-        -- see policy_guard.rs) but suggests that someone expects it to widen access; a restrictive one that is always
+        -- see src/rls/restrictive.rs) but suggests that someone expects it to widen access; a restrictive one that is always
         -- false locks every tenant out.
         UNION ALL
         SELECT CASE WHEN p.polpermissive THEN 'warning' ELSE 'error' END, format('policy %I on %s', p.polname, e.name),
@@ -334,7 +339,7 @@ CREATE FUNCTION nile.verify()
 
         -- Casts to uuid that run a user's function, and foreign keys to nile.tenants from a column that is not uuid:
         -- each lookup of such a key in nile.tenants would run the cast's function with the rights of the owner of
-        -- nile.tenants (fk_validation.rs).
+        -- nile.tenants (src/tables/fk_validation.rs).
         UNION ALL
         SELECT 'error', format('cast from %s to uuid', c.castsource::regtype),
                format('runs function %s: a foreign key from a column of type %s to nile.tenants would run it with the rights of the owner of nile.tenants',
@@ -367,3 +372,5 @@ CREATE FUNCTION nile.verify()
     ORDER BY f.severity = 'warning', f.object, f.problem
     $$;
 COMMENT ON FUNCTION nile.verify() IS 'nile_tenancy: every way the tenancy of this database is not sound, with the SQL that fixes it; empty when all is sound';
+REVOKE ALL ON FUNCTION nile.verify() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.verify() TO nile_admin;

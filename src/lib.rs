@@ -31,19 +31,81 @@ mod usage;
 
 pgrx::pg_module_magic!(name, version);
 
-// Roles and tables first; then pgrx creates the functions; then the SQL that needs both.
+// The install script (docs/contributing.md, "Where a public signature lives"): bootstrap.sql (roles) first; then the
+// #[pg_extern] functions; then one file per concern, each after the Rust functions it names (`requires`: their Rust
+// idents, without a module path, so moving a module changes nothing here; an unknown one stops the SQL generation)
+// and after the concern before it, a fixed chain (it orders pg_extension_config_dump, which the upgrade test compares);
+// ddl_triggers.sql last, so that no SQL of the install goes through the event triggers.
 pgrx::extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 pgrx::extension_sql_file!(
-    "../sql/verify.sql",
-    name = "verify",
-    requires = ["bootstrap"]
+    "../sql/tenants.sql",
+    name = "tenants",
+    requires = [
+        uuidv7,
+        policy_read_tenant,
+        policy_write_tenant,
+        tenants_changed,
+        create_tenant,
+        update_tenant,
+        delete_tenant
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/tables.sql",
+    name = "tables",
+    requires = ["tenants", enable_tenancy, disable_tenancy]
+);
+pgrx::extension_sql_file!(
+    "../sql/context.sql",
+    name = "context",
+    requires = [
+        "tables",
+        current_tenant,
+        clear_tenant,
+        current_user_id,
+        policy_read_tenant,
+        policy_write_tenant,
+        policy_foreign_row,
+        set_tenant,
+        set_tenant_token,
+        sign_tenant_token,
+        bind_role,
+        unbind_role,
+        admin_context,
+        tenants_changed
+    ]
+);
+pgrx::extension_sql_file!(
+    "../sql/usage.sql",
+    name = "usage",
+    requires = [
+        "context",
+        reset_usage,
+        flush_usage,
+        usage_rows,
+        my_usage_rows,
+        unflushed_usage,
+        tenant_table_storage
+    ]
 );
 pgrx::extension_sql_file!(
     "../sql/lifecycle.sql",
     name = "lifecycle",
-    requires = ["bootstrap"]
+    requires = [
+        "usage",
+        _enter_tenant_for_routine,
+        _require_no_transaction_block,
+        tenant_tables_in_load_order,
+        _require_nile_admin,
+        import_step
+    ]
 );
-pgrx::extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
+pgrx::extension_sql_file!(
+    "../sql/verify.sql",
+    name = "verify",
+    requires = ["lifecycle"]
+);
+pgrx::extension_sql_file!("../sql/ddl_triggers.sql", name = "ddl_triggers", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -134,7 +134,7 @@ fn role_oid(role: &str) -> pg_sys::Oid {
 }
 
 /// `nile._bind_role(role text, tenant_id uuid)`, behind `nile.bind_role(role name, tenant_id uuid) RETURNS void`
-/// (sql/finalize.sql).
+/// (sql/context.sql).
 #[pg_extern(volatile, parallel_unsafe, name = "_bind_role")]
 fn bind_role(role: Option<&str>, tenant_id: Option<Uuid>) {
     require_role("nile_admin", "nile.bind_role()");
@@ -180,7 +180,7 @@ fn bind_role(role: Option<&str>, tenant_id: Option<Uuid>) {
     });
 }
 
-/// `nile._unbind_role(role text)`, behind `nile.unbind_role(role name) RETURNS void` (sql/finalize.sql).
+/// `nile._unbind_role(role text)`, behind `nile.unbind_role(role name) RETURNS void` (sql/context.sql).
 #[pg_extern(volatile, parallel_unsafe, name = "_unbind_role")]
 fn unbind_role(role: Option<&str>) {
     require_role("nile_admin", "nile.unbind_role()");

@@ -3,7 +3,7 @@
 //! The policy functions run once per scan (and per row for filters), so they must not run SQL. They ask this cache,
 //! which reads a missing tenant through the primary-key index of `nile.tenants` directly (no SPI, no row-level
 //! security, works inside parallel workers) and keeps it until `nile.tenants` changes: a statement trigger on that
-//! table (see sql/finalize.sql) sends a relcache invalidation, which every backend processes before its next
+//! table (see sql/tenants.sql) sends a relcache invalidation, which every backend processes before its next
 //! statement, and the callback registered here empties the cache.
 
 use crate::pg::errors::{NileCode, Problem};

@@ -51,7 +51,7 @@ unsafe fn require_event_trigger_call(fcinfo: pg_sys::FunctionCallInfo, function:
     }
 }
 
-/// Version-1 call info for a C function declared in SQL (sql/finalize.sql).
+/// Version-1 call info for a C function declared in SQL (sql/ddl_triggers.sql).
 macro_rules! function_info_v1 {
     ($finfo:ident) => {
         #[no_mangle]

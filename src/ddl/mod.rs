@@ -4,7 +4,7 @@
 //!   protected, drift refused, dropped tables forgotten, generated objects kept)
 //! - `prefilter`: their first look at a command, without SPI, so that DDL on unrelated tables costs next to nothing
 //!
-//! No `init()`: the triggers are SQL objects (sql/finalize.sql) calling the C functions of `events`.
+//! No `init()`: the triggers are SQL objects (sql/ddl_triggers.sql) calling the C functions of `events`.
 
 pub mod events;
 mod prefilter;

@@ -6,7 +6,7 @@
 //! hold (issue 17). The check raises XX000 rather than run it; the whole test suite runs through it.
 //!
 //! Data-changing statements are always run without a row limit: a limited SPI execution stops the executor early,
-//! and the statement-level trigger that invalidates the tenant caches (sql/finalize.sql) would not fire.
+//! and the statement-level trigger that invalidates the tenant caches (sql/tenants.sql) would not fire.
 
 use crate::pg::errors::OrInternal;
 use pgrx::datum::DatumWithOid;

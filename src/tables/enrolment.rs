@@ -1,5 +1,5 @@
 //! tables/enrolment — enrolling tables: `nile.enable_tenancy()` and `nile.disable_tenancy()` (SQL signatures in
-//! sql/finalize.sql).
+//! sql/tables.sql).
 //!
 //! Enrolling a table makes it look exactly like a hand-built, well-indexed multi-tenant table: a `uuid NOT NULL`
 //! tenant column defaulting to the session's tenant with a foreign key to `nile.tenants`, an index leading with that

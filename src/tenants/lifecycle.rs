@@ -1,4 +1,4 @@
-//! tenants/lifecycle — the tenant lifecycle: create, update, deactivate/reactivate (SQL wrappers in sql/finalize.sql),
+//! tenants/lifecycle — the tenant lifecycle: create, update, deactivate/reactivate (SQL wrappers in sql/tenants.sql),
 //! soft delete and purge.
 //!
 //! All of these are for members of `nile_admin`. They check their arguments completely before writing anything, and
@@ -80,7 +80,7 @@ fn create_tenant(
     Uuid::from_bytes(id)
 }
 
-/// Implementation of `nile.update_tenant(tenant_id uuid, changes jsonb) RETURNS nile.tenants` (sql/finalize.sql):
+/// Implementation of `nile.update_tenant(tenant_id uuid, changes jsonb) RETURNS nile.tenants` (sql/tenants.sql):
 /// applies `changes` (keys `name`, `status`, `metadata`) and returns the new row as jsonb.
 #[pg_extern(volatile, parallel_unsafe, name = "_update_tenant")]
 fn update_tenant(tenant_id: Option<Uuid>, changes: Option<JsonB>) -> JsonB {

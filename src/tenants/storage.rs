@@ -1,4 +1,4 @@
-//! tenants/storage — one tenant table's rows and bytes per tenant, for `nile.tenant_storage()` (sql/finalize.sql).
+//! tenants/storage — one tenant table's rows and bytes per tenant, for `nile.tenant_storage()` (sql/usage.sql).
 //!
 //! Counting every tenant's rows needs every row, which the tenant policies hide from everybody but the admin context;
 //! and a query over the table would be planned with its owner's functions (index and statistics expressions, CHECK

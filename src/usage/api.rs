@@ -1,5 +1,5 @@
 //! usage/api — the SQL functions under the live usage views (`nile.tenant_usage`, `nile.my_usage`). The views
-//! themselves, and who may read them, are in sql/finalize.sql; the history and `nile.reset_usage()` are in
+//! themselves, and who may read them, are in sql/usage.sql; the history and `nile.reset_usage()` are in
 //! usage/history.rs.
 
 use crate::usage::store::{self, count, ms, this_database, CounterValues, RowKind, UsageKey};
