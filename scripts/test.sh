@@ -11,7 +11,8 @@
 #   4. multi-session integration tests over real connections (tests/integration) against a throwaway cluster, and
 #      through a throwaway PgBouncer in transaction-pooling mode in front of it
 #   5. the real-client suites (tests/clients): Python (psycopg, psycopg_pool, SQLAlchemy + Alembic, Django) and Node
-#      (node-postgres, Knex, drizzle-kit), each directly and through that PgBouncer
+#      (node-postgres, Knex, drizzle-kit), and the Python SDK's suite (clients/python/tests), each directly and
+#      through that PgBouncer
 # Every cluster it starts runs as the OS user `postgres` and is removed at the end. The suites' cluster runs from an
 # install tree of its own, under the work directory.
 set -euo pipefail
@@ -113,10 +114,10 @@ say "integration tests (tests/integration, multi-session; PgBouncer in transacti
 pgbouncer_port=$(scripts/pgbouncer.sh start "$work/pgbouncer" "$port")
 NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" cargo test -p nile_tenancy_integration -- --test-threads=1
 
-say "real-client suites (tests/clients): Python and Node libraries and ORMs, directly and through PgBouncer"
-for lang in python node; do
+say "real-client suites (tests/clients) and the Python SDK (clients/python): directly and through PgBouncer"
+for suite in tests/clients/python tests/clients/node clients/python/tests; do
   NILE_TEST_PORT=$port NILE_TEST_PGBOUNCER_PORT=$pgbouncer_port NILE_TEST_BINDIR="$("$pg_config" --bindir)" \
-    "tests/clients/$lang/run.sh"
+    "$suite/run.sh"
 done
 
 say "the make-run survival check: results"
@@ -140,7 +141,7 @@ echo "make-run survival check: the server answered all $answered queries right w
 # layout check, the survival check and the digest check. `make test-all` adds up the counts.
 passed=$(grep -aoE 'test result: ok\. [0-9]+ passed' "$work/test.log" | awk '{s += $4} END {print s + 0}')
 regress=$(grep -aoE 'All [0-9]+ tests passed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
-clients=$(grep -aoE '^clients-(python|node): [0-9]+ passed, 0 failed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
+clients=$(grep -aoE '^clients-(python|node|sdk): [0-9]+ passed, 0 failed' "$work/test.log" | awk '{s += $2} END {print s + 0}')
 total=$(( passed + regress + clients + 4 ))
 echo "$total 0" > "$work/counts"
 say "all suites passed in $(( $(date +%s) - started ))s"

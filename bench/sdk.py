@@ -1,0 +1,110 @@
+"""bench/sdk.py PORT — the latency of a point read through the Python SDK against raw psycopg, side by side in one run.
+
+Variants, each a loop of one point read (a random tenant, a random row of it) on one connection of its own:
+  raw         raw psycopg, autocommit, one statement with an explicit `WHERE tenant_id = %s` on a twin table without
+              row-level security (the baseline: what "as fast as hand-written SQL" means)
+  by_hand     the hand-written shape without the SDK: BEGIN, SELECT nile.set_tenant(%s), the read, COMMIT, each a
+              round trip of its own
+  sdk         `with nile.tenant_context(t): nile.sql.fetch_one(read)`: BEGIN, the context and the read pipelined,
+              then COMMIT
+Both with psycopg's server-side prepared statements (the default: prepare_threshold 5 for raw psycopg,
+prepared_statements=True for the SDK) and without (prepare_threshold None for raw psycopg, the SDK's default, which
+PgBouncer 1.18 needs). Rounds alternate the variants (A B C, then C B A, ...) so that drift of the machine cancels out;
+the report is the median of each variant's per-round mean latency, and its ratio to raw.
+
+Environment: BENCH_ROUNDS (default 6), BENCH_OPS per variant per round (default 3000), BENCH_TENANTS (default 100).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import sys
+import time
+from typing import Callable
+
+import psycopg
+
+from nile_tenancy import Nile
+
+PORT = int(sys.argv[1])
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
+OPS = int(os.environ.get("BENCH_OPS", "3000"))
+TENANTS = int(os.environ.get("BENCH_TENANTS", "100"))
+ROWS_PER_TENANT = 100
+DSN = f"host=127.0.0.1 port={PORT} dbname=bench user=bench_app"
+READ_RAW = "SELECT id, payload FROM bench.items_plain WHERE tenant_id = %s AND id = %s"
+READ = "SELECT id, payload FROM bench.items WHERE id = %s"
+
+
+def tid(n: int) -> str:
+    return f"00000000-0000-7000-8000-{n:012x}"
+
+
+def variants(prepared: bool) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
+    threshold = 5 if prepared else None
+    raw = psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold)
+    by_hand = psycopg.connect(DSN, prepare_threshold=threshold)
+    nile = Nile(DSN, prepared_statements=prepared, min_size=1, max_size=1)
+    rng = random.Random(42)
+
+    def pick() -> tuple[str, int]:
+        n = rng.randint(1, TENANTS)
+        return tid(n), (n - 1) * ROWS_PER_TENANT + rng.randint(1, ROWS_PER_TENANT)
+
+    def run_raw() -> None:
+        t, i = pick()
+        assert raw.execute(READ_RAW, (t, i)).fetchone() is not None
+
+    def run_by_hand() -> None:
+        t, i = pick()
+        by_hand.execute("SELECT nile.set_tenant(%s)", (t,))  # psycopg sends BEGIN first
+        assert by_hand.execute(READ, (i,)).fetchone() is not None
+        by_hand.commit()
+
+    def run_sdk() -> None:
+        t, i = pick()
+        with nile.tenant_context(t):
+            assert nile.sql.fetch_one(READ, (i,)) is not None
+
+    def close() -> None:
+        raw.close()
+        by_hand.close()
+        nile.close()
+
+    return {"raw": (run_raw, close), "by_hand": (run_by_hand, lambda: None), "sdk": (run_sdk, lambda: None)}
+
+
+def measure(fn: Callable[[], None]) -> float:
+    """Mean latency of one operation, in microseconds, over OPS operations (after 200 of warm-up)."""
+    for _ in range(200):
+        fn()
+    started = time.perf_counter()
+    for _ in range(OPS):
+        fn()
+    return (time.perf_counter() - started) / OPS * 1e6
+
+
+def main() -> None:
+    print(f"[bench-sdk] {ROUNDS} rounds x {OPS} point reads per variant, {TENANTS} tenants x {ROWS_PER_TENANT} rows")
+    print("| statements | variant | per-round mean latency (µs) | median (µs) | / raw |")
+    print("| --- | --- | --- | --- | --- |")
+    for prepared in (True, False):
+        runs = variants(prepared)
+        names = list(runs)
+        means: dict[str, list[float]] = {name: [] for name in names}
+        for r in range(ROUNDS):
+            for name in names if r % 2 == 0 else reversed(names):
+                means[name].append(measure(runs[name][0]))
+        for _, close in runs.values():
+            close()
+        base = statistics.median(means["raw"])
+        for name in names:
+            med = statistics.median(means[name])
+            label = "prepared" if prepared else "not prepared"
+            print(f"| {label} | {name} | {', '.join(f'{m:.0f}' for m in means[name])} | {med:.0f} | {med / base:.2f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,358 @@
+"""The asynchronous client, :class:`AsyncNile`: the same API as :class:`~nile_tenancy.Nile` with ``async with`` and
+``await`` (psycopg's AsyncConnection and psycopg_pool's AsyncConnectionPool). The design notes of _sync.py apply:
+a context is one transaction with its first statement pipelined, kept per asyncio task in a ContextVar."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import dataclasses
+import datetime as _dt
+import uuid
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import AsyncConnectionPool
+
+from . import _common as c
+from . import errors
+from .tokens import Tokens
+
+Params = Sequence[Any] | dict[str, Any] | None
+
+
+@dataclasses.dataclass
+class _Scope:
+    kind: str
+    key: str | None
+    conn: psycopg.AsyncConnection[Any]
+    pipeline: contextlib.AsyncExitStack | None
+
+    async def end_pipeline(self) -> None:
+        if self.pipeline is not None:
+            stack, self.pipeline = self.pipeline, None
+            await stack.aclose()
+
+
+async def enter_tenant(
+    conn: psycopg.AsyncConnection[Any], tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
+) -> None:
+    """Enter a tenant's context for the transaction open on ``conn`` (see :func:`nile_tenancy.enter_tenant`)."""
+    if token is not None:
+        await conn.execute(c.SET_TENANT_TOKEN, [token])
+    elif tenant_id is not None:
+        await conn.execute(c.SET_TENANT, [c.tenant_id_text(tenant_id)])
+    else:
+        raise TypeError("give a tenant_id or a token")
+
+
+def require_idle(conn: psycopg.AsyncConnection[Any]) -> None:
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise errors.TransactionInProgress(
+            "a tenant or admin context is a transaction of its own and cannot start inside an open transaction: "
+            "commit or roll back first (entered inside it, the context would outlive the with block)"
+        )
+
+
+class AsyncSql:
+    """``nile.sql`` of :class:`AsyncNile`."""
+
+    def __init__(self, client: "AsyncNile") -> None:
+        self._client = client
+
+    @contextlib.asynccontextmanager
+    async def _cursor(self, query: Any, params: Params) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+        scope = self._client._scope.get()
+        if scope is not None:
+            cur = await scope.conn.execute(query, params)
+            await scope.end_pipeline()
+            yield cur
+            return
+        pool = await self._client._opened_pool()
+        async with pool.connection() as conn:
+            yield await conn.execute(query, params)
+
+    async def execute(self, query: Any, params: Params = None) -> int:
+        async with self._cursor(query, params) as cur:
+            return cur.rowcount
+
+    async def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
+        async with self._cursor(query, params) as cur:
+            return await cur.fetchone()
+
+    async def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
+        async with self._cursor(query, params) as cur:
+            return await cur.fetchall()
+
+    async def connection(self) -> psycopg.AsyncConnection[Any]:
+        """The active context's connection (``await nile.sql.connection()``), only inside a context."""
+        scope = self._client._scope.get()
+        if scope is None:
+            raise errors.NoActiveContext("nile.sql.connection() is only available inside a tenant or admin context")
+        await scope.end_pipeline()
+        return scope.conn
+
+
+class AsyncTenants:
+    """``nile.tenants`` of :class:`AsyncNile`."""
+
+    def __init__(self, client: "AsyncNile") -> None:
+        self._client = client
+
+    async def create(
+        self, name: str, tenant_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        tid = None if tenant_id is None else c.tenant_id_text(tenant_id)
+        async with self._client._admin("nile_tenancy: tenants.create") as conn:
+            created = await (await conn.execute(c.CREATE_TENANT, [name, tid, c.metadata_json(metadata)])).fetchone()
+            row = await (await conn.execute(c.GET_TENANT, [created[0] if created else None])).fetchone()
+        return c.tenant_row(row)  # type: ignore[return-value]
+
+    async def get(self, tenant_id: uuid.UUID | str) -> dict[str, Any] | None:
+        tid = c.tenant_id_text(tenant_id)
+        async with self._client._admin("nile_tenancy: tenants.get") as conn:
+            return c.tenant_row(await (await conn.execute(c.GET_TENANT, [tid])).fetchone())
+
+    async def list(self) -> list[dict[str, Any]]:
+        async with self._client._admin("nile_tenancy: tenants.list") as conn:
+            rows = await (await conn.execute(c.LIST_TENANTS)).fetchall()
+        return [c.tenant_row(r) for r in rows]  # type: ignore[misc]
+
+    async def update(self, tenant_id: uuid.UUID | str, changes: dict[str, Any]) -> dict[str, Any]:
+        return await self._returning_row(c.UPDATE_TENANT, [c.tenant_id_text(tenant_id), c.changes_json(changes)])
+
+    async def deactivate(self, tenant_id: uuid.UUID | str) -> dict[str, Any]:
+        return await self._returning_row(c.DEACTIVATE_TENANT, [c.tenant_id_text(tenant_id)])
+
+    async def reactivate(self, tenant_id: uuid.UUID | str) -> dict[str, Any]:
+        return await self._returning_row(c.REACTIVATE_TENANT, [c.tenant_id_text(tenant_id)])
+
+    async def delete(self, tenant_id: uuid.UUID | str, purge: bool = False) -> None:
+        await self._client.sql.execute(c.DELETE_TENANT, [c.tenant_id_text(tenant_id), bool(purge)])
+
+    async def _returning_row(self, query: str, params: list[Any]) -> dict[str, Any]:
+        return c.tenant_row(await self._client.sql.fetch_one(query, params))  # type: ignore[return-value]
+
+
+class AsyncUsage:
+    """``nile.usage`` of :class:`AsyncNile`."""
+
+    def __init__(self, client: "AsyncNile") -> None:
+        self._client = client
+
+    async def tenant(self, tenant_id: uuid.UUID | str) -> dict[str, Any] | None:
+        rows = await self._rows(c.USAGE_OF_TENANT, [c.tenant_id_text(tenant_id)])
+        return rows[0] if rows else None
+
+    async def history(
+        self, since: _dt.datetime, until: _dt.datetime | None = None, tenant_id: uuid.UUID | str | None = None
+    ) -> list[dict[str, Any]]:
+        tid = None if tenant_id is None else c.tenant_id_text(tenant_id)
+        return await self._rows(c.USAGE_HISTORY, [since, until, until, tid, tid])
+
+    async def noisy_neighbours(self, recent: str | _dt.timedelta = "15 minutes") -> list[dict[str, Any]]:
+        return await self._rows(c.NOISY_NEIGHBOURS, [c.interval_text(recent)])
+
+    async def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        async with self._client.sql._cursor(query, params) as cur:
+            return c.as_dicts(cur.description, await cur.fetchall())
+
+
+class AsyncNile:
+    """The asynchronous client: ``async with AsyncNile(dsn) as nile:`` (or ``pool=``, ``sandbox=True``); the
+    arguments are those of :class:`~nile_tenancy.Nile`. A pool the client opens is opened on first use."""
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: AsyncConnectionPool[Any] | None = None,
+        sandbox: bool = False,
+        token_key: str | bytes | None = None,
+        prepared_statements: bool = False,
+        min_size: int = 1,
+        max_size: int = 10,
+        **connect_kwargs: Any,
+    ) -> None:
+        c.check_sources(dsn, pool, sandbox)
+        self._sandbox = None
+        if sandbox:
+            from .sandbox import Sandbox
+
+            self._sandbox = Sandbox.start()
+            dsn = self._sandbox.dsn
+            token_key = token_key if token_key is not None else self._sandbox.token_key
+        self._own_pool = pool is None
+        if pool is None:
+            kwargs = c.pool_kwargs(prepared_statements, connect_kwargs)
+            pool = AsyncConnectionPool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs, open=False,
+                                       name="nile_tenancy")
+        self._pool: AsyncConnectionPool[Any] = pool
+        self._opened = not self._own_pool
+        self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+            f"nile_tenancy_async_scope_{id(self)}", default=None
+        )
+        self.sql = AsyncSql(self)
+        self.tenants = AsyncTenants(self)
+        self.usage = AsyncUsage(self)
+        self.tokens = Tokens(token_key)
+
+    @property
+    def pool(self) -> AsyncConnectionPool[Any]:
+        return self._pool
+
+    @property
+    def sandbox(self) -> Any:
+        return self._sandbox
+
+    async def _opened_pool(self) -> AsyncConnectionPool[Any]:
+        if not self._opened:
+            await self._pool.open()
+            self._opened = True
+        return self._pool
+
+    async def open(self) -> "AsyncNile":
+        await self._opened_pool()
+        return self
+
+    async def close(self) -> None:
+        if self._own_pool and self._opened:
+            await self._pool.close()
+        if self._sandbox is not None:
+            self._sandbox.stop()
+            self._sandbox = None
+
+    async def __aenter__(self) -> "AsyncNile":
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @contextlib.asynccontextmanager
+    async def tenant_context(
+        self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
+    ) -> AsyncIterator["AsyncNile"]:
+        key = c.tenant_key(tenant_id, token)
+        current = self._scope.get()
+        if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
+            yield self
+            return
+        async with self._scoped("tenant", key, c.SET_TENANT_TOKEN if token else c.SET_TENANT, token or key):
+            yield self
+
+    @contextlib.asynccontextmanager
+    async def admin_context(self, reason: str | None = None) -> AsyncIterator["AsyncNile"]:
+        current = self._scope.get()
+        if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
+            yield self
+            return
+        async with self._scoped("admin", None, c.ADMIN_CONTEXT, reason or c.caller_name()):
+            yield self
+
+    @contextlib.asynccontextmanager
+    async def _scoped(self, kind: str, key: str | None, enter_sql: str, argument: Any) -> AsyncIterator[_Scope]:
+        pool = await self._opened_pool()
+        async with pool.connection() as conn:
+            require_idle(conn)
+            # BEGIN is sent as a statement of the pipeline: psycopg's own implicit BEGIN (autocommit off) is
+            # synchronised alone, a round trip of its own. The connection's autocommit setting is restored at the end
+            # (set outside pipeline mode, where changing it costs nothing).
+            was_autocommit = conn.autocommit
+            if not was_autocommit:
+                await conn.set_autocommit(True)
+            stack = contextlib.AsyncExitStack()
+            scope = _Scope(kind, key, conn, stack)
+            token = self._scope.set(scope)
+            try:
+                await stack.enter_async_context(conn.pipeline())
+                await conn.execute("BEGIN")
+                await conn.execute(enter_sql, [argument])
+                yield scope
+                await conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
+                await scope.end_pipeline()
+            except BaseException:
+                # Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt),
+                # the connection goes back with no transaction open and no pipeline.
+                with contextlib.suppress(Exception):
+                    await scope.end_pipeline()
+                with contextlib.suppress(Exception):
+                    await conn.rollback()
+                raise
+            finally:
+                self._scope.reset(token)
+                if not was_autocommit:
+                    with contextlib.suppress(Exception):
+                        await conn.set_autocommit(False)
+
+    @contextlib.asynccontextmanager
+    async def _admin(self, reason: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        current = self._scope.get()
+        if current is not None and current.kind == "admin":
+            await current.end_pipeline()
+            yield current.conn
+            return
+        async with self.admin_context(reason):
+            scope = self._scope.get()
+            assert scope is not None
+            await scope.end_pipeline()
+            yield scope.conn
+
+    async def active_tenants(self, batch_size: int = 100) -> list[str]:
+        tenants: list[str] = []
+        after: str | None = None
+        while True:
+            async with self._admin("nile_tenancy: for_each_tenant") as conn:
+                rows = await (await conn.execute(c.ACTIVE_TENANTS_PAGE, [after, after, batch_size])).fetchall()
+            page = [str(r[0]) for r in rows]
+            tenants += page
+            if len(page) < batch_size:
+                return tenants
+            after = page[-1]
+
+    async def for_each_tenant(
+        self,
+        fn: Callable[[str], Awaitable[Any]],
+        batch_size: int = 100,
+        concurrency: int = 4,
+        *,
+        resume: c.ForEachTenantResult | None = None,
+        progress: bool | None = None,
+    ) -> c.ForEachTenantResult:
+        """``await fn(tenant_id)`` in each active tenant's context, ``concurrency`` at a time (see
+        :meth:`nile_tenancy.Nile.for_each_tenant`); cancelling the call stops starting new tenants."""
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError("concurrency and batch_size must be at least 1")
+        tenants = resume.to_resume() if resume is not None else await self.active_tenants(batch_size)
+        result = c.ForEachTenantResult()
+        bar = c.Progress(len(tenants), progress)
+        gate = asyncio.Semaphore(concurrency)
+        loop = asyncio.get_running_loop()
+
+        async def run(tenant: str) -> None:
+            async with gate:
+                try:
+                    async with self.tenant_context(tenant):
+                        await fn(tenant)
+                except Exception as error:  # collected; BaseException (cancellation) propagates
+                    result.failed[tenant] = error
+                    bar.step(True)
+                else:
+                    result.done.append(tenant)
+                    bar.step(False)
+
+        # Each task starts from an empty context: no scope of the caller's leaks into it.
+        tasks = [contextvars.Context().run(loop.create_task, run(t)) for t in tenants]
+        try:
+            await asyncio.gather(*tasks)
+        except (asyncio.CancelledError, KeyboardInterrupt):
+            result.interrupted = True
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            bar.close()
+        finished_or_failed = set(result.done) | set(result.failed)
+        result.remaining = [t for t in tenants if t not in finished_or_failed]
+        return result

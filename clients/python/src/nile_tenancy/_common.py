@@ -1,0 +1,187 @@
+"""What the synchronous and the asynchronous clients share: the SQL they send, row conversion, argument checks, the
+caller's name for an admin context's reason, and the result of ``for_each_tenant``. No I/O here."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import inspect
+import json
+import sys
+import uuid
+from typing import Any, Sequence
+
+from . import errors
+
+# The extension's functions, all schema-qualified (no search_path is trusted).
+SET_TENANT = "SELECT nile.set_tenant(%s::uuid)"
+SET_TENANT_TOKEN = "SELECT nile.set_tenant_token(%s)"
+ADMIN_CONTEXT = "SELECT nile.admin_context(%s)"
+TENANT_COLUMNS = "id, name, status::text, created_at, metadata"
+CREATE_TENANT = "SELECT nile.create_tenant(%s, %s::uuid, %s::jsonb)"
+GET_TENANT = f"SELECT {TENANT_COLUMNS} FROM nile.tenants WHERE id = %s::uuid"
+LIST_TENANTS = f"SELECT {TENANT_COLUMNS} FROM nile.tenants ORDER BY created_at, id"
+UPDATE_TENANT = f"SELECT {TENANT_COLUMNS} FROM nile.update_tenant(%s::uuid, %s::jsonb)"
+DEACTIVATE_TENANT = f"SELECT {TENANT_COLUMNS} FROM nile.deactivate_tenant(%s::uuid)"
+REACTIVATE_TENANT = f"SELECT {TENANT_COLUMNS} FROM nile.reactivate_tenant(%s::uuid)"
+DELETE_TENANT = "SELECT nile.delete_tenant(%s::uuid, %s)"
+ACTIVE_TENANTS_PAGE = (
+    "SELECT id FROM nile.tenants WHERE status = 'active' AND (%s::uuid IS NULL OR id > %s::uuid) ORDER BY id LIMIT %s"
+)
+USAGE_OF_TENANT = "SELECT * FROM nile.tenant_usage WHERE kind = 'tenant' AND tenant_id = %s::uuid"
+USAGE_HISTORY = (
+    "SELECT * FROM nile.usage_history WHERE period_end > %s AND (%s::timestamptz IS NULL OR period_start < %s)"
+    " AND (%s::uuid IS NULL OR tenant_id = %s::uuid) ORDER BY period_start, kind, tenant_id"
+)
+NOISY_NEIGHBOURS = "SELECT * FROM nile.noisy_neighbours(%s::interval)"
+
+
+def tenant_id_text(tenant_id: uuid.UUID | str) -> str:
+    """The canonical text of a tenant id; ValueError for anything that is not a UUID."""
+    if isinstance(tenant_id, uuid.UUID):
+        return str(tenant_id)
+    if not isinstance(tenant_id, str):
+        raise TypeError(f"a tenant id is a uuid.UUID or its text, not {type(tenant_id).__name__}")
+    return str(uuid.UUID(tenant_id))
+
+
+def token_tenant(token: str) -> str | None:
+    """The tenant a token names, read without verifying it (the server verifies it): only to tell whether two nested
+    contexts are for the same tenant. None if it cannot be read."""
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        return tenant_id_text(claims["tid"])
+    except (IndexError, ValueError, KeyError, TypeError):
+        return None
+
+
+def tenant_row(row: Sequence[Any] | None) -> dict[str, Any] | None:
+    """A row of TENANT_COLUMNS as the seed's dictionary (``tenant["tenant_id"]``)."""
+    if row is None:
+        return None
+    return {
+        "tenant_id": str(row[0]),
+        "name": row[1],
+        "status": row[2],
+        "created_at": row[3],
+        "metadata": row[4],
+    }
+
+
+def as_dicts(description: Any, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    names = [column.name for column in description or ()]
+    return [dict(zip(names, row)) for row in rows]
+
+
+def metadata_json(metadata: dict[str, Any] | None) -> str:
+    if metadata is None:
+        return "{}"
+    if not isinstance(metadata, dict):
+        raise TypeError("metadata must be a dict (a JSON object)")
+    return json.dumps(metadata)
+
+
+def changes_json(changes: dict[str, Any]) -> str:
+    if not isinstance(changes, dict):
+        raise TypeError('changes must be a dict such as {"status": "inactive"}')
+    return json.dumps(changes)
+
+
+def interval_text(recent: str | _dt.timedelta) -> str:
+    if isinstance(recent, _dt.timedelta):
+        return f"{recent.total_seconds()} seconds"
+    return recent
+
+
+def caller_name(skip_modules: Sequence[str] = ("contextlib", "nile_tenancy")) -> str:
+    """The qualified name of the function that entered an admin context without a reason: recorded as the reason, so
+    the audit trail (nile.admin_audit) says which code crossed tenants."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            module = frame.f_globals.get("__name__", "")
+            if not any(module == m or module.startswith(m + ".") for m in skip_modules):
+                code = frame.f_code
+                name = getattr(code, "co_qualname", code.co_name)  # co_qualname: Python 3.11+
+                return f"{module}.{name}" if module else name
+            frame = frame.f_back
+        return "nile_tenancy"
+    finally:
+        del frame
+
+
+@dataclasses.dataclass
+class ForEachTenantResult:
+    """What ``for_each_tenant`` did: the tenants done, the failures (tenant id → exception), and the tenants not yet
+    started when it stopped early (Ctrl-C). Pass it back as ``resume=`` to run the failed and remaining tenants."""
+
+    done: list[str] = dataclasses.field(default_factory=list)
+    failed: dict[str, BaseException] = dataclasses.field(default_factory=dict)
+    remaining: list[str] = dataclasses.field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed and not self.remaining
+
+    def to_resume(self) -> list[str]:
+        return list(self.failed) + list(self.remaining)
+
+
+class Progress:
+    """A one-line progress bar on a terminal (stderr), or nothing."""
+
+    def __init__(self, total: int | None, enabled: bool | None) -> None:
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.total, self.done, self.failed = total, 0, 0
+
+    def step(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += int(failed)
+        if self.enabled:
+            total = self.total or self.done
+            filled = int(30 * self.done / max(total, 1))
+            sys.stderr.write(
+                f"\r[{'#' * filled}{' ' * (30 - filled)}] {self.done}/{total} tenants, {self.failed} failed"
+            )
+            sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.done:
+            sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+def check_sources(dsn: str | None, pool: object, sandbox: bool) -> None:
+    """A client is made from exactly one of a DSN, a pool of the caller's, or the sandbox."""
+    if sum((dsn is not None, pool is not None, bool(sandbox))) != 1:
+        raise TypeError("give exactly one of dsn, pool= or sandbox=True")
+
+
+def pool_kwargs(prepared_statements: bool, connect_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The connection arguments of a pool the client opens. autocommit: a statement outside a context is its own
+    transaction without BEGIN and COMMIT round trips, and a context sends its own BEGIN. No prepared statements unless
+    asked: PgBouncer 1.18 in transaction mode cannot follow them."""
+    return {"prepare_threshold": 5 if prepared_statements else None, "autocommit": True, **connect_kwargs}
+
+
+def tenant_key(tenant_id: uuid.UUID | str | None, token: str | None) -> str | None:
+    """The tenant a ``tenant_context(tenant_id)`` or ``tenant_context(token=...)`` is for (None: a token that cannot
+    be read); TypeError unless exactly one is given."""
+    if (tenant_id is None) == (token is None):
+        raise TypeError("give either a tenant_id or token=")
+    return tenant_id_text(tenant_id) if tenant_id is not None else token_tenant(token or "")
+
+
+def joins_active_context(current_kind: str | None, current_key: str | None, kind: str, key: str | None) -> bool:
+    """Whether a context of ``kind`` (and tenant ``key``) asked for while another is active (``current_kind``, None
+    if none) is that same context, which the block then simply joins. Any other nesting raises NestedContextError."""
+    if current_kind is None:
+        return False
+    if current_kind == kind and (kind == "admin" or (key is not None and current_key == key)):
+        return True
+    wanted = "the admin context" if kind == "admin" else f"a tenant context for {key or 'a token'}"
+    active = "the admin context" if current_kind == "admin" else f"the context of tenant {current_key}"
+    raise errors.NestedContextError(f"{wanted} cannot start inside {active}")

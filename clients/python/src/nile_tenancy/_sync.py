@@ -1,0 +1,409 @@
+"""The synchronous client, :class:`Nile` (psycopg 3 and psycopg_pool underneath).
+
+Design:
+- A context (``tenant_context``, ``admin_context``) is one transaction on one connection taken from the pool. It starts
+  only on an idle connection, enters the context with the id bound as a parameter, and always ends with COMMIT (or
+  ROLLBACK when the block raises) before the connection goes back: nothing of it outlives the ``with`` block.
+- One round trip: the transaction start, the context and the block's first statement are sent together (psycopg's
+  pipeline mode); the pipeline ends with that first statement, so the rest of the block is plain psycopg.
+- Which context is active is kept in a ``contextvars.ContextVar`` of the client: per thread and per asyncio task, so
+  ``nile.sql`` inside the block uses the block's connection and nothing else can.
+- Nesting the same context does nothing; a different one raises :class:`~nile_tenancy.errors.NestedContextError`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import contextvars
+import dataclasses
+import datetime as _dt
+import itertools
+import uuid
+from typing import Any, Callable, Iterator, Sequence
+
+import psycopg
+from psycopg import pq
+from psycopg_pool import ConnectionPool
+
+from . import _common as c
+from . import errors
+from .tokens import Tokens
+
+Params = Sequence[Any] | dict[str, Any] | None
+
+
+@dataclasses.dataclass
+class _Scope:
+    """The active context of this thread or task: its kind and key, and its connection."""
+
+    kind: str  # "tenant" or "admin"
+    key: str | None  # the tenant id (a token's tenant for a token context); None for admin
+    conn: psycopg.Connection[Any]
+    pipeline: contextlib.ExitStack | None  # open until the block's first statement
+
+    def end_pipeline(self) -> None:
+        if self.pipeline is not None:
+            stack, self.pipeline = self.pipeline, None
+            stack.close()
+
+
+def enter_tenant(
+    conn: psycopg.Connection[Any], tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
+) -> None:
+    """Enter a tenant's context for the transaction open on ``conn`` (``nile.set_tenant()`` or, with ``token``,
+    ``nile.set_tenant_token()``). For integrations that run their own transactions (SQLAlchemy, Django)."""
+    if token is not None:
+        conn.execute(c.SET_TENANT_TOKEN, [token])
+    elif tenant_id is not None:
+        conn.execute(c.SET_TENANT, [c.tenant_id_text(tenant_id)])
+    else:
+        raise TypeError("give a tenant_id or a token")
+
+
+def require_idle(conn: psycopg.Connection[Any]) -> None:
+    """Raise TransactionInProgress unless ``conn`` is idle (no transaction open)."""
+    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+        raise errors.TransactionInProgress(
+            "a tenant or admin context is a transaction of its own and cannot start inside an open transaction: "
+            "commit or roll back first (entered inside it, the context would outlive the with block)"
+        )
+
+
+@contextlib.contextmanager
+def tenant_transaction(
+    conn: psycopg.Connection[Any], tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
+) -> Iterator[psycopg.Connection[Any]]:
+    """One transaction on ``conn`` in a tenant's context: BEGIN, the context, the block, then COMMIT (ROLLBACK if the
+    block raises). ``conn`` must be idle. The building block of :meth:`Nile.tenant_context`, for connections that are
+    not the client's (an application's own psycopg connection)."""
+    require_idle(conn)
+    with conn.transaction():
+        enter_tenant(conn, tenant_id, token=token)
+        yield conn
+
+
+class Sql:
+    """``nile.sql``: statements in the active context, or, outside any, each in a transaction of its own."""
+
+    def __init__(self, client: "Nile") -> None:
+        self._client = client
+
+    @contextlib.contextmanager
+    def _cursor(self, query: Any, params: Params) -> Iterator[psycopg.Cursor[Any]]:
+        scope = self._client._scope.get()
+        if scope is not None:
+            cur = scope.conn.execute(query, params)
+            scope.end_pipeline()  # one round trip: BEGIN, the context and this statement
+            yield cur
+            return
+        with self._client._pool.connection() as conn:  # commits at the end of the block, rolls back on error
+            yield conn.execute(query, params)
+
+    def execute(self, query: Any, params: Params = None) -> int:
+        """Run one statement; returns the number of rows it affected (-1 when not applicable)."""
+        with self._cursor(query, params) as cur:
+            return cur.rowcount
+
+    def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
+        """The first row of a query, as a tuple, or None."""
+        with self._cursor(query, params) as cur:
+            return cur.fetchone()
+
+    def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
+        """Every row of a query, as tuples."""
+        with self._cursor(query, params) as cur:
+            return cur.fetchall()
+
+    @property
+    def connection(self) -> psycopg.Connection[Any]:
+        """The active context's connection, for code that needs a psycopg connection (a cursor, COPY, another
+        library). Only inside a context; the context still ends the transaction."""
+        scope = self._client._scope.get()
+        if scope is None:
+            raise errors.NoActiveContext("nile.sql.connection is only available inside a tenant or admin context")
+        scope.end_pipeline()
+        return scope.conn
+
+
+class Tenants:
+    """``nile.tenants``: the tenant lifecycle (the caller's role must be a member of ``nile_admin``)."""
+
+    def __init__(self, client: "Nile") -> None:
+        self._client = client
+
+    def create(
+        self, name: str, tenant_id: uuid.UUID | str | None = None, metadata: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Create a tenant; returns ``{"tenant_id", "name", "status", "created_at", "metadata"}``."""
+        tid = None if tenant_id is None else c.tenant_id_text(tenant_id)
+        with self._client._admin("nile_tenancy: tenants.create") as conn:
+            created = conn.execute(c.CREATE_TENANT, [name, tid, c.metadata_json(metadata)]).fetchone()
+            row = conn.execute(c.GET_TENANT, [created[0] if created else None]).fetchone()
+        return c.tenant_row(row)  # type: ignore[return-value]
+
+    def get(self, tenant_id: uuid.UUID | str) -> dict[str, Any] | None:
+        """The tenant, or None if there is none with this id."""
+        tid = c.tenant_id_text(tenant_id)
+        with self._client._admin("nile_tenancy: tenants.get") as conn:
+            return c.tenant_row(conn.execute(c.GET_TENANT, [tid]).fetchone())
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every tenant (deleted ones included, with their status), oldest first."""
+        with self._client._admin("nile_tenancy: tenants.list") as conn:
+            return [c.tenant_row(r) for r in conn.execute(c.LIST_TENANTS).fetchall()]  # type: ignore[misc]
+
+    def update(self, tenant_id: uuid.UUID | str, changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``{"name": ..., "status": ..., "metadata": ...}``; returns the tenant as it is now."""
+        return self._returning_row(c.UPDATE_TENANT, [c.tenant_id_text(tenant_id), c.changes_json(changes)])
+
+    def deactivate(self, tenant_id: uuid.UUID | str) -> dict[str, Any]:
+        """Reads keep working, writes are refused (NT003)."""
+        return self._returning_row(c.DEACTIVATE_TENANT, [c.tenant_id_text(tenant_id)])
+
+    def reactivate(self, tenant_id: uuid.UUID | str) -> dict[str, Any]:
+        """Back to active, from inactive or from a soft delete."""
+        return self._returning_row(c.REACTIVATE_TENANT, [c.tenant_id_text(tenant_id)])
+
+    def delete(self, tenant_id: uuid.UUID | str, purge: bool = False) -> None:
+        """Soft delete (``purge=False``: the rows stay, every access is refused with NT004), or purge: the tenant and
+        every row of it, in one transaction."""
+        self._client.sql.execute(c.DELETE_TENANT, [c.tenant_id_text(tenant_id), bool(purge)])
+
+    def _returning_row(self, query: str, params: list[Any]) -> dict[str, Any]:
+        return c.tenant_row(self._client.sql.fetch_one(query, params))  # type: ignore[return-value]
+
+
+class Usage:
+    """``nile.usage``: per-tenant usage for billing and noisy neighbours (``nile_admin`` or ``pg_monitor``)."""
+
+    def __init__(self, client: "Nile") -> None:
+        self._client = client
+
+    def tenant(self, tenant_id: uuid.UUID | str) -> dict[str, Any] | None:
+        """The tenant's live counters since they were last reset (``nile.tenant_usage``), or None if it has none."""
+        rows = self._rows(c.USAGE_OF_TENANT, [c.tenant_id_text(tenant_id)])
+        return rows[0] if rows else None
+
+    def history(
+        self, since: _dt.datetime, until: _dt.datetime | None = None, tenant_id: uuid.UUID | str | None = None
+    ) -> list[dict[str, Any]]:
+        """The flushed periods (``nile.usage_history``) that overlap ``since`` .. ``until``, of one tenant or all."""
+        tid = None if tenant_id is None else c.tenant_id_text(tenant_id)
+        return self._rows(c.USAGE_HISTORY, [since, until, until, tid, tid])
+
+    def noisy_neighbours(self, recent: str | _dt.timedelta = "15 minutes") -> list[dict[str, Any]]:
+        """Tenants ranked by their share of execution time over ``recent`` (``nile.noisy_neighbours()``)."""
+        return self._rows(c.NOISY_NEIGHBOURS, [c.interval_text(recent)])
+
+    def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
+        with self._client.sql._cursor(query, params) as cur:
+            return c.as_dicts(cur.description, cur.fetchall())
+
+
+class Nile:
+    """A client of a database with the nile_tenancy extension.
+
+    ``Nile(dsn)`` opens a connection pool of its own; ``Nile(pool=ConnectionPool(...))`` uses yours;
+    ``Nile(sandbox=True)`` starts a throwaway PostgreSQL with the extension (see :mod:`nile_tenancy.sandbox`).
+    ``token_key`` is the default key of ``nile.tokens.sign()``. ``prepared_statements=False`` (the default) keeps
+    psycopg from preparing statements on the server, which PgBouncer 1.18 in transaction mode cannot follow; set it
+    True for direct connections. Other keyword arguments go to ``psycopg.connect()``. Use it as a context manager,
+    or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: ConnectionPool[Any] | None = None,
+        sandbox: bool = False,
+        token_key: str | bytes | None = None,
+        prepared_statements: bool = False,
+        min_size: int = 1,
+        max_size: int = 10,
+        **connect_kwargs: Any,
+    ) -> None:
+        c.check_sources(dsn, pool, sandbox)
+        self._sandbox = None
+        if sandbox:
+            from .sandbox import Sandbox
+
+            self._sandbox = Sandbox.start()
+            dsn = self._sandbox.dsn
+            token_key = token_key if token_key is not None else self._sandbox.token_key
+        self._own_pool = pool is None
+        if pool is None:
+            kwargs = c.pool_kwargs(prepared_statements, connect_kwargs)
+            pool = ConnectionPool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs, open=True,
+                                  name="nile_tenancy")
+        self._pool: ConnectionPool[Any] = pool
+        self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+            f"nile_tenancy_scope_{id(self)}", default=None
+        )
+        self.sql = Sql(self)
+        self.tenants = Tenants(self)
+        self.usage = Usage(self)
+        self.tokens = Tokens(token_key)
+
+    # --- lifetime -----------------------------------------------------------------------------------------------------
+
+    @property
+    def pool(self) -> ConnectionPool[Any]:
+        return self._pool
+
+    @property
+    def sandbox(self) -> Any:
+        """The sandbox server (``Nile(sandbox=True)``), with its ``dsn``; None otherwise."""
+        return self._sandbox
+
+    def close(self) -> None:
+        """Close the pool (if the client opened it) and stop the sandbox (if any)."""
+        if self._own_pool:
+            self._pool.close()
+        if self._sandbox is not None:
+            self._sandbox.stop()
+            self._sandbox = None
+
+    def __enter__(self) -> "Nile":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- contexts -----------------------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def tenant_context(
+        self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
+    ) -> Iterator["Nile"]:
+        """``with nile.tenant_context(tenant_id):`` (or ``token=``, a signed tenant token): the block is one
+        transaction in the tenant's context; ``nile.sql`` runs in it."""
+        key = c.tenant_key(tenant_id, token)
+        current = self._scope.get()
+        if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
+            yield self
+            return
+        with self._scoped("tenant", key, c.SET_TENANT_TOKEN if token else c.SET_TENANT, token or key):
+            yield self
+
+    @contextlib.contextmanager
+    def admin_context(self, reason: str | None = None) -> Iterator["Nile"]:
+        """``with nile.admin_context():`` the block is one transaction in the audited admin context (the role must be
+        a member of ``nile_admin``). Without a reason, the caller's qualified function name is recorded."""
+        current = self._scope.get()
+        if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
+            yield self
+            return
+        with self._scoped("admin", None, c.ADMIN_CONTEXT, reason or c.caller_name()):
+            yield self
+
+    @contextlib.contextmanager
+    def _scoped(self, kind: str, key: str | None, enter_sql: str, argument: Any) -> Iterator[_Scope]:
+        with self._pool.connection() as conn:
+            require_idle(conn)
+            # BEGIN is sent as a statement of the pipeline: psycopg's own implicit BEGIN (autocommit off) is
+            # synchronised alone, a round trip of its own. The connection's autocommit setting is restored at the end
+            # (set outside pipeline mode, where changing it costs nothing).
+            was_autocommit = conn.autocommit
+            if not was_autocommit:
+                conn.set_autocommit(True)
+            stack = contextlib.ExitStack()
+            scope = _Scope(kind, key, conn, stack)
+            token = self._scope.set(scope)
+            try:
+                stack.enter_context(conn.pipeline())
+                conn.execute("BEGIN")
+                conn.execute(enter_sql, [argument])
+                yield scope
+                conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
+                scope.end_pipeline()
+            except BaseException:
+                # Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt),
+                # the connection goes back with no transaction open and no pipeline.
+                with contextlib.suppress(Exception):
+                    scope.end_pipeline()
+                with contextlib.suppress(Exception):
+                    conn.rollback()
+                raise
+            finally:
+                self._scope.reset(token)
+                if not was_autocommit:
+                    with contextlib.suppress(Exception):
+                        conn.set_autocommit(False)
+
+    @contextlib.contextmanager
+    def _admin(self, reason: str) -> Iterator[psycopg.Connection[Any]]:
+        """The connection of the active admin context, or of a new one for this call."""
+        current = self._scope.get()
+        if current is not None and current.kind == "admin":
+            current.end_pipeline()
+            yield current.conn
+            return
+        with self.admin_context(reason) as _:
+            scope = self._scope.get()
+            assert scope is not None
+            scope.end_pipeline()
+            yield scope.conn
+
+    # --- batch work ---------------------------------------------------------------------------------------------------
+
+    def active_tenants(self, batch_size: int = 100) -> Iterator[str]:
+        """The ids of the active tenants, in id order, read ``batch_size`` at a time (each page in an admin context)."""
+        after: str | None = None
+        while True:
+            with self._admin("nile_tenancy: for_each_tenant") as conn:
+                page = [str(r[0]) for r in conn.execute(c.ACTIVE_TENANTS_PAGE, [after, after, batch_size]).fetchall()]
+            yield from page
+            if len(page) < batch_size:
+                return
+            after = page[-1]
+
+    def for_each_tenant(
+        self,
+        fn: Callable[[str], Any],
+        batch_size: int = 100,
+        concurrency: int = 4,
+        *,
+        resume: c.ForEachTenantResult | None = None,
+        progress: bool | None = None,
+    ) -> c.ForEachTenantResult:
+        """Run ``fn(tenant_id)`` in each active tenant's context (one transaction per tenant; ``nile.sql`` inside
+        ``fn`` works for that tenant), ``concurrency`` tenants at a time, listing tenants ``batch_size`` at a time.
+        A failure rolls back that tenant only and is collected; Ctrl-C stops starting new tenants. Returns what was
+        done, what failed and what remains; pass the result as ``resume=`` to run the failed and remaining ones."""
+        if concurrency < 1 or batch_size < 1:
+            raise ValueError("concurrency and batch_size must be at least 1")
+        tenants: list[str] = resume.to_resume() if resume is not None else list(self.active_tenants(batch_size))
+        result = c.ForEachTenantResult()
+        bar = c.Progress(len(tenants), progress)
+
+        def run(tenant: str) -> None:
+            with self.tenant_context(tenant):
+                fn(tenant)
+
+        pending = iter(tenants)
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
+                running = {
+                    pool.submit(contextvars.Context().run, run, t): t for t in itertools.islice(pending, concurrency)
+                }
+                while running:
+                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
+                    for future in finished:
+                        tenant = running.pop(future)
+                        error = future.exception()
+                        if error is None:
+                            result.done.append(tenant)
+                        else:
+                            result.failed[tenant] = error
+                        bar.step(error is not None)
+                        for t in itertools.islice(pending, 1):
+                            running[pool.submit(contextvars.Context().run, run, t)] = t
+        except KeyboardInterrupt:
+            result.interrupted = True
+        finally:
+            bar.close()
+        finished_or_failed = set(result.done) | set(result.failed)
+        result.remaining = [t for t in tenants if t not in finished_or_failed]
+        return result
