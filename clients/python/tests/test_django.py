@@ -24,6 +24,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import DatabaseError, connection, connections, transaction  # noqa: E402
 from django.http import HttpRequest  # noqa: E402
@@ -155,6 +156,48 @@ def test_a_failing_view_is_rolled_back(tenant: Any) -> None:
     assert server_rows("SELECT count(*) FROM django_app_project WHERE name = %s", [name]) == [(0,)]
     assert client(a).get("/projects").json()["projects"] == []
     assert context_of() is None
+
+
+def test_a_server_error_answered_below_the_middleware_is_rolled_back(tenant: Any) -> None:
+    """The view's exception answered by a middleware below TenantMiddleware (its process_exception never runs), and a
+    view that answers 503 itself after writing: neither request keeps its writes."""
+    a = tenant("dj-answered")
+    name = f"never-{uuid.uuid4().hex[:6]}"
+    answered = Client(headers={"X-Tenant-Id": a, "X-Answer-View-Errors": "1"}, raise_request_exception=False)
+    assert answered.post("/write-then-fail", {"name": name}).status_code == 500
+    assert client(a).post("/write-then-fail", {"name": name, "how": "503"}).status_code == 503
+    assert server_rows("SELECT count(*) FROM django_app_project WHERE name = %s", [name]) == [(0,)]
+
+
+def test_the_header_takes_tokens_only_by_default(admin: Nile, tenant: Any) -> None:
+    """A tenant id is no secret: by default the header's value is a token the server verifies, and a raw id is
+    refused as an invalid token (401), never entered. The resolver (the application's code) may still return ids."""
+    a = tenant("dj-header")
+    with override_settings():
+        del settings.NILE_TENANT_HEADER_ACCEPTS_IDS  # the default
+        response = Client(headers={"X-Tenant-Id": a}).get("/context")
+        assert response.status_code == 401 and response["WWW-Authenticate"] == 'Bearer error="invalid_token"'
+        token = admin.tokens.sign(a, 300)
+        assert Client(headers={"X-Tenant-Id": token}).get("/context").json()["server"] == a
+        with override_settings(NILE_TENANT_RESOLVER=lambda request: uuid.UUID(request.GET["org"])):
+            assert Client().get("/context", {"org": a}).json()["server"] == a
+    with override_settings(NILE_TENANT_HEADER_ACCEPTS_IDS=False):
+        assert Client(headers={"X-Tenant-Id": a}).get("/context").status_code == 401
+
+
+def test_a_nested_token_is_verified(admin: Nile, tenant: Any) -> None:
+    a = tenant("dj-nested-token")
+    forged = sign(a, 300, "mallory", key="a-key-the-server-has-never-seen-" + "x" * 16)
+    with tenant_context(a):
+        with pytest.raises(errors.InvalidToken):
+            with tenant_context(token=forged):
+                pass
+        with tenant_context(token=admin.tokens.sign(a, 300, user_id="inner")):
+            assert context_of() == uuid.UUID(a)
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT nile.current_user_id()")
+                assert cursor.fetchone() == (None,)  # the outer context's user: none
+        assert context_of() == uuid.UUID(a)
 
 
 def test_the_extensions_errors_as_http(admin: Nile, tenant: Any) -> None:

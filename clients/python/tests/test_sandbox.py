@@ -128,7 +128,8 @@ def test_sandbox_role_isolation_and_stop() -> None:
     with Nile(sandbox=True) as nile:
         server = nile.sandbox
         assert isinstance(server, sb.Sandbox) and server.running
-        assert server.dsn == f"host=127.0.0.1 port={server.port} dbname=nile user=nile_sandbox"
+        assert server.dsn == (f"host=127.0.0.1 port={server.port} dbname=nile user=nile_sandbox "
+                              f"password={server.password}")
         with psycopg.connect(server.dsn) as conn:
             row = conn.execute(
                 "SELECT current_user, rolsuper, rolbypassrls, pg_has_role('nile_admin', 'MEMBER'),"
@@ -515,7 +516,7 @@ def test_stopped_at_exit_and_orphans_reaped(sandbox_environment: dict[str, str])
         import json, os, sys
         from nile_tenancy.sandbox import Sandbox
         s = Sandbox.start()
-        print(json.dumps({"directory": str(s.directory), "pid": s.pid, "port": s.port}), flush=True)
+        print(json.dumps({"directory": str(s.directory), "pid": s.pid, "port": s.port, "dsn": s.dsn}), flush=True)
     """
     # a normal exit without close(): atexit stops it
     gone = run_python(start, sandbox_environment)
@@ -523,7 +524,7 @@ def test_stopped_at_exit_and_orphans_reaped(sandbox_environment: dict[str, str])
     # killed (os._exit: no atexit): the server is left running, until the next process starts a sandbox
     orphan = run_python(start + "\n        os._exit(0)\n", sandbox_environment)
     assert Path(orphan["directory"]).is_dir() and process_alive(orphan["pid"])
-    with psycopg.connect(f"host=127.0.0.1 port={orphan['port']} dbname=nile user=nile_sandbox") as conn:
+    with psycopg.connect(orphan["dsn"]) as conn:
         conn.execute("SELECT 1")
     run_python(start.replace("Sandbox.start()", "Sandbox.start(); s.stop()"), sandbox_environment)
     deadline = time.monotonic() + 5
@@ -549,3 +550,102 @@ def test_command_line(sandbox_environment: dict[str, str]) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert f"NILE_PG_CONFIG={sandbox_environment[sb.ENV_PG_CONFIG]}" in result.stdout
+
+
+# --- the security review's attacks ----------------------------------------------------------------------------------
+
+
+def test_nobody_else_gets_in_over_tcp(nile_sandbox_server: sb.Sandbox) -> None:
+    """Any local user can open a TCP connection to 127.0.0.1: without this server's password, no role gets in (with
+    trust authentication anyone could log in as the superuser)."""
+    server = nile_sandbox_server
+    for role in ("postgres", "nile_sandbox"):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"host=127.0.0.1 port={server.port} dbname=nile user={role} connect_timeout=5")
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(f"host=127.0.0.1 port={server.port} dbname=nile user={role} password=guess")
+    with psycopg.connect(server.dsn) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("nile_sandbox",)
+    assert (server.directory.stat().st_mode & 0o077) == 0  # the socket's directory: the server's user's only
+    with psycopg.connect(server.socket_dsn_for("nile", "nile_sandbox")) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_the_server_gets_none_of_the_callers_environment(sandbox_environment: dict[str, str]) -> None:
+    """The server (and initdb) run with a minimal environment: secrets in the application's never reach them."""
+    started = run_python("""
+        import json
+        from nile_tenancy.sandbox import Sandbox
+        s = Sandbox.start()
+        environ = open(f"/proc/{s.pid}/environ", "rb").read().split(b"\\0")
+        print(json.dumps({"names": sorted(e.split(b"=")[0].decode() for e in environ if e)}), flush=True)
+        s.stop()
+    """, {**sandbox_environment, "APP_SECRET_TOKEN": "do-not-leak", "PGPASSWORD": "nor-this"})
+    assert "APP_SECRET_TOKEN" not in started["names"] and "PGPASSWORD" not in started["names"]
+    assert set(started["names"]) <= {"PATH", "LD_LIBRARY_PATH", "TZ", "LC_ALL", "LANG", "PGDATA", "PG_GRANDPARENT_PID",
+                                     "PG_OOM_ADJUST_FILE", "PG_OOM_ADJUST_VALUE", "LC_COLLATE", "LC_CTYPE",
+                                     "LC_MONETARY", "LC_NUMERIC", "LC_TIME", "LC_MESSAGES"}, started["names"]
+
+
+def test_files_written_as_root_never_follow_a_link(tmp_path: Path) -> None:
+    """Where the server's user could put a link, root's writes refuse it (symbolic or hard)."""
+    target = tmp_path / "target"
+    target.write_text("precious\n")
+    (tmp_path / "symlink").symlink_to(target)
+    os.link(target, tmp_path / "hardlink")
+    for name in ("symlink", "hardlink"):
+        with pytest.raises((OSError, errors.SandboxUnavailable)):
+            sb._append(tmp_path / name, "written\n")
+        with pytest.raises((OSError, errors.SandboxUnavailable)):
+            sb._open_log(tmp_path / name)
+    assert target.read_text() == "precious\n"
+    sb._append(tmp_path / "plain", "a\n")
+    sb._append(tmp_path / "plain", "b\n")
+    assert (tmp_path / "plain").read_text() == "a\nb\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="ownership of another user's files: needs root")
+def test_a_template_planted_by_another_user_is_not_used(sandbox_environment: dict[str, str], tmp_path: Path) -> None:
+    """A shared NILE_SANDBOX_CACHE where another user made the template (anything could be in it) is refused."""
+    cache = tmp_path / "shared-cache"
+    with sb.Sandbox.start(cache=cache) as first:  # makes the template, root's
+        assert first.running
+    nobody = 65534
+    (entry,) = [p for p in cache.iterdir() if (p / "complete").exists()]
+    os.lchown(entry, nobody, nobody)
+    with pytest.raises(errors.SandboxUnavailable, match="not a directory of this user's"):
+        sb.Sandbox.start(cache=cache)
+    os.lchown(entry, 0, 0)
+    os.chmod(entry, 0o777)
+    with pytest.raises(errors.SandboxUnavailable, match="only it can write"):
+        sb.Sandbox.start(cache=cache)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the copy of a build the server's user cannot reach: root only")
+def test_a_planted_copy_of_the_build_is_not_run(tmp_path: Path) -> None:
+    """As root, a bundled build under /root is copied to a predictable name in the temporary directory: a copy that
+    another user made first (its programs theirs) must not be run."""
+    user = sb.run_as()
+    assert user is not None
+    hidden = tmp_path / "root-only"
+    pg = hidden / "_bundled" / "pg"
+    for sub in ("bin", "lib", "share/extension"):
+        (pg / sub).mkdir(parents=True)
+    (pg.parent / "build.json").write_text(json.dumps({"version": "18.0", "test": str(tmp_path)}))
+    for name in ("bin/postgres", "bin/initdb"):
+        (pg / name).write_text("#!/bin/sh\nexit 1\n")
+        (pg / name).chmod(0o755)
+    (pg / "lib/nile_tenancy.so").write_bytes(b"not a library")
+    (pg / "share/extension/nile_tenancy.control").write_text("default_version = '0.3.0'\n")
+    hidden.chmod(0o700)
+    build = sb.Build(pg / "bin", pg / "lib", pg / "share", "18.0", "bundled (test)", library_path=pg / "lib")
+    copy_build = sb._reachable_build(build, user)
+    copy = copy_build.bindir.parent.parent
+    try:
+        assert copy.parent == Path(tempfile.gettempdir()) and os.lstat(copy).st_uid == 0
+        assert sb._reachable_build(build, user) == copy_build  # root's own copy: used again
+        os.lchown(copy, 65534, 65534)  # as if another user had made it first
+        with pytest.raises(errors.SandboxUnavailable, match="not made by this package as root"):
+            sb._reachable_build(build, user)
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)

@@ -433,3 +433,64 @@ def test_include_object_keeps_what_the_models_declare() -> None:
     assert include_object(notes, "notes", "table", True, None) is True
     assert include_object(metadata.tables["nile.tenants"], "tenants", "table", False, None) is False
     assert include_object(metadata.tables["nile.tenants"].c.id, "id", "column", True, None) is False
+
+
+# --- the security review's attacks --------------------------------------------------------------------------------
+
+
+def test_a_nested_token_is_verified_by_the_server(engine: Engine, two_tenants: tuple[str, str]) -> None:
+    acme, _ = two_tenants
+    forged = sign(acme, 300, "mallory", key="a-key-the-server-has-never-seen-" + "x" * 16)
+    factory = sessionmaker(engine)
+    with tenant_session(factory, acme) as session:
+        with pytest.raises(DBAPIError) as raised:
+            with tenant_session(factory, token=forged):
+                pass
+        assert isinstance(raised.value.orig, errors.InvalidToken)
+        assert session.scalars(select(User.username)).all() == ["ada"]  # the outer transaction goes on
+        with tenant_session(factory, token=sign(acme, 300, "inner", key=TOKEN_KEY)) as inner:
+            assert inner is session
+            assert session.execute(text("SELECT nile.current_user_id()")).scalar() is None
+
+
+def test_a_session_of_yours_keeps_no_object_of_the_tenant(engine: Engine, two_tenants: tuple[str, str]) -> None:
+    """session.get() answers from the identity map without a query: after a block of acme, a block of globex on the
+    same session must not be handed acme's user."""
+    acme, globex = two_tenants
+    session = Session(engine, expire_on_commit=False)
+    try:
+        with tenant_session(session, acme):
+            ada = session.scalars(select(User).where(User.username == "ada")).one()
+            key = (ada.tenant_id, ada.id)
+        with tenant_session(session, globex):
+            assert session.get(User, key) is None
+        assert len(session.identity_map) == 0
+    finally:
+        session.close()
+
+
+def test_only_the_psycopg_driver(two_tenants: tuple[str, str]) -> None:
+    """psycopg2 (and any driver but psycopg 3) would spell the id or token into the SQL text."""
+    acme, _ = two_tenants
+    other = create_engine("sqlite://")
+    try:
+        with pytest.raises(TypeError, match="psycopg"):
+            with tenant_session(other, acme):
+                pass
+    finally:
+        other.dispose()
+
+
+def test_the_listener_is_gone_after_the_block(engine: Engine, two_tenants: tuple[str, str]) -> None:
+    """A session of yours used after the block: its next transaction has no context (NT001), not the block's."""
+    acme, _ = two_tenants
+    session = Session(engine)
+    try:
+        with tenant_session(session, acme):
+            pass
+        with pytest.raises(DBAPIError) as raised:
+            session.scalars(select(User.username)).all()
+        assert isinstance(raised.value.orig, errors.NoTenantContext)
+        session.rollback()
+    finally:
+        session.close()

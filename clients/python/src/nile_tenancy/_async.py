@@ -29,6 +29,8 @@ class _Scope:
     key: str | None
     conn: psycopg.AsyncConnection[Any]
     pipeline: contextlib.AsyncExitStack | None
+    closed: bool = False  # see _sync._Scope
+    needs_reset: bool = False
 
     async def end_pipeline(self) -> None:
         if self.pipeline is not None:
@@ -56,6 +58,14 @@ def require_idle(conn: psycopg.AsyncConnection[Any]) -> None:
         )
 
 
+async def _verify_nested_token(scope: _Scope, token: str) -> None:
+    """See :func:`nile_tenancy._sync._verify_nested_token`."""
+    await scope.end_pipeline()
+    async with scope.conn.transaction(force_rollback=True):
+        row = await (await scope.conn.execute(c.SET_TENANT_TOKEN, [token])).fetchone()
+    c.check_verified_tenant(row, scope.key)
+
+
 class AsyncSql:
     """``nile.sql`` of :class:`AsyncNile`."""
 
@@ -64,7 +74,7 @@ class AsyncSql:
 
     @contextlib.asynccontextmanager
     async def _cursor(self, query: Any, params: Params) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
-        scope = self._client._scope.get()
+        scope = self._client._live_scope()
         if scope is not None:
             cur = await scope.conn.execute(query, params)
             await scope.end_pipeline()
@@ -72,7 +82,10 @@ class AsyncSql:
             return
         pool = await self._client._opened_pool()
         async with pool.connection() as conn:
-            yield await conn.execute(query, params)
+            async with conn.pipeline():  # a session-wide context the statement set is cleared (see _sync.Sql)
+                cur = await conn.execute(query, params)
+                await conn.execute(c.RESET_SESSION_CONTEXT)
+            yield cur
 
     async def execute(self, query: Any, params: Params = None) -> int:
         async with self._cursor(query, params) as cur:
@@ -88,10 +101,11 @@ class AsyncSql:
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The active context's connection (``await nile.sql.connection()``), only inside a context."""
-        scope = self._client._scope.get()
+        scope = self._client._live_scope()
         if scope is None:
             raise errors.NoActiveContext("nile.sql.connection() is only available inside a tenant or admin context")
         await scope.end_pipeline()
+        scope.needs_reset = True
         return scope.conn
 
 
@@ -235,8 +249,10 @@ class AsyncNile:
         self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
     ) -> AsyncIterator["AsyncNile"]:
         key = c.tenant_key(tenant_id, token)
-        current = self._scope.get()
+        current = self._open_scope()
         if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
+            if token is not None and current is not None:
+                await _verify_nested_token(current, token)
             yield self
             return
         async with self._scoped("tenant", key, c.SET_TENANT_TOKEN if token else c.SET_TENANT, token or key):
@@ -244,57 +260,81 @@ class AsyncNile:
 
     @contextlib.asynccontextmanager
     async def admin_context(self, reason: str | None = None) -> AsyncIterator["AsyncNile"]:
-        current = self._scope.get()
+        current = self._open_scope()
         if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
             yield self
             return
         async with self._scoped("admin", None, c.ADMIN_CONTEXT, reason or c.caller_name()):
             yield self
 
+    def _live_scope(self) -> _Scope | None:
+        """See :meth:`nile_tenancy.Nile._live_scope`."""
+        scope = self._scope.get()
+        if scope is not None and scope.closed:
+            raise errors.ContextEnded(c.CONTEXT_ENDED)
+        return scope
+
+    def _open_scope(self) -> _Scope | None:
+        scope = self._scope.get()
+        return None if scope is None or scope.closed else scope
+
     @contextlib.asynccontextmanager
     async def _scoped(self, kind: str, key: str | None, enter_sql: str, argument: Any) -> AsyncIterator[_Scope]:
         pool = await self._opened_pool()
         async with pool.connection() as conn:
             require_idle(conn)
-            # BEGIN is sent as a statement of the pipeline: psycopg's own implicit BEGIN (autocommit off) is
-            # synchronised alone, a round trip of its own. The connection's autocommit setting is restored at the end
-            # (set outside pipeline mode, where changing it costs nothing).
+            # See _sync.Nile._scoped: BEGIN pipelined as a statement, autocommit restored, the scope closed at the end.
             was_autocommit = conn.autocommit
-            if not was_autocommit:
-                await conn.set_autocommit(True)
-            stack = contextlib.AsyncExitStack()
-            scope = _Scope(kind, key, conn, stack)
-            token = self._scope.set(scope)
+            scope = _Scope(kind, key, conn, contextlib.AsyncExitStack())
+            token: contextvars.Token[_Scope | None] | None = None
             try:
-                await stack.enter_async_context(conn.pipeline())
+                if not was_autocommit:
+                    await conn.set_autocommit(True)
+                token = self._scope.set(scope)
+                assert scope.pipeline is not None
+                await scope.pipeline.enter_async_context(conn.pipeline())
                 await conn.execute("BEGIN")
                 await conn.execute(enter_sql, [argument])
                 yield scope
-                await conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
-                await scope.end_pipeline()
+                if scope.pipeline is not None:
+                    await conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
+                    await scope.end_pipeline()
+                elif conn.info.transaction_status == pq.TransactionStatus.INERROR:
+                    await conn.rollback()
+                    raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
+                else:
+                    await conn.commit()
+                if scope.needs_reset:
+                    await conn.execute(c.RESET_SESSION_CONTEXT)
             except BaseException:
-                # Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt),
-                # the connection goes back with no transaction open and no pipeline.
                 with contextlib.suppress(Exception):
                     await scope.end_pipeline()
                 with contextlib.suppress(Exception):
                     await conn.rollback()
+                if scope.needs_reset:
+                    with contextlib.suppress(Exception):
+                        await conn.execute(c.RESET_SESSION_CONTEXT)
                 raise
             finally:
-                self._scope.reset(token)
-                if not was_autocommit:
-                    with contextlib.suppress(Exception):
+                scope.closed = True
+                if token is not None:
+                    with contextlib.suppress(ValueError):  # ended in another context (an abandoned generator)
+                        self._scope.reset(token)
+                if not was_autocommit and not conn.closed:
+                    try:
                         await conn.set_autocommit(False)
+                    except Exception:
+                        await conn.close()
 
     @contextlib.asynccontextmanager
     async def _admin(self, reason: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        current = self._scope.get()
+        current = self._live_scope()
         if current is not None and current.kind == "admin":
             await current.end_pipeline()
             yield current.conn
             return
         async with self.admin_context(reason):
-            scope = self._scope.get()
+            scope = self._live_scope()
             assert scope is not None
             await scope.end_pipeline()
             yield scope.conn
@@ -321,7 +361,9 @@ class AsyncNile:
         progress: bool | None = None,
     ) -> c.ForEachTenantResult:
         """``await fn(tenant_id)`` in each active tenant's context, ``concurrency`` at a time (see
-        :meth:`nile_tenancy.Nile.for_each_tenant`); cancelling the call stops starting new tenants."""
+        :meth:`nile_tenancy.Nile.for_each_tenant`). Cancelling the call cancels the tenants in progress (each rolls
+        back) and re-raises the ``CancelledError``, whose ``for_each_tenant_result`` attribute is the result so far
+        (pass it as ``resume=``); a KeyboardInterrupt returns that result with ``interrupted`` set."""
         if concurrency < 1 or batch_size < 1:
             raise ValueError("concurrency and batch_size must be at least 1")
         tenants = resume.to_resume() if resume is not None else await self.active_tenants(batch_size)
@@ -346,13 +388,21 @@ class AsyncNile:
         tasks = [contextvars.Context().run(loop.create_task, run(t)) for t in tenants]
         try:
             await asyncio.gather(*tasks)
-        except (asyncio.CancelledError, KeyboardInterrupt):
+        except (asyncio.CancelledError, KeyboardInterrupt) as stop:
             result.interrupted = True
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            self._finish(result, tenants)
+            if isinstance(stop, asyncio.CancelledError):  # a cancellation is never swallowed
+                stop.for_each_tenant_result = result  # type: ignore[attr-defined]
+                raise
         finally:
             bar.close()
+        return self._finish(result, tenants)
+
+    @staticmethod
+    def _finish(result: c.ForEachTenantResult, tenants: list[str]) -> c.ForEachTenantResult:
         finished_or_failed = set(result.done) | set(result.failed)
         result.remaining = [t for t in tenants if t not in finished_or_failed]
         return result

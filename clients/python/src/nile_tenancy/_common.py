@@ -35,6 +35,20 @@ USAGE_HISTORY = (
     " AND (%s::uuid IS NULL OR tenant_id = %s::uuid) ORDER BY period_start, kind, tenant_id"
 )
 NOISY_NEIGHBOURS = "SELECT * FROM nile.noisy_neighbours(%s::interval)"
+#: Leaves a tenant context set for the whole session (``set_tenant(..., is_local => false)``), so that nothing of it
+#: reaches the pool's next user; calls nothing when there is none (a role bound to a tenant may not clear_tenant()).
+RESET_SESSION_CONTEXT = (
+    "SELECT nile.clear_tenant() WHERE coalesce(pg_catalog.current_setting('nile.tenant_id', true), '') <> ''"
+)
+CONTEXT_ENDED = (
+    "the tenant or admin context this code was started in has ended (a thread or task started inside its with block "
+    "outlived it): its connection is back in the pool, so nothing runs; enter a context of its own"
+)
+TRANSACTION_ABORTED = (
+    "a statement of this context failed and its error was caught inside the with block: PostgreSQL had aborted the "
+    "transaction, so nothing of the block was committed (let the error leave the block, or use a savepoint: "
+    "nile.sql.connection.transaction())"
+)
 
 
 def tenant_id_text(tenant_id: uuid.UUID | str) -> str:
@@ -53,7 +67,7 @@ def token_tenant(token: str) -> str | None:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         return tenant_id_text(claims["tid"])
-    except (IndexError, ValueError, KeyError, TypeError):
+    except (IndexError, ValueError, KeyError, TypeError, RecursionError):  # RecursionError: deeply nested JSON
         return None
 
 
@@ -173,6 +187,16 @@ def tenant_key(tenant_id: uuid.UUID | str | None, token: str | None) -> str | No
     if (tenant_id is None) == (token is None):
         raise TypeError("give either a tenant_id or token=")
     return tenant_id_text(tenant_id) if tenant_id is not None else token_tenant(token or "")
+
+
+def check_verified_tenant(row: Sequence[Any] | None, active: str | None) -> None:
+    """After the server verified a nested context's token (``set_tenant_token()`` returns the tenant it entered):
+    NestedContextError unless it is the active context's tenant."""
+    verified = None if row is None or row[0] is None else str(row[0])
+    if verified is None or verified != active:
+        raise errors.NestedContextError(
+            f"a tenant context for {verified or 'a token'} cannot start inside the context of tenant {active}"
+        )
 
 
 def joins_active_context(current_kind: str | None, current_key: str | None, kind: str, key: str | None) -> bool:

@@ -41,6 +41,8 @@ class _Scope:
     key: str | None  # the tenant id (a token's tenant for a token context); None for admin
     conn: psycopg.Connection[Any]
     pipeline: contextlib.ExitStack | None  # open until the block's first statement
+    closed: bool = False  # the block has ended: a thread or task that kept the scope gets ContextEnded
+    needs_reset: bool = False  # the block had the raw connection: clear any session-wide context at the end
 
     def end_pipeline(self) -> None:
         if self.pipeline is not None:
@@ -83,6 +85,16 @@ def tenant_transaction(
         yield conn
 
 
+def _verify_nested_token(scope: _Scope, token: str) -> None:
+    """A token context nested in the context of the tenant the token names joins it only once the server has
+    verified the token: in a savepoint rolled back at once, so the outer context (and its user id) stays as it was.
+    Nothing is trusted from the token's unverified payload."""
+    scope.end_pipeline()
+    with scope.conn.transaction(force_rollback=True):
+        row = scope.conn.execute(c.SET_TENANT_TOKEN, [token]).fetchone()
+    c.check_verified_tenant(row, scope.key)
+
+
 class Sql:
     """``nile.sql``: statements in the active context, or, outside any, each in a transaction of its own."""
 
@@ -91,14 +103,19 @@ class Sql:
 
     @contextlib.contextmanager
     def _cursor(self, query: Any, params: Params) -> Iterator[psycopg.Cursor[Any]]:
-        scope = self._client._scope.get()
+        scope = self._client._live_scope()
         if scope is not None:
             cur = scope.conn.execute(query, params)
             scope.end_pipeline()  # one round trip: BEGIN, the context and this statement
             yield cur
             return
         with self._client._pool.connection() as conn:  # commits at the end of the block, rolls back on error
-            yield conn.execute(query, params)
+            # Outside a context the statement is a transaction of its own (autocommit), so whatever session state it
+            # sets stays: a session-wide tenant context is cleared in the same round trip.
+            with conn.pipeline():
+                cur = conn.execute(query, params)
+                conn.execute(c.RESET_SESSION_CONTEXT)
+            yield cur
 
     def execute(self, query: Any, params: Params = None) -> int:
         """Run one statement; returns the number of rows it affected (-1 when not applicable)."""
@@ -119,10 +136,11 @@ class Sql:
     def connection(self) -> psycopg.Connection[Any]:
         """The active context's connection, for code that needs a psycopg connection (a cursor, COPY, another
         library). Only inside a context; the context still ends the transaction."""
-        scope = self._client._scope.get()
+        scope = self._client._live_scope()
         if scope is None:
             raise errors.NoActiveContext("nile.sql.connection is only available inside a tenant or admin context")
         scope.end_pipeline()
+        scope.needs_reset = True  # the caller may do anything with it: check the session at the end
         return scope.conn
 
 
@@ -280,8 +298,10 @@ class Nile:
         """``with nile.tenant_context(tenant_id):`` (or ``token=``, a signed tenant token): the block is one
         transaction in the tenant's context; ``nile.sql`` runs in it."""
         key = c.tenant_key(tenant_id, token)
-        current = self._scope.get()
+        current = self._open_scope()
         if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
+            if token is not None and current is not None:
+                _verify_nested_token(current, token)
             yield self
             return
         with self._scoped("tenant", key, c.SET_TENANT_TOKEN if token else c.SET_TENANT, token or key):
@@ -291,12 +311,26 @@ class Nile:
     def admin_context(self, reason: str | None = None) -> Iterator["Nile"]:
         """``with nile.admin_context():`` the block is one transaction in the audited admin context (the role must be
         a member of ``nile_admin``). Without a reason, the caller's qualified function name is recorded."""
-        current = self._scope.get()
+        current = self._open_scope()
         if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
             yield self
             return
         with self._scoped("admin", None, c.ADMIN_CONTEXT, reason or c.caller_name()):
             yield self
+
+    def _live_scope(self) -> _Scope | None:
+        """The context this code runs in, or None outside any; ContextEnded when that context has ended (a thread or
+        task started inside the block that outlived it must not use a connection that is back in the pool)."""
+        scope = self._scope.get()
+        if scope is not None and scope.closed:
+            raise errors.ContextEnded(c.CONTEXT_ENDED)
+        return scope
+
+    def _open_scope(self) -> _Scope | None:
+        """The active context, for nesting: one that has ended counts as none (a task that outlived the block may
+        enter a context of its own)."""
+        scope = self._scope.get()
+        return None if scope is None or scope.closed else scope
 
     @contextlib.contextmanager
     def _scoped(self, kind: str, key: str | None, enter_sql: str, argument: Any) -> Iterator[_Scope]:
@@ -306,18 +340,28 @@ class Nile:
             # synchronised alone, a round trip of its own. The connection's autocommit setting is restored at the end
             # (set outside pipeline mode, where changing it costs nothing).
             was_autocommit = conn.autocommit
-            if not was_autocommit:
-                conn.set_autocommit(True)
-            stack = contextlib.ExitStack()
-            scope = _Scope(kind, key, conn, stack)
-            token = self._scope.set(scope)
+            scope = _Scope(kind, key, conn, contextlib.ExitStack())
+            token: contextvars.Token[_Scope | None] | None = None
             try:
-                stack.enter_context(conn.pipeline())
+                if not was_autocommit:
+                    conn.set_autocommit(True)
+                token = self._scope.set(scope)
+                assert scope.pipeline is not None
+                scope.pipeline.enter_context(conn.pipeline())
                 conn.execute("BEGIN")
                 conn.execute(enter_sql, [argument])
                 yield scope
-                conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
-                scope.end_pipeline()
+                if scope.pipeline is not None:
+                    conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
+                    scope.end_pipeline()
+                elif conn.info.transaction_status == pq.TransactionStatus.INERROR:
+                    # COMMIT would answer ROLLBACK without an error: the block's writes would be lost silently.
+                    conn.rollback()
+                    raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
+                else:
+                    conn.commit()
+                if scope.needs_reset:
+                    conn.execute(c.RESET_SESSION_CONTEXT)
             except BaseException:
                 # Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt),
                 # the connection goes back with no transaction open and no pipeline.
@@ -325,23 +369,33 @@ class Nile:
                     scope.end_pipeline()
                 with contextlib.suppress(Exception):
                     conn.rollback()
+                if scope.needs_reset:
+                    with contextlib.suppress(Exception):
+                        conn.execute(c.RESET_SESSION_CONTEXT)
                 raise
             finally:
-                self._scope.reset(token)
-                if not was_autocommit:
-                    with contextlib.suppress(Exception):
+                scope.closed = True
+                if token is not None:
+                    # ValueError: the block ended in another context (a generator closed by the garbage collector);
+                    # the scope is closed, which is what every holder of it checks.
+                    with contextlib.suppress(ValueError):
+                        self._scope.reset(token)
+                if not was_autocommit and not conn.closed:
+                    try:
                         conn.set_autocommit(False)
+                    except Exception:
+                        conn.close()  # never back to the pool in a state it does not expect: the pool drops it
 
     @contextlib.contextmanager
     def _admin(self, reason: str) -> Iterator[psycopg.Connection[Any]]:
         """The connection of the active admin context, or of a new one for this call."""
-        current = self._scope.get()
+        current = self._live_scope()
         if current is not None and current.kind == "admin":
             current.end_pipeline()
             yield current.conn
             return
         with self.admin_context(reason) as _:
-            scope = self._scope.get()
+            scope = self._live_scope()
             assert scope is not None
             scope.end_pipeline()
             yield scope.conn
@@ -382,26 +436,33 @@ class Nile:
             with self.tenant_context(tenant):
                 fn(tenant)
 
+        def record(future: concurrent.futures.Future[None], tenant: str) -> None:
+            error = future.exception()
+            if error is None:
+                result.done.append(tenant)
+            else:
+                result.failed[tenant] = error
+            bar.step(error is not None)
+
         pending = iter(tenants)
+        running: dict[concurrent.futures.Future[None], str] = {}
         try:
             with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-                running = {
-                    pool.submit(contextvars.Context().run, run, t): t for t in itertools.islice(pending, concurrency)
-                }
+                for t in itertools.islice(pending, concurrency):
+                    running[pool.submit(contextvars.Context().run, run, t)] = t
                 while running:
                     finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in finished:
-                        tenant = running.pop(future)
-                        error = future.exception()
-                        if error is None:
-                            result.done.append(tenant)
-                        else:
-                            result.failed[tenant] = error
-                        bar.step(error is not None)
+                        record(future, running.pop(future))
                         for t in itertools.islice(pending, 1):
                             running[pool.submit(contextvars.Context().run, run, t)] = t
         except KeyboardInterrupt:
+            # Leaving the executor waited for the tenants already started: each committed or rolled back, and is
+            # reported as such (done, or failed), never as remaining.
             result.interrupted = True
+            for future, tenant in running.items():
+                if future.done() and not future.cancelled():
+                    record(future, tenant)
         finally:
             bar.close()
         finished_or_failed = set(result.done) | set(result.failed)

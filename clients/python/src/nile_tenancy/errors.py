@@ -85,6 +85,18 @@ class NoActiveContext(NileError, psycopg.ProgrammingError):
     """Something that needs a tenant or admin context (``nile.sql.connection``) was used outside one."""
 
 
+class ContextEnded(NoActiveContext):
+    """The tenant or admin context this code was started in has ended: a thread or asyncio task started inside the
+    ``with`` block outlived it, or the block's ``nile.sql`` was kept and used after it. Its connection has gone back
+    to the pool (perhaps to another tenant's request), so nothing runs."""
+
+
+class TransactionAborted(NileError, psycopg.errors.InFailedSqlTransaction):
+    """A statement of the context's block failed and the block went on (the error was caught): PostgreSQL had
+    already aborted the transaction, so at the end of the block nothing was committed. Raised instead of returning
+    as if the block's writes were saved; its ``__cause__`` is None, the failed statement's error was the one caught."""
+
+
 class SandboxUnavailable(NileError, RuntimeError):
     """The sandbox cannot start: no PostgreSQL build with the extension was found. The message says what is missing."""
 
@@ -123,6 +135,8 @@ __all__ = [
     "TransactionInProgress",
     "NestedContextError",
     "NoActiveContext",
+    "ContextEnded",
+    "TransactionAborted",
     "SandboxUnavailable",
     "BY_SQLSTATE",
 ]

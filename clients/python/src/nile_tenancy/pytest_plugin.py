@@ -1,4 +1,4 @@
-"""nile_tenancy.pytest_plugin — pytest fixtures on the sandbox: one server per test session, a fresh database per test.
+"""nile_tenancy.pytest_plugin — pytest fixtures on the sandbox: one server per test session, a fresh database per test
 
 Installed with the package (entry point ``pytest11``), so the fixtures are there in any project that depends on
 nile_tenancy; ``-p nile_tenancy.pytest_plugin`` loads it explicitly, ``-p no:nile_tenancy`` turns it off. Nothing

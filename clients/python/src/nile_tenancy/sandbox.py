@@ -22,8 +22,11 @@ missing when it has not.
 
 The server: a copy of a cached template data directory in a new temporary directory, ``shared_preload_libraries =
 nile_tenancy``, listening on a free port of 127.0.0.1 and on a Unix socket in the temporary directory, ``fsync``,
-``synchronous_commit`` and ``full_page_writes`` off (it is thrown away), ``trust`` authentication for local
-connections, a random ``nile.token_key`` per server (:attr:`Sandbox.token_key`). :meth:`Sandbox.stop` (and, for any
+``synchronous_commit`` and ``full_page_writes`` off (it is thrown away), a random ``nile.token_key`` per server
+(:attr:`Sandbox.token_key`). Nobody else on the machine gets in: TCP needs a password, random per server
+(:attr:`Sandbox.password`, in :attr:`Sandbox.dsn`), set for ``nile_sandbox`` and ``postgres``; the Unix socket trusts
+whoever reaches it, and its directory is the temporary directory, which only the server's OS user (and root) can
+enter. :meth:`Sandbox.stop` (and, for any
 sandbox still running, the end of the interpreter) stops it and deletes the directory; a later start removes what a
 killed process left behind (its server stopped, its directory deleted).
 
@@ -86,7 +89,7 @@ TEMPLATE_DB = "nile_template"  # what create_database() clones
 HOST = "127.0.0.1"
 EXTENSION = "nile_tenancy"
 #: Bumped whenever the template's recipe changes, so older cached templates are not used.
-RECIPE = "1"
+RECIPE = "2"
 _TMP_PREFIX = "nile-sandbox-"
 _BUNDLED = Path(__file__).resolve().parent / "_bundled"
 _KEEP_TEMPLATES = 4  # templates kept in the cache (most recently used)
@@ -105,6 +108,14 @@ max_connections = 100
 log_min_messages = warning
 log_checkpoints = off
 log_line_prefix = '%m [%p] %q%u@%d '
+"""
+
+#: Who may connect how: the Unix socket (its directory is the server's own, mode 0700) trusts, TCP needs the password
+#: set at each start. (initdb's --auth=trust would let any local user in over TCP, as any role, the superuser too.)
+_PG_HBA = """# nile_tenancy sandbox (nile_tenancy.sandbox)
+local all all trust
+host all all 127.0.0.1/32 scram-sha-256
+host all all ::1/128 scram-sha-256
 """
 
 #: Run as the superuser in template1 when the template is made; {ext}, {role}, {template}, {db} are identifiers.
@@ -146,9 +157,10 @@ class Build:
         return self.bindir / name
 
     def env(self) -> dict[str, str]:
-        """The environment of the build's programs: no PG* variable of ours leaks into them, TZ is UTC (initdb's
-        time zone), messages are in English, and a bundled build finds its own shared libraries."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG") and k not in ("LC_ALL", "LANG")}
+        """The environment of the build's programs: only what they need (the process's own environment may hold
+        secrets, and PG* variables would change what they do), TZ UTC (initdb's time zone), messages in English,
+        and a bundled build finds its own shared libraries."""
+        env = {k: os.environ[k] for k in ("PATH", "LD_LIBRARY_PATH", "DYLD_LIBRARY_PATH") if k in os.environ}
         env.update({"TZ": "UTC", "LC_ALL": "C", "LANG": "C"})
         if self.library_path is not None:
             previous = env.get("LD_LIBRARY_PATH")
@@ -295,10 +307,12 @@ class RunAs:
         return {"user": self.uid, "group": self.gid, "extra_groups": sorted(self.groups - {self.gid})}
 
     def chown_tree(self, root: Path) -> None:
-        os.chown(root, self.uid, self.gid)
-        for parent, dirs, files in os.walk(root):
+        """Give a tree root made to this user, from the bottom up: a directory changes hands only after everything
+        in it, so the user never controls a directory root still walks (and could swap an entry for a link)."""
+        for parent, dirs, files in os.walk(root, topdown=False):
             for name in dirs + files:
                 os.lchown(os.path.join(parent, name), self.uid, self.gid)
+        os.lchown(root, self.uid, self.gid)
 
     def can_reach(self, path: Path, *, execute: bool = False) -> bool:
         """Whether this user can reach ``path`` (search every directory above it, and above what a symbolic link
@@ -354,12 +368,11 @@ def _reachable_build(build: Build, user: RunAs | None) -> Build:
     pg = build.bindir.parent
     ident = hashlib.sha256((pg.parent / "build.json").read_bytes() + build.key().encode()).hexdigest()[:16]
     copy = Path(tempfile.gettempdir()) / f"nile-tenancy-pg{build.version}-{ident}"
-    if (copy / ".complete").exists():
-        os.utime(copy / ".complete")
-    else:
+    if not (copy / ".complete").exists():
         for old in copy.parent.glob("nile-tenancy-pg*"):  # copies of other builds, unused for a day
             try:
-                if old != copy and time.time() - (old / ".complete").stat().st_mtime > 86400:
+                if (old != copy and os.lstat(old).st_uid == 0
+                        and time.time() - os.lstat(old / ".complete").st_mtime > 86400):
                     shutil.rmtree(old)
             except OSError:
                 continue
@@ -377,6 +390,8 @@ def _reachable_build(build: Build, user: RunAs | None) -> Build:
             os.rename(staging, copy)
         except OSError:  # another process made it first
             shutil.rmtree(staging, ignore_errors=True)
+    _check_root_copy(copy)
+    os.utime(copy / ".complete", follow_symlinks=False)
     if not user.can_reach(copy / "pg" / "bin" / "postgres", execute=True):
         raise SandboxUnavailable(
             f"running as root, the sandbox runs PostgreSQL as the OS user {user.name!r}, who can reach neither "
@@ -388,11 +403,66 @@ def _reachable_build(build: Build, user: RunAs | None) -> Build:
     )
 
 
+# --- files in directories the server's user owns --------------------------------------------------------------------
+# As root, the temporary directory and the data directory belong to the server's OS user, who could put a symbolic
+# (or hard) link where we write: every file root writes there is opened without following links and must be a
+# regular file with one link, and the trees root would otherwise copy are copied by the server's user.
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """``os.open`` of a regular file in a directory someone else may own: no symbolic link followed, no other link."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+        os.close(fd)
+        raise SandboxUnavailable(f"{path} is not a plain file of its own (a link?): refusing to write to it")
+    return fd
+
+
+def _append(path: Path, text: str, *, truncate: bool = False) -> None:
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND)
+    with os.fdopen(_open_private(path, flags), "w") as f:
+        f.write(text)
+
+
+def _open_log(path: Path) -> Any:
+    return os.fdopen(_open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "ab")
+
+
+def _seize(top: Path) -> None:
+    """Make a tree the server's user wrote (as root) root's, from the top down, before root reads it: once a directory
+    is root's, nobody else can change its entries, so nothing in it can be swapped for a link while it is read."""
+    os.lchown(top, 0, 0)
+    directories = [top]
+    while directories:
+        with os.scandir(directories.pop()) as entries:
+            for entry in entries:
+                mode = os.lstat(entry.path).st_mode
+                os.lchown(entry.path, 0, 0)
+                if stat.S_ISDIR(mode):
+                    directories.append(Path(entry.path))
+
+
+def _check_root_copy(copy: Path) -> None:
+    """The copy's name is predictable (it is shared by every sandbox of the build): run the programs in it only if
+    root made it, complete, and nobody else can write it; another user could have made it first."""
+    try:
+        top, done = os.lstat(copy), os.lstat(copy / ".complete")
+    except OSError as e:
+        raise SandboxUnavailable(f"the copy of the PostgreSQL build {copy} is not complete: {e}") from e
+    if (not stat.S_ISDIR(top.st_mode) or top.st_uid != 0 or top.st_mode & 0o022
+            or not stat.S_ISREG(done.st_mode) or done.st_uid != 0):
+        raise SandboxUnavailable(
+            f"{copy} was not made by this package as root (owner uid {top.st_uid}, mode {stat.filemode(top.st_mode)}):"
+            " not running the programs in it; remove it"
+        )
+
+
 # --- processes ----------------------------------------------------------------------------------------------------
 
 
 def _run(build: Build, user: RunAs | None, args: list[str], cwd: Path, log: Path, what: str) -> None:
-    with open(log, "ab") as out:
+    with _open_log(log) as out:
         try:
             rc = subprocess.run(
                 args, cwd=cwd, env=build.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -407,7 +477,8 @@ def _run(build: Build, user: RunAs | None, args: list[str], cwd: Path, log: Path
 def _explain(log: Path, lines: int = 25) -> str:
     """The end of a log, with a plain sentence first when a shared library is missing."""
     try:
-        text = log.read_text(errors="replace")
+        with os.fdopen(os.open(log, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            text = f.read().decode(errors="replace")
     except OSError:
         return f"(no log at {log})"
     tail = "\n".join(text.splitlines()[-lines:])
@@ -432,7 +503,7 @@ def _start_postgres(
     args = [str(build.program("postgres")), "-D", str(data)]
     for name, value in settings.items():
         args += ["-c", f"{name}={value}"]
-    out = open(log, "ab")
+    out = _open_log(log)
     try:
         proc = subprocess.Popen(
             args, cwd=data.parent, env=build.env(), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
@@ -488,11 +559,10 @@ def _terminate(proc: subprocess.Popen[bytes], timeout: float = _STOP_TIMEOUT) ->
             continue
 
 
-def _copy_data(source: Path, dest: Path, user: RunAs | None) -> None:
+def _copy_data(source: Path, dest: Path) -> None:
+    """Copy a data directory (root's or ours, never the server's user's: see _seize)."""
     shutil.copytree(source, dest, symlinks=True, copy_function=shutil.copyfile)
     os.chmod(dest, 0o700)
-    if user is not None:
-        user.chown_tree(dest)
 
 
 # --- the template cache -------------------------------------------------------------------------------------------
@@ -509,18 +579,32 @@ def _template(build: Build, user: RunAs | None, cache: Path) -> Path:
     key = build.key()
     entry = cache / key
     if (entry / "complete").exists():
-        os.utime(entry / "complete")  # most recently used: kept by the pruning
+        _check_ours(entry)
+        os.utime(entry / "complete", follow_symlinks=False)  # most recently used: kept by the pruning
         return entry / "data"
     try:
         cache.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SandboxUnavailable(f"cannot create the sandbox cache {cache} ({ENV_CACHE}): {e}") from e
+    _check_ours(cache)
     with open(cache / f"{key}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (entry / "complete").exists():
             _make_template(build, user, cache, entry)
+    _check_ours(entry)
     _prune(cache, keep=_KEEP_TEMPLATES)
     return entry / "data"
+
+
+def _check_ours(path: Path) -> None:
+    """A template (or the cache) is used only if it is a directory of ours that nobody else may write: a template
+    planted in a shared cache could carry anything into every sandbox (roles, functions, settings)."""
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SandboxUnavailable(
+            f"the sandbox cache {path} is not a directory of this user's that only it can write (owner uid "
+            f"{st.st_uid}, mode {stat.filemode(st.st_mode)}): remove it, or set {ENV_CACHE} to a directory of yours"
+        )
 
 
 def _make_template(build: Build, user: RunAs | None, cache: Path, entry: Path) -> None:
@@ -530,8 +614,8 @@ def _make_template(build: Build, user: RunAs | None, cache: Path, entry: Path) -
         _run(build, user, [str(build.program("initdb")), "-D", str(data), "-U", SUPERUSER, "--auth=trust",
                            "--encoding=UTF8", "--no-locale", "--no-sync", "--wal-segsize=1"],
              cwd=work, log=log, what=f"initdb of the sandbox template ({build.origin})")
-        with open(data / "postgresql.conf", "a") as conf:
-            conf.write(_SERVER_SETTINGS)
+        _append(data / "postgresql.conf", _SERVER_SETTINGS)
+        _append(data / "pg_hba.conf", _PG_HBA, truncate=True)
         proc = _start_postgres(build, user, data, log, {
             "listen_addresses": "", "unix_socket_directories": str(work), "port": "5432",
         })
@@ -551,14 +635,14 @@ def _make_template(build: Build, user: RunAs | None, cache: Path, entry: Path) -
             _terminate(proc)
         if proc.returncode not in (0, None):
             raise SandboxUnavailable(f"the template server did not stop cleanly: {_explain(log)}")
+        if user is not None:
+            _seize(work)  # the template is root's from now on: copied from here, and into every sandbox's directory
         for leftover in ("postmaster.opts", "postmaster.pid"):
             (data / leftover).unlink(missing_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".new-", dir=cache))
-        _copy_data(data, staging / "data", user)
+        _copy_data(data, staging / "data")
         (staging / "build.txt").write_text(f"{build.origin}\nPostgreSQL {build.version}\n")
         (staging / "complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ\n", time.gmtime()))
-        if user is not None:
-            os.chown(staging, user.uid, user.gid)
         shutil.rmtree(entry, ignore_errors=True)
         os.rename(staging, entry)
     finally:
@@ -588,15 +672,16 @@ def _process_start(pid: int) -> str | None:
         return None
 
 
-def _new_tempdir(user: RunAs | None) -> Path:
-    """A new temporary directory (owned by the server's user), with an ``owner`` file naming this process."""
+def _new_tempdir(user: RunAs | None, *, give: bool = True) -> Path:
+    """A new temporary directory with an ``owner`` file naming this process; given to the server's user now, or (with
+    ``give=False``) by the caller once it has written what it writes as root."""
     root = Path(tempfile.gettempdir())
     if user is not None and not user.can_reach(root):
         raise SandboxUnavailable(f"running as root, the sandbox runs PostgreSQL as {user.name!r}, who cannot search "
                                  f"the temporary directory {root}: set TMPDIR to a directory that user can search")
     work = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=root))
     (work / "owner").write_text(f"{os.getpid()} {_process_start(os.getpid()) or ''}\n")
-    if user is not None:
+    if user is not None and give:
         user.chown_tree(work)
     return work
 
@@ -621,7 +706,10 @@ def _reap_orphans() -> None:
             if pid_file.exists():
                 pid = int(pid_file.read_text().splitlines()[0])
                 proc = Path(f"/proc/{pid}")
-                if proc.exists() and str(work / "data").encode() in (proc / "cmdline").read_bytes():
+                # Only a postgres of that directory, run by the directory's owner: not whatever process (of another
+                # PID namespace, or a later one with the same id) a pid file names.
+                if (proc.exists() and proc.stat().st_uid == pid_file.stat().st_uid
+                        and str(work / "data").encode() in (proc / "cmdline").read_bytes()):
                     os.kill(pid, signal.SIGQUIT)
                     for _ in range(300):
                         if not proc.exists():
@@ -650,13 +738,14 @@ def _stop_all() -> None:
 class Sandbox:
     """A running throwaway PostgreSQL with the extension. Make one with :meth:`start`; :meth:`stop` ends it.
 
-    Attributes: ``dsn`` (libpq conninfo: database ``nile`` as the role ``nile_sandbox``), ``superuser_dsn``
-    (the same database as ``postgres``), ``host``, ``port``, ``dbname``, ``user``, ``token_key`` (the server's
-    ``nile.token_key``), ``directory`` (the temporary directory: ``data/``, ``server.log``, the Unix socket),
+    Attributes: ``dsn`` (libpq conninfo: database ``nile`` as the role ``nile_sandbox``, over TCP with the password),
+    ``superuser_dsn`` (the same database as ``postgres``), ``host``, ``port``, ``dbname``, ``user``, ``password``
+    (this server's, for ``nile_sandbox`` and ``postgres`` over TCP), ``token_key`` (the server's ``nile.token_key``),
+    ``directory`` (the temporary directory: ``data/``, ``server.log``, the Unix socket),
     ``build`` (:class:`Build`), ``start_seconds`` (how long :meth:`start` took).
     """
 
-    def __init__(self, *, build: Build, directory: Path, port: int, token_key: str,
+    def __init__(self, *, build: Build, directory: Path, port: int, token_key: str, password: str,
                  process: subprocess.Popen[bytes], start_seconds: float) -> None:
         self.build = build
         self.directory = directory
@@ -665,6 +754,7 @@ class Sandbox:
         self.dbname = DBNAME
         self.user = ROLE
         self.token_key = token_key
+        self.password = password
         self.start_seconds = start_seconds
         self._process = process
         self._owner_pid = os.getpid()
@@ -686,13 +776,17 @@ class Sandbox:
         user = run_as()
         build = _reachable_build(find_build(pg_config), user)
         template = _template(build, user, Path(cache).expanduser() if cache is not None else cache_dir())
-        work = _new_tempdir(user)
+        work = _new_tempdir(user, give=False)  # root's (when root) until everything root writes there is written
+        admin: psycopg.Connection[Any] | None = None
+        proc: subprocess.Popen[bytes] | None = None
         try:
             data, log = work / "data", work / "server.log"
-            _copy_data(template, data, user)
+            _copy_data(template, data)
             token_key = secrets.token_urlsafe(48)
-            with open(data / "postgresql.auto.conf", "a") as conf:  # not on the command line: ps would show it
-                conf.write(f"nile.token_key = '{token_key}'\n")
+            password = secrets.token_urlsafe(24)
+            _append(data / "postgresql.auto.conf", f"nile.token_key = '{token_key}'\n")  # ps would show -c
+            if user is not None:
+                user.chown_tree(work)
             for attempt in range(5):
                 port = _free_port()
                 if log.exists():  # a failed attempt's log, kept beside
@@ -705,11 +799,21 @@ class Sandbox:
                 except _StartFailed as e:
                     if attempt == 4 or not e.port_taken():
                         raise
+            # TCP logins need this server's password (pg_hba.conf); set over the Unix socket, which trusts.
+            admin = psycopg.connect(make_conninfo(host=str(work), port=port, user=SUPERUSER, dbname="postgres"),
+                                    autocommit=True)
+            for role in (SUPERUSER, ROLE):
+                admin.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(role), sql.Literal(password)))
         except BaseException:
+            if admin is not None:
+                admin.close()
+            if proc is not None:
+                _terminate(proc)
             shutil.rmtree(work, ignore_errors=True)
             raise
-        sandbox = cls(build=build, directory=work, port=port, token_key=token_key, process=proc,
+        sandbox = cls(build=build, directory=work, port=port, token_key=token_key, password=password, process=proc,
                       start_seconds=time.monotonic() - began)
+        sandbox._admin = admin
         with _running_lock:
             _running.add(sandbox)
         return sandbox
@@ -752,8 +856,16 @@ class Sandbox:
     # --- connecting -----------------------------------------------------------------------------------------------
 
     def dsn_for(self, dbname: str = DBNAME, user: str = ROLE) -> str:
-        """The libpq conninfo of ``dbname`` as ``user`` (TCP on 127.0.0.1, trust authentication)."""
-        return make_conninfo(host=self.host, port=self.port, dbname=dbname, user=user)
+        """The libpq conninfo of ``dbname`` as ``user``: TCP on 127.0.0.1 with this server's password for
+        ``nile_sandbox`` and ``postgres``; the Unix socket (no password) for any other role, which has none."""
+        if user in (ROLE, SUPERUSER):
+            return make_conninfo(host=self.host, port=self.port, dbname=dbname, user=user, password=self.password)
+        return self.socket_dsn_for(dbname, user)
+
+    def socket_dsn_for(self, dbname: str = DBNAME, user: str = ROLE) -> str:
+        """The libpq conninfo of ``dbname`` as ``user`` over the Unix socket in :attr:`directory` (trusted: only this
+        OS user, or root, can reach it)."""
+        return make_conninfo(host=str(self.directory), port=self.port, dbname=dbname, user=user)
 
     @property
     def dsn(self) -> str:
@@ -773,7 +885,7 @@ class Sandbox:
 
     def _superuser(self) -> psycopg.Connection[Any]:
         if self._admin is None or self._admin.closed:
-            self._admin = psycopg.connect(self.dsn_for("postgres", SUPERUSER), autocommit=True)
+            self._admin = psycopg.connect(self.socket_dsn_for("postgres", SUPERUSER), autocommit=True)
         return self._admin
 
     def create_database(

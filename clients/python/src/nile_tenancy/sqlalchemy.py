@@ -60,8 +60,11 @@ def tenant_session(
     yours (left open at the end); a session or connection with a transaction open is refused
     (:class:`~nile_tenancy.errors.TransactionInProgress`). When the session has a single bind the context is entered
     at once, so an unknown tenant or a bad token fails at the ``with``. Inside the block of a tenant, the same tenant
-    and ``source`` gives back the same session (the same tenant from another ``source`` opens a session of its own);
-    another tenant raises :class:`~nile_tenancy.errors.NestedContextError`.
+    and ``source`` gives back the same session (a nested token is verified by the server first, in a savepoint; the
+    same tenant from another ``source`` opens a session of its own); another tenant raises
+    :class:`~nile_tenancy.errors.NestedContextError`. A session of yours is emptied at the end (``expunge_all()``):
+    the tenant's objects do not stay in its identity map for whatever it does next. The engine must use the
+    psycopg (3) driver (``postgresql+psycopg://``); any other is refused with TypeError.
     """
     if (tenant_id is None) == (token is None):
         raise TypeError("give either a tenant_id or token=")
@@ -74,16 +77,20 @@ def tenant_session(
                 f"{current.tenant or 'a token'}"
             )
         if current.source is source:
+            if token is not None:
+                _verify_nested_token(current.session, token, current.tenant)
             yield current.session
             return
     enter_sql, argument = (c.SET_TENANT_TOKEN, token) if token is not None else (c.SET_TENANT, tenant)
     session, opened = _session_of(source)
     try:
         _refuse_open_transaction(session)
+        _require_psycopg(session.bind)
         listener = _entering(enter_sql, argument)
         event.listen(session, "after_begin", listener)
-        reset = _active.set(_Active(tenant, source, session))
+        reset = None
         try:
+            reset = _active.set(_Active(tenant, source, session))
             session.begin()
             if session.bind is not None:
                 session.connection()  # enters the context now (after_begin)
@@ -94,8 +101,17 @@ def tenant_session(
                 session.rollback()
             raise
         finally:
-            _active.reset(reset)
-            event.remove(session, "after_begin", listener)
+            # The listener first: once it is gone, no later transaction of the session can enter the context.
+            try:
+                event.remove(session, "after_begin", listener)
+            finally:
+                if reset is not None:
+                    with contextlib.suppress(ValueError):  # ended in another context (an abandoned generator)
+                        _active.reset(reset)
+                if not opened:
+                    # The tenant's objects leave a session that outlives the block: session.get() answers from the
+                    # identity map without a query, so a later block of another tenant would get them.
+                    session.expunge_all()
     finally:
         if opened:
             session.close()
@@ -117,6 +133,29 @@ def _session_of(source: SessionSource) -> tuple[Session, bool]:
     )
 
 
+def _require_psycopg(bind: object) -> None:
+    """The context's id or token must reach the server as a bound parameter, which only psycopg (3) does among
+    SQLAlchemy's PostgreSQL drivers: psycopg2 spells it into the SQL text, where ``pg_stat_activity`` shows it to other
+    sessions of the role."""
+    dialect = getattr(bind, "dialect", None)
+    if dialect is not None and (dialect.name, dialect.driver) != ("postgresql", "psycopg"):
+        raise TypeError(
+            f"tenant_session() needs SQLAlchemy's psycopg (3) driver (postgresql+psycopg://), not "
+            f"{dialect.name}+{dialect.driver}"
+        )
+
+
+def _verify_nested_token(session: Session, token: str, tenant: str | None) -> None:
+    """A token nested in the session of the tenant it names joins it once the server has verified it, in a savepoint
+    rolled back at once (the outer context and its user id stay as they were)."""
+    savepoint = session.begin_nested()
+    try:
+        row = session.connection().exec_driver_sql(c.SET_TENANT_TOKEN, (token,)).fetchone()
+    finally:
+        savepoint.rollback()
+    c.check_verified_tenant(row, tenant)
+
+
 def _refuse_open_transaction(session: Session) -> None:
     bind = session.bind
     if session.in_transaction() or (isinstance(bind, Connection) and bind.in_transaction()):
@@ -131,6 +170,7 @@ def _entering(enter_sql: str, argument: str | None) -> Callable[[Session, Sessio
     is inside a transaction already in the context)."""
 
     def enter(session: Session, transaction: SessionTransaction, connection: Connection) -> None:
+        _require_psycopg(connection)  # a session with several binds: checked on each connection it begins on
         if not transaction.nested:
             connection.exec_driver_sql(enter_sql, (argument,))
 

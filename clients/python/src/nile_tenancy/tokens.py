@@ -27,7 +27,12 @@ def _b64url(data: bytes) -> str:
 
 
 def _key_bytes(key: str | bytes) -> bytes:
-    raw = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+    if isinstance(key, str):
+        raw = key.encode("utf-8")
+    elif isinstance(key, (bytes, bytearray, memoryview)):
+        raw = bytes(key)
+    else:  # bytes(32) would be 32 zero bytes: a key nobody chose
+        raise TypeError(f"a tenant-token key is text or bytes, not {type(key).__name__}")
     if len(raw) < MIN_KEY_BYTES:
         raise ValueError(f"a tenant-token key must be at least {MIN_KEY_BYTES} bytes long (the server refuses shorter)")
     return raw
@@ -35,8 +40,8 @@ def _key_bytes(key: str | bytes) -> bytes:
 
 def _seconds(valid_for: _dt.timedelta | int | float) -> int:
     seconds = valid_for.total_seconds() if isinstance(valid_for, _dt.timedelta) else float(valid_for)
-    if seconds <= 0:
-        raise ValueError("valid_for must be positive")
+    if not seconds >= 1:  # also NaN; a token's times are whole seconds: less than one would be expired at once
+        raise ValueError("valid_for must be at least one second")
     return int(seconds)
 
 
@@ -55,8 +60,12 @@ def sign(
     issued = int(time.time() if now is None else now)
     payload: dict[str, object] = {"tid": tenant, "iat": issued, "exp": issued + _seconds(valid_for)}
     if user_id is not None:
+        if not isinstance(user_id, str):
+            raise TypeError(f"user_id is text, not {type(user_id).__name__}")
         if not user_id or len(user_id.encode("utf-8")) > MAX_USER_ID_BYTES:
             raise ValueError(f"user_id must be 1 to {MAX_USER_ID_BYTES} bytes long")
+        if "\x00" in user_id:  # PostgreSQL's text cannot hold it: the server would refuse the token
+            raise ValueError("user_id cannot contain a NUL character")
         payload["sub"] = user_id
     header = {"alg": "HS256", "typ": "JWT", "kid": hashlib.sha256(raw_key).hexdigest()[:16]}
     signing_input = (

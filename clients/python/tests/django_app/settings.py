@@ -27,7 +27,13 @@ def _database(user: str) -> dict[str, Any]:
 
 DATABASES = {"default": _database("app_user"), "migrator": _database("app_migrator"), "tokens": _database("sdk_token")}
 INSTALLED_APPS = ["django_app"]
-MIDDLEWARE = ["nile_tenancy.django.TenantMiddleware", "django_app.middleware.FailAfterViewMiddleware"]
+MIDDLEWARE = [
+    "nile_tenancy.django.TenantMiddleware",
+    "django_app.middleware.FailAfterViewMiddleware",
+    "django_app.middleware.AnswerViewErrorsMiddleware",
+]
+# The tests send tenant ids in the header (tokens too); test_the_header_takes_tokens_only_by_default checks the default.
+NILE_TENANT_HEADER_ACCEPTS_IDS = True
 ROOT_URLCONF = "django_app.urls"
 SECRET_KEY = "nile-tenancy-sdk-tests-only"
 USE_TZ = True

@@ -30,8 +30,10 @@ def context(request: HttpRequest) -> JsonResponse:
 
 
 def write_then_fail(request: HttpRequest) -> JsonResponse:
-    """Writes a project, then fails: with RuntimeError (500) or Http404 (404)."""
+    """Writes a project, then fails: with RuntimeError (500), Http404 (404), or by answering 503 itself."""
     Project.objects.create(name=request.POST["name"])
     if request.POST.get("how") == "404":
         raise Http404("not here")
+    if request.POST.get("how") == "503":
+        return JsonResponse({"error": "try again later"}, status=503)
     raise RuntimeError("the view failed after writing")

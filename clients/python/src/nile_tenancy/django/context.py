@@ -55,7 +55,8 @@ def tenant_context(
 
     It starts only on an idle connection: inside ``transaction.atomic()``, with autocommit off or with a transaction
     open it raises :class:`~nile_tenancy.errors.TransactionInProgress`. Inside a context of the same tenant it does
-    nothing (on another alias it opens that alias's own context); another tenant raises
+    nothing (a nested token is verified by the server first, in a savepoint; on another alias it opens that alias's
+    own context); another tenant raises
     :class:`~nile_tenancy.errors.NestedContextError`.
     """
     if (tenant_id is None) == (token is None):
@@ -69,6 +70,8 @@ def tenant_context(
                 f"a tenant context for {key or 'a token'} cannot start inside the context of tenant {outer}"
             )
         if any(a.using == using for a in active):
+            if token is not None:
+                _verify_nested_token(connections[using], token, active[0].tenant)
             yield active[0].tenant
             return
     connection = connections[using]
@@ -80,6 +83,17 @@ def tenant_context(
             yield tenant
         finally:
             _active.reset(reset)
+
+
+def _verify_nested_token(connection: BaseDatabaseWrapper, token: str, tenant: uuid.UUID) -> None:
+    """A token nested in the context of the tenant it names joins it once the server has verified it, in a savepoint
+    rolled back at once (the outer context and its user id stay as they were)."""
+    savepoint = transaction.savepoint(using=connection.alias)
+    try:
+        entered = _enter(connection, c.SET_TENANT_TOKEN, token)
+    finally:
+        transaction.savepoint_rollback(savepoint, using=connection.alias)
+    c.check_verified_tenant((entered,), str(tenant))
 
 
 def _require_idle(connection: BaseDatabaseWrapper) -> None:

@@ -1,15 +1,26 @@
 """nile_tenancy.django.middleware — one tenant context per request, and the extension's errors as HTTP responses.
 
 Settings (all optional):
-  NILE_TENANT_HEADER    the request header with the tenant's id or a signed tenant token (default ``X-Tenant-Id``)
+  NILE_TENANT_HEADER    the request header with a signed tenant token (default ``X-Tenant-Id``)
+  NILE_TENANT_HEADER_ACCEPTS_IDS
+                        False (the default): the header's value is always a token, verified by the server
+                        (``nile.set_tenant_token()``), so a raw tenant id there is refused (401). True: a value that
+                        is a UUID is taken as the tenant's id (``nile.set_tenant()``): only behind a proxy that sets
+                        the header itself from an authenticated session and strips the client's
   NILE_TENANT_RESOLVER  instead of the header: a callable ``resolver(request)`` (or its dotted path) returning the
-                        tenant's id (``uuid.UUID`` or text), a signed tenant token, or None
+                        tenant's id (``uuid.UUID`` or text), a signed tenant token, or None; your code, so a UUID it
+                        returns is taken as the tenant's id (take it from the authenticated session)
   NILE_TENANT_DATABASE  the database alias of the context (default ``default``)
 
-A value that is a UUID is a tenant id (``nile.set_tenant()``); any other is a token (``nile.set_tenant_token()``,
-verified by the server). A tenant id is not a secret: take it from the authenticated session or use tokens, never
-from a header a client may set freely. A request without a tenant runs with no context (a tenant table then fails
-with NT001, a 500).
+A tenant id is not a secret: anyone can send one in a header, which is why the header takes tokens only unless told
+otherwise. A request without a tenant runs with no context (a tenant table then fails with NT001, a 500).
+
+The request's transaction is committed when the response is sent, except when it is rolled back: an exception of the
+view (``process_exception``, if no middleware below this one answered it first), an exception Django turned into a
+response below this middleware (``got_request_exception``), or a response with a status of 500 or above, whoever made
+it (a middleware or a framework that answered the exception itself). A handled error answered with a 4xx status
+(Django's ``Http404`` and ``PermissionDenied`` raised below the view's middleware, a framework's validation error)
+commits what the view wrote before it: raise, or call ``transaction.set_rollback(True)``, to undo it.
 """
 
 from __future__ import annotations
@@ -74,6 +85,7 @@ class TenantMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
         self.get_response = get_response
         self.header: str = getattr(settings, "NILE_TENANT_HEADER", "X-Tenant-Id")
+        self.header_accepts_ids: bool = bool(getattr(settings, "NILE_TENANT_HEADER_ACCEPTS_IDS", False))
         self.using: str = getattr(settings, "NILE_TENANT_DATABASE", DEFAULT_DB_ALIAS)
         resolver = getattr(settings, "NILE_TENANT_RESOLVER", None)
         self.resolver: Callable[[HttpRequest], uuid.UUID | str | None] | None = (
@@ -81,24 +93,31 @@ class TenantMiddleware:
         )
         got_request_exception.connect(_roll_back_failed_request, dispatch_uid="nile_tenancy.django.middleware")
 
-    def tenant_of(self, request: HttpRequest) -> uuid.UUID | str | None:
-        """The request's tenant id or token (the resolver's, else the header's), or None."""
+    def tenant_of(self, request: HttpRequest) -> tuple[uuid.UUID | str | None, str | None]:
+        """The request's ``(tenant_id, token)``, one of them set, or ``(None, None)``: the resolver's value (an id
+        if it is a UUID, else a token), else the header's (a token, unless NILE_TENANT_HEADER_ACCEPTS_IDS)."""
         if self.resolver is not None:
-            return self.resolver(request)
-        return request.headers.get(self.header) or None
+            value = self.resolver(request)
+            return (None, None) if value is None else _id_or_token(value)
+        header = request.headers.get(self.header) or None
+        if header is None:
+            return None, None
+        return _id_or_token(header) if self.header_accepts_ids else (None, header)
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        value = self.tenant_of(request)
-        if value is None:
+        tenant_id, token = self.tenant_of(request)
+        if tenant_id is None and token is None:
             return self.get_response(request)
-        tenant_id, token = _id_or_token(value)
         try:
             with tenant_context(tenant_id, token=token, using=self.using):
                 setattr(request, _REQUEST_ALIAS, self.using)
                 try:
-                    return self.get_response(request)
+                    response = self.get_response(request)
                 finally:
                     delattr(request, _REQUEST_ALIAS)
+                if response.status_code >= 500:  # a server error, answered below this middleware: nothing is kept
+                    transaction.set_rollback(True, using=self.using)
+                return response
         except Exception as exc:  # entering the context or COMMIT: answered if it is the client's
             response = self.error_response(request, exc)
             if response is None:
