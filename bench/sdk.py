@@ -1,16 +1,23 @@
-"""bench/sdk.py PORT — the latency of a point read through the Python SDK against raw psycopg, side by side in one run.
+"""bench/sdk.py PORT — the latency of a point read through the Python SDK against raw psycopg, side by side, one run.
 
 Variants, each a loop of one point read (a random tenant, a random row of it) on one connection of its own:
   raw         raw psycopg, autocommit, one statement with an explicit `WHERE tenant_id = %s` on a twin table without
               row-level security (the baseline: what "as fast as hand-written SQL" means)
+  raw_pool    the same through a psycopg_pool ConnectionPool (`with pool.connection()`), as an application runs it
   by_hand     the hand-written shape without the SDK: BEGIN, SELECT nile.set_tenant(%s), the read, COMMIT, each a
               round trip of its own
-  sdk         `with nile.tenant_context(t): nile.sql.fetch_one(read)`: BEGIN, the context and the read pipelined,
-              then COMMIT
+  sdk         `with nile.tenant_context(t): nile.sql.fetch_one(read)`: nile.set_tenant_read_only() and the read
+              pipelined without BEGIN, in a read-only transaction that ends with the pipeline (one round trip)
+  sdk_begin   the same with `Nile(one_round_trip_reads=False)`: BEGIN, the context and the read pipelined, then COMMIT
 Both with psycopg's server-side prepared statements (the default: prepare_threshold 5 for raw psycopg,
 prepared_statements=True for the SDK) and without (prepare_threshold None for raw psycopg, the SDK's default, which
 PgBouncer 1.18 needs). Rounds alternate the variants (A B C, then C B A, ...) so that drift of the machine cancels out;
 the report is the median of each variant's per-round mean latency, and its ratio to raw.
+
+BENCH_BREAKDOWN=1 adds, to see where the SDK's time goes, on connections of their own in autocommit: raw_pipe (the raw
+read alone in psycopg's pipeline mode), two_pipe (`SELECT %s::uuid` and the raw read in one pipeline), ctx_pipe
+(`nile.set_tenant_read_only(%s)`, the read and `nile.assert_read_only()` in one pipeline: the SDK's round trip without
+the SDK).
 
 Environment: BENCH_ROUNDS (default 6), BENCH_OPS per variant per round (default 3000), BENCH_TENANTS (default 100).
 """
@@ -25,6 +32,7 @@ import time
 from typing import Callable
 
 import psycopg
+from psycopg_pool import ConnectionPool
 
 from nile_tenancy import Nile
 
@@ -45,8 +53,10 @@ def tid(n: int) -> str:
 def variants(prepared: bool) -> dict[str, tuple[Callable[[], None], Callable[[], None]]]:
     threshold = 5 if prepared else None
     raw = psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold)
+    pool = ConnectionPool(DSN, min_size=1, max_size=1, kwargs={"autocommit": True, "prepare_threshold": threshold})
     by_hand = psycopg.connect(DSN, prepare_threshold=threshold)
     nile = Nile(DSN, prepared_statements=prepared, min_size=1, max_size=1)
+    nile_begin = Nile(DSN, prepared_statements=prepared, min_size=1, max_size=1, one_round_trip_reads=False)
     rng = random.Random(42)
 
     def pick() -> tuple[str, int]:
@@ -56,6 +66,11 @@ def variants(prepared: bool) -> dict[str, tuple[Callable[[], None], Callable[[],
     def run_raw() -> None:
         t, i = pick()
         assert raw.execute(READ_RAW, (t, i)).fetchone() is not None
+
+    def run_raw_pool() -> None:
+        t, i = pick()
+        with pool.connection() as conn:
+            assert conn.execute(READ_RAW, (t, i)).fetchone() is not None
 
     def run_by_hand() -> None:
         t, i = pick()
@@ -68,12 +83,57 @@ def variants(prepared: bool) -> dict[str, tuple[Callable[[], None], Callable[[],
         with nile.tenant_context(t):
             assert nile.sql.fetch_one(READ, (i,)) is not None
 
+    def run_sdk_begin() -> None:
+        t, i = pick()
+        with nile_begin.tenant_context(t):
+            assert nile_begin.sql.fetch_one(READ, (i,)) is not None
+
     def close() -> None:
         raw.close()
+        pool.close()
         by_hand.close()
         nile.close()
+        nile_begin.close()
 
-    return {"raw": (run_raw, close), "by_hand": (run_by_hand, lambda: None), "sdk": (run_sdk, lambda: None)}
+    nothing = lambda: None  # noqa: E731
+    runs = {"raw": (run_raw, close), "raw_pool": (run_raw_pool, nothing), "by_hand": (run_by_hand, nothing),
+            "sdk": (run_sdk, nothing), "sdk_begin": (run_sdk_begin, nothing)}
+    if os.environ.get("BENCH_BREAKDOWN") == "1":
+        runs.update(breakdown(threshold, pick))
+    return runs
+
+
+Runs = dict[str, tuple[Callable[[], None], Callable[[], None]]]
+
+
+def breakdown(threshold: int | None, pick: Callable[[], tuple[str, int]]) -> Runs:
+    """The SDK's round trip taken apart (BENCH_BREAKDOWN=1): see the module's notes."""
+    conns = [psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold) for _ in range(3)]
+
+    def pipelined(
+        conn: psycopg.Connection, first: str | None, read: str, with_tenant: bool, assert_after: bool = False
+    ) -> Callable[[], None]:
+        def run() -> None:
+            t, i = pick()
+            with conn.pipeline():
+                if first is not None:
+                    conn.execute(first, (t,))
+                cur = conn.execute(read, (t, i) if with_tenant else (i,))
+                if assert_after:
+                    conn.execute("SELECT nile.assert_read_only()")
+            assert cur.fetchone() is not None
+        return run
+
+    def close() -> None:
+        for conn in conns:
+            conn.close()
+
+    nothing = lambda: None  # noqa: E731
+    return {
+        "raw_pipe": (pipelined(conns[0], None, READ_RAW, True), close),
+        "two_pipe": (pipelined(conns[1], "SELECT %s::uuid", READ_RAW, True), nothing),
+        "ctx_pipe": (pipelined(conns[2], "SELECT nile.set_tenant_read_only(%s::uuid)", READ, False, True), nothing),
+    }
 
 
 def measure(fn: Callable[[], None]) -> float:

@@ -14,6 +14,11 @@ GRANT EXECUTE ON FUNCTION nile.current_tenant(), nile.clear_tenant(), nile.curre
 -- Entering a tenant's context, by its id or by a signed token: for application roles.
 REVOKE ALL ON FUNCTION nile.set_tenant(uuid, boolean), nile.set_tenant_token(text, boolean) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION nile.set_tenant(uuid, boolean), nile.set_tenant_token(text, boolean) TO nile_app;
+-- The same for one read-only transaction, which may be an implicit one (a pipeline without BEGIN): for application roles.
+REVOKE ALL ON FUNCTION nile.set_tenant_read_only(uuid), nile.set_tenant_token_read_only(text),
+    nile.assert_read_only() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.set_tenant_read_only(uuid), nile.set_tenant_token_read_only(text),
+    nile.assert_read_only() TO nile_app;
 -- Signing tokens: for administrators.
 REVOKE ALL ON FUNCTION nile.sign_tenant_token(uuid, interval, text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION nile.sign_tenant_token(uuid, interval, text) TO nile_admin;

@@ -30,6 +30,10 @@
 --   * The application's errors get SQLSTATEs of their own (class NT); the generated insert and update policies of every
 --     enrolled table raise NT005 for a row of another tenant (the new nile.policy_foreign_row()).
 --   * nile.verify() expects those policies.
+-- Issue 20:
+--   * nile.set_tenant_read_only() and nile.set_tenant_token_read_only() enter a tenant's context for a read-only
+--     transaction that may be an implicit one (a pipeline without BEGIN): the Python SDK's one-round-trip reads.
+--     Such a transaction that wrote or hid an error cannot commit; nile.assert_read_only() says so as a statement.
 -- After the upgrade, a database is what CREATE EXTENSION nile_tenancy VERSION '0.3.0' makes
 -- (tests/integration/tests/upgrade.rs checks it object by object, from 0.1.0 and from 0.2.0).
 
@@ -889,3 +893,26 @@ CREATE EVENT TRIGGER nile_ddl_command_end ON ddl_command_end
     WHEN TAG IN ('CREATE TABLE', 'CREATE TABLE AS', 'SELECT INTO', 'ALTER TABLE', 'ALTER POLICY',
                  'CREATE FOREIGN TABLE', 'ALTER FOREIGN TABLE', 'CREATE SCHEMA', 'CREATE CAST')
     EXECUTE FUNCTION nile._ddl_command_end();
+
+-- The one-round-trip reads of the Python SDK (src/context/tenant.rs, src/context/tokens.rs): a tenant's context for a
+-- read-only transaction, which may be an implicit one. For application roles, as nile.set_tenant() is.
+CREATE FUNCTION nile."set_tenant_read_only"(
+	"tenant_id" uuid /* Option < Uuid > */
+) RETURNS uuid /* Uuid */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_tenant_read_only_wrapper';
+CREATE FUNCTION nile."set_tenant_token_read_only"(
+	"token" TEXT /* Option < & str > */
+) RETURNS uuid /* Uuid */
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'set_tenant_token_read_only_wrapper';
+CREATE FUNCTION nile."assert_read_only"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'assert_read_only_wrapper';
+REVOKE ALL ON FUNCTION nile.set_tenant_read_only(uuid), nile.set_tenant_token_read_only(text),
+    nile.assert_read_only() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION nile.set_tenant_read_only(uuid), nile.set_tenant_token_read_only(text),
+    nile.assert_read_only() TO nile_app;

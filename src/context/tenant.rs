@@ -39,6 +39,17 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
     tenant_id
 }
 
+/// `nile.set_tenant_read_only(tenant_id uuid) RETURNS uuid`: enter the tenant's context for the rest of the current
+/// transaction and make that transaction read-only, for a unit of work that sends its context and one read together
+/// with no BEGIN (a pipeline or a multi-statement query ends such a transaction at its end, committing nothing). Every
+/// check of `nile.set_tenant()` applies but the transaction block's; READ COMMITTED only (see `enter_read_only`).
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_tenant_read_only(tenant_id: Option<Uuid>) -> Uuid {
+    let tenant_id = crate::pg::errors::require_not_null(tenant_id, "tenant_id");
+    enter_read_only(*tenant_id.as_bytes(), None, false);
+    tenant_id
+}
+
 /// `nile._enter_tenant_for_routine(tenant_id uuid) RETURNS void`, for the extension's own PL/pgSQL routines
 /// (`nile.for_each_tenant()`, `nile.import_schema()`): enter the tenant until the end of the transaction (or of the
 /// subtransaction, if it rolls back), without `nile.set_tenant()`'s transaction-block check (a `CALL` outside `BEGIN`
@@ -48,7 +59,7 @@ fn set_tenant(tenant_id: Option<Uuid>, is_local: default!(Option<bool>, true)) -
 fn _enter_tenant_for_routine(tenant_id: Option<Uuid>) {
     crate::pg::privilege::require_role("nile_admin", "nile._enter_tenant_for_routine()");
     let tenant_id = crate::pg::errors::require_not_null(tenant_id, "tenant_id");
-    enter_tenant_checked(*tenant_id.as_bytes(), None, true, false, false);
+    enter_tenant_checked(*tenant_id.as_bytes(), None, true, Entry::Routine);
 }
 
 /// `nile._require_no_transaction_block(routine text) RETURNS void`: raise 25001 inside `BEGIN ... COMMIT`, where a
@@ -71,21 +82,81 @@ fn _require_no_transaction_block(routine: Option<&str>) {
 /// `is_local` needs a transaction block, a session under `nile.require_token` needs a token, and the tenant must exist
 /// and not be deleted.
 pub(super) fn enter_tenant(id: [u8; 16], user: Option<&str>, is_local: bool, by_token: bool) {
-    enter_tenant_checked(id, user, is_local, by_token, true);
+    let entry = if by_token {
+        Entry::SetTenantToken
+    } else {
+        Entry::SetTenant
+    };
+    enter_tenant_checked(id, user, is_local, entry);
 }
 
-fn enter_tenant_checked(
-    id: [u8; 16],
-    user: Option<&str>,
-    is_local: bool,
-    by_token: bool,
-    needs_block: bool,
-) {
-    refuse_if_bound(if by_token {
-        "nile.set_tenant_token()"
+/// The function a context is entered through: named in errors, and deciding which checks apply.
+#[derive(Clone, Copy)]
+enum Entry {
+    SetTenant,
+    SetTenantToken,
+    SetTenantReadOnly,
+    SetTenantTokenReadOnly,
+    /// `nile._enter_tenant_for_routine()`: no transaction-block check.
+    Routine,
+}
+
+impl Entry {
+    fn name(self) -> &'static str {
+        match self {
+            Entry::SetTenant | Entry::Routine => "nile.set_tenant()",
+            Entry::SetTenantToken => "nile.set_tenant_token()",
+            Entry::SetTenantReadOnly => "nile.set_tenant_read_only()",
+            Entry::SetTenantTokenReadOnly => "nile.set_tenant_token_read_only()",
+        }
+    }
+
+    fn by_token(self) -> bool {
+        matches!(self, Entry::SetTenantToken | Entry::SetTenantTokenReadOnly)
+    }
+
+    /// Whether a transaction-local context needs an explicit transaction block (the read-only ones may be entered in
+    /// an implicit transaction, which they end with; the routines end their transactions themselves).
+    fn needs_block(self) -> bool {
+        matches!(self, Entry::SetTenant | Entry::SetTenantToken)
+    }
+}
+
+/// Enter tenant `id`'s context for the transaction, which becomes read-only (`SET LOCAL transaction_read_only = on`,
+/// after every check of `enter_tenant` but the transaction block's). The transaction may be an implicit one (a pipeline
+/// without BEGIN, ended by its Sync): it writes nothing, so ending it early loses nothing, and the context ends with
+/// it: src/context/read_only.rs refuses the commit of one that wrote or hid a refusal all the same. Only at READ
+/// COMMITTED (or READ UNCOMMITTED, the same in PostgreSQL), where every statement takes a snapshot of its own: at
+/// REPEATABLE READ or SERIALIZABLE a unit of work's statements must share one transaction, so this raises 25000 and
+/// the caller uses BEGIN.
+pub(super) fn enter_read_only(id: [u8; 16], user: Option<&str>, by_token: bool) {
+    // SAFETY: reads the backend's current isolation level, a plain global set at transaction start.
+    let entry = if by_token {
+        Entry::SetTenantTokenReadOnly
     } else {
-        "nile.set_tenant()"
-    });
+        Entry::SetTenantReadOnly
+    };
+    if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
+        Problem::new(
+            PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,
+            format!("{} needs the READ COMMITTED isolation level", entry.name()),
+        )
+        .detail("It lets a read run in a transaction of its own; at REPEATABLE READ or SERIALIZABLE the statements of a unit of work must share one snapshot.")
+        .hint("Enter the context with nile.set_tenant() inside BEGIN ... COMMIT.")
+        .raise();
+    }
+    enter_tenant_checked(id, user, true, entry);
+    crate::pg::guc::set_setting(
+        c"transaction_read_only",
+        c"on",
+        crate::pg::guc::Scope::Transaction,
+    );
+    super::read_only::begin();
+}
+
+fn enter_tenant_checked(id: [u8; 16], user: Option<&str>, is_local: bool, entry: Entry) {
+    let by_token = entry.by_token();
+    refuse_if_bound(entry.name());
     // SAFETY: superuser() reads the current user's catalog entry.
     if !is_local && !settings::allow_session_scope() && !unsafe { pg_sys::superuser() } {
         Problem::nile(
@@ -97,15 +168,13 @@ fn enter_tenant_checked(
         .hint("Enter the context inside each transaction: BEGIN; SELECT nile.set_tenant(...); ...; COMMIT.")
         .raise();
     }
-    if is_local && needs_block && !in_transaction_block() {
-        let function = if by_token {
-            "nile.set_tenant_token()"
-        } else {
-            "nile.set_tenant()"
-        };
+    if is_local && entry.needs_block() && !in_transaction_block() {
         Problem::new(
             PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
-            format!("{function} with is_local => true must be called inside a transaction block"),
+            format!(
+                "{} with is_local => true must be called inside a transaction block",
+                entry.name()
+            ),
         )
         .detail("Outside BEGIN ... COMMIT the tenant context would end with this statement and protect nothing.")
         .hint("Run BEGIN first and enter the context inside the transaction: it ends with the transaction, which is what a connection pool needs.")

@@ -9,7 +9,7 @@
 //! user id) and `iat`/`nbf`. The signature is checked before anything in the payload is looked at.
 
 use super::guard;
-use crate::context::tenant::enter_tenant;
+use crate::context::tenant::{enter_read_only, enter_tenant};
 use crate::context::tenant_cache::require_usable_tenant;
 use crate::pg::errors::{raise, require_not_null, NileCode, Problem};
 use crate::pg::privilege::require_role;
@@ -36,6 +36,16 @@ fn set_tenant_token(token: Option<&str>, is_local: default!(Option<bool>, true))
     let is_local = require_not_null(is_local, "is_local");
     let claims = verify(token, now_unix());
     enter_tenant(claims.tenant, claims.user.as_deref(), is_local, true);
+    Uuid::from_bytes(claims.tenant)
+}
+
+/// `nile.set_tenant_token_read_only(token text) RETURNS uuid`: `nile.set_tenant_read_only()` for the tenant (and user)
+/// a signed token names, after the checks of `nile.set_tenant_token()`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn set_tenant_token_read_only(token: Option<&str>) -> Uuid {
+    let token = require_not_null(token, "token");
+    let claims = verify(token, now_unix());
+    enter_read_only(claims.tenant, claims.user.as_deref(), true);
     Uuid::from_bytes(claims.tenant)
 }
 

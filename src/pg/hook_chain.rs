@@ -2,15 +2,16 @@
 //! own `standard_ProcessUtility` when there is none (for usage/hooks.rs, which wraps every statement to measure it),
 //! and one hook shared by the modules that only look at a statement before it runs and may refuse it
 //! (`check_before_running`: src/context/pool_guard.rs refuses cursors WITH HOLD in a context,
-//! src/tables/fk_validation.rs casts to uuid that would run a user's function as the owner of nile.tenants), so that a
-//! utility statement passes one such hook, not one per check.
+//! src/context/read_only.rs notes utility statements in a read-only context, src/tables/fk_validation.rs casts to uuid
+//! that would run a user's function as the owner of nile.tenants), so that a utility statement passes one such hook,
+//! not one per check.
 
 use pgrx::prelude::*;
 
 /// A look at a utility statement's parse tree (never NULL) before it runs; it raises to refuse the statement.
 pub(super) type UtilityCheck = unsafe fn(*mut pg_sys::Node);
 
-/// The checks registered so far, in registration order (there are two; the room is fixed, registration happens in
+/// The checks registered so far, in registration order (there are three; the room is fixed, registration happens in
 /// `_PG_init`).
 static mut CHECKS: [Option<UtilityCheck>; 4] = [None; 4];
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;

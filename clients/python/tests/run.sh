@@ -4,7 +4,8 @@
 # uses (psycopg, psycopg_pool, SQLAlchemy, Django, pytest): NILE_TEST_PORT, NILE_TEST_PGBOUNCER_PORT, NILE_TEST_BINDIR.
 # Before each pass it (re)creates the database clients_sdk: the extension, examples/role_layout.sql, the operator role
 # sdk_admin (nile_admin, pg_monitor, app_user), sdk_token (nile_app, nile.require_token on) and the seed's table users
-# made by app_migrator. Ends with exactly one line `clients-sdk: N passed, M failed` (both passes; a skip is a failure).
+# made by app_migrator. NILE_SDK_TESTS (default: every file) names the test files to run. Ends with exactly one line
+# `clients-sdk: N passed, M failed` (both passes; a skip is a failure).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../../.." && pwd)
@@ -71,7 +72,7 @@ for via in direct pgbouncer; do
     NILE_CLIENT_PORT=$port NILE_CLIENT_VIA=$via NILE_SDK_DB=clients_sdk NILE_SDK_TOKEN_KEY=$key \
       PYTHONPATH="$repo/clients/python/src" PYTHONDONTWRITEBYTECODE=1 \
       "$venv/bin/python" -m pytest -q --tb=short -rfEs -p no:cacheprovider -p no:nile_tenancy \
-      --junitxml="$work/$via.xml" -o junit_family=xunit2 "${extra[@]}" .
+      --junitxml="$work/$via.xml" -o junit_family=xunit2 "${extra[@]}" ${NILE_SDK_TESTS:-.}
   )
   set -e
   read -r p f <<<"$("$venv/bin/python" "$repo/tests/clients/python/junit_counts.py" "$work/$via.xml")"

@@ -394,28 +394,3 @@ def test_seed_walkthrough(admin: Nile) -> None:
     example = pathlib.Path(__file__).parent.parent / "examples" / "seed_walkthrough.py"
     namespace = runpy.run_path(str(example), run_name="nile_example")
     assert namespace["main"](dsn("sdk_admin"), dsn("app_user")) == "ok"
-
-
-def test_one_round_trip_for_the_context_and_the_first_statement(two_tenants: tuple[str, str], tmp_path) -> None:
-    """The libpq trace of the pool's only connection: BEGIN, set_tenant() and the block's first statement all leave
-    the client before the server's first answer; COMMIT is the one other round trip."""
-    acme, _ = two_tenants
-    trace_file = tmp_path / "trace.txt"
-    with ConnectionPool(dsn("app_user"), min_size=1, max_size=1, kwargs={"prepare_threshold": None}) as pool:
-        with open(trace_file, "w") as sink:
-            with pool.connection() as conn:
-                conn.pgconn.trace(sink.fileno())
-                conn.pgconn.set_trace_flags(psycopg.pq.Trace.SUPPRESS_TIMESTAMPS)
-            nile = Nile(pool=pool)  # the pool's only connection: the traced one
-            with nile.tenant_context(acme):
-                assert nile.sql.fetch_one("SELECT username FROM public.users") == ("ada",)
-            with pool.connection() as conn:
-                conn.pgconn.untrace()
-    lines = [line.split("\t") for line in trace_file.read_text().splitlines() if line.strip()]
-    first_answer = next(i for i, fields in enumerate(lines) if fields[0] == "B")
-    sent_first = "\n".join("\t".join(fields) for fields in lines[:first_answer])
-    assert "BEGIN" in sent_first and "nile.set_tenant" in sent_first and "SELECT username" in sent_first, sent_first
-    assert "COMMIT" not in sent_first
-    # After the first answer: the results, then COMMIT and its answer: two round trips in all.
-    directions = "".join(fields[0] for fields in lines)
-    assert directions.count("FB") == 2, directions

@@ -176,6 +176,7 @@ def test_a_caught_error_does_not_pass_for_a_commit(nile: Nile, two_tenants: tupl
         async with AsyncNile(dsn("app_user")) as app:
             with pytest.raises(errors.TransactionAborted):
                 async with app.tenant_context(acme):
+                    await app.sql.execute("INSERT INTO public.users (username, email) VALUES ('lost', 'x')")
                     try:
                         await app.sql.execute("SELECT 1 / 0")
                     except psycopg.errors.DivisionByZero:

@@ -220,10 +220,24 @@ fn upgrade_from(previous: &str, db: &str) {
     if upgraded != installed {
         let up: std::collections::BTreeSet<&str> = upgraded.lines().collect();
         let inst: std::collections::BTreeSet<&str> = installed.lines().collect();
+        // Lines that are in both but in other places (a function definition with one more or one less of a line
+        // that other definitions have, such as STRICT) only show in the first place the two texts part.
+        let (up_lines, inst_lines): (Vec<&str>, Vec<&str>) =
+            (upgraded.lines().collect(), installed.lines().collect());
+        let first = up_lines
+            .iter()
+            .zip(&inst_lines)
+            .position(|(a, b)| a != b)
+            .unwrap_or(up_lines.len().min(inst_lines.len()));
+        let around = |lines: &[&str]| {
+            lines[first.saturating_sub(6)..(first + 3).min(lines.len())].join("\n")
+        };
         panic!(
-            "the upgraded catalog differs from a fresh install's:\nonly after the upgrade:\n{:#?}\nonly in a fresh install:\n{:#?}",
+            "the upgraded catalog differs from a fresh install's:\nonly after the upgrade:\n{:#?}\nonly in a fresh install:\n{:#?}\nwhere they part (line {first}), upgraded:\n{}\nfresh:\n{}",
             up.difference(&inst).collect::<Vec<_>>(),
-            inst.difference(&up).collect::<Vec<_>>()
+            inst.difference(&up).collect::<Vec<_>>(),
+            around(&up_lines),
+            around(&inst_lines)
         );
     }
     assert!(

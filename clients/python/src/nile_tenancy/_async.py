@@ -1,6 +1,7 @@
 """The asynchronous client, :class:`AsyncNile`: the same API as :class:`~nile_tenancy.Nile` with ``async with`` and
 ``await`` (psycopg's AsyncConnection and psycopg_pool's AsyncConnectionPool). The design notes of _sync.py apply:
-a context is one transaction with its first statement pipelined, kept per asyncio task in a ContextVar."""
+a context's first statement goes with the context in one round trip (a read before any write in a read-only
+transaction of its own), and the context is kept per asyncio task in a ContextVar."""
 
 from __future__ import annotations
 
@@ -28,14 +29,55 @@ class _Scope:
     kind: str
     key: str | None
     conn: psycopg.AsyncConnection[Any]
-    pipeline: contextlib.AsyncExitStack | None
-    closed: bool = False  # see _sync._Scope
+    client: "AsyncNile"
+    enter_sql: str  # see _sync._Scope
+    argument: Any
+    read_only_sql: str | None
+    begin_sql: str
+    opened: bool = False
+    used: bool = False
+    closed: bool = False
     needs_reset: bool = False
+    # Tasks created inside the block share the scope: their pipelines must not interleave (see _sync._Scope).
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
-    async def end_pipeline(self) -> None:
-        if self.pipeline is not None:
-            stack, self.pipeline = self.pipeline, None
-            await stack.aclose()
+    async def open(self) -> None:
+        """See :meth:`nile_tenancy._sync._Scope.open`."""
+        async with self.lock:
+            if not self.opened:
+                self.opened = self.used = True
+                async with self.conn.pipeline():
+                    await self.conn.execute(self.begin_sql)
+                    await self.conn.execute(self.enter_sql, [self.argument])
+
+    async def run(self, query: Any, params: Params) -> psycopg.AsyncCursor[Any]:
+        """See :meth:`nile_tenancy._sync._Scope.run`."""
+        async with self.lock:
+            if isinstance(query, str) and c.may_enter_a_context(query):
+                self.needs_reset = True  # see RESET_SESSION_CONTEXT
+            if self.opened:
+                return await self.conn.execute(query, params)
+            reads = self.client._reads
+            if self.read_only_sql is not None and reads.wants(query):
+                if reads.enabled is None:
+                    row = await (await self.conn.execute(c.HAS_READ_ONLY_CONTEXT)).fetchone()
+                    reads.enabled = bool(row[0])  # type: ignore[index]
+                if reads.enabled:
+                    try:
+                        async with self.conn.pipeline():
+                            await self.conn.execute(self.read_only_sql, [self.argument])
+                            cur = await self.conn.execute(query, params)
+                            await self.conn.execute(c.ASSERT_READ_ONLY)
+                        self.used = True
+                        return cur
+                    except c.RUN_IN_TRANSACTION as e:
+                        reads.refused_by_server(query, e)
+            self.opened = self.used = True
+            async with self.conn.pipeline():
+                await self.conn.execute(self.begin_sql)
+                await self.conn.execute(self.enter_sql, [self.argument])
+                cur = await self.conn.execute(query, params)
+            return cur
 
 
 async def enter_tenant(
@@ -60,7 +102,7 @@ def require_idle(conn: psycopg.AsyncConnection[Any]) -> None:
 
 async def _verify_nested_token(scope: _Scope, token: str) -> None:
     """See :func:`nile_tenancy._sync._verify_nested_token`."""
-    await scope.end_pipeline()
+    await scope.open()
     async with scope.conn.transaction(force_rollback=True):
         row = await (await scope.conn.execute(c.SET_TENANT_TOKEN, [token])).fetchone()
     c.check_verified_tenant(row, scope.key)
@@ -76,9 +118,7 @@ class AsyncSql:
     async def _cursor(self, query: Any, params: Params) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
         scope = self._client._live_scope()
         if scope is not None:
-            cur = await scope.conn.execute(query, params)
-            await scope.end_pipeline()
-            yield cur
+            yield await scope.run(query, params)
             return
         pool = await self._client._opened_pool()
         async with pool.connection() as conn:
@@ -87,15 +127,26 @@ class AsyncSql:
                 await conn.execute(c.RESET_SESSION_CONTEXT)
             yield cur
 
+    # Inside a context (the hot path) each method runs the statement on the scope directly, without _cursor.
+
     async def execute(self, query: Any, params: Params = None) -> int:
+        scope = self._client._live_scope()
+        if scope is not None:
+            return (await scope.run(query, params)).rowcount
         async with self._cursor(query, params) as cur:
             return cur.rowcount
 
     async def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
+        scope = self._client._live_scope()
+        if scope is not None:
+            return await (await scope.run(query, params)).fetchone()
         async with self._cursor(query, params) as cur:
             return await cur.fetchone()
 
     async def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
+        scope = self._client._live_scope()
+        if scope is not None:
+            return await (await scope.run(query, params)).fetchall()
         async with self._cursor(query, params) as cur:
             return await cur.fetchall()
 
@@ -104,7 +155,7 @@ class AsyncSql:
         scope = self._client._live_scope()
         if scope is None:
             raise errors.NoActiveContext("nile.sql.connection() is only available inside a tenant or admin context")
-        await scope.end_pipeline()
+        await scope.open()
         scope.needs_reset = True
         return scope.conn
 
@@ -186,6 +237,7 @@ class AsyncNile:
         sandbox: bool = False,
         token_key: str | bytes | None = None,
         prepared_statements: bool = False,
+        one_round_trip_reads: bool = True,
         min_size: int = 1,
         max_size: int = 10,
         **connect_kwargs: Any,
@@ -204,6 +256,7 @@ class AsyncNile:
             pool = AsyncConnectionPool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs, open=False,
                                        name="nile_tenancy")
         self._pool: AsyncConnectionPool[Any] = pool
+        self._reads = c.ReadPath(one_round_trip_reads)
         self._opened = not self._own_pool
         self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
             f"nile_tenancy_async_scope_{id(self)}", default=None
@@ -255,7 +308,9 @@ class AsyncNile:
                 await _verify_nested_token(current, token)
             yield self
             return
-        async with self._scoped("tenant", key, c.SET_TENANT_TOKEN if token else c.SET_TENANT, token or key):
+        enter, read_only = (c.SET_TENANT_TOKEN, c.SET_TENANT_TOKEN_READ_ONLY) if token else (c.SET_TENANT,
+                                                                                        c.SET_TENANT_READ_ONLY)
+        async with self._scoped("tenant", key, enter, read_only, token or key):
             yield self
 
     @contextlib.asynccontextmanager
@@ -264,7 +319,7 @@ class AsyncNile:
         if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
             yield self
             return
-        async with self._scoped("admin", None, c.ADMIN_CONTEXT, reason or c.caller_name()):
+        async with self._scoped("admin", None, c.ADMIN_CONTEXT, None, reason or c.caller_name()):
             yield self
 
     def _live_scope(self) -> _Scope | None:
@@ -279,26 +334,31 @@ class AsyncNile:
         return None if scope is None or scope.closed else scope
 
     @contextlib.asynccontextmanager
-    async def _scoped(self, kind: str, key: str | None, enter_sql: str, argument: Any) -> AsyncIterator[_Scope]:
+    async def _scoped(
+        self, kind: str, key: str | None, enter_sql: str, read_only_sql: str | None, argument: Any
+    ) -> AsyncIterator[_Scope]:
         pool = await self._opened_pool()
         async with pool.connection() as conn:
             require_idle(conn)
-            # See _sync.Nile._scoped: BEGIN pipelined as a statement, autocommit restored, the scope closed at the end.
+            # See _sync.Nile._scoped: nothing sent until the first statement, autocommit restored, the scope closed at
+            # the end.
             was_autocommit = conn.autocommit
-            scope = _Scope(kind, key, conn, contextlib.AsyncExitStack())
+            scope = _Scope(kind, key, conn, self, enter_sql, argument,
+                           read_only_sql if c.reads_may_run_alone(conn) else None, c.begin_sql(conn))
             token: contextvars.Token[_Scope | None] | None = None
             try:
                 if not was_autocommit:
                     await conn.set_autocommit(True)
                 token = self._scope.set(scope)
-                assert scope.pipeline is not None
-                await scope.pipeline.enter_async_context(conn.pipeline())
-                await conn.execute("BEGIN")
-                await conn.execute(enter_sql, [argument])
                 yield scope
-                if scope.pipeline is not None:
-                    await conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
-                    await scope.end_pipeline()
+                if not scope.used:
+                    scope.opened = True
+                    async with conn.pipeline():
+                        await conn.execute(scope.begin_sql)
+                        await conn.execute(enter_sql, [argument])
+                        await conn.execute("COMMIT")
+                elif not scope.opened:
+                    pass  # only reads, each in a read-only transaction of its own that has ended
                 elif conn.info.transaction_status == pq.TransactionStatus.INERROR:
                     await conn.rollback()
                     raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
@@ -307,8 +367,6 @@ class AsyncNile:
                 if scope.needs_reset:
                     await conn.execute(c.RESET_SESSION_CONTEXT)
             except BaseException:
-                with contextlib.suppress(Exception):
-                    await scope.end_pipeline()
                 with contextlib.suppress(Exception):
                     await conn.rollback()
                 if scope.needs_reset:
@@ -330,13 +388,13 @@ class AsyncNile:
     async def _admin(self, reason: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
         current = self._live_scope()
         if current is not None and current.kind == "admin":
-            await current.end_pipeline()
+            await current.open()
             yield current.conn
             return
         async with self.admin_context(reason):
             scope = self._live_scope()
             assert scope is not None
-            await scope.end_pipeline()
+            await scope.open()
             yield scope.conn
 
     async def active_tenants(self, batch_size: int = 100) -> list[str]:

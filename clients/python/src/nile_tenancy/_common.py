@@ -6,17 +6,26 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as _dt
+import functools
 import inspect
 import json
 import sys
 import uuid
 from typing import Any, Sequence
 
+import psycopg
+
 from . import errors
 
 # The extension's functions, all schema-qualified (no search_path is trusted).
 SET_TENANT = "SELECT nile.set_tenant(%s::uuid)"
 SET_TENANT_TOKEN = "SELECT nile.set_tenant_token(%s)"
+SET_TENANT_READ_ONLY = "SELECT nile.set_tenant_read_only(%s::uuid)"
+SET_TENANT_TOKEN_READ_ONLY = "SELECT nile.set_tenant_token_read_only(%s)"
+ASSERT_READ_ONLY = "SELECT nile.assert_read_only()"
+#: Whether the database's nile_tenancy has the one-round-trip reads (0.3.0 and later; until ALTER EXTENSION UPDATE,
+#: an older database does not).
+HAS_READ_ONLY_CONTEXT = "SELECT pg_catalog.to_regprocedure('nile.assert_read_only()') IS NOT NULL"
 ADMIN_CONTEXT = "SELECT nile.admin_context(%s)"
 TENANT_COLUMNS = "id, name, status::text, created_at, metadata"
 CREATE_TENANT = "SELECT nile.create_tenant(%s, %s::uuid, %s::jsonb)"
@@ -49,6 +58,115 @@ TRANSACTION_ABORTED = (
     "transaction, so nothing of the block was committed (let the error leave the block, or use a savepoint: "
     "nile.sql.connection.transaction())"
 )
+
+
+#: What the server answers a read sent in a read-only transaction of its own (SET_TENANT_READ_ONLY) when it has to run
+#: in the block's transaction instead: it wrote or hid an error (25006), or the isolation level is above READ COMMITTED
+#: (25000).
+RUN_IN_TRANSACTION = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.InvalidTransactionState)
+#: Calls whose effect lasts until the end of the transaction, not of the statement: a statement that names one is not
+#: sent in a read-only transaction of its own (which would end it at once).
+_TRANSACTION_SCOPED = ("advisory_xact", "set_config", "pg_notify", "xact_id", "txid_", "set_tenant")
+
+
+@functools.lru_cache(maxsize=1024)
+def may_enter_a_context(query: str) -> bool:
+    """Whether a statement's text calls the extension's context functions itself (``set_tenant(…, false)`` would keep a
+    context for the session): the block then clears any session-wide context before the connection goes back."""
+    lowered = query.lower()
+    return "set_tenant" in lowered or "admin_context" in lowered
+
+
+class ReadPath:
+    """A client's one-round-trip reads (see _sync.py): whether they are on (None: not yet known whether the database
+    has them), and the statements the server refused in a read-only transaction, which go to the block's transaction
+    from then on (so that a function that writes is not run twice each time)."""
+
+    REMEMBERED = 1024
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled: bool | None = None if enabled else False
+        self.refused: set[str] = set()
+
+    def wants(self, query: Any) -> bool:
+        """Whether to send ``query`` in a read-only transaction of its own (given that the database has them)."""
+        return self.enabled is not False and looks_read_only(query) and _text(query) not in self.refused
+
+    def refused_by_server(self, query: Any, error: Exception) -> None:
+        """The server refused ``query`` in a read-only transaction: 25000 (the isolation level) turns the reads off for
+        the client; 25006 (it wrote, or hid an error) sends that statement to the block's transaction from now on."""
+        if isinstance(error, psycopg.errors.InvalidTransactionState):
+            self.enabled = False
+            return
+        if len(self.refused) >= self.REMEMBERED:
+            self.refused.clear()
+        self.refused.add(_text(query))
+
+
+def _text(query: Any) -> str:
+    return query.decode("utf-8", "replace") if isinstance(query, bytes) else query
+
+
+def begin_sql(conn: Any) -> str:
+    """BEGIN with the characteristics the connection asks psycopg for (``isolation_level``, ``read_only``,
+    ``deferrable``): the clients send BEGIN themselves, in a pipeline, where psycopg would have sent its own."""
+    parts = ["BEGIN"]
+    if conn.isolation_level is not None:
+        parts.append("ISOLATION LEVEL " + psycopg.IsolationLevel(conn.isolation_level).name.replace("_", " "))
+    if conn.read_only is not None:
+        parts.append("READ ONLY" if conn.read_only else "READ WRITE")
+    if conn.deferrable is not None:
+        parts.append("DEFERRABLE" if conn.deferrable else "NOT DEFERRABLE")
+    return " ".join(parts)
+
+
+def reads_may_run_alone(conn: Any) -> bool:
+    """Whether the connection's transactions may be READ COMMITTED, where a read in a transaction of its own sees what
+    it would have seen in the block's (the server refuses it at any other level the connection does not name)."""
+    return conn.isolation_level in (None, psycopg.IsolationLevel.READ_UNCOMMITTED,
+                                    psycopg.IsolationLevel.READ_COMMITTED)
+
+
+_READ_KEYWORDS = ("select", "values", "table")
+
+
+def looks_read_only(query: Any) -> bool:
+    """Whether a statement's text looks like a read (see _looks_read_only), remembered for the last 1024 texts."""
+    if isinstance(query, bytes):
+        query = query.decode("utf-8", "replace")
+    if not isinstance(query, str):
+        return False  # a psycopg.sql.Composed needs a connection to become text: take the general way
+    return _looks_read_only(query)
+
+
+@functools.lru_cache(maxsize=1024)
+def _looks_read_only(query: str) -> bool:
+    """Whether a statement's text starts like a query that writes nothing (SELECT, VALUES, TABLE, after comments and
+    parentheses), so that it is worth sending in a read-only transaction of its own. A guess only: the server enforces
+    read-only, and a statement it refuses (SELECT ... FOR UPDATE, a function that writes) is run again in the block's
+    transaction. A statement that names a call whose effect lasts until the end of the transaction
+    (_TRANSACTION_SCOPED) does not count."""
+    lowered = query.lower()
+    if any(name in lowered for name in _TRANSACTION_SCOPED):
+        return False
+    i, n = 0, len(query)
+    while i < n:
+        ch = query[i]
+        if ch.isspace() or ch == "(":
+            i += 1
+        elif query.startswith("--", i):
+            end = query.find("\n", i)
+            i = n if end < 0 else end + 1
+        elif query.startswith("/*", i):
+            end = query.find("*/", i)  # nested comments are rare: anything unusual takes the general way
+            if end < 0 or "/*" in query[i + 2 : end]:
+                return False
+            i = end + 2
+        else:
+            break
+    word = query[i : i + 7].lower()
+    return any(word.startswith(k) and (len(word) == len(k) or not word[len(k)].isalnum() and word[len(k)] != "_")
+               for k in _READ_KEYWORDS)
 
 
 def tenant_id_text(tenant_id: uuid.UUID | str) -> str:

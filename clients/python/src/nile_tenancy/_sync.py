@@ -1,11 +1,20 @@
 """The synchronous client, :class:`Nile` (psycopg 3 and psycopg_pool underneath).
 
 Design:
-- A context (``tenant_context``, ``admin_context``) is one transaction on one connection taken from the pool. It starts
-  only on an idle connection, enters the context with the id bound as a parameter, and always ends with COMMIT (or
-  ROLLBACK when the block raises) before the connection goes back: nothing of it outlives the ``with`` block.
-- One round trip: the transaction start, the context and the block's first statement are sent together (psycopg's
-  pipeline mode); the pipeline ends with that first statement, so the rest of the block is plain psycopg.
+- A context (``tenant_context``, ``admin_context``) is one unit of work on one connection taken from the pool. It
+  starts only on an idle connection, enters the context with the id bound as a parameter, and the transaction it
+  opens always ends with COMMIT (or ROLLBACK when the block raises) before the connection goes back: nothing of it
+  outlives the ``with`` block.
+- Nothing is sent when the block starts. The statement that opens the block's transaction goes to the server with
+  BEGIN and the context in one round trip (psycopg's pipeline mode); the rest of the block is plain psycopg in that
+  transaction. A read (a statement that starts with SELECT, VALUES or TABLE and names no call whose effect lasts until
+  the end of the transaction) in a tenant context that has no transaction open yet goes without BEGIN:
+  ``nile.set_tenant_read_only()``, the read and ``nile.assert_read_only()``, in an implicit transaction that ends with
+  the pipeline (the server keeps it read-only and refuses one that wrote or hid an error, so there is nothing to
+  commit: one round trip for the whole unit of work). If the server refuses it (25006; 25000 for an isolation level
+  above READ COMMITTED, after which the client stops trying), nothing of it remains and it runs in the block's
+  transaction instead, as does that statement from then on. A client asks the database once whether it has these
+  functions (an extension not yet updated to 0.3.0 does not).
 - Which context is active is kept in a ``contextvars.ContextVar`` of the client: per thread and per asyncio task, so
   ``nile.sql`` inside the block uses the block's connection and nothing else can.
 - Nesting the same context does nothing; a different one raises :class:`~nile_tenancy.errors.NestedContextError`.
@@ -19,6 +28,7 @@ import contextvars
 import dataclasses
 import datetime as _dt
 import itertools
+import threading
 import uuid
 from typing import Any, Callable, Iterator, Sequence
 
@@ -40,14 +50,59 @@ class _Scope:
     kind: str  # "tenant" or "admin"
     key: str | None  # the tenant id (a token's tenant for a token context); None for admin
     conn: psycopg.Connection[Any]
-    pipeline: contextlib.ExitStack | None  # open until the block's first statement
+    client: "Nile"
+    enter_sql: str  # enters the context inside the block's transaction
+    argument: Any  # its one parameter (the id, the token or the reason)
+    read_only_sql: str | None  # enters it for one read-only implicit transaction; None: every statement in BEGIN
+    begin_sql: str  # BEGIN with the characteristics the connection asks psycopg for
+    opened: bool = False  # BEGIN and the context have been sent: the block's transaction is open
+    used: bool = False  # a statement ran (in the block's transaction or in one of its own)
     closed: bool = False  # the block has ended: a thread or task that kept the scope gets ContextEnded
     needs_reset: bool = False  # the block had the raw connection: clear any session-wide context at the end
+    # Held while a statement goes out with what it needs (a pipeline) and the flags change: threads that share the
+    # scope (contextvars.copy_context()) must not interleave their pipelines.
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
 
-    def end_pipeline(self) -> None:
-        if self.pipeline is not None:
-            stack, self.pipeline = self.pipeline, None
-            stack.close()
+    def open(self) -> None:
+        """Open the block's transaction (BEGIN and the context, one round trip) unless it is open."""
+        with self.lock:
+            self._open()
+
+    def _open(self) -> None:
+        if not self.opened:
+            self.opened = self.used = True  # set first: if entering fails, the end of the block rolls back
+            with self.conn.pipeline():
+                self.conn.execute(self.begin_sql)
+                self.conn.execute(self.enter_sql, [self.argument])
+
+    def run(self, query: Any, params: Params) -> psycopg.Cursor[Any]:
+        """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes)."""
+        with self.lock:
+            if isinstance(query, str) and c.may_enter_a_context(query):
+                self.needs_reset = True  # see RESET_SESSION_CONTEXT
+            if self.opened:
+                return self.conn.execute(query, params)
+            reads = self.client._reads
+            if self.read_only_sql is not None and reads.wants(query):
+                if reads.enabled is None:
+                    row = self.conn.execute(c.HAS_READ_ONLY_CONTEXT).fetchone()
+                    reads.enabled = bool(row[0])  # type: ignore[index]
+                if reads.enabled:
+                    try:
+                        with self.conn.pipeline():
+                            self.conn.execute(self.read_only_sql, [self.argument])
+                            cur = self.conn.execute(query, params)
+                            self.conn.execute(c.ASSERT_READ_ONLY)
+                        self.used = True
+                        return cur
+                    except c.RUN_IN_TRANSACTION as e:
+                        reads.refused_by_server(query, e)  # nothing of it stayed: run it in the block's transaction
+            self.opened = self.used = True
+            with self.conn.pipeline():
+                self.conn.execute(self.begin_sql)
+                self.conn.execute(self.enter_sql, [self.argument])
+                cur = self.conn.execute(query, params)
+            return cur
 
 
 def enter_tenant(
@@ -89,7 +144,7 @@ def _verify_nested_token(scope: _Scope, token: str) -> None:
     """A token context nested in the context of the tenant the token names joins it only once the server has
     verified the token: in a savepoint rolled back at once, so the outer context (and its user id) stays as it was.
     Nothing is trusted from the token's unverified payload."""
-    scope.end_pipeline()
+    scope.open()
     with scope.conn.transaction(force_rollback=True):
         row = scope.conn.execute(c.SET_TENANT_TOKEN, [token]).fetchone()
     c.check_verified_tenant(row, scope.key)
@@ -105,9 +160,7 @@ class Sql:
     def _cursor(self, query: Any, params: Params) -> Iterator[psycopg.Cursor[Any]]:
         scope = self._client._live_scope()
         if scope is not None:
-            cur = scope.conn.execute(query, params)
-            scope.end_pipeline()  # one round trip: BEGIN, the context and this statement
-            yield cur
+            yield scope.run(query, params)
             return
         with self._client._pool.connection() as conn:  # commits at the end of the block, rolls back on error
             # Outside a context the statement is a transaction of its own (autocommit), so whatever session state it
@@ -117,18 +170,29 @@ class Sql:
                 conn.execute(c.RESET_SESSION_CONTEXT)
             yield cur
 
+    # Inside a context (the hot path) each method runs the statement on the scope directly, without _cursor.
+
     def execute(self, query: Any, params: Params = None) -> int:
         """Run one statement; returns the number of rows it affected (-1 when not applicable)."""
+        scope = self._client._live_scope()
+        if scope is not None:
+            return scope.run(query, params).rowcount
         with self._cursor(query, params) as cur:
             return cur.rowcount
 
     def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
         """The first row of a query, as a tuple, or None."""
+        scope = self._client._live_scope()
+        if scope is not None:
+            return scope.run(query, params).fetchone()
         with self._cursor(query, params) as cur:
             return cur.fetchone()
 
     def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
         """Every row of a query, as tuples."""
+        scope = self._client._live_scope()
+        if scope is not None:
+            return scope.run(query, params).fetchall()
         with self._cursor(query, params) as cur:
             return cur.fetchall()
 
@@ -139,7 +203,7 @@ class Sql:
         scope = self._client._live_scope()
         if scope is None:
             raise errors.NoActiveContext("nile.sql.connection is only available inside a tenant or admin context")
-        scope.end_pipeline()
+        scope.open()
         scope.needs_reset = True  # the caller may do anything with it: check the session at the end
         return scope.conn
 
@@ -226,8 +290,10 @@ class Nile:
     ``Nile(sandbox=True)`` starts a throwaway PostgreSQL with the extension (see :mod:`nile_tenancy.sandbox`).
     ``token_key`` is the default key of ``nile.tokens.sign()``. ``prepared_statements=False`` (the default) keeps
     psycopg from preparing statements on the server, which PgBouncer 1.18 in transaction mode cannot follow; set it
-    True for direct connections. Other keyword arguments go to ``psycopg.connect()``. Use it as a context manager,
-    or call :meth:`close`.
+    True for direct connections. ``one_round_trip_reads=True`` (the default) sends a tenant context's reads that come
+    before its first write each in a read-only transaction of its own, with the context, in one round trip (see the
+    README); False runs every statement of a block in one transaction. Other keyword arguments go to
+    ``psycopg.connect()``. Use it as a context manager, or call :meth:`close`.
     """
 
     def __init__(
@@ -238,6 +304,7 @@ class Nile:
         sandbox: bool = False,
         token_key: str | bytes | None = None,
         prepared_statements: bool = False,
+        one_round_trip_reads: bool = True,
         min_size: int = 1,
         max_size: int = 10,
         **connect_kwargs: Any,
@@ -256,6 +323,7 @@ class Nile:
             pool = ConnectionPool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs, open=True,
                                   name="nile_tenancy")
         self._pool: ConnectionPool[Any] = pool
+        self._reads = c.ReadPath(one_round_trip_reads)
         self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
             f"nile_tenancy_scope_{id(self)}", default=None
         )
@@ -295,8 +363,9 @@ class Nile:
     def tenant_context(
         self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
     ) -> Iterator["Nile"]:
-        """``with nile.tenant_context(tenant_id):`` (or ``token=``, a signed tenant token): the block is one
-        transaction in the tenant's context; ``nile.sql`` runs in it."""
+        """``with nile.tenant_context(tenant_id):`` (or ``token=``, a signed tenant token): the block is one unit of
+        work in the tenant's context (one transaction from its first write on; reads before it each in a read-only
+        transaction of their own unless ``one_round_trip_reads=False``); ``nile.sql`` runs in it."""
         key = c.tenant_key(tenant_id, token)
         current = self._open_scope()
         if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
@@ -304,7 +373,9 @@ class Nile:
                 _verify_nested_token(current, token)
             yield self
             return
-        with self._scoped("tenant", key, c.SET_TENANT_TOKEN if token else c.SET_TENANT, token or key):
+        enter, read_only = (c.SET_TENANT_TOKEN, c.SET_TENANT_TOKEN_READ_ONLY) if token else (c.SET_TENANT,
+                                                                                        c.SET_TENANT_READ_ONLY)
+        with self._scoped("tenant", key, enter, read_only, token or key):
             yield self
 
     @contextlib.contextmanager
@@ -315,7 +386,7 @@ class Nile:
         if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
             yield self
             return
-        with self._scoped("admin", None, c.ADMIN_CONTEXT, reason or c.caller_name()):
+        with self._scoped("admin", None, c.ADMIN_CONTEXT, None, reason or c.caller_name()):
             yield self
 
     def _live_scope(self) -> _Scope | None:
@@ -333,27 +404,33 @@ class Nile:
         return None if scope is None or scope.closed else scope
 
     @contextlib.contextmanager
-    def _scoped(self, kind: str, key: str | None, enter_sql: str, argument: Any) -> Iterator[_Scope]:
+    def _scoped(
+        self, kind: str, key: str | None, enter_sql: str, read_only_sql: str | None, argument: Any
+    ) -> Iterator[_Scope]:
         with self._pool.connection() as conn:
             require_idle(conn)
-            # BEGIN is sent as a statement of the pipeline: psycopg's own implicit BEGIN (autocommit off) is
-            # synchronised alone, a round trip of its own. The connection's autocommit setting is restored at the end
-            # (set outside pipeline mode, where changing it costs nothing).
+            # BEGIN is sent as a statement of a pipeline: psycopg's own implicit BEGIN (autocommit off) is
+            # synchronised alone, a round trip of its own; and a read is sent without BEGIN (autocommit on). The
+            # connection's autocommit setting is restored at the end (outside pipeline mode, where it costs nothing).
             was_autocommit = conn.autocommit
-            scope = _Scope(kind, key, conn, contextlib.ExitStack())
+            scope = _Scope(kind, key, conn, self, enter_sql, argument,
+                           read_only_sql if c.reads_may_run_alone(conn) else None, c.begin_sql(conn))
             token: contextvars.Token[_Scope | None] | None = None
             try:
                 if not was_autocommit:
                     conn.set_autocommit(True)
                 token = self._scope.set(scope)
-                assert scope.pipeline is not None
-                scope.pipeline.enter_context(conn.pipeline())
-                conn.execute("BEGIN")
-                conn.execute(enter_sql, [argument])
                 yield scope
-                if scope.pipeline is not None:
-                    conn.commit()  # with no statement in the block, BEGIN, the context and COMMIT go together
-                    scope.end_pipeline()
+                if not scope.used:
+                    # No statement in the block: the context is still entered (an unknown tenant raises), BEGIN, the
+                    # context and COMMIT in one round trip.
+                    scope.opened = True
+                    with conn.pipeline():
+                        conn.execute(scope.begin_sql)
+                        conn.execute(enter_sql, [argument])
+                        conn.execute("COMMIT")
+                elif not scope.opened:
+                    pass  # only reads, each in a read-only transaction of its own that has ended
                 elif conn.info.transaction_status == pq.TransactionStatus.INERROR:
                     # COMMIT would answer ROLLBACK without an error: the block's writes would be lost silently.
                     conn.rollback()
@@ -364,9 +441,7 @@ class Nile:
                     conn.execute(c.RESET_SESSION_CONTEXT)
             except BaseException:
                 # Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt),
-                # the connection goes back with no transaction open and no pipeline.
-                with contextlib.suppress(Exception):
-                    scope.end_pipeline()
+                # the connection goes back with no transaction open.
                 with contextlib.suppress(Exception):
                     conn.rollback()
                 if scope.needs_reset:
@@ -391,13 +466,13 @@ class Nile:
         """The connection of the active admin context, or of a new one for this call."""
         current = self._live_scope()
         if current is not None and current.kind == "admin":
-            current.end_pipeline()
+            current.open()
             yield current.conn
             return
         with self.admin_context(reason) as _:
             scope = self._live_scope()
             assert scope is not None
-            scope.end_pipeline()
+            scope.open()
             yield scope.conn
 
     # --- batch work ---------------------------------------------------------------------------------------------------
@@ -422,7 +497,7 @@ class Nile:
         resume: c.ForEachTenantResult | None = None,
         progress: bool | None = None,
     ) -> c.ForEachTenantResult:
-        """Run ``fn(tenant_id)`` in each active tenant's context (one transaction per tenant; ``nile.sql`` inside
+        """Run ``fn(tenant_id)`` in each active tenant's context (one context per tenant; ``nile.sql`` inside
         ``fn`` works for that tenant), ``concurrency`` tenants at a time, listing tenants ``batch_size`` at a time.
         A failure rolls back that tenant only and is collected; Ctrl-C stops starting new tenants. Returns what was
         done, what failed and what remains; pass the result as ``resume=`` to run the failed and remaining ones."""

@@ -1,0 +1,185 @@
+//! context/read_only — what lets a read-only tenant context (`nile.set_tenant_read_only()`, issue 20) end without a
+//! COMMIT of the client's: its transaction may be the implicit one of a pipeline, committed by the pipeline's Sync, so
+//! the client must be able to trust that it did nothing a ROLLBACK of the unit of work would have undone.
+//! `transaction_read_only = on` refuses writes, but not alone: a refusal can be caught (a PL/pgSQL exception block)
+//! and the read go on as if the write had happened, and a function's `SET transaction_read_only = off` clause lifts
+//! it for that function's statements. So from the moment the context is entered until its transaction ends, this
+//! module notes anything that may have written or hidden a refusal: a plan that writes or locks rows, a plan started
+//! while the transaction is not read-only (ExecutorStart), a utility statement other than SHOW and transaction
+//! control, and a subtransaction that aborts (a caught error). The commit of a transaction that noted one is refused
+//! with 25006: nothing of it stays, and the client (the Python SDK does) runs the unit of work again in a transaction
+//! of its own, entered with `nile.set_tenant()`. `nile.assert_read_only()` raises the same error as a statement, for a
+//! client that pipelines the context and its read without BEGIN and wants the error before the pipeline's Sync.
+//!
+//! Design: two backend-local cells (the nesting level the context was entered at, and the first thing noted), an
+//! ExecutorStart hook chained before the others, a utility check (src/pg/hook_chain.rs), and a transaction and a
+//! subtransaction callback; installed whenever the library is loaded, as `nile.set_tenant_read_only()` is in it.
+//! Nothing is shared between backends, so there is no lock. Erring on the side of refusing costs the client a round
+//! trip, never a lost write.
+
+use crate::pg::errors::Problem;
+use pgrx::prelude::*;
+use std::cell::Cell;
+
+thread_local! {
+    /// The transaction nesting level at which the read-only context was entered; 0 when there is none.
+    static ENTERED_AT: Cell<i32> = const { Cell::new(0) };
+    /// The first thing the context's transaction did that it must not commit.
+    static NOTED: Cell<Option<&'static str>> = const { Cell::new(None) };
+}
+
+// The standard function, declared directly: pgrx's binding would turn an ERROR raised inside it into a Rust panic and
+// re-raise it without its context.
+extern "C-unwind" {
+    #[link_name = "standard_ExecutorStart"]
+    fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
+}
+
+static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+
+pub(super) fn init() {
+    crate::pg::hook_chain::check_before_running(check_utility);
+    // SAFETY: _PG_init runs once per process before any query; the previous hook is saved and called by ours. The
+    // callbacks are registered for the life of the process.
+    unsafe {
+        PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
+        pg_sys::ExecutorStart_hook = Some(executor_start);
+        pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
+        pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
+    }
+}
+
+/// The read-only context was entered (`nile.set_tenant_read_only()`): watch the transaction from here on. Entered
+/// again deeper (a savepoint), it keeps the outermost level.
+pub(super) fn begin() {
+    // SAFETY: reads the current transaction's nesting level, valid inside a transaction (a function call is).
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    ENTERED_AT.with(|e| {
+        if e.get() == 0 || level < e.get() {
+            e.set(level);
+        }
+    });
+}
+
+fn watching() -> bool {
+    ENTERED_AT.with(|e| e.get()) != 0
+}
+
+fn note(what: &'static str) {
+    NOTED.with(|n| {
+        if n.get().is_none() {
+            n.set(Some(what));
+        }
+    });
+}
+
+fn forget() {
+    ENTERED_AT.with(|e| e.set(0));
+    NOTED.with(|n| n.set(None));
+}
+
+/// `nile.assert_read_only() RETURNS void`: raise 25006 now if the read-only tenant context's transaction noted
+/// something it must not commit, rather than at its commit. A client that pipelines a read-only context and a read
+/// without BEGIN sends it last, before the Sync: an error of the commit the Sync makes comes after the statements'
+/// answers, where a client library may not expect one (psycopg 3.3 cannot leave pipeline mode after it), while this
+/// is a statement's error like any other. Does nothing outside such a context.
+#[pg_extern(volatile, parallel_unsafe)]
+fn assert_read_only() {
+    let noted = watching().then(|| NOTED.with(|n| n.get())).flatten();
+    if let Some(what) = noted {
+        forget();
+        refuse(what);
+    }
+}
+
+fn refuse(what: &str) -> ! {
+    Problem::new(
+        PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
+        format!("the transaction of a read-only tenant context ran {what}: it cannot commit"),
+    )
+    .detail("nile.set_tenant_read_only() promises that its transaction wrote nothing and hid no refused write, so that it may end without a COMMIT of its client's. Nothing of it is kept.")
+    .hint("Run the statement in a transaction whose context is entered with nile.set_tenant() (the Python SDK does so by itself).")
+    .raise()
+}
+
+/// SAFETY: called by Postgres as ExecutorStart_hook, with a valid QueryDesc whose plannedstmt is set. Reads the plan
+/// only, then the previous hook or the standard function with the arguments we were given.
+#[pg_guard]
+unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32) {
+    // SAFETY: see above; XactReadOnly is a plain global of the backend.
+    unsafe {
+        if watching() {
+            let plan = (*query_desc).plannedstmt;
+            if (*query_desc).operation != pg_sys::CmdType::CMD_SELECT
+                || (*plan).hasModifyingCTE
+                || !(*plan).rowMarks.is_null()
+            {
+                note("a statement that writes or locks rows");
+            } else if !pg_sys::XactReadOnly {
+                note("a statement while the transaction was not read-only");
+            }
+        }
+        match PREV_EXECUTOR_START {
+            Some(prev) => prev(query_desc, eflags),
+            None => raw_standard_executor_start(query_desc, eflags),
+        }
+    }
+}
+
+/// The utility check (src/pg/hook_chain.rs): while watching, anything but SHOW and transaction control is noted.
+///
+/// # Safety
+/// `stmt` must be the valid parse tree of the utility statement about to run.
+unsafe fn check_utility(stmt: *mut pg_sys::Node) {
+    if !watching() {
+        return;
+    }
+    // SAFETY (caller): a valid node; only its tag is read.
+    let tag = unsafe { (*stmt).type_ };
+    if tag != pg_sys::NodeTag::T_VariableShowStmt && tag != pg_sys::NodeTag::T_TransactionStmt {
+        note("a utility statement");
+    }
+}
+
+/// A subtransaction aborts: one the context was entered in takes the context (and read-only) with it; one inside the
+/// context hid an error, maybe a refused write.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_subxact_event(
+    event: pg_sys::SubXactEvent::Type,
+    _my_subid: pg_sys::SubTransactionId,
+    _parent_subid: pg_sys::SubTransactionId,
+    _arg: *mut std::ffi::c_void,
+) {
+    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB || !watching() {
+        return;
+    }
+    // SAFETY: reads the aborting subtransaction's nesting level.
+    let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
+    if level <= ENTERED_AT.with(|e| e.get()) {
+        forget();
+    } else {
+        note("an error caught inside the transaction");
+    }
+}
+
+/// Before a commit (or PREPARE TRANSACTION): refuse it if the context's transaction noted something. At its end:
+/// forget.
+#[pg_guard]
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
+    match event {
+        pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
+            let noted = watching().then(|| NOTED.with(|n| n.get())).flatten();
+            forget();
+            if let Some(what) = noted {
+                refuse(what);
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT
+        | pg_sys::XactEvent::XACT_EVENT_ABORT
+        | pg_sys::XactEvent::XACT_EVENT_PREPARE => forget(),
+        _ => {}
+    }
+}
