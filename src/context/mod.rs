@@ -15,7 +15,7 @@
 //! - `read_only`: what a read-only context's transaction may not commit (a write, a hidden refusal), so that it can end
 //!   without the client's COMMIT
 //!
-//! `init()` defines the guarded settings, then registers the cache invalidations, the pool guard and the read-only
+//! `init()` defines the guarded settings, then registers the cache invalidations, the read-only guard and the pool
 //! guard.
 
 pub mod admin;
@@ -32,6 +32,8 @@ pub fn init() {
     guard::init();
     tenant_cache::init();
     role_binding::init();
-    pool_guard::init();
+    // Before the pool guard: Postgres calls transaction callbacks the last registered first, and the pool guard must
+    // drop a cursor WITH HOLD before the read-only guard may refuse the commit.
     read_only::init();
+    pool_guard::init();
 }

@@ -6,14 +6,19 @@
 //! it for that function's statements. So from the moment the context is entered until its transaction ends, this
 //! module notes anything that may have written or hidden a refusal: a plan that writes or locks rows, a plan started
 //! while the transaction is not read-only (ExecutorStart), a utility statement other than SHOW and transaction
-//! control, and a subtransaction that aborts (a caught error). The commit of a transaction that noted one is refused
+//! control, a subtransaction that aborts (a caught error), and, as a backstop for writes made some other way (a C
+//! function, a temporary table, a cursor opened earlier), a transaction id assigned since the context was entered
+//! (every write needs one; a read never does). The commit of a transaction that noted one is refused
 //! with 25006: nothing of it stays, and the client (the Python SDK does) runs the unit of work again in a transaction
 //! of its own, entered with `nile.set_tenant()`. `nile.assert_read_only()` raises the same error as a statement, for a
 //! client that pipelines the context and its read without BEGIN and wants the error before the pipeline's Sync.
 //!
-//! Design: two backend-local cells (the nesting level the context was entered at, and the first thing noted), an
-//! ExecutorStart hook chained before the others, a utility check (src/pg/hook_chain.rs), and a transaction and a
-//! subtransaction callback; installed whenever the library is loaded, as `nile.set_tenant_read_only()` is in it.
+//! Design: three backend-local cells (the nesting level the context was entered at, whether the transaction had an id
+//! then, and the first thing noted), an ExecutorStart hook (src/usage/hooks.rs installs its own later and calls this
+//! one; it only notes, so the order does not matter), a utility check (src/pg/hook_chain.rs), and a transaction and a
+//! subtransaction callback; installed whenever the library is loaded, as `nile.set_tenant_read_only()` is in it. The
+//! transaction callback must run after src/context/pool_guard.rs's (context/mod.rs registers this one first: Postgres
+//! calls the last registered first), so that a refused commit never skips dropping a cursor WITH HOLD.
 //! Nothing is shared between backends, so there is no lock. Erring on the side of refusing costs the client a round
 //! trip, never a lost write.
 
@@ -24,6 +29,8 @@ use std::cell::Cell;
 thread_local! {
     /// The transaction nesting level at which the read-only context was entered; 0 when there is none.
     static ENTERED_AT: Cell<i32> = const { Cell::new(0) };
+    /// Whether the transaction had an id when the context was entered (a write before it, in an explicit block).
+    static HAD_XID: Cell<bool> = const { Cell::new(false) };
     /// The first thing the context's transaction did that it must not commit.
     static NOTED: Cell<Option<&'static str>> = const { Cell::new(None) };
 }
@@ -55,10 +62,29 @@ pub(super) fn begin() {
     // SAFETY: reads the current transaction's nesting level, valid inside a transaction (a function call is).
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
     ENTERED_AT.with(|e| {
+        if e.get() == 0 {
+            HAD_XID.with(|h| h.set(has_xid()));
+        }
         if e.get() == 0 || level < e.get() {
             e.set(level);
         }
     });
+}
+
+fn has_xid() -> bool {
+    // SAFETY: reads the top transaction's id, or InvalidTransactionId (0) when it has none; assigns nothing.
+    let xid = unsafe { pg_sys::GetTopTransactionIdIfAny() };
+    xid != pg_sys::InvalidTransactionId
+}
+
+/// What the context's transaction did that it must not commit, if anything, including the transaction-id backstop.
+fn noted_so_far() -> Option<&'static str> {
+    if !watching() {
+        return None;
+    }
+    NOTED.with(|n| n.get()).or_else(|| {
+        (!HAD_XID.with(|h| h.get()) && has_xid()).then_some("was given a transaction id (a write)")
+    })
 }
 
 fn watching() -> bool {
@@ -75,6 +101,7 @@ fn note(what: &'static str) {
 
 fn forget() {
     ENTERED_AT.with(|e| e.set(0));
+    HAD_XID.with(|h| h.set(false));
     NOTED.with(|n| n.set(None));
 }
 
@@ -82,12 +109,11 @@ fn forget() {
 /// something it must not commit, rather than at its commit. A client that pipelines a read-only context and a read
 /// without BEGIN sends it last, before the Sync: an error of the commit the Sync makes comes after the statements'
 /// answers, where a client library may not expect one (psycopg 3.3 cannot leave pipeline mode after it), while this
-/// is a statement's error like any other. Does nothing outside such a context.
+/// is a statement's error like any other. Does nothing outside such a context. What was noted stays noted (a caller
+/// that catches this error still cannot commit).
 #[pg_extern(volatile, parallel_unsafe)]
 fn assert_read_only() {
-    let noted = watching().then(|| NOTED.with(|n| n.get())).flatten();
-    if let Some(what) = noted {
-        forget();
+    if let Some(what) = noted_so_far() {
         refuse(what);
     }
 }
@@ -95,7 +121,7 @@ fn assert_read_only() {
 fn refuse(what: &str) -> ! {
     Problem::new(
         PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
-        format!("the transaction of a read-only tenant context ran {what}: it cannot commit"),
+        format!("the transaction of a read-only tenant context {what}: it cannot commit"),
     )
     .detail("nile.set_tenant_read_only() promises that its transaction wrote nothing and hid no refused write, so that it may end without a COMMIT of its client's. Nothing of it is kept.")
     .hint("Run the statement in a transaction whose context is entered with nile.set_tenant() (the Python SDK does so by itself).")
@@ -114,9 +140,9 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
                 || (*plan).hasModifyingCTE
                 || !(*plan).rowMarks.is_null()
             {
-                note("a statement that writes or locks rows");
+                note("started a statement that writes or locks rows");
             } else if !pg_sys::XactReadOnly {
-                note("a statement while the transaction was not read-only");
+                note("started a statement while it was not read-only");
             }
         }
         match PREV_EXECUTOR_START {
@@ -137,12 +163,13 @@ unsafe fn check_utility(stmt: *mut pg_sys::Node) {
     // SAFETY (caller): a valid node; only its tag is read.
     let tag = unsafe { (*stmt).type_ };
     if tag != pg_sys::NodeTag::T_VariableShowStmt && tag != pg_sys::NodeTag::T_TransactionStmt {
-        note("a utility statement");
+        note("ran a utility statement");
     }
 }
 
-/// A subtransaction aborts: one the context was entered in takes the context (and read-only) with it; one inside the
-/// context hid an error, maybe a refused write.
+/// A subtransaction ends. One the context was entered in: aborted, it takes the context (and read-only) with it;
+/// released, the context now belongs to its parent. One inside the context that aborts hid an error, maybe a refused
+/// write.
 #[pg_guard]
 unsafe extern "C-unwind" fn on_subxact_event(
     event: pg_sys::SubXactEvent::Type,
@@ -150,15 +177,21 @@ unsafe extern "C-unwind" fn on_subxact_event(
     _parent_subid: pg_sys::SubTransactionId,
     _arg: *mut std::ffi::c_void,
 ) {
-    if event != pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB || !watching() {
+    if !watching() {
         return;
     }
-    // SAFETY: reads the aborting subtransaction's nesting level.
+    // SAFETY: reads the ending subtransaction's nesting level.
     let level = unsafe { pg_sys::GetCurrentTransactionNestLevel() };
-    if level <= ENTERED_AT.with(|e| e.get()) {
-        forget();
-    } else {
-        note("an error caught inside the transaction");
+    let entered_at = ENTERED_AT.with(|e| e.get());
+    match event {
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB if level <= entered_at => forget(),
+        pg_sys::SubXactEvent::SUBXACT_EVENT_ABORT_SUB => {
+            note("caught an error (which may have hidden a refused write)")
+        }
+        pg_sys::SubXactEvent::SUBXACT_EVENT_COMMIT_SUB if level == entered_at => {
+            ENTERED_AT.with(|e| e.set(level - 1));
+        }
+        _ => {}
     }
 }
 
@@ -171,7 +204,7 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT | pg_sys::XactEvent::XACT_EVENT_PRE_PREPARE => {
-            let noted = watching().then(|| NOTED.with(|n| n.get())).flatten();
+            let noted = noted_so_far();
             forget();
             if let Some(what) = noted {
                 refuse(what);

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Callable
 
 import psycopg
+import psycopg.sql
 import pytest
 from psycopg_pool import ConnectionPool
 
 from conftest import DB, dsn, superuser
+import nile_tenancy._common as common
 from nile_tenancy import AsyncNile, Nile, errors
 
 
@@ -384,3 +386,55 @@ def test_a_session_wide_context_entered_in_a_block_is_cleared(two_tenants: tuple
                 nile.sql.execute(statement, [globex])
             with nile.pool.connection() as conn:
                 assert conn.execute("SELECT nile.current_tenant()").fetchone() == (None,), statement
+
+
+def test_a_session_wide_context_from_bytes_or_composed_statements_is_cleared(two_tenants: tuple[str, str]) -> None:
+    acme, globex = two_tenants
+    statements = (b"SELECT nile.set_tenant(%s, false)", psycopg.sql.SQL("SELECT nile.set_tenant({}, false)"))
+    with Nile(dsn("sdk_admin", server=True), max_size=1) as nile:
+        for statement in statements:
+            with nile.tenant_context(acme):
+                if isinstance(statement, psycopg.sql.SQL):
+                    nile.sql.execute(statement.format(psycopg.sql.Literal(globex)))
+                else:
+                    nile.sql.execute(statement, [globex])
+            with nile.pool.connection() as conn:
+                assert conn.execute("SELECT nile.current_tenant()").fetchone() == (None,), statement
+
+
+def test_several_statements_in_one_string_still_work(nile: Nile, two_tenants: tuple[str, str]) -> None:
+    """A pipeline takes one statement per string; a string of several goes to the block's transaction, as before."""
+    acme, _ = two_tenants
+    with nile.tenant_context(acme):
+        assert nile.sql.fetch_one("SELECT username FROM public.users; SELECT 2") == ("ada",)
+
+
+def test_a_nested_token_check_does_not_swallow_a_sibling_tasks_write(
+    admin: Nile, two_tenants: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server checks a nested token in a savepoint it rolls back at once; a task sharing the context writes at the
+    same time. The write must not land inside that savepoint (it would be rolled back with it, after it said it had
+    written). The check is slowed down so that the write arrives during it."""
+    acme, _ = two_tenants
+    token = admin.tokens.sign(acme, dt.timedelta(minutes=5))
+    monkeypatch.setattr(common, "SET_TENANT_TOKEN", "SELECT nile.set_tenant_token(%s) FROM pg_catalog.pg_sleep(0.3)")
+
+    async def main() -> None:
+        async with AsyncNile(dsn("app_user"), max_size=1) as nile:
+            async with nile.tenant_context(acme):
+                await nile.sql.execute("UPDATE public.users SET email = email")  # the block's transaction is open
+
+                async def nested_check() -> None:
+                    async with nile.tenant_context(token=token):
+                        pass
+
+                async def write() -> None:
+                    await asyncio.sleep(0.1)
+                    await nile.sql.execute("INSERT INTO public.users (username, email) VALUES ('sibling', 's@x.test')")
+
+                await asyncio.gather(nested_check(), write())
+            async with nile.tenant_context(acme):
+                rows = await nile.sql.fetch_all("SELECT username FROM public.users ORDER BY username")
+                assert rows == [("ada",), ("sibling",)]
+
+    asyncio.run(main())

@@ -49,6 +49,45 @@ SELECT count(*) FROM ro_notes;
 SELECT nile.assert_read_only();
 COMMIT;
 SELECT nile.assert_read_only();  -- outside such a context: nothing to say
+-- What was noted stays noted when the assertion's error is caught: the commit is still refused.
+CREATE TEMP TABLE ro_scratch (i int);
+BEGIN;
+SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered;
+INSERT INTO ro_scratch VALUES (1);  -- a temporary table: read-only allows it, the guard does not
+SAVEPOINT a;
+SELECT nile.assert_read_only();
+ROLLBACK TO SAVEPOINT a;
+COMMIT;
+-- Entered in a savepoint that is released, the context belongs to the transaction: an error caught later is noted.
+BEGIN;
+SAVEPOINT a;
+SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered;
+RELEASE SAVEPOINT a;
+SAVEPOINT b;
+SELECT 1 / 0;
+ROLLBACK TO SAVEPOINT b;
+COMMIT;
+-- Entered in a savepoint that is rolled back, it is gone, and so is the watch: the transaction commits.
+BEGIN;
+SAVEPOINT a;
+SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered;
+ROLLBACK TO SAVEPOINT a;
+SHOW transaction_read_only;
+INSERT INTO ro_scratch VALUES (2);
+COMMIT;
+SELECT i FROM ro_scratch;
+-- A write whose start the guard does not see (here only a transaction id, which a write made by C code takes): the
+-- backstop refuses it.
+SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered \; SELECT pg_current_xact_id() IS NOT NULL AS has_id, nile.assert_read_only();
+-- A cursor WITH HOLD declared before the context: its rows, read in the context at the commit, are dropped even when
+-- the read-only guard would refuse the commit too (the pool guard goes first; the next client cannot FETCH them).
+BEGIN;
+DECLARE ro_held CURSOR WITH HOLD FOR SELECT body FROM ro_notes;
+SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered;
+SAVEPOINT s;
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+FETCH ALL FROM ro_held;
 
 -- Nothing that would outlive the transaction's early end: writes, row locks, a function that writes (25006).
 \set VERBOSITY sqlstate

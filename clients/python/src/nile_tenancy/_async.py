@@ -44,18 +44,24 @@ class _Scope:
     async def open(self) -> None:
         """See :meth:`nile_tenancy._sync._Scope.open`."""
         async with self.lock:
-            if not self.opened:
-                self.opened = self.used = True
-                async with self.conn.pipeline():
-                    await self.conn.execute(self.begin_sql)
-                    await self.conn.execute(self.enter_sql, [self.argument])
+            await self._open()
+
+    async def _open(self) -> None:
+        if not self.opened:
+            self.opened = self.used = True
+            async with self.conn.pipeline():
+                await self.conn.execute(self.begin_sql)
+                await self.conn.execute(self.enter_sql, [self.argument])
 
     async def run(self, query: Any, params: Params) -> psycopg.AsyncCursor[Any]:
         """See :meth:`nile_tenancy._sync._Scope.run`."""
         async with self.lock:
-            if isinstance(query, str) and c.may_enter_a_context(query):
+            if c.may_enter_a_context(query):
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
+                return await self.conn.execute(query, params)
+            if c.several_statements(query):
+                await self._open()
                 return await self.conn.execute(query, params)
             reads = self.client._reads
             if self.read_only_sql is not None and reads.wants(query):
@@ -101,10 +107,11 @@ def require_idle(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 async def _verify_nested_token(scope: _Scope, token: str) -> None:
-    """See :func:`nile_tenancy._sync._verify_nested_token`."""
-    await scope.open()
-    async with scope.conn.transaction(force_rollback=True):
-        row = await (await scope.conn.execute(c.SET_TENANT_TOKEN, [token])).fetchone()
+    """See :func:`nile_tenancy._sync._verify_nested_token` (under the scope's lock, too)."""
+    async with scope.lock:
+        await scope._open()
+        async with scope.conn.transaction(force_rollback=True):
+            row = await (await scope.conn.execute(c.SET_TENANT_TOKEN, [token])).fetchone()
     c.check_verified_tenant(row, scope.key)
 
 

@@ -24,8 +24,13 @@ SET_TENANT_READ_ONLY = "SELECT nile.set_tenant_read_only(%s::uuid)"
 SET_TENANT_TOKEN_READ_ONLY = "SELECT nile.set_tenant_token_read_only(%s)"
 ASSERT_READ_ONLY = "SELECT nile.assert_read_only()"
 #: Whether the database's nile_tenancy has the one-round-trip reads (0.3.0 and later; until ALTER EXTENSION UPDATE,
-#: an older database does not).
-HAS_READ_ONLY_CONTEXT = "SELECT pg_catalog.to_regprocedure('nile.assert_read_only()') IS NOT NULL"
+#: an older database does not) and the role may use them (nile_app may).
+HAS_READ_ONLY_CONTEXT = (
+    "SELECT coalesce(bool_and(f IS NOT NULL AND pg_catalog.has_function_privilege(f, 'EXECUTE')), false) FROM (VALUES"
+    " (pg_catalog.to_regprocedure('nile.set_tenant_read_only(uuid)')),"
+    " (pg_catalog.to_regprocedure('nile.set_tenant_token_read_only(text)')),"
+    " (pg_catalog.to_regprocedure('nile.assert_read_only()'))) AS v(f)"
+)
 ADMIN_CONTEXT = "SELECT nile.admin_context(%s)"
 TENANT_COLUMNS = "id, name, status::text, created_at, metadata"
 CREATE_TENANT = "SELECT nile.create_tenant(%s, %s::uuid, %s::jsonb)"
@@ -69,10 +74,25 @@ RUN_IN_TRANSACTION = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.Inva
 _TRANSACTION_SCOPED = ("advisory_xact", "set_config", "pg_notify", "xact_id", "txid_", "set_tenant")
 
 
+def several_statements(query: Any) -> bool:
+    """Whether a statement's text holds several statements (a ';' before its end; maybe one in a literal): a pipeline
+    takes one per string (the extended protocol), so it is sent on its own, where psycopg uses the simple protocol."""
+    if isinstance(query, bytes):
+        query = query.decode("utf-8", "replace")
+    return isinstance(query, str) and ";" in query.rstrip().rstrip(";")
+
+
+def may_enter_a_context(query: Any) -> bool:
+    """Whether a statement may call the extension's context functions itself (``set_tenant(…, false)`` would keep a
+    context for the session): the block then clears any session-wide context before the connection goes back. A
+    statement that is not text (a psycopg.sql.Composed) may."""
+    if isinstance(query, bytes):
+        query = query.decode("utf-8", "replace")
+    return _names_a_context_function(query) if isinstance(query, str) else True
+
+
 @functools.lru_cache(maxsize=1024)
-def may_enter_a_context(query: str) -> bool:
-    """Whether a statement's text calls the extension's context functions itself (``set_tenant(…, false)`` would keep a
-    context for the session): the block then clears any session-wide context before the connection goes back."""
+def _names_a_context_function(query: str) -> bool:
     lowered = query.lower()
     return "set_tenant" in lowered or "admin_context" in lowered
 
@@ -148,6 +168,8 @@ def _looks_read_only(query: str) -> bool:
     (_TRANSACTION_SCOPED) does not count."""
     lowered = query.lower()
     if any(name in lowered for name in _TRANSACTION_SCOPED):
+        return False
+    if several_statements(query):
         return False
     i, n = 0, len(query)
     while i < n:

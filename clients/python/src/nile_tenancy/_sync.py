@@ -78,9 +78,12 @@ class _Scope:
     def run(self, query: Any, params: Params) -> psycopg.Cursor[Any]:
         """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes)."""
         with self.lock:
-            if isinstance(query, str) and c.may_enter_a_context(query):
+            if c.may_enter_a_context(query):
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
+                return self.conn.execute(query, params)
+            if c.several_statements(query):
+                self._open()  # BEGIN and the context, then the statements on their own
                 return self.conn.execute(query, params)
             reads = self.client._reads
             if self.read_only_sql is not None and reads.wants(query):
@@ -143,10 +146,12 @@ def tenant_transaction(
 def _verify_nested_token(scope: _Scope, token: str) -> None:
     """A token context nested in the context of the tenant the token names joins it only once the server has
     verified the token: in a savepoint rolled back at once, so the outer context (and its user id) stays as it was.
-    Nothing is trusted from the token's unverified payload."""
-    scope.open()
-    with scope.conn.transaction(force_rollback=True):
-        row = scope.conn.execute(c.SET_TENANT_TOKEN, [token]).fetchone()
+    Nothing is trusted from the token's unverified payload. Under the scope's lock: a statement of a thread sharing the
+    scope must not run inside that savepoint (it would be rolled back with it)."""
+    with scope.lock:
+        scope._open()
+        with scope.conn.transaction(force_rollback=True):
+            row = scope.conn.execute(c.SET_TENANT_TOKEN, [token]).fetchone()
     c.check_verified_tenant(row, scope.key)
 
 
