@@ -66,7 +66,7 @@ def sandbox_environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
 def sandbox_dirs() -> set[Path]:
     """The sandbox directories of this process (other processes on the machine may have theirs)."""
     mine = set()
-    for path in Path(tempfile.gettempdir()).glob("nile-sandbox-*"):
+    for path in (p for root in sb._temp_roots() for p in root.glob("nile-sandbox-*")):
         try:
             if (path / "owner").read_text().split()[0] == str(os.getpid()):
                 mine.add(path)
@@ -649,3 +649,24 @@ def test_a_planted_copy_of_the_build_is_not_run(tmp_path: Path) -> None:
             sb._reachable_build(build, user)
     finally:
         shutil.rmtree(copy, ignore_errors=True)
+
+
+def test_sandboxes_live_on_a_tmpfs_unless_tmpdir_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """TMPDIR wins; without it, /dev/shm when it is a tmpfs with 1 GiB free (this machine's is checked the same way
+    here, from /proc/mounts and statvfs), else the system's temporary directory."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    tempfile.tempdir = None  # tempfile caches the directory it found
+    try:
+        assert sb._temp_roots() == [tmp_path]
+        monkeypatch.delenv("TMPDIR")
+        tempfile.tempdir = None
+        shm_is_tmpfs = any(line.split()[1:3] == ["/dev/shm", "tmpfs"] for line in Path("/proc/mounts").read_text()
+                           .splitlines())
+        room = os.statvfs("/dev/shm") if Path("/dev/shm").exists() else None
+        roomy = room is not None and room.f_bavail * room.f_frsize >= 1 << 30
+        expected = Path("/dev/shm") if shm_is_tmpfs and roomy else Path(tempfile.gettempdir())
+        assert sb._temp_roots()[0] == expected
+    finally:
+        tempfile.tempdir = None
