@@ -130,12 +130,12 @@ impl Entry {
 /// REPEATABLE READ or SERIALIZABLE a unit of work's statements must share one transaction, so this raises 25000 and
 /// the caller uses BEGIN.
 pub(super) fn enter_read_only(id: [u8; 16], user: Option<&str>, by_token: bool) {
-    // SAFETY: reads the backend's current isolation level, a plain global set at transaction start.
     let entry = if by_token {
         Entry::SetTenantTokenReadOnly
     } else {
         Entry::SetTenantReadOnly
     };
+    // SAFETY: reads the backend's current isolation level, a plain global set at transaction start.
     if unsafe { pg_sys::XactIsoLevel } >= pg_sys::XACT_REPEATABLE_READ as i32 {
         Problem::new(
             PgSqlErrorCode::ERRCODE_INVALID_TRANSACTION_STATE,

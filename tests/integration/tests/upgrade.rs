@@ -218,12 +218,12 @@ fn upgrade_from(previous: &str, db: &str) {
     let upgraded: String = one(&mut old, CATALOG);
     let installed: String = one(&mut new, CATALOG);
     if upgraded != installed {
-        let up: std::collections::BTreeSet<&str> = upgraded.lines().collect();
-        let inst: std::collections::BTreeSet<&str> = installed.lines().collect();
-        // Lines that are in both but in other places (a function definition with one more or one less of a line
-        // that other definitions have, such as STRICT) only show in the first place the two texts part.
         let (up_lines, inst_lines): (Vec<&str>, Vec<&str>) =
             (upgraded.lines().collect(), installed.lines().collect());
+        let up: std::collections::BTreeSet<&str> = up_lines.iter().copied().collect();
+        let inst: std::collections::BTreeSet<&str> = inst_lines.iter().copied().collect();
+        // Lines that are in both but in other places (a function definition with one more or one less of a line
+        // that other definitions have, such as STRICT) only show in the first place the two texts part.
         let first = up_lines
             .iter()
             .zip(&inst_lines)

@@ -134,26 +134,15 @@ class AsyncSql:
                 await conn.execute(c.RESET_SESSION_CONTEXT)
             yield cur
 
-    # Inside a context (the hot path) each method runs the statement on the scope directly, without _cursor.
-
     async def execute(self, query: Any, params: Params = None) -> int:
-        scope = self._client._live_scope()
-        if scope is not None:
-            return (await scope.run(query, params)).rowcount
         async with self._cursor(query, params) as cur:
             return cur.rowcount
 
     async def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
-        scope = self._client._live_scope()
-        if scope is not None:
-            return await (await scope.run(query, params)).fetchone()
         async with self._cursor(query, params) as cur:
             return await cur.fetchone()
 
     async def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
-        scope = self._client._live_scope()
-        if scope is not None:
-            return await (await scope.run(query, params)).fetchall()
         async with self._cursor(query, params) as cur:
             return await cur.fetchall()
 

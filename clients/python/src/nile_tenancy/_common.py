@@ -26,7 +26,8 @@ ASSERT_READ_ONLY = "SELECT nile.assert_read_only()"
 #: Whether the database's nile_tenancy has the one-round-trip reads (0.3.0 and later; until ALTER EXTENSION UPDATE,
 #: an older database does not) and the role may use them (nile_app may).
 HAS_READ_ONLY_CONTEXT = (
-    "SELECT coalesce(bool_and(f IS NOT NULL AND pg_catalog.has_function_privilege(f, 'EXECUTE')), false) FROM (VALUES"
+    "SELECT coalesce(pg_catalog.bool_and(f IS NOT NULL AND pg_catalog.has_function_privilege(f, 'EXECUTE')), false)"
+    " FROM (VALUES"
     " (pg_catalog.to_regprocedure('nile.set_tenant_read_only(uuid)')),"
     " (pg_catalog.to_regprocedure('nile.set_tenant_token_read_only(text)')),"
     " (pg_catalog.to_regprocedure('nile.assert_read_only()'))) AS v(f)"
@@ -74,21 +75,27 @@ RUN_IN_TRANSACTION = (psycopg.errors.ReadOnlySqlTransaction, psycopg.errors.Inva
 _TRANSACTION_SCOPED = ("advisory_xact", "set_config", "pg_notify", "xact_id", "txid_", "set_tenant")
 
 
+def _text(query: Any) -> str | None:
+    """A statement's text (``bytes`` decoded), or None for one that is not text (a psycopg.sql.Composed, which needs a
+    connection to become text)."""
+    if isinstance(query, bytes):
+        return query.decode("utf-8", "replace")
+    return query if isinstance(query, str) else None
+
+
 def several_statements(query: Any) -> bool:
     """Whether a statement's text holds several statements (a ';' before its end; maybe one in a literal): a pipeline
     takes one per string (the extended protocol), so it is sent on its own, where psycopg uses the simple protocol."""
-    if isinstance(query, bytes):
-        query = query.decode("utf-8", "replace")
-    return isinstance(query, str) and ";" in query.rstrip().rstrip(";")
+    text = _text(query)
+    return text is not None and ";" in text.rstrip().rstrip(";")
 
 
 def may_enter_a_context(query: Any) -> bool:
     """Whether a statement may call the extension's context functions itself (``set_tenant(…, false)`` would keep a
     context for the session): the block then clears any session-wide context before the connection goes back. A
     statement that is not text (a psycopg.sql.Composed) may."""
-    if isinstance(query, bytes):
-        query = query.decode("utf-8", "replace")
-    return _names_a_context_function(query) if isinstance(query, str) else True
+    text = _text(query)
+    return True if text is None else _names_a_context_function(text)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -110,7 +117,8 @@ class ReadPath:
 
     def wants(self, query: Any) -> bool:
         """Whether to send ``query`` in a read-only transaction of its own (given that the database has them)."""
-        return self.enabled is not False and looks_read_only(query) and _text(query) not in self.refused
+        text = _text(query)
+        return self.enabled is not False and text is not None and _looks_read_only(text) and text not in self.refused
 
     def refused_by_server(self, query: Any, error: Exception) -> None:
         """The server refused ``query`` in a read-only transaction: 25000 (the isolation level) turns the reads off for
@@ -118,13 +126,12 @@ class ReadPath:
         if isinstance(error, psycopg.errors.InvalidTransactionState):
             self.enabled = False
             return
+        text = _text(query)
+        if text is None:
+            return  # never sent that way (wants() is False for it)
         if len(self.refused) >= self.REMEMBERED:
             self.refused.clear()
-        self.refused.add(_text(query))
-
-
-def _text(query: Any) -> str:
-    return query.decode("utf-8", "replace") if isinstance(query, bytes) else query
+        self.refused.add(text)
 
 
 def begin_sql(conn: Any) -> str:
@@ -150,19 +157,11 @@ def reads_may_run_alone(conn: Any) -> bool:
 _READ_KEYWORDS = ("select", "values", "table")
 
 
-def looks_read_only(query: Any) -> bool:
-    """Whether a statement's text looks like a read (see _looks_read_only), remembered for the last 1024 texts."""
-    if isinstance(query, bytes):
-        query = query.decode("utf-8", "replace")
-    if not isinstance(query, str):
-        return False  # a psycopg.sql.Composed needs a connection to become text: take the general way
-    return _looks_read_only(query)
-
-
 @functools.lru_cache(maxsize=1024)
 def _looks_read_only(query: str) -> bool:
-    """Whether a statement's text starts like a query that writes nothing (SELECT, VALUES, TABLE, after comments and
-    parentheses), so that it is worth sending in a read-only transaction of its own. A guess only: the server enforces
+    """Whether a statement's text (remembered for the last 1024 texts) starts like a query that writes nothing
+    (SELECT, VALUES, TABLE, after comments and parentheses), so that it is worth sending in a read-only transaction of
+    its own. A guess only: the server enforces
     read-only, and a statement it refuses (SELECT ... FOR UPDATE, a function that writes) is run again in the block's
     transaction. A statement that names a call whose effect lasts until the end of the transaction
     (_TRANSACTION_SCOPED) does not count."""

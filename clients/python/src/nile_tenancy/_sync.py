@@ -175,29 +175,18 @@ class Sql:
                 conn.execute(c.RESET_SESSION_CONTEXT)
             yield cur
 
-    # Inside a context (the hot path) each method runs the statement on the scope directly, without _cursor.
-
     def execute(self, query: Any, params: Params = None) -> int:
         """Run one statement; returns the number of rows it affected (-1 when not applicable)."""
-        scope = self._client._live_scope()
-        if scope is not None:
-            return scope.run(query, params).rowcount
         with self._cursor(query, params) as cur:
             return cur.rowcount
 
     def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
         """The first row of a query, as a tuple, or None."""
-        scope = self._client._live_scope()
-        if scope is not None:
-            return scope.run(query, params).fetchone()
         with self._cursor(query, params) as cur:
             return cur.fetchone()
 
     def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
         """Every row of a query, as tuples."""
-        scope = self._client._live_scope()
-        if scope is not None:
-            return scope.run(query, params).fetchall()
         with self._cursor(query, params) as cur:
             return cur.fetchall()
 

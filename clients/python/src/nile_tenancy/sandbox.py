@@ -674,7 +674,7 @@ def _process_start(pid: int) -> str | None:
 
 
 #: A sandbox's directory goes to this tmpfs, when TMPDIR is not set and it has this much room: a sandbox is thrown away,
-#: and a database cloned in memory takes about 10 ms, against 240 ms on the ext4 of docs/performance.md's machine.
+#: and a database cloned in memory took about 10 ms, against 240 ms on ext4, on the 2-core test machine (README).
 _SHM, _SHM_ROOM = Path("/dev/shm"), 1 << 30
 
 
