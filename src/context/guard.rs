@@ -14,8 +14,8 @@
 //! The assign hooks keep a parsed copy of the tenant id in backend memory, so the policy functions never parse text.
 
 use crate::pg::errors::NileCode;
-use crate::pg::guc::{proposed_string, refuse, set_setting, Scope};
-use crate::pg::uuid_text::{format_uuid, parse_canonical_uuid};
+use crate::pg::guc::{proposed_string, refuse, set_own_setting, Scope};
+use crate::pg::uuid_text::{parse_canonical_uuid, uuid_c_text};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -39,8 +39,11 @@ thread_local! {
     static CURRENT_TENANT: Cell<Option<[u8; 16]>> = const { Cell::new(None) };
     /// Whether the admin context is in force, kept in step by the assign hook of `nile.admin_active`.
     static ADMIN_IN_FORCE: Cell<bool> = const { Cell::new(false) };
-    /// The one tenant-id value the check hook will accept, set only while `set_tenant_context` applies it.
-    static AUTHORIZED_TENANT: RefCell<Option<CString>> = const { RefCell::new(None) };
+    /// The one tenant-id value (its canonical text) the check hook will accept, set only while `set_tenant_context`
+    /// applies it.
+    static AUTHORIZED_TENANT: Cell<Option<[u8; 36]>> = const { Cell::new(None) };
+    /// Whether `nile.user_id` is not empty, kept in step by its assign hook.
+    static USER_ID_SET: Cell<bool> = const { Cell::new(false) };
     /// The one user-id value the check hook will accept, set only while `set_tenant_context` applies it.
     static AUTHORIZED_USER: RefCell<Option<CString>> = const { RefCell::new(None) };
     /// Whether the check hook will accept `nile.admin_active = on`, set only while `set_admin_context` applies it.
@@ -73,7 +76,7 @@ pub(super) fn init() {
             GucFlags::from_bits_retain(pg_sys::GUC_NOT_IN_SAMPLE as i32)
                 | GucFlags::DISALLOW_IN_FILE,
             Some(check_user_id),
-            None,
+            Some(assign_user_id),
             None,
         );
         GucRegistry::define_bool_guc_with_hooks(
@@ -89,6 +92,18 @@ pub(super) fn init() {
             None,
         );
     }
+}
+
+thread_local! {
+    /// Told the new tenant whenever `nile.tenant_id` takes another value (see `on_tenant_switch`).
+    static SWITCH_LISTENER: Cell<Option<fn(Option<[u8; 16]>)>> = const { Cell::new(None) };
+}
+
+/// Call `listener` with the new tenant (None: no context) whenever this backend's tenant context changes to another
+/// value: entered, switched, cleared, or restored by the end of a transaction or a rollback to a savepoint. Registered
+/// from an `init()` in `_PG_init`; the listener runs inside the setting's assign hook, so it must never raise.
+pub fn on_tenant_switch(listener: fn(Option<[u8; 16]>)) {
+    SWITCH_LISTENER.with(|l| l.set(Some(listener)));
 }
 
 /// The tenant this session works for, as parsed by the assign hook.
@@ -120,20 +135,36 @@ pub(super) fn forget_context_entered() {
 
 /// Apply `tenant` (or clear the context with `None`) and the token's `user` id (or none) through the GUC machinery.
 /// `is_local` gives `SET LOCAL` semantics: the values revert at the end of the transaction.
+///
+/// A `SET LOCAL` to the value a setting already has changes nothing, not even what `ROLLBACK TO SAVEPOINT` or the end
+/// of the transaction restore (they restore the value from before the first change at their level, which is the same
+/// value either way), so such a write is skipped: the common `nile.set_tenant()` (no token before, none now) applies
+/// one setting instead of two. A session-wide `SET` is always applied: it replaces the value the transaction's end
+/// restores.
 pub(super) fn set_tenant_context(tenant: Option<[u8; 16]>, user: Option<&str>, is_local: bool) {
-    let value = match tenant {
-        Some(bytes) => CString::new(format_uuid(&bytes)).unwrap_or_default(),
-        None => CString::default(),
-    };
-    // A user id with a NUL byte cannot come from a verified token (JSON strings are checked before); treat as none.
-    let user = user.and_then(|u| CString::new(u).ok()).unwrap_or_default();
     if tenant.is_some() {
         CONTEXT_ENTERED.with(|c| c.set(true));
     }
-    let _tenant = Authorized::grant(&AUTHORIZED_TENANT, value.clone());
-    let _user = Authorized::grant(&AUTHORIZED_USER, user.clone());
-    apply(TENANT_ID_GUC, &value, is_local);
-    apply(USER_ID_GUC, &user, is_local);
+    if !(is_local && current_tenant() == tenant) {
+        let text = tenant.map(|bytes| uuid_c_text(&bytes));
+        let value = text
+            .as_ref()
+            .and_then(|t| CStr::from_bytes_with_nul(t).ok())
+            .unwrap_or(c"");
+        let _tenant = AuthorizedTenant::grant(text.map(|t| {
+            let mut digits = [0u8; 36];
+            digits.copy_from_slice(&t[..36]);
+            digits
+        }));
+        apply(TENANT_ID_GUC, value, is_local);
+    }
+    // A user id with a NUL byte cannot come from a verified token (JSON strings are checked before); treat as none.
+    let user = user.and_then(|u| CString::new(u).ok());
+    if user.is_some() || !is_local || USER_ID_SET.with(Cell::get) {
+        let user = user.unwrap_or_default();
+        let _user = Authorized::grant(&AUTHORIZED_USER, user.clone());
+        apply(USER_ID_GUC, &user, is_local);
+    }
 }
 
 /// The user id of the token the session entered its tenant with.
@@ -151,9 +182,9 @@ pub(super) fn set_admin_context() {
     apply(ADMIN_ACTIVE_GUC, c"on", true);
 }
 
-fn apply(name: &CStr, value: &CStr, is_local: bool) {
+fn apply(name: &'static CStr, value: &CStr, is_local: bool) {
     // An ERROR inside it unwinds through the authorization guards, which withdraw the authorization.
-    set_setting(
+    set_own_setting(
         name,
         value,
         if is_local {
@@ -178,6 +209,20 @@ impl Authorized {
 impl Drop for Authorized {
     fn drop(&mut self) {
         self.0.with(|a| *a.borrow_mut() = None);
+    }
+}
+
+/// Withdraws the tenant authorization when dropped, including when an ERROR unwinds through `apply`.
+struct AuthorizedTenant;
+impl AuthorizedTenant {
+    fn grant(value: Option<[u8; 36]>) -> Self {
+        AUTHORIZED_TENANT.with(|a| a.set(value));
+        AuthorizedTenant
+    }
+}
+impl Drop for AuthorizedTenant {
+    fn drop(&mut self) {
+        AUTHORIZED_TENANT.with(|a| a.set(None));
     }
 }
 
@@ -211,9 +256,14 @@ unsafe extern "C-unwind" fn check_tenant_id(
     if proposed.is_empty() {
         return true;
     }
-    let authorized = AUTHORIZED_TENANT.with(|a| a.borrow().as_deref() == Some(proposed));
-    if (authorized || restoring_parallel_worker_state())
-        && parse_canonical_uuid(proposed.to_bytes()).is_some()
+    // The authorized value is canonical text by construction (set_tenant_context formats it); a parallel worker's
+    // copy of its leader's value is parsed to make sure.
+    let authorized = AUTHORIZED_TENANT
+        .with(Cell::get)
+        .is_some_and(|a| a[..] == *proposed.to_bytes());
+    if authorized
+        || (restoring_parallel_worker_state()
+            && parse_canonical_uuid(proposed.to_bytes()).is_some())
     {
         return true;
     }
@@ -261,7 +311,18 @@ unsafe extern "C-unwind" fn assign_tenant_id(newval: *const c_char, _extra: *mut
     };
     // A value that does not parse can only be the empty one; treating it as "no tenant" fails closed.
     let parsed = value.and_then(|v| parse_canonical_uuid(v.to_bytes()));
-    CURRENT_TENANT.with(|c| c.set(parsed));
+    if CURRENT_TENANT.with(|c| c.replace(parsed)) != parsed {
+        if let Some(listener) = SWITCH_LISTENER.with(Cell::get) {
+            listener(parsed);
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn assign_user_id(newval: *const c_char, _extra: *mut c_void) {
+    // SAFETY: Postgres passes NULL or a NUL-terminated string that the check hook accepted earlier.
+    let set = !newval.is_null() && unsafe { *newval } != 0;
+    USER_ID_SET.with(|s| s.set(set));
 }
 
 #[pg_guard]

@@ -31,6 +31,7 @@ pub mod tokens;
 pub fn init() {
     guard::init();
     tenant_cache::init();
+    tenant::init();
     role_binding::init();
     // Before the pool guard: Postgres calls transaction callbacks the last registered first, and the pool guard must
     // drop a cursor WITH HOLD before the read-only guard may refuse the commit.

@@ -44,10 +44,14 @@ unsafe extern "C-unwind" fn relcache_changed(_arg: pg_sys::Datum, relid: pg_sys:
 
 /// The tenant this session is bound to, if its login role (or, failing that, its current outer role) is bound.
 pub(super) fn bound_tenant() -> Option<[u8; 16]> {
-    // SAFETY: reads the session's role ids.
-    let (session_user, outer_user) =
-        unsafe { (pg_sys::GetSessionUserId(), pg_sys::GetOuterUserId()) };
     with_bindings(|bindings| {
+        if bindings.is_empty() {
+            return None; // the common case: no role is bound
+        }
+        let (session_user, outer_user) = (
+            crate::pg::unguarded::session_user_id(),
+            crate::pg::unguarded::outer_user_id(),
+        );
         bindings
             .get(&session_user)
             .or_else(|| bindings.get(&outer_user))
@@ -72,8 +76,8 @@ pub(super) fn refuse_if_bound(what: &str) {
 }
 
 fn with_bindings<R>(f: impl FnOnce(&HashMap<pg_sys::Oid, [u8; 16]>) -> R) -> R {
-    // SAFETY: reads transaction state; invalidations are only accepted outside parallel mode (see tenant_cache).
-    let parallel = unsafe { pg_sys::IsInParallelMode() };
+    // Invalidations are only accepted outside parallel mode (see tenant_cache).
+    let parallel = crate::pg::unguarded::is_in_parallel_mode();
     if !parallel {
         // SAFETY: plain call into Postgres from a backend in a transaction.
         unsafe { pg_sys::AcceptInvalidationMessages() };

@@ -16,6 +16,7 @@ use crate::pg::privilege::in_transaction_block;
 use crate::settings::{self, MissingTenant};
 use pgrx::prelude::*;
 use pgrx::Uuid;
+use std::cell::Cell;
 
 /// `nile.set_tenant(tenant_id uuid, is_local boolean DEFAULT true) RETURNS uuid`
 #[pg_extern(volatile, parallel_unsafe)]
@@ -146,7 +147,7 @@ pub(super) fn enter_read_only(id: [u8; 16], user: Option<&str>, by_token: bool) 
         .raise();
     }
     enter_tenant_checked(id, user, true, entry);
-    crate::pg::guc::set_setting(
+    crate::pg::guc::set_own_setting(
         c"transaction_read_only",
         c"on",
         crate::pg::guc::Scope::Transaction,
@@ -196,20 +197,44 @@ fn enter_tenant_checked(id: [u8; 16], user: Option<&str>, is_local: bool, entry:
     guard::set_tenant_context(Some(id), user, is_local);
 }
 
+thread_local! {
+    /// The last role `refuse_if_bypassing_rls` looked up, and whether it refuses it (BYPASSRLS without superuser):
+    /// one catalog lookup per role instead of two per call. Forgotten whenever any role's pg_authid row changes.
+    static REFUSED_FOR_BYPASSING_RLS: Cell<Option<(pg_sys::Oid, bool)>> = const { Cell::new(None) };
+}
+
+/// Registers the invalidation of the BYPASSRLS answer (called from `context::init()`).
+pub(super) fn init() {
+    // SAFETY: registering a callback during _PG_init; the callback only clears a cell and never raises an ERROR.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::AUTHOID as _,
+            Some(role_changed),
+            pg_sys::Datum::from(0),
+        )
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn role_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    REFUSED_FOR_BYPASSING_RLS.with(|c| c.set(None));
+}
+
 /// A role with BYPASSRLS (but not a superuser, who is exempt on purpose) gets 42501 instead of a tenant context that
 /// would isolate nothing: row-level security never applies to it, so it would go on seeing every tenant's rows.
 fn refuse_if_bypassing_rls() {
-    // SAFETY: GetUserId() is the current user, which exists; superuser_arg and has_bypassrls_privilege read its
-    // catalog entry.
-    let (role, superuser, bypasses_rls) = unsafe {
-        let role = pg_sys::GetUserId();
-        (
-            role,
-            pg_sys::superuser_arg(role),
-            pg_sys::has_bypassrls_privilege(role),
-        )
+    let role = crate::pg::unguarded::current_user_id();
+    let refused = match REFUSED_FOR_BYPASSING_RLS.with(Cell::get) {
+        Some((cached, refused)) if cached == role => refused,
+        _ => {
+            // SAFETY: the current user exists; superuser_arg and has_bypassrls_privilege read its catalog entry.
+            let refused =
+                unsafe { pg_sys::has_bypassrls_privilege(role) && !pg_sys::superuser_arg(role) };
+            REFUSED_FOR_BYPASSING_RLS.with(|c| c.set(Some((role, refused))));
+            refused
+        }
     };
-    if bypasses_rls && !superuser {
+    if refused {
         let name = crate::pg::privilege::role_name(role).unwrap_or_default();
         Problem::new(
             PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,

@@ -103,11 +103,9 @@ pub(super) fn describe(id: &[u8; 16]) -> String {
 /// otherwise processed only at transaction start or when a new lock is taken). Cheap when none are pending: the
 /// policy functions run once per statement. Not in parallel mode, where catalogs must stay as the leader saw them.
 fn process_pending_invalidations() {
-    // SAFETY: plain calls into Postgres from a backend in a transaction.
-    unsafe {
-        if !pg_sys::IsInParallelMode() {
-            pg_sys::AcceptInvalidationMessages();
-        }
+    if !crate::pg::unguarded::is_in_parallel_mode() {
+        // SAFETY: a plain call into Postgres from a backend in a transaction.
+        unsafe { pg_sys::AcceptInvalidationMessages() };
     }
 }
 
@@ -115,8 +113,7 @@ fn lookup(id: &[u8; 16]) -> Option<TenantInfo> {
     let found = read_from_table(id);
     // In parallel mode the read used the statement's snapshot, which in REPEATABLE READ can be older than the last
     // invalidation: use it for this call, but never keep it.
-    // SAFETY: reads transaction state.
-    let keep = !unsafe { pg_sys::IsInParallelMode() };
+    let keep = !crate::pg::unguarded::is_in_parallel_mode();
     if let (true, Some(info)) = (keep, &found) {
         CACHE.with(|c| c.borrow_mut().insert(*id, info.clone()));
     }

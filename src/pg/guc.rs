@@ -19,11 +19,7 @@ pub enum Scope {
 
 /// Set a setting the way `SET` does, for `scope`. Raises the setting's own error for a bad name or value.
 pub fn set_setting(name: &CStr, value: &CStr, scope: Scope) {
-    let action = match scope {
-        Scope::Session => pg_sys::GucAction::GUC_ACTION_SET,
-        Scope::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
-        Scope::Level => pg_sys::GucAction::GUC_ACTION_SAVE,
-    };
+    let action = action_of(scope);
     // SAFETY: both strings are valid NUL-terminated C strings that outlive the call; set_config_option copies them.
     unsafe {
         pg_sys::set_config_option(
@@ -36,6 +32,69 @@ pub fn set_setting(name: &CStr, value: &CStr, scope: Scope) {
             0,
             false,
         );
+    }
+}
+
+/// `set_setting` for a setting that exists for the backend's whole life (a built-in one, or one of the extension's,
+/// which `_PG_init` defines and nothing removes), named by a `'static` name: on PostgreSQL 17 and later it is looked
+/// up by name once per backend and then reached through its handle (`get_config_handle`), which spares every later
+/// call the lookup (the context guard sets `nile.tenant_id` on every `nile.set_tenant()`). Earlier majors have no
+/// handles and take `set_setting`'s path.
+pub fn set_own_setting(name: &'static CStr, value: &CStr, scope: Scope) {
+    #[cfg(any(feature = "pg17", feature = "pg18"))]
+    {
+        let handle = own_setting_handle(name);
+        if !handle.is_null() {
+            // SAFETY: as in set_setting; `handle` is the live handle of `name`. PGC_S_SESSION is an interactive source,
+            // for which set_config_option itself checks privileges as the current user, as passed here.
+            unsafe {
+                pg_sys::set_config_with_handle(
+                    name.as_ptr(),
+                    handle,
+                    value.as_ptr(),
+                    pg_sys::GucContext::PGC_USERSET,
+                    pg_sys::GucSource::PGC_S_SESSION,
+                    crate::pg::unguarded::current_user_id(),
+                    action_of(scope),
+                    true,
+                    0,
+                    false,
+                );
+            }
+            return;
+        }
+    }
+    set_setting(name, value, scope);
+}
+
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+thread_local! {
+    /// The handles `set_own_setting` has looked up, by the address of their setting's static name.
+    static OWN_HANDLES: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// The handle of setting `name` (NULL if there is no such setting), looked up once per backend.
+#[cfg(any(feature = "pg17", feature = "pg18"))]
+fn own_setting_handle(name: &'static CStr) -> *mut pg_sys::config_handle {
+    let key = name.as_ptr() as usize;
+    if let Some(handle) =
+        OWN_HANDLES.with(|h| h.borrow().iter().find(|(k, _)| *k == key).map(|(_, v)| *v))
+    {
+        return handle as *mut pg_sys::config_handle;
+    }
+    // SAFETY: a lookup by a valid NUL-terminated name; NULL when the setting does not exist.
+    let handle = unsafe { pg_sys::get_config_handle(name.as_ptr()) };
+    if !handle.is_null() {
+        OWN_HANDLES.with(|h| h.borrow_mut().push((key, handle as usize)));
+    }
+    handle
+}
+
+fn action_of(scope: Scope) -> pg_sys::GucAction::Type {
+    match scope {
+        Scope::Session => pg_sys::GucAction::GUC_ACTION_SET,
+        Scope::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
+        Scope::Level => pg_sys::GucAction::GUC_ACTION_SAVE,
     }
 }
 

@@ -11,6 +11,7 @@
 //! - `heap_scan`: a table's rows read without planner, policies or expressions
 //! - `hook_chain`: the next `ProcessUtility` hook, and the one hook that runs the registered statement checks
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
+//! - `unguarded`: the few Postgres functions that cannot raise, called without pgrx's `sigsetjmp` guard
 //!
 //! Nothing here imports another folder of src/; every other folder may import this one.
 
@@ -21,6 +22,7 @@ pub mod hook_chain;
 pub mod own_tables;
 pub mod privilege;
 pub mod spi_util;
+pub mod unguarded;
 pub mod uuid_text;
 
 /// Called first from `_PG_init`: the panic hook that keeps backtraces out of client messages.

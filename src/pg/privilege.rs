@@ -65,8 +65,7 @@ pub fn role_name(role: pg_sys::Oid) -> Option<String> {
 
 /// Is this backend inside an explicit transaction block (BEGIN ... COMMIT)?
 pub fn in_transaction_block() -> bool {
-    // SAFETY: reads transaction state; valid in any backend.
-    unsafe { pg_sys::IsTransactionBlock() }
+    crate::pg::unguarded::is_transaction_block()
 }
 
 /// Run `f` as the bootstrap superuser with `search_path = pg_catalog, pg_temp`, the way a SECURITY DEFINER function

@@ -11,13 +11,23 @@ const HYPHENS: [usize; 4] = [8, 13, 18, 23];
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx`, lowercase.
 pub fn format_uuid(bytes: &[u8; 16]) -> String {
-    let mut out = String::with_capacity(36);
+    let text = uuid_c_text(bytes);
+    // The 36 ASCII characters before the NUL.
+    String::from_utf8_lossy(&text[..36]).into_owned()
+}
+
+/// The canonical text of `bytes` followed by a NUL, without allocating: what the tenant setting is set to.
+pub fn uuid_c_text(bytes: &[u8; 16]) -> [u8; 37] {
+    let mut out = [0u8; 37];
+    let mut at = 0;
     for (i, b) in bytes.iter().enumerate() {
         if matches!(i, 4 | 6 | 8 | 10) {
-            out.push('-');
+            out[at] = b'-';
+            at += 1;
         }
-        out.push(HEX[(b >> 4) as usize] as char);
-        out.push(HEX[(b & 0xF) as usize] as char);
+        out[at] = HEX[(b >> 4) as usize];
+        out[at + 1] = HEX[(b & 0xF) as usize];
+        at += 2;
     }
     out
 }
@@ -27,19 +37,15 @@ pub fn parse_canonical_uuid(text: &[u8]) -> Option<[u8; 16]> {
     if text.len() != 36 || HYPHENS.iter().any(|&i| text[i] != b'-') {
         return None;
     }
-    let mut digits = text
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !HYPHENS.contains(i))
-        .map(|(_, c)| *c);
     let mut out = [0u8; 16];
-    for byte in out.iter_mut() {
-        let hi = hex_value(digits.next()?)?;
-        let lo = hex_value(digits.next()?)?;
-        *byte = (hi << 4) | lo;
+    for (byte, &at) in out.iter_mut().zip(BYTE_OFFSETS.iter()) {
+        *byte = (hex_value(text[at])? << 4) | hex_value(text[at + 1])?;
     }
     Some(out)
 }
+
+/// Where each byte's two hex digits start in the canonical text (the hyphens sit at 8, 13, 18 and 23).
+const BYTE_OFFSETS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
 
 fn hex_value(c: u8) -> Option<u8> {
     match c {

@@ -13,13 +13,32 @@ use crate::context::admin::admin_policy_role;
 use pgrx::prelude::*;
 
 static mut PREV_ROW_SECURITY_PERMISSIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
+/// The hook as init() installed it.
+static mut INSTALLED_PERMISSIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
 
 pub(super) fn init() {
     // SAFETY: _PG_init runs once per backend before any query; we save the previous hook and chain to it.
     unsafe {
         PREV_ROW_SECURITY_PERMISSIVE_HOOK = pg_sys::row_security_policy_hook_permissive;
         pg_sys::row_security_policy_hook_permissive = Some(admin_policy_hook);
+        // Read back: what another library that chains after ours would have replaced.
+        INSTALLED_PERMISSIVE_HOOK = pg_sys::row_security_policy_hook_permissive;
     }
+}
+
+/// Whether this hook is the only source of permissive policies besides the catalog: no other extension installed a
+/// permissive row-security hook, before ours or after it. (Ours adds a policy only inside the admin context.)
+pub(super) fn only_hook_adding_permissive_policies() -> bool {
+    // SAFETY: both hook variables are only written while libraries load, before any query.
+    unsafe {
+        (*(&raw const PREV_ROW_SECURITY_PERMISSIVE_HOOK)).is_none()
+            && hook_address(pg_sys::row_security_policy_hook_permissive)
+                == hook_address(*(&raw const INSTALLED_PERMISSIVE_HOOK))
+    }
+}
+
+fn hook_address(hook: pg_sys::row_security_policy_hook_type) -> Option<usize> {
+    hook.map(|f| f as usize)
 }
 
 /// A permissive policy for members of `admin_role` that lets every row through, for reads and writes.

@@ -6,6 +6,9 @@ use crate::tables::enrolment::POLICY_PREFIX;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
+/// The prefix of the generated policies' names.
+pub(super) const POLICY_PREFIX_BYTES: &[u8] = POLICY_PREFIX.as_bytes();
+
 /// The relation's generated `nile_tenant_*` policies (permissive, as enable_tenancy creates them).
 ///
 /// # Safety
@@ -28,7 +31,7 @@ pub(super) unsafe fn generated_policies(
                     && !name.is_null()
                     && CStr::from_ptr(name)
                         .to_bytes()
-                        .starts_with(POLICY_PREFIX.as_bytes())
+                        .starts_with(POLICY_PREFIX_BYTES)
             })
             .collect()
     }
@@ -45,5 +48,29 @@ pub(super) fn previous_policies(
         // is turned into a Rust panic at the FFI boundary instead of jumping over our frames.
         Some(prev) => unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| prev(cmd, relation)) },
         None => std::ptr::null_mut(),
+    }
+}
+
+/// The tenant column of a relation with generated policies (the column their expressions compare, `tenant_id =
+/// (SELECT nile.policy_read_tenant())`), or None.
+///
+/// # Safety
+/// `relation` must be an open relation.
+pub(super) unsafe fn tenant_column(relation: pg_sys::Relation) -> Option<i16> {
+    // SAFETY (caller): the generated policies' quals are valid expression trees of the relcache entry.
+    unsafe {
+        generated_policies(relation).into_iter().find_map(|policy| {
+            let qual = (*policy).qual as *mut pg_sys::Node;
+            if qual.is_null() || (*qual).type_ != pg_sys::NodeTag::T_OpExpr {
+                return None;
+            }
+            let args = pgrx::PgList::<pg_sys::Node>::from_pg((*(qual as *mut pg_sys::OpExpr)).args);
+            let mut first = args.get_ptr(0)?;
+            if (*first).type_ == pg_sys::NodeTag::T_RelabelType {
+                first = (*(first as *mut pg_sys::RelabelType)).arg as *mut pg_sys::Node;
+            }
+            ((*first).type_ == pg_sys::NodeTag::T_Var)
+                .then(|| (*(first as *mut pg_sys::Var)).varattno)
+        })
     }
 }

@@ -179,3 +179,30 @@ fn policy_where_current_of() {
     );
     s.assert_globex_intact();
 }
+
+#[test]
+fn policy_extra_permissive_policy_after_plans_are_cached() {
+    // With no permissive policy of its own, a table's plans are built without the restrictive copies of the tenant
+    // policies (they would change nothing). A permissive policy the owner adds afterwards must reach the plans
+    // already cached: they are planned again, with the copies.
+    let mut s = Siege::new("extra_permissive_later");
+    let mut c = s.attacker();
+    c.batch_execute(&format!(
+        "PREPARE names AS SELECT string_agg(name, ',' ORDER BY name) FROM projects;
+         PREPARE plant AS INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted');
+         PREPARE rename AS UPDATE projects SET name = 'pwned' WHERE tenant_id = '{GLOBEX}';"
+    ))
+    .unwrap();
+    for _ in 0..6 {
+        assert_eq!(attempt(&mut c, "EXECUTE names"), "acme-1,acme-2");
+        refused(&mut c, "EXECUTE plant", "NT005");
+        attempt(&mut c, "EXECUTE rename");
+    }
+    s.su.batch_execute("SET ROLE it_atk_owner; CREATE POLICY open_all ON projects USING (true) WITH CHECK (true); RESET ROLE")
+        .unwrap();
+    assert_eq!(attempt(&mut c, "EXECUTE names"), "acme-1,acme-2");
+    refused(&mut c, "EXECUTE plant", "NT005");
+    attempt(&mut c, "EXECUTE rename");
+    assert_sees_only_acme(&mut c);
+    s.assert_globex_intact();
+}
