@@ -25,7 +25,9 @@ pub mod spi_util;
 pub mod unguarded;
 pub mod uuid_text;
 
-/// Called first from `_PG_init`: the panic hook that keeps backtraces out of client messages.
+/// Called first from `_PG_init`: the panic hook that keeps backtraces out of client messages, and the invalidation of
+/// the cached oid of schema `nile`.
 pub fn init() {
     errors::init();
+    own_tables::init();
 }

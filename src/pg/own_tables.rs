@@ -116,11 +116,39 @@ impl Drop for NileTable {
     }
 }
 
-/// The oid of the schema `nile`.
+thread_local! {
+    /// What `nile_namespace()` last found (None: not looked up since the last change to any schema).
+    static NILE_NAMESPACE: std::cell::Cell<Option<Option<pg_sys::Oid>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Registers the invalidation of `nile_namespace()`'s answer (called from `pg::init()`).
+pub(super) fn init() {
+    // SAFETY: registering a callback during _PG_init; the callback only clears a cell and never raises an ERROR.
+    unsafe {
+        pg_sys::CacheRegisterSyscacheCallback(
+            pg_sys::SysCacheIdentifier::NAMESPACEOID as _,
+            Some(namespace_changed),
+            pg_sys::Datum::from(0),
+        )
+    };
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn namespace_changed(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    NILE_NAMESPACE.with(|n| n.set(None));
+}
+
+/// The oid of the schema `nile` (usage metering asks at every statement: one catalog lookup per change to any schema
+/// of the database, a `CREATE EXTENSION` or `DROP EXTENSION` included, instead of one per call).
 pub fn nile_namespace() -> Option<pg_sys::Oid> {
+    if let Some(known) = NILE_NAMESPACE.with(std::cell::Cell::get) {
+        return known;
+    }
     // SAFETY: a syscache lookup with a valid NUL-terminated name; missing_ok.
     let nsp = unsafe { pg_sys::get_namespace_oid(c"nile".as_ptr(), true) };
-    (nsp != pg_sys::InvalidOid).then_some(nsp)
+    let found = (nsp != pg_sys::InvalidOid).then_some(nsp);
+    NILE_NAMESPACE.with(|n| n.set(Some(found)));
+    found
 }
 
 /// A one-column btree scan key.

@@ -3,8 +3,9 @@
 //! One shared hash table (dynahash, fixed size: `nile.max_tracked_tenants` tenant rows plus a reserve for the rows
 //! that are not tenants) behind one LWLock. Recording a statement takes the lock in SHARED mode to find its row and
 //! adds to the row's counters with atomic instructions, so backends working for the same tenant never wait for each
-//! other; the lock is taken EXCLUSIVE only to insert a new row or to reset. Readers copy the rows under the SHARED
-//! lock. Nothing is dropped silently: a tenant beyond capacity is counted in its database's `overflow` row, and if even
+//! other; the lock is taken EXCLUSIVE only to insert a new row or to reset. A backend keeps a pointer to each row it
+//! found, valid until the shared generation changes (every removal bumps it under the EXCLUSIVE lock), so a
+//! transaction's usage usually reaches its row without a lookup. Readers copy the rows under the SHARED lock. Nothing is dropped silently: a tenant beyond capacity is counted in its database's `overflow` row, and if even
 //! that row cannot be created, in one cluster-wide `lost` row kept outside the table.
 //!
 //! Only the postmaster creates the memory (shared_preload_libraries); without preloading `available()` is false.
@@ -63,7 +64,7 @@ impl RowKind {
 
 /// The key of a row. `tenant` is all zeros except for `RowKind::Tenant`.
 #[repr(C)]
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct UsageKey {
     pub database: u32,
     pub(crate) kind: u32,
@@ -644,6 +645,47 @@ unsafe fn counters_for_new(key: &UsageKey) -> &'static Counters {
     }
 }
 
+thread_local! {
+    /// Rows this backend recorded into, by key, valid while the shared generation is unchanged (every removal of a row
+    /// bumps it under the EXCLUSIVE lock, and the pointers are only used under the SHARED lock): a transaction's usage
+    /// reaches its row without a lookup in the shared table. Dropped whole past `ROW_CACHE_SIZE` keys.
+    static ROW_CACHE: std::cell::RefCell<(u64, std::collections::HashMap<UsageKey, usize>)> =
+        std::cell::RefCell::new((0, std::collections::HashMap::new()));
+}
+const ROW_CACHE_SIZE: usize = 4096;
+
+/// `key`'s row, from this backend's cache or the shared table (null when it has none).
+///
+/// # Safety
+/// The shared memory exists and the caller holds the table lock (SHARED or EXCLUSIVE).
+unsafe fn find_cached(key: &UsageKey) -> *mut Entry {
+    // SAFETY (caller): under the lock, no row is removed, and the generation read here is the one every removal
+    // before it left.
+    let generation = unsafe { (*SHARED).generation.load(Relaxed) };
+    let cached = ROW_CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != generation {
+            *c = (generation, Default::default());
+        }
+        c.1.get(key).copied()
+    });
+    if let Some(entry) = cached {
+        return entry as *mut Entry;
+    }
+    // SAFETY (caller): as above.
+    let entry = unsafe { find(key) };
+    if !entry.is_null() {
+        ROW_CACHE.with(|c| {
+            let mut c = c.borrow_mut();
+            if c.1.len() >= ROW_CACHE_SIZE {
+                c.1.clear();
+            }
+            c.1.insert(*key, entry as usize);
+        });
+    }
+    entry
+}
+
 fn known_overflowed(key: &UsageKey) -> bool {
     if key.kind() != RowKind::Tenant {
         return false;
@@ -695,7 +737,7 @@ pub fn record(rows: &[(UsageKey, CounterValues)]) {
         {
             let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
             for (key, usage) in rows {
-                let entry = find(&target(key));
+                let entry = find_cached(&target(key));
                 if entry.is_null() {
                     missing.push((target(key), usage));
                 } else {

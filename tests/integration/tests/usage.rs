@@ -368,3 +368,44 @@ fn entering_a_context_is_not_counted_as_the_tenants_work() {
     );
     assert_eq!(admin_rows, 0, "admin_context() is not counted");
 }
+
+#[test]
+fn a_row_removed_by_a_reset_is_never_added_to_through_a_stale_pointer() {
+    // A backend keeps a pointer to each usage row it recorded into (src/usage/store.rs); a reset removes rows, and the
+    // shared table hands a removed row's memory to the next row it creates. The first session's next statements must
+    // go to a new row of their own tenant, not to whichever row took over the memory.
+    let db = scenario("usage_stale_row");
+    let mut su = connect(&db, "postgres");
+    for n in 10..12 {
+        su.execute(
+            "SELECT nile.create_tenant($1, $2::text::uuid)",
+            &[&format!("usage-{n}"), &tenant(n)],
+        )
+        .unwrap();
+    }
+    let mut first = connect(&db, "it_app");
+    let mut second = connect(&db, "it_app");
+    let run = |c: &mut postgres::Client, n: usize, statements: usize| {
+        let mut tx = c.transaction().unwrap();
+        tx.execute("SELECT nile.set_tenant($1::text::uuid)", &[&tenant(n)])
+            .unwrap();
+        for _ in 0..statements {
+            tx.batch_execute("SELECT count(*) FROM projects").unwrap();
+        }
+        tx.commit().unwrap();
+    };
+    // Twice: the first commit creates the row, the second finds it (and keeps the pointer).
+    run(&mut first, 10, 1);
+    run(&mut first, 10, 2);
+    su.batch_execute("SELECT nile.reset_usage()").unwrap();
+    run(&mut second, 11, 1);
+    run(&mut first, 10, 2);
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{}'", tenant(10))),
+        "2 0 2 0 0 0"
+    );
+    assert_eq!(
+        usage_of(&mut su, &format!("tenant_id = '{}'", tenant(11))),
+        "1 0 1 0 0 0"
+    );
+}
