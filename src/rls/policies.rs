@@ -2,14 +2,17 @@
 //! restrictive.rs the restrictive copies of the tenant policies) both need: a relation's generated `nile_tenant_*`
 //! policies, read off its relcache entry, and the policies of the hook installed before theirs.
 
-use crate::tables::enrolment::POLICY_PREFIX;
+use crate::tables::enrolment::POLICY_NAMES;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
-/// The prefix of the generated policies' names.
-pub(super) const POLICY_PREFIX_BYTES: &[u8] = POLICY_PREFIX.as_bytes();
+/// Whether `name` is exactly one of the generated policies' names (a policy merely named like them is not one: the
+/// DDL event triggers guard the four generated ones, nothing guards the others).
+pub(super) fn is_generated_name(name: &[u8]) -> bool {
+    POLICY_NAMES.iter().any(|n| n.as_bytes() == name)
+}
 
-/// The relation's generated `nile_tenant_*` policies (permissive, as enable_tenancy creates them).
+/// The relation's generated policies: the permissive ones named exactly as enable_tenancy names them (`POLICY_NAMES`).
 ///
 /// # Safety
 /// `relation` must be an open relation, as the rewriter passes to the row-security hooks.
@@ -29,9 +32,7 @@ pub(super) unsafe fn generated_policies(
                 let name = (*policy).policy_name;
                 (*policy).permissive
                     && !name.is_null()
-                    && CStr::from_ptr(name)
-                        .to_bytes()
-                        .starts_with(POLICY_PREFIX_BYTES)
+                    && is_generated_name(CStr::from_ptr(name).to_bytes())
             })
             .collect()
     }
@@ -51,7 +52,7 @@ pub(super) fn previous_policies(
     }
 }
 
-/// The tenant column of a relation with generated policies (the column their expressions compare, `tenant_id =
+/// The tenant column of a relation with generated policies (the `uuid` column their expressions compare, `tenant_id =
 /// (SELECT nile.policy_read_tenant())`), or None.
 ///
 /// # Safety
@@ -69,8 +70,11 @@ pub(super) unsafe fn tenant_column(relation: pg_sys::Relation) -> Option<i16> {
             if (*first).type_ == pg_sys::NodeTag::T_RelabelType {
                 first = (*(first as *mut pg_sys::RelabelType)).arg as *mut pg_sys::Node;
             }
-            ((*first).type_ == pg_sys::NodeTag::T_Var)
-                .then(|| (*(first as *mut pg_sys::Var)).varattno)
+            if (*first).type_ != pg_sys::NodeTag::T_Var {
+                return None;
+            }
+            let var = first as *mut pg_sys::Var;
+            ((*var).vartype == pg_sys::UUIDOID && (*var).varlevelsup == 0).then(|| (*var).varattno)
         })
     }
 }

@@ -17,7 +17,7 @@
 //! plan cache, so no plan carries the wrong set across the boundary.
 
 use crate::rls::admin_policy::only_hook_adding_permissive_policies;
-use crate::rls::policies::{generated_policies, previous_policies, POLICY_PREFIX_BYTES};
+use crate::rls::policies::{generated_policies, is_generated_name, previous_policies};
 use pgrx::prelude::*;
 
 static mut PREV_ROW_SECURITY_RESTRICTIVE_HOOK: pg_sys::row_security_policy_hook_type = None;
@@ -102,7 +102,8 @@ unsafe extern "C-unwind" fn tenant_guard_hook(
     policies
 }
 
-/// Whether the relation has a permissive policy that is not a generated one (for any command and any role).
+/// Whether the relation has a permissive policy that is not a generated one (for any command and any role; a policy
+/// merely named like the generated ones is another one).
 ///
 /// # Safety
 /// `relation` must be an open relation, as the rewriter passes to the row-security hooks.
@@ -120,9 +121,7 @@ unsafe fn has_other_permissive_policy(relation: pg_sys::Relation) -> bool {
                 let name = (*policy).policy_name;
                 (*policy).permissive
                     && (name.is_null()
-                        || !std::ffi::CStr::from_ptr(name)
-                            .to_bytes()
-                            .starts_with(POLICY_PREFIX_BYTES))
+                        || !is_generated_name(std::ffi::CStr::from_ptr(name).to_bytes()))
             })
     }
 }

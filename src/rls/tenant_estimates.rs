@@ -8,8 +8,11 @@
 //! where a sequential scan starts to pay, held by at most a handful of tenants), the average picks an index scan
 //! where reading 90 % of the table wants the sequential scan that the same query with the tenant's id as a literal
 //! gets. So a `get_relation_stats_hook` hands the planner the tenant column's statistics with the number of distinct
-//! values lowered so that the average is the big tenant's frequency. Nothing else changes: only the tenant column of
-//! tables with generated policies, only inside a tenant context (not the admin context), only for a big tenant.
+//! values lowered so that the average is the big tenant's frequency (Postgres rounds it to a whole number, so the share
+//! is approximate). Only the tenant column (the `uuid` column the four generated policies compare) of tables with those
+//! policies, only inside a tenant context (not the admin context), only for a big tenant; the column's other estimates
+//! (grouping, joins on it) see the same smaller number of distinct values, which is what they are inside one tenant's
+//! context. The statistics' values are read as tenant ids only when they are of type `uuid`.
 //!
 //! Such a plan is as correct for any other tenant as any plan (the policy's InitPlan still decides which rows are
 //! visible), but it may be slow for a small one. So it carries a plan-cache invalidation item of its own (a syscache
@@ -225,6 +228,11 @@ unsafe fn big_tenant_distinct(
             pg_sys::InvalidOid,
             flags,
         ) {
+            return None;
+        }
+        if slot.valuetype != pg_sys::UUIDOID {
+            // Not a uuid column's statistics after all: never read its values as 16 bytes.
+            pg_sys::free_attstatsslot(&mut slot);
             return None;
         }
         let count = slot.nvalues.min(slot.nnumbers).max(0) as usize;

@@ -42,6 +42,16 @@ const POLICIES: [(&str, &str, Option<&str>, Option<&str>); 4] = [
     ("delete", "DELETE", Some(WRITE_TENANT), None),
 ];
 
+/// The names of the generated policies (`POLICY_PREFIX` and each suffix of `POLICIES`): exactly these are the tenant
+/// policies. Another policy whose name merely starts with the prefix is a policy like any other (the row-security
+/// hooks in src/rls/ never take it for a generated one).
+pub const POLICY_NAMES: [&str; 4] = [
+    "nile_tenant_select",
+    "nile_tenant_insert",
+    "nile_tenant_update",
+    "nile_tenant_delete",
+];
+
 /// What the catalogs say about the table being enrolled.
 pub struct TableFacts {
     pub qualified: String,
@@ -969,4 +979,18 @@ fn unprotect(client: &mut SpiClient<'_>, member: &TreeMember) {
             &[member.relid.into()],
         )
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policy_names_are_the_prefix_and_each_generated_suffix() {
+        let built: Vec<String> = POLICIES
+            .iter()
+            .map(|(suffix, ..)| format!("{POLICY_PREFIX}{suffix}"))
+            .collect();
+        assert_eq!(built, POLICY_NAMES);
+    }
 }

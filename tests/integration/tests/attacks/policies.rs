@@ -206,3 +206,32 @@ fn policy_extra_permissive_policy_after_plans_are_cached() {
     assert_sees_only_acme(&mut c);
     s.assert_globex_intact();
 }
+
+#[test]
+fn policy_named_like_a_generated_one_does_not_widen() {
+    // A policy named nile_tenant_<anything> is not one of the four generated policies: it must not pass for one, or
+    // the restrictive copies that neutralise other permissive policies would be left out and it would open every
+    // tenant's rows.
+    let mut s = Siege::new("lookalike_policy");
+    let mut c = s.attacker();
+    c.batch_execute("PREPARE names AS SELECT string_agg(name, ',' ORDER BY name) FROM projects")
+        .unwrap();
+    assert_eq!(attempt(&mut c, "EXECUTE names"), "acme-1,acme-2");
+    s.su.batch_execute(
+        "SET ROLE it_atk_owner;
+         CREATE POLICY nile_tenant_extra ON projects AS PERMISSIVE FOR ALL TO PUBLIC USING (true) WITH CHECK (true);
+         RESET ROLE",
+    )
+    .unwrap();
+    assert_eq!(attempt(&mut c, "EXECUTE names"), "acme-1,acme-2");
+    assert_sees_only_acme(&mut c);
+    refused(
+        &mut c,
+        &format!("INSERT INTO projects VALUES ('{GLOBEX}', 9, 'planted')"),
+        "NT005",
+    );
+    s.su.batch_execute("SET ROLE it_atk_owner; ALTER POLICY nile_tenant_extra ON projects RENAME TO nile_tenant_x2; RESET ROLE")
+        .unwrap();
+    assert_sees_only_acme(&mut c);
+    s.assert_globex_intact();
+}
