@@ -11,13 +11,13 @@ Variants, each a loop of one point read (a random tenant, a random row of it) on
   sdk_begin   the same with `Nile(one_round_trip_reads=False)`: BEGIN, the context and the read pipelined, then COMMIT
 Both with psycopg's server-side prepared statements (the default: prepare_threshold 5 for raw psycopg,
 prepared_statements=True for the SDK) and without (prepare_threshold None for raw psycopg, the SDK's default, which
-PgBouncer 1.18 needs). Rounds alternate the variants (A B C, then C B A, ...) so that drift of the machine cancels out;
-the report is the median of each variant's per-round mean latency, and its ratio to raw.
+PgBouncer 1.18 needs). Each round interleaves the variants operation by operation (A B C, then C B A, ...), so that
+all meet the machine in the same state (its loopback latency moves by a factor of two over seconds here); the report is
+the median of each variant's per-round mean latency, and its ratio to raw.
 
 BENCH_BREAKDOWN=1 adds, to see where the SDK's time goes, on connections of their own in autocommit: raw_pipe (the raw
 read alone in psycopg's pipeline mode), two_pipe (`SELECT %s::uuid` and the raw read in one pipeline), ctx_pipe
-(`nile.set_tenant_read_only(%s)`, the read and `nile.assert_read_only()` in one pipeline: the SDK's round trip without
-the SDK).
+(`nile.set_tenant_read_only(%s)` and the read in one pipeline: the SDK's round trip without the SDK).
 
 Environment: BENCH_ROUNDS (default 6), BENCH_OPS per variant per round (default 3000), BENCH_TENANTS (default 100).
 """
@@ -111,7 +111,7 @@ def breakdown(threshold: int | None, pick: Callable[[], tuple[str, int]]) -> Run
     conns = [psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold) for _ in range(3)]
 
     def pipelined(
-        conn: psycopg.Connection, first: str | None, read: str, with_tenant: bool, assert_after: bool = False
+        conn: psycopg.Connection, first: str | None, read: str, with_tenant: bool
     ) -> Callable[[], None]:
         def run() -> None:
             t, i = pick()
@@ -119,8 +119,6 @@ def breakdown(threshold: int | None, pick: Callable[[], tuple[str, int]]) -> Run
                 if first is not None:
                     conn.execute(first, (t,))
                 cur = conn.execute(read, (t, i) if with_tenant else (i,))
-                if assert_after:
-                    conn.execute("SELECT nile.assert_read_only()")
             assert cur.fetchone() is not None
         return run
 
@@ -132,18 +130,27 @@ def breakdown(threshold: int | None, pick: Callable[[], tuple[str, int]]) -> Run
     return {
         "raw_pipe": (pipelined(conns[0], None, READ_RAW, True), close),
         "two_pipe": (pipelined(conns[1], "SELECT %s::uuid", READ_RAW, True), nothing),
-        "ctx_pipe": (pipelined(conns[2], "SELECT nile.set_tenant_read_only(%s::uuid)", READ, False, True), nothing),
+        "ctx_pipe": (pipelined(conns[2], "SELECT nile.set_tenant_read_only(%s::uuid)", READ, False), nothing),
     }
 
 
-def measure(fn: Callable[[], None]) -> float:
-    """Mean latency of one operation, in microseconds, over OPS operations (after 200 of warm-up)."""
-    for _ in range(200):
-        fn()
-    started = time.perf_counter()
-    for _ in range(OPS):
-        fn()
-    return (time.perf_counter() - started) / OPS * 1e6
+def measure_round(runs: dict[str, Callable[[], None]], reverse: bool) -> dict[str, float]:
+    """One round: OPS operations of every variant, interleaved operation by operation (the variants' order reversed
+    every other operation, and every other round), so that all meet the machine in the same state: its loopback
+    latency here moves by a factor of two over seconds, with the load of the machine. Returns each variant's mean
+    latency in microseconds (after 200 operations of warm-up each)."""
+    names = list(runs)
+    for name in names:
+        for _ in range(200):
+            runs[name]()
+    total = dict.fromkeys(names, 0.0)
+    clock = time.perf_counter
+    for i in range(OPS):
+        for name in reversed(names) if (i % 2 == 1) != reverse else names:
+            started = clock()
+            runs[name]()
+            total[name] += clock() - started
+    return {name: total[name] / OPS * 1e6 for name in names}
 
 
 def main() -> None:
@@ -155,8 +162,8 @@ def main() -> None:
         names = list(runs)
         means: dict[str, list[float]] = {name: [] for name in names}
         for r in range(ROUNDS):
-            for name in names if r % 2 == 0 else reversed(names):
-                means[name].append(measure(runs[name][0]))
+            for name, mean in measure_round({n: runs[n][0] for n in names}, r % 2 == 1).items():
+                means[name].append(mean)
         for _, close in runs.values():
             close()
         base = statistics.median(means["raw"])

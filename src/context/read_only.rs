@@ -10,12 +10,13 @@
 //! function, a temporary table, a cursor opened earlier), a transaction id assigned since the context was entered
 //! (every write needs one; a read never does). The commit of a transaction that noted one is refused
 //! with 25006: nothing of it stays, and the client (the Python SDK does) runs the unit of work again in a transaction
-//! of its own, entered with `nile.set_tenant()`. `nile.assert_read_only()` raises the same error as a statement, for a
-//! client that pipelines the context and its read without BEGIN and wants the error before the pipeline's Sync.
+//! of its own, entered with `nile.set_tenant()`. A SELECT (or VALUES, TABLE) sent by the client is refused the same
+//! way at the end of its own run, as that statement's error: a client that pipelines the context and its read without
+//! BEGIN gets it before the pipeline's Sync. `nile.assert_read_only()` raises it as a statement of its own.
 //!
 //! Design: three backend-local cells (the nesting level the context was entered at, whether the transaction had an id
-//! then, and the first thing noted), an ExecutorStart hook (src/usage/hooks.rs installs its own later and calls this
-//! one; it only notes, so the order does not matter), a utility check (src/pg/hook_chain.rs), and a transaction and a
+//! then, and the first thing noted), ExecutorStart and ExecutorRun hooks (src/usage/hooks.rs installs its own later
+//! and calls these; they only note and refuse, so the order does not matter), a utility check (src/pg/hook_chain.rs), and a transaction and a
 //! subtransaction callback; installed whenever the library is loaded, as `nile.set_tenant_read_only()` is in it. The
 //! transaction callback must run after src/context/pool_guard.rs's (context/mod.rs registers this one first: Postgres
 //! calls the last registered first), so that a refused commit never skips dropping a cursor WITH HOLD.
@@ -35,14 +36,30 @@ thread_local! {
     static NOTED: Cell<Option<&'static str>> = const { Cell::new(None) };
 }
 
-// The standard function, declared directly: pgrx's binding would turn an ERROR raised inside it into a Rust panic and
-// re-raise it without its context.
+// The standard functions, declared directly: pgrx's binding would turn an ERROR raised inside them into a Rust panic
+// and re-raise it without its context.
 extern "C-unwind" {
     #[link_name = "standard_ExecutorStart"]
     fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
+    #[cfg(not(feature = "pg18"))]
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query_desc: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+        execute_once: bool,
+    );
+    #[cfg(feature = "pg18")]
+    #[link_name = "standard_ExecutorRun"]
+    fn raw_standard_executor_run(
+        query_desc: *mut pg_sys::QueryDesc,
+        direction: pg_sys::ScanDirection::Type,
+        count: u64,
+    );
 }
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
+static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
 
 pub(super) fn init() {
     crate::pg::hook_chain::check_before_running(check_utility);
@@ -51,6 +68,8 @@ pub(super) fn init() {
     unsafe {
         PREV_EXECUTOR_START = pg_sys::ExecutorStart_hook;
         pg_sys::ExecutorStart_hook = Some(executor_start);
+        PREV_EXECUTOR_RUN = pg_sys::ExecutorRun_hook;
+        pg_sys::ExecutorRun_hook = Some(executor_run);
         pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut());
         pg_sys::RegisterSubXactCallback(Some(on_subxact_event), std::ptr::null_mut());
     }
@@ -106,11 +125,12 @@ fn forget() {
 }
 
 /// `nile.assert_read_only() RETURNS void`: raise 25006 now if the read-only tenant context's transaction noted
-/// something it must not commit, rather than at its commit. A client that pipelines a read-only context and a read
-/// without BEGIN sends it last, before the Sync: an error of the commit the Sync makes comes after the statements'
-/// answers, where a client library may not expect one (psycopg 3.3 cannot leave pipeline mode after it), while this
-/// is a statement's error like any other. Does nothing outside such a context. What was noted stays noted (a caller
-/// that catches this error still cannot commit).
+/// something it must not commit, rather than at its commit. For a client that pipelines, without BEGIN, a statement
+/// whose query is not checked at the end of its run (see `after_run`: anything but a SELECT, VALUES or TABLE) and
+/// wants the refusal before the Sync: an error of the commit the Sync makes comes after the statements' answers,
+/// where a client library may not expect one (psycopg 3.3 cannot leave pipeline mode after it), while this is a
+/// statement's error like any other. Does nothing outside such a context. What was noted stays noted (a caller that
+/// catches this error still cannot commit).
 #[pg_extern(volatile, parallel_unsafe)]
 fn assert_read_only() {
     if let Some(what) = noted_so_far() {
@@ -148,6 +168,66 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
         match PREV_EXECUTOR_START {
             Some(prev) => prev(query_desc, eflags),
             None => raw_standard_executor_start(query_desc, eflags),
+        }
+    }
+}
+
+/// SAFETY: called by Postgres as ExecutorRun_hook; a trampoline that holds nothing needing a drop while Postgres code
+/// runs, so an ERROR raised below it passes through untouched (src/usage/hooks.rs explains the pattern).
+#[cfg(not(feature = "pg18"))]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+    execute_once: bool,
+) {
+    // SAFETY: the previous hook or the standard function with the arguments we were given, then our check.
+    unsafe {
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => prev(query_desc, direction, count, execute_once),
+            None => raw_standard_executor_run(query_desc, direction, count, execute_once),
+        }
+        // watching() reads a const-initialised thread-local Cell: it cannot panic, so it needs no guard here.
+        if watching() {
+            after_run(query_desc);
+        }
+    }
+}
+
+/// SAFETY: as the function above (PostgreSQL 18's ExecutorRun has no `execute_once`).
+#[cfg(feature = "pg18")]
+unsafe extern "C-unwind" fn executor_run(
+    query_desc: *mut pg_sys::QueryDesc,
+    direction: pg_sys::ScanDirection::Type,
+    count: u64,
+) {
+    // SAFETY: the previous hook or the standard function with the arguments we were given, then our check.
+    unsafe {
+        match PREV_EXECUTOR_RUN {
+            Some(prev) => prev(query_desc, direction, count),
+            None => raw_standard_executor_run(query_desc, direction, count),
+        }
+        // watching() reads a const-initialised thread-local Cell: it cannot panic, so it needs no guard here.
+        if watching() {
+            after_run(query_desc);
+        }
+    }
+}
+
+/// After the query of the statement the client sent (the active portal's own query, not one a function runs) has
+/// run: refuse it now if its transaction noted something, so that the refusal is the statement's error and not the
+/// commit's (see `assert_read_only`). A query run again for more rows (a cursor, a row limit) is checked after each
+/// run; a statement whose query is run elsewhere (an INSERT, a utility) is refused at the commit, as before.
+#[pg_guard]
+unsafe extern "C-unwind" fn after_run(query_desc: *mut pg_sys::QueryDesc) {
+    // SAFETY: ActivePortal is NULL or the portal being run, whose queryDesc is NULL or the query it runs.
+    let own_query = unsafe {
+        let portal = pg_sys::ActivePortal;
+        !portal.is_null() && (*portal).queryDesc == query_desc
+    };
+    if own_query {
+        if let Some(what) = noted_so_far() {
+            refuse(what);
         }
     }
 }

@@ -80,7 +80,8 @@ SELECT i FROM ro_scratch;
 -- backstop refuses it.
 SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered \; SELECT pg_current_xact_id() IS NOT NULL AS has_id, nile.assert_read_only();
 -- A cursor WITH HOLD declared before the context: its rows, read in the context at the commit, are dropped even when
--- the read-only guard would refuse the commit too (the pool guard goes first; the next client cannot FETCH them).
+-- the read-only guard refuses the commit (here while the commit runs the cursor's query to keep its rows; otherwise
+-- the pool guard goes first): the next client cannot FETCH them.
 BEGIN;
 DECLARE ro_held CURSOR WITH HOLD FOR SELECT body FROM ro_notes;
 SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') IS NOT NULL AS entered;
@@ -101,7 +102,8 @@ CREATE FUNCTION pg_temp.regress_ro_write() RETURNS int LANGUAGE sql
 SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') \; SELECT pg_temp.regress_ro_write();
 \set VERBOSITY default
 -- A function that catches the refusal of its write would return as if it had written: the caught error is noted,
--- and nile.assert_read_only() (or the commit) refuses the transaction, so the client runs it again with BEGIN.
+-- and the SELECT that called it is refused at the end of its run (so is nile.assert_read_only(), or the commit), so
+-- the client runs it again with BEGIN.
 CREATE FUNCTION pg_temp.regress_ro_quiet_write() RETURNS int LANGUAGE plpgsql AS $$
 BEGIN
     INSERT INTO public.ro_notes VALUES (nile.current_tenant(), 'quiet'); RETURN 1;
@@ -109,6 +111,13 @@ EXCEPTION WHEN OTHERS THEN RETURN 0;
 END $$;
 SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') \; SELECT pg_temp.regress_ro_quiet_write() \; SELECT nile.assert_read_only();
 SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') \; SELECT pg_temp.regress_ro_quiet_write();
+-- An error caught without any write is refused the same way, at the end of the SELECT that hid it.
+CREATE FUNCTION pg_temp.regress_ro_hidden_error() RETURNS int LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 / 0; RETURN 1;
+EXCEPTION WHEN division_by_zero THEN RETURN 0;
+END $$;
+SELECT nile.set_tenant_read_only('0d0d0d0d-0000-7000-8000-0000000000f1') \; SELECT pg_temp.regress_ro_hidden_error();
 \c - postgres
 SELECT tenant_id, body FROM ro_notes ORDER BY body;
 \c - regress_ro_app

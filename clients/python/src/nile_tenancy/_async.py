@@ -73,7 +73,6 @@ class _Scope:
                         async with self.conn.pipeline():
                             await self.conn.execute(self.read_only_sql, [self.argument])
                             cur = await self.conn.execute(query, params)
-                            await self.conn.execute(c.ASSERT_READ_ONLY)
                         self.used = True
                         return cur
                     except c.RUN_IN_TRANSACTION as e:

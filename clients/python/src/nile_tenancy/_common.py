@@ -22,7 +22,6 @@ SET_TENANT = "SELECT nile.set_tenant(%s::uuid)"
 SET_TENANT_TOKEN = "SELECT nile.set_tenant_token(%s)"
 SET_TENANT_READ_ONLY = "SELECT nile.set_tenant_read_only(%s::uuid)"
 SET_TENANT_TOKEN_READ_ONLY = "SELECT nile.set_tenant_token_read_only(%s)"
-ASSERT_READ_ONLY = "SELECT nile.assert_read_only()"
 #: Whether the database's nile_tenancy has the one-round-trip reads (0.3.0 and later; until ALTER EXTENSION UPDATE,
 #: an older database does not) and the role may use them (nile_app may).
 HAS_READ_ONLY_CONTEXT = (

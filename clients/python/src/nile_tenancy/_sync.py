@@ -9,8 +9,8 @@ Design:
   BEGIN and the context in one round trip (psycopg's pipeline mode); the rest of the block is plain psycopg in that
   transaction. A read (a statement that starts with SELECT, VALUES or TABLE and names no call whose effect lasts until
   the end of the transaction) in a tenant context that has no transaction open yet goes without BEGIN:
-  ``nile.set_tenant_read_only()``, the read and ``nile.assert_read_only()``, in an implicit transaction that ends with
-  the pipeline (the server keeps it read-only and refuses one that wrote or hid an error, so there is nothing to
+  ``nile.set_tenant_read_only()`` and the read, in an implicit transaction that ends with the pipeline (the server
+  keeps it read-only and refuses, as the read's own error, one that wrote or hid an error, so there is nothing to
   commit: one round trip for the whole unit of work). If the server refuses it (25006; 25000 for an isolation level
   above READ COMMITTED, after which the client stops trying), nothing of it remains and it runs in the block's
   transaction instead, as does that statement from then on. A client asks the database once whether it has these
@@ -95,7 +95,6 @@ class _Scope:
                         with self.conn.pipeline():
                             self.conn.execute(self.read_only_sql, [self.argument])
                             cur = self.conn.execute(query, params)
-                            self.conn.execute(c.ASSERT_READ_ONLY)
                         self.used = True
                         return cur
                     except c.RUN_IN_TRANSACTION as e:
