@@ -16,14 +16,15 @@
 //!
 //! Design: three backend-local cells (the nesting level the context was entered at, whether the transaction had an id
 //! then, and the first thing noted), ExecutorStart and ExecutorRun hooks (src/usage/hooks.rs installs its own later
-//! and calls these; they only note and refuse, so the order does not matter), a utility check (src/pg/hook_chain.rs), and a transaction and a
-//! subtransaction callback; installed whenever the library is loaded, as `nile.set_tenant_read_only()` is in it. The
+//! and calls these; they only note and refuse, so the order does not matter), a utility check (src/pg/hook_chain.rs),
+//! and a transaction and a subtransaction callback; installed whenever the library is loaded, as `nile.set_tenant_read_only()` is in it. The
 //! transaction callback must run after src/context/pool_guard.rs's (context/mod.rs registers this one first: Postgres
 //! calls the last registered first), so that a refused commit never skips dropping a cursor WITH HOLD.
 //! Nothing is shared between backends, so there is no lock. Erring on the side of refusing costs the client a round
 //! trip, never a lost write.
 
 use crate::pg::errors::Problem;
+use crate::pg::hook_chain::{next_executor_run, next_executor_start};
 use pgrx::prelude::*;
 use std::cell::Cell;
 
@@ -34,28 +35,6 @@ thread_local! {
     static HAD_XID: Cell<bool> = const { Cell::new(false) };
     /// The first thing the context's transaction did that it must not commit.
     static NOTED: Cell<Option<&'static str>> = const { Cell::new(None) };
-}
-
-// The standard functions, declared directly: pgrx's binding would turn an ERROR raised inside them into a Rust panic
-// and re-raise it without its context.
-extern "C-unwind" {
-    #[link_name = "standard_ExecutorStart"]
-    fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
-    #[cfg(not(feature = "pg18"))]
-    #[link_name = "standard_ExecutorRun"]
-    fn raw_standard_executor_run(
-        query_desc: *mut pg_sys::QueryDesc,
-        direction: pg_sys::ScanDirection::Type,
-        count: u64,
-        execute_once: bool,
-    );
-    #[cfg(feature = "pg18")]
-    #[link_name = "standard_ExecutorRun"]
-    fn raw_standard_executor_run(
-        query_desc: *mut pg_sys::QueryDesc,
-        direction: pg_sys::ScanDirection::Type,
-        count: u64,
-    );
 }
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
@@ -165,10 +144,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
                 note("started a statement while it was not read-only");
             }
         }
-        match PREV_EXECUTOR_START {
-            Some(prev) => prev(query_desc, eflags),
-            None => raw_standard_executor_start(query_desc, eflags),
-        }
+        next_executor_start(PREV_EXECUTOR_START, query_desc, eflags);
     }
 }
 
@@ -183,10 +159,13 @@ unsafe extern "C-unwind" fn executor_run(
 ) {
     // SAFETY: the previous hook or the standard function with the arguments we were given, then our check.
     unsafe {
-        match PREV_EXECUTOR_RUN {
-            Some(prev) => prev(query_desc, direction, count, execute_once),
-            None => raw_standard_executor_run(query_desc, direction, count, execute_once),
-        }
+        next_executor_run(
+            PREV_EXECUTOR_RUN,
+            query_desc,
+            direction,
+            count,
+            execute_once,
+        );
         // watching() reads a const-initialised thread-local Cell: it cannot panic, so it needs no guard here.
         if watching() {
             after_run(query_desc);
@@ -203,10 +182,7 @@ unsafe extern "C-unwind" fn executor_run(
 ) {
     // SAFETY: the previous hook or the standard function with the arguments we were given, then our check.
     unsafe {
-        match PREV_EXECUTOR_RUN {
-            Some(prev) => prev(query_desc, direction, count),
-            None => raw_standard_executor_run(query_desc, direction, count),
-        }
+        next_executor_run(PREV_EXECUTOR_RUN, query_desc, direction, count);
         // watching() reads a const-initialised thread-local Cell: it cannot panic, so it needs no guard here.
         if watching() {
             after_run(query_desc);

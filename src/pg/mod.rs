@@ -9,7 +9,8 @@
 //! - `spi_util`: the only way the extension runs SQL (scripts/check_sql.py enforces it)
 //! - `own_tables`: `nile.*` tables read by heap and index, without SPI or row-level security
 //! - `heap_scan`: a table's rows read without planner, policies or expressions
-//! - `hook_chain`: the next `ProcessUtility` hook, and the one hook that runs the registered statement checks
+//! - `hook_chain`: the next `ProcessUtility`, planner and executor hooks (or the standard functions), and the one
+//!   `ProcessUtility` hook that runs the registered statement checks
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
 //! - `unguarded`: the few Postgres functions that cannot raise, called without pgrx's `sigsetjmp` guard
 //!

@@ -16,44 +16,14 @@
 //! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
 
 use crate::context::guard;
+use crate::pg::hook_chain::{
+    next_executor_end, next_executor_finish, next_executor_run, next_executor_start, next_planner,
+};
 use crate::settings;
 use crate::usage::store::{self, CounterValues, RowKind, StatementUsage, UsageKey};
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::time::Instant;
-
-// The standard functions, declared directly: pgrx's bindings would turn an ERROR raised inside them into a Rust panic
-// and re-raise it without its context.
-extern "C-unwind" {
-    #[link_name = "standard_ExecutorStart"]
-    fn raw_standard_executor_start(query_desc: *mut pg_sys::QueryDesc, eflags: i32);
-    #[cfg(not(feature = "pg18"))]
-    #[link_name = "standard_ExecutorRun"]
-    fn raw_standard_executor_run(
-        query_desc: *mut pg_sys::QueryDesc,
-        direction: pg_sys::ScanDirection::Type,
-        count: u64,
-        execute_once: bool,
-    );
-    #[cfg(feature = "pg18")]
-    #[link_name = "standard_ExecutorRun"]
-    fn raw_standard_executor_run(
-        query_desc: *mut pg_sys::QueryDesc,
-        direction: pg_sys::ScanDirection::Type,
-        count: u64,
-    );
-    #[link_name = "standard_planner"]
-    fn raw_standard_planner(
-        parse: *mut pg_sys::Query,
-        query_string: *const std::ffi::c_char,
-        cursor_options: i32,
-        bound_params: pg_sys::ParamListInfo,
-    ) -> *mut pg_sys::PlannedStmt;
-    #[link_name = "standard_ExecutorFinish"]
-    fn raw_standard_executor_finish(query_desc: *mut pg_sys::QueryDesc);
-    #[link_name = "standard_ExecutorEnd"]
-    fn raw_standard_executor_end(query_desc: *mut pg_sys::QueryDesc);
-}
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;
@@ -318,10 +288,13 @@ unsafe extern "C-unwind" fn planner(
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
     unsafe {
         enter_nested();
-        let plan = match PREV_PLANNER {
-            Some(prev) => prev(parse, query_string, cursor_options, bound_params),
-            None => raw_standard_planner(parse, query_string, cursor_options, bound_params),
-        };
+        let plan = next_planner(
+            PREV_PLANNER,
+            parse,
+            query_string,
+            cursor_options,
+            bound_params,
+        );
         leave_nested();
         plan
     }
@@ -334,10 +307,7 @@ unsafe extern "C-unwind" fn executor_start(query_desc: *mut pg_sys::QueryDesc, e
     unsafe {
         // Statements run while a plan starts up (initial partition pruning calling functions) are nested ones.
         before_executor_start(query_desc);
-        match PREV_EXECUTOR_START {
-            Some(prev) => prev(query_desc, eflags),
-            None => raw_standard_executor_start(query_desc, eflags),
-        }
+        next_executor_start(PREV_EXECUTOR_START, query_desc, eflags);
         leave_nested();
     }
 }
@@ -373,10 +343,13 @@ unsafe extern "C-unwind" fn executor_run(
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
     unsafe {
         before_run(query_desc);
-        match PREV_EXECUTOR_RUN {
-            Some(prev) => prev(query_desc, direction, count, execute_once),
-            None => raw_standard_executor_run(query_desc, direction, count, execute_once),
-        }
+        next_executor_run(
+            PREV_EXECUTOR_RUN,
+            query_desc,
+            direction,
+            count,
+            execute_once,
+        );
         after_run(query_desc);
     }
 }
@@ -391,10 +364,7 @@ unsafe extern "C-unwind" fn executor_run(
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the arguments we were given.
     unsafe {
         before_run(query_desc);
-        match PREV_EXECUTOR_RUN {
-            Some(prev) => prev(query_desc, direction, count),
-            None => raw_standard_executor_run(query_desc, direction, count),
-        }
+        next_executor_run(PREV_EXECUTOR_RUN, query_desc, direction, count);
         after_run(query_desc);
     }
 }
@@ -404,10 +374,7 @@ unsafe extern "C-unwind" fn executor_finish(query_desc: *mut pg_sys::QueryDesc) 
     // SAFETY: our bookkeeping around the previous hook or the standard function, with the argument we were given.
     unsafe {
         before_run(query_desc);
-        match PREV_EXECUTOR_FINISH {
-            Some(prev) => prev(query_desc),
-            None => raw_standard_executor_finish(query_desc),
-        }
+        next_executor_finish(PREV_EXECUTOR_FINISH, query_desc);
         after_run(query_desc);
     }
 }
@@ -474,10 +441,7 @@ unsafe extern "C-unwind" fn executor_end(query_desc: *mut pg_sys::QueryDesc) {
     unsafe {
         let operation = (*query_desc).operation;
         let processed = rows_of(query_desc);
-        match PREV_EXECUTOR_END {
-            Some(prev) => prev(query_desc),
-            None => raw_standard_executor_end(query_desc),
-        }
+        next_executor_end(PREV_EXECUTOR_END, query_desc);
         after_executor_end(query_desc, operation, processed);
     }
 }
