@@ -7,17 +7,20 @@ Variants, each a loop of one point read (a random tenant, a random row of it) on
   by_hand     the hand-written shape without the SDK: BEGIN, SELECT nile.set_tenant(%s), the read, COMMIT, each a
               round trip of its own
   sdk         `with nile.tenant_context(t): nile.sql.fetch_one(read)`: nile.set_tenant_read_only() and the read
-              pipelined without BEGIN, in a read-only transaction that ends with the pipeline (one round trip)
+              pipelined without BEGIN, in a read-only transaction that ends with the pipeline (one round trip), with
+              the client's own pool (Nile(dsn))
   sdk_begin   the same with `Nile(one_round_trip_reads=False)`: BEGIN, the context and the read pipelined, then COMMIT
 Both with psycopg's server-side prepared statements (the default: prepare_threshold 5 for raw psycopg,
 prepared_statements=True for the SDK) and without (prepare_threshold None for raw psycopg, the SDK's default, which
-PgBouncer 1.18 needs). Each round interleaves the variants operation by operation (A B C, then C B A, ...), so that
-all meet the machine in the same state (its loopback latency moves by a factor of two over seconds here); the report is
+PgBouncer 1.18 needs). Each round interleaves the variants operation by operation (A B C, then B C A, then C A B,
+...), so that all meet the machine in the same state (its loopback latency moves by a factor of two over seconds here); the report is
 the median of each variant's per-round mean latency, and its ratio to raw.
 
 BENCH_BREAKDOWN=1 adds, to see where the SDK's time goes, on connections of their own in autocommit: raw_pipe (the raw
-read alone in psycopg's pipeline mode), two_pipe (`SELECT %s::uuid` and the raw read in one pipeline), ctx_pipe
-(`nile.set_tenant_read_only(%s)` and the read in one pipeline: the SDK's round trip without the SDK).
+read alone in psycopg's own pipeline mode, Connection.pipeline(), which the SDK no longer uses), and through the SDK's
+one-round-trip path (nile_tenancy._pipeline.run, without the rest of the SDK): one (the raw read alone), two
+(`SELECT %s::uuid` and the raw read), ctx (`nile.set_tenant_read_only(%s)` and the read of the table with row-level
+security: the SDK's round trip without the SDK's bookkeeping and pool).
 
 Environment: BENCH_ROUNDS (default 6), BENCH_OPS per variant per round (default 3000), BENCH_TENANTS (default 100).
 """
@@ -34,7 +37,7 @@ from typing import Callable
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from nile_tenancy import Nile
+from nile_tenancy import Nile, _pipeline
 
 PORT = int(sys.argv[1])
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "6"))
@@ -108,45 +111,52 @@ Runs = dict[str, tuple[Callable[[], None], Callable[[], None]]]
 
 def breakdown(threshold: int | None, pick: Callable[[], tuple[str, int]]) -> Runs:
     """The SDK's round trip taken apart (BENCH_BREAKDOWN=1): see the module's notes."""
-    conns = [psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold) for _ in range(3)]
+    conns = [psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold) for _ in range(4)]
+    context = _pipeline.fixed("SELECT nile.set_tenant_read_only(%s::uuid)")
 
-    def pipelined(
-        conn: psycopg.Connection, first: str | None, read: str, with_tenant: bool
-    ) -> Callable[[], None]:
-        def run() -> None:
-            t, i = pick()
-            with conn.pipeline():
-                if first is not None:
-                    conn.execute(first, (t,))
-                cur = conn.execute(read, (t, i) if with_tenant else (i,))
-            assert cur.fetchone() is not None
-        return run
+    def raw_pipe() -> None:
+        t, i = pick()
+        with conns[0].pipeline():
+            cur = conns[0].execute(READ_RAW, (t, i))
+        assert cur.fetchone() is not None
+
+    def one() -> None:
+        t, i = pick()
+        assert _pipeline.run(conns[1], ((READ_RAW, (t, i)),))[0].fetchone() is not None
+
+    def two() -> None:
+        t, i = pick()
+        assert _pipeline.run(conns[2], (("SELECT %s::uuid", (t,)), (READ_RAW, (t, i))))[1].fetchone() is not None
+
+    def ctx() -> None:
+        t, i = pick()
+        assert _pipeline.run(conns[3], ((context, (t,)), (READ, (i,))))[1].fetchone() is not None
 
     def close() -> None:
         for conn in conns:
             conn.close()
 
     nothing = lambda: None  # noqa: E731
-    return {
-        "raw_pipe": (pipelined(conns[0], None, READ_RAW, True), close),
-        "two_pipe": (pipelined(conns[1], "SELECT %s::uuid", READ_RAW, True), nothing),
-        "ctx_pipe": (pipelined(conns[2], "SELECT nile.set_tenant_read_only(%s::uuid)", READ, False), nothing),
-    }
+    return {"raw_pipe": (raw_pipe, close), "one": (one, nothing), "two": (two, nothing), "ctx": (ctx, nothing)}
 
 
-def measure_round(runs: dict[str, Callable[[], None]], reverse: bool) -> dict[str, float]:
-    """One round: OPS operations of every variant, interleaved operation by operation (the variants' order reversed
-    every other operation, and every other round), so that all meet the machine in the same state: its loopback
-    latency here moves by a factor of two over seconds, with the load of the machine. Returns each variant's mean
-    latency in microseconds (after 200 operations of warm-up each)."""
+def measure_round(runs: dict[str, Callable[[], None]], offset: int) -> dict[str, float]:
+    """One round: OPS operations of every variant, interleaved operation by operation in an order that rotates (A B C,
+    then B C A, then C A B, ...), so that all meet the machine in the same state (its loopback latency here moves by
+    a factor of two over seconds, with the load of the machine) and none runs twice in a row (a reversed order, A B C
+    then C B A, runs the first and last variants twice in a row every other time: their server processes are warm,
+    which favoured them by 0.1-0.3 x). Returns each variant's mean latency in microseconds (after 200 operations of
+    warm-up each)."""
     names = list(runs)
     for name in names:
         for _ in range(200):
             runs[name]()
     total = dict.fromkeys(names, 0.0)
     clock = time.perf_counter
+    n = len(names)
+    orders = [names[r:] + names[:r] for r in range(n)]
     for i in range(OPS):
-        for name in reversed(names) if (i % 2 == 1) != reverse else names:
+        for name in orders[(i + offset) % n]:
             started = clock()
             runs[name]()
             total[name] += clock() - started
@@ -162,7 +172,7 @@ def main() -> None:
         names = list(runs)
         means: dict[str, list[float]] = {name: [] for name in names}
         for r in range(ROUNDS):
-            for name, mean in measure_round({n: runs[n][0] for n in names}, r % 2 == 1).items():
+            for name, mean in measure_round({n: runs[n][0] for n in names}, r).items():
                 means[name].append(mean)
         for _, close in runs.values():
             close()

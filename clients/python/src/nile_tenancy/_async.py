@@ -18,7 +18,7 @@ from psycopg import pq
 from psycopg_pool import AsyncConnectionPool
 
 from . import _common as c
-from . import errors
+from . import _pipeline, errors
 from .tokens import Tokens
 
 Params = Sequence[Any] | dict[str, Any] | None
@@ -47,15 +47,18 @@ class _Scope:
             await self._open()
 
     async def _open(self) -> None:
+        if self.closed:  # checked under the lock (see _sync._Scope.run)
+            raise errors.ContextEnded(c.CONTEXT_ENDED)
         if not self.opened:
             self.opened = self.used = True
-            async with self.conn.pipeline():
-                await self.conn.execute(self.begin_sql)
-                await self.conn.execute(self.enter_sql, [self.argument])
+            await together(self.conn, ((_pipeline.fixed(self.begin_sql), None),
+                                       (_pipeline.fixed(self.enter_sql), [self.argument])))
 
     async def run(self, query: Any, params: Params) -> psycopg.AsyncCursor[Any]:
         """See :meth:`nile_tenancy._sync._Scope.run`."""
         async with self.lock:
+            if self.closed:  # checked under the lock (see _sync._Scope.run)
+                raise errors.ContextEnded(c.CONTEXT_ENDED)
             if c.may_enter_a_context(query):
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
@@ -70,19 +73,30 @@ class _Scope:
                     reads.enabled = bool(row[0])  # type: ignore[index]
                 if reads.enabled:
                     try:
-                        async with self.conn.pipeline():
-                            await self.conn.execute(self.read_only_sql, [self.argument])
-                            cur = await self.conn.execute(query, params)
+                        cur = (await together(self.conn, ((_pipeline.fixed(self.read_only_sql), (self.argument,)),
+                                                          (query, params))))[1]
                         self.used = True
-                        return cur
+                        return cur  # type: ignore[no-any-return]
                     except c.RUN_IN_TRANSACTION as e:
                         reads.refused_by_server(query, e)
             self.opened = self.used = True
-            async with self.conn.pipeline():
-                await self.conn.execute(self.begin_sql)
-                await self.conn.execute(self.enter_sql, [self.argument])
-                cur = await self.conn.execute(query, params)
-            return cur
+            return (await together(self.conn, ((_pipeline.fixed(self.begin_sql), None),  # type: ignore[no-any-return]
+                                               (_pipeline.fixed(self.enter_sql), [self.argument]), (query, params))))[2]
+
+
+async def together(conn: psycopg.AsyncConnection[Any], statements: Sequence[tuple[Any, Params]]) -> list[Any]:
+    """:func:`nile_tenancy._sync.together` for an AsyncConnection."""
+    if _pipeline.usable(conn):
+        return await _pipeline.run_async(conn, statements)
+    try:
+        async with conn.pipeline():
+            cursors = [await conn.execute(query.text if isinstance(query, _pipeline.Fixed) else query, params)
+                       for query, params in statements]
+    except BaseException:
+        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            await _pipeline.abandon_async(conn)  # stuck in pipeline mode (a COPY): never back to the pool
+        raise
+    return cursors
 
 
 async def enter_tenant(
@@ -128,9 +142,12 @@ class AsyncSql:
             return
         pool = await self._client._opened_pool()
         async with pool.connection() as conn:
-            async with conn.pipeline():  # a session-wide context the statement set is cleared (see _sync.Sql)
+            # A session-wide context the statement set is cleared (see _sync.Sql).
+            if c.classify(query)[1]:
                 cur = await conn.execute(query, params)
                 await conn.execute(c.RESET_SESSION_CONTEXT)
+            else:
+                cur = (await together(conn, ((query, params), (_pipeline.fixed(c.RESET_SESSION_CONTEXT), None))))[0]
             yield cur
 
     async def execute(self, query: Any, params: Params = None) -> int:
@@ -348,10 +365,8 @@ class AsyncNile:
                 yield scope
                 if not scope.used:
                     scope.opened = True
-                    async with conn.pipeline():
-                        await conn.execute(scope.begin_sql)
-                        await conn.execute(enter_sql, [argument])
-                        await conn.execute("COMMIT")
+                    await together(conn, ((_pipeline.fixed(scope.begin_sql), None),
+                                          (_pipeline.fixed(enter_sql), [argument]), (_pipeline.fixed("COMMIT"), None)))
                 elif not scope.opened:
                     pass  # only reads, each in a read-only transaction of its own that has ended
                 elif conn.info.transaction_status == pq.TransactionStatus.INERROR:

@@ -97,6 +97,21 @@ def may_enter_a_context(query: Any) -> bool:
     return True if text is None else _names_a_context_function(text)
 
 
+def classify(query: Any) -> tuple[bool, bool, bool]:
+    """What a block needs to know of a statement before sending it, in one look (remembered for the last 1024 texts):
+    whether it may enter a context itself (:func:`may_enter_a_context`), whether it holds several statements
+    (:func:`several_statements`), and whether it looks like a read (:func:`_looks_read_only`)."""
+    if isinstance(query, str):
+        return _classify_text(query)
+    text = _text(query)
+    return (True, False, False) if text is None else _classify_text(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def _classify_text(text: str) -> tuple[bool, bool, bool]:
+    return _names_a_context_function(text), several_statements(text), _looks_read_only(text)
+
+
 @functools.lru_cache(maxsize=1024)
 def _names_a_context_function(query: str) -> bool:
     lowered = query.lower()
@@ -191,11 +206,17 @@ def _looks_read_only(query: str) -> bool:
 
 def tenant_id_text(tenant_id: uuid.UUID | str) -> str:
     """The canonical text of a tenant id; ValueError for anything that is not a UUID."""
+    if isinstance(tenant_id, str):
+        return _canonical_uuid(tenant_id)
     if isinstance(tenant_id, uuid.UUID):
         return str(tenant_id)
-    if not isinstance(tenant_id, str):
-        raise TypeError(f"a tenant id is a uuid.UUID or its text, not {type(tenant_id).__name__}")
-    return str(uuid.UUID(tenant_id))
+    raise TypeError(f"a tenant id is a uuid.UUID or its text, not {type(tenant_id).__name__}")
+
+
+@functools.lru_cache(maxsize=4096)
+def _canonical_uuid(text: str) -> str:
+    """tenant_id_text of a text (remembered for the last 4096: the same tenants come back request after request)."""
+    return str(uuid.UUID(text))
 
 
 def token_tenant(token: str) -> str | None:

@@ -1,4 +1,5 @@
-"""The synchronous client, :class:`Nile` (psycopg 3 and psycopg_pool underneath).
+"""The synchronous client, :class:`Nile` (psycopg 3 underneath; the client's own pool, _pool.py, or a psycopg_pool of
+the caller's).
 
 Design:
 - A context (``tenant_context``, ``admin_context``) is one unit of work on one connection taken from the pool. It
@@ -6,9 +7,9 @@ Design:
   opens always ends with COMMIT (or ROLLBACK when the block raises) before the connection goes back: nothing of it
   outlives the ``with`` block.
 - Nothing is sent when the block starts. The statement that opens the block's transaction goes to the server with
-  BEGIN and the context in one round trip (psycopg's pipeline mode); the rest of the block is plain psycopg in that
-  transaction. A read (a statement that starts with SELECT, VALUES or TABLE and names no call whose effect lasts until
-  the end of the transaction) in a tenant context that has no transaction open yet goes without BEGIN:
+  BEGIN and the context in one round trip (libpq's pipeline mode: _pipeline.py); the rest of the block is plain psycopg
+  in that transaction. A read (a statement that starts with SELECT, VALUES or TABLE and names no call whose effect
+  lasts until the end of the transaction) in a tenant context that has no transaction open yet goes without BEGIN:
   ``nile.set_tenant_read_only()`` and the read, in an implicit transaction that ends with the pipeline (the server
   keeps it read-only and refuses, as the read's own error, one that wrote or hid an error, so there is nothing to
   commit: one round trip for the whole unit of work). If the server refuses it (25006; 25000 for an isolation level
@@ -18,6 +19,9 @@ Design:
 - Which context is active is kept in a ``contextvars.ContextVar`` of the client: per thread and per asyncio task, so
   ``nile.sql`` inside the block uses the block's connection and nothing else can.
 - Nesting the same context does nothing; a different one raises :class:`~nile_tenancy.errors.NestedContextError`.
+- A context and its statements are on the path of every unit of work: classes rather than generator-based context
+  managers, and each statement's text classified once (_common.classify), because the SDK's own bookkeeping is what
+  stands between a point read and the latency of raw psycopg (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -25,7 +29,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import contextvars
-import dataclasses
 import datetime as _dt
 import itertools
 import threading
@@ -37,31 +40,42 @@ from psycopg import pq
 from psycopg_pool import ConnectionPool
 
 from . import _common as c
-from . import errors
+from . import _pipeline, errors
+from ._pool import Pool
 from .tokens import Tokens
 
 Params = Sequence[Any] | dict[str, Any] | None
 
 
-@dataclasses.dataclass
 class _Scope:
     """The active context of this thread or task: its kind and key, and its connection."""
 
-    kind: str  # "tenant" or "admin"
-    key: str | None  # the tenant id (a token's tenant for a token context); None for admin
-    conn: psycopg.Connection[Any]
-    client: "Nile"
-    enter_sql: str  # enters the context inside the block's transaction
-    argument: Any  # its one parameter (the id, the token or the reason)
-    read_only_sql: str | None  # enters it for one read-only implicit transaction; None: every statement in BEGIN
-    begin_sql: str  # BEGIN with the characteristics the connection asks psycopg for
-    opened: bool = False  # BEGIN and the context have been sent: the block's transaction is open
-    used: bool = False  # a statement ran (in the block's transaction or in one of its own)
-    closed: bool = False  # the block has ended: a thread or task that kept the scope gets ContextEnded
-    needs_reset: bool = False  # the block had the raw connection: clear any session-wide context at the end
-    # Held while a statement goes out with what it needs (a pipeline) and the flags change: threads that share the
-    # scope (contextvars.copy_context()) must not interleave their pipelines.
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    __slots__ = ("kind", "key", "conn", "client", "enter_sql", "argument", "read_only_sql", "opened", "used",
+                 "closed", "needs_reset", "lock")
+
+    def __init__(
+        self, kind: str, key: str | None, conn: psycopg.Connection[Any], client: "Nile", enter_sql: str,
+        argument: Any, read_only_sql: str | None,
+    ) -> None:
+        self.kind = kind  # "tenant" or "admin"
+        self.key = key  # the tenant id (a token's tenant for a token context); None for admin
+        self.conn = conn
+        self.client = client
+        self.enter_sql = enter_sql  # enters the context inside the block's transaction
+        self.argument = argument  # its one parameter (the id, the token or the reason)
+        # Enters it for one read-only implicit transaction; None: every statement in the block's transaction.
+        self.read_only_sql = None if read_only_sql is None else _pipeline.fixed(read_only_sql)
+        self.opened = False  # BEGIN and the context have been sent: the block's transaction is open
+        self.used = False  # a statement ran (in the block's transaction or in one of its own)
+        self.closed = False  # the block has ended: a thread or task that kept the scope gets ContextEnded
+        self.needs_reset = False  # the block had the raw connection: clear any session-wide context at the end
+        # Held while a statement goes out with what it needs (a pipeline) and the flags change: threads that share
+        # the scope (contextvars.copy_context()) must not interleave their pipelines.
+        self.lock = threading.Lock()
+
+    def begin_and_enter(self) -> tuple[tuple[Any, Params], tuple[Any, Params]]:
+        """BEGIN (with the characteristics the connection asks psycopg for) and the context, as statements."""
+        return (_pipeline.fixed(c.begin_sql(self.conn)), None), (_pipeline.fixed(self.enter_sql), [self.argument])
 
     def open(self) -> None:
         """Open the block's transaction (BEGIN and the context, one round trip) unless it is open."""
@@ -69,42 +83,57 @@ class _Scope:
             self._open()
 
     def _open(self) -> None:
+        if self.closed:  # checked under the lock: the block may have ended since the caller looked
+            raise errors.ContextEnded(c.CONTEXT_ENDED)
         if not self.opened:
             self.opened = self.used = True  # set first: if entering fails, the end of the block rolls back
-            with self.conn.pipeline():
-                self.conn.execute(self.begin_sql)
-                self.conn.execute(self.enter_sql, [self.argument])
+            together(self.conn, self.begin_and_enter())
 
     def run(self, query: Any, params: Params) -> psycopg.Cursor[Any]:
         """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes)."""
         with self.lock:
-            if c.may_enter_a_context(query):
+            if self.closed:
+                # Checked again under the lock: a thread that found the scope live may have waited here while the
+                # block ended and its connection went to another tenant's block.
+                raise errors.ContextEnded(c.CONTEXT_ENDED)
+            enters, several, reads_only = c.classify(query)
+            if enters:
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
                 return self.conn.execute(query, params)
-            if c.several_statements(query):
+            if several:
                 self._open()  # BEGIN and the context, then the statements on their own
                 return self.conn.execute(query, params)
             reads = self.client._reads
-            if self.read_only_sql is not None and reads.wants(query):
+            if reads_only and self.read_only_sql is not None and reads.wants(query):
                 if reads.enabled is None:
                     row = self.conn.execute(c.HAS_READ_ONLY_CONTEXT).fetchone()
                     reads.enabled = bool(row[0])  # type: ignore[index]
                 if reads.enabled:
                     try:
-                        with self.conn.pipeline():
-                            self.conn.execute(self.read_only_sql, [self.argument])
-                            cur = self.conn.execute(query, params)
+                        cur = together(self.conn, ((self.read_only_sql, (self.argument,)), (query, params)))[1]
                         self.used = True
                         return cur
                     except c.RUN_IN_TRANSACTION as e:
                         reads.refused_by_server(query, e)  # nothing of it stayed: run it in the block's transaction
             self.opened = self.used = True
-            with self.conn.pipeline():
-                self.conn.execute(self.begin_sql)
-                self.conn.execute(self.enter_sql, [self.argument])
-                cur = self.conn.execute(query, params)
-            return cur
+            return together(self.conn, (*self.begin_and_enter(), (query, params)))[2]
+
+
+def together(conn: psycopg.Connection[Any], statements: Sequence[tuple[Any, Params]]) -> list[Any]:
+    """Send ``statements`` in one round trip (see _pipeline.py; psycopg's pipeline where that cannot be used); their
+    cursors (None for a Fixed statement), or the first error."""
+    if _pipeline.usable(conn):
+        return _pipeline.run(conn, statements)
+    try:
+        with conn.pipeline():
+            cursors = [conn.execute(query.text if isinstance(query, _pipeline.Fixed) else query, params)
+                       for query, params in statements]
+    except BaseException:
+        if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
+            _pipeline.abandon(conn)  # stuck in pipeline mode (a COPY): never back to the pool
+        raise
+    return cursors
 
 
 def enter_tenant(
@@ -122,7 +151,7 @@ def enter_tenant(
 
 def require_idle(conn: psycopg.Connection[Any]) -> None:
     """Raise TransactionInProgress unless ``conn`` is idle (no transaction open)."""
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+    if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
         raise errors.TransactionInProgress(
             "a tenant or admin context is a transaction of its own and cannot start inside an open transaction: "
             "commit or roll back first (entered inside it, the context would outlive the with block)"
@@ -154,40 +183,185 @@ def _verify_nested_token(scope: _Scope, token: str) -> None:
     c.check_verified_tenant(row, scope.key)
 
 
+class _Block(contextlib.ContextDecorator):
+    """``with nile.tenant_context(...)`` or ``with nile.admin_context(...)``: takes a connection from the pool and
+    makes the block's scope the active one; at the end, COMMIT (ROLLBACK if the block raised), and the connection goes
+    back with no transaction open and no session-wide context. A class, not a generator: it is on the path of every
+    unit of work. Checks its arguments when the block starts. Also a decorator (each call a block of its own)."""
+
+    __slots__ = ("client", "kind", "tenant_id", "token", "reason", "scope", "lease", "var_token", "was_autocommit")
+
+    def __init__(
+        self, client: "Nile", kind: str, tenant_id: uuid.UUID | str | None, token: str | None, reason: str | None
+    ) -> None:
+        self.client = client
+        self.kind = kind
+        self.tenant_id = tenant_id
+        self.token = token
+        self.reason = reason
+        self.scope: _Scope | None = None  # None: the block joined the active context (or has not started)
+        self.lease: Any = None
+
+    def _recreate_cm(self) -> "_Block":
+        return _Block(self.client, self.kind, self.tenant_id, self.token, self.reason)
+
+    def __enter__(self) -> "Nile":
+        if self.lease is not None or self.scope is not None:
+            raise RuntimeError("this context is in use already: call tenant_context() or admin_context() again")
+        client = self.client
+        key = c.tenant_key(self.tenant_id, self.token) if self.kind == "tenant" else None
+        current = client._open_scope()
+        if c.joins_active_context(current and current.kind, current and current.key, self.kind, key):
+            if self.token is not None and current is not None:
+                _verify_nested_token(current, self.token)
+            return client
+        if self.kind == "tenant":
+            enter, read_only = (c.SET_TENANT_TOKEN, c.SET_TENANT_TOKEN_READ_ONLY) if self.token else (
+                c.SET_TENANT, c.SET_TENANT_READ_ONLY)
+            argument = self.token or key
+        else:
+            enter, read_only, argument = c.ADMIN_CONTEXT, None, self.reason or c.caller_name()
+        pool = client._pool
+        if type(pool) is Pool:
+            conn = pool.getconn()  # the client's own pool: no context manager in between (see _pool.py)
+            try:
+                self.lease = pool
+            except BaseException:  # an interrupt right here: the connection is not lost to the pool
+                pool.putconn(conn)
+                raise
+        else:
+            lease = pool.connection()
+            conn = lease.__enter__()
+            self.lease = lease
+        self.var_token = None
+        # BEGIN is sent as a statement of a pipeline: psycopg's own implicit BEGIN (autocommit off) is synchronised
+        # alone, a round trip of its own; and a read is sent without BEGIN (autocommit on). The connection's
+        # autocommit setting is restored at the end (outside pipeline mode, where it costs nothing).
+        self.was_autocommit = True
+        scope = self.scope = _Scope(self.kind, key, conn, client, enter, argument,
+                                    read_only if c.reads_may_run_alone(conn) else None)
+        try:
+            require_idle(conn)
+            self.was_autocommit = conn.autocommit
+            if not self.was_autocommit:
+                conn.set_autocommit(True)
+            self.var_token = client._scope.set(scope)
+        except BaseException as error:
+            self._release(scope, error)
+            raise
+        return client
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        scope = self.scope
+        if scope is None or scope.closed:
+            return  # joined the active context (that one ends it), or ended already
+        with scope.lock:
+            # From now on no thread sharing the scope can start a statement (run() checks under the lock); one that is
+            # running has finished.
+            scope.closed = True
+        error = exc
+        try:
+            if error is None:
+                try:
+                    self._end(scope)
+                except BaseException as e:
+                    error = e
+                    self._undo(scope)
+                    raise
+            else:
+                self._undo(scope)
+        finally:
+            self._release(scope, error)
+
+    @staticmethod
+    def _end(scope: _Scope) -> None:
+        """The block ended without an error: its transaction, if any, is committed."""
+        conn = scope.conn
+        if not scope.used:
+            # No statement in the block: the context is still entered (an unknown tenant raises), BEGIN, the
+            # context and COMMIT in one round trip.
+            scope.opened = True
+            together(conn, (*scope.begin_and_enter(), (_pipeline.fixed("COMMIT"), None)))
+        elif not scope.opened:
+            pass  # only reads, each in a read-only transaction of its own that has ended
+        elif conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            # COMMIT would answer ROLLBACK without an error: the block's writes would be lost silently.
+            conn.rollback()
+            raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
+        else:
+            conn.commit()
+        if scope.needs_reset:
+            conn.execute(c.RESET_SESSION_CONTEXT)
+
+    @staticmethod
+    def _undo(scope: _Scope) -> None:
+        """Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt), the
+        connection goes back with no transaction open."""
+        conn = scope.conn
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        if scope.needs_reset:
+            with contextlib.suppress(Exception):
+                conn.execute(c.RESET_SESSION_CONTEXT)
+
+    def _release(self, scope: _Scope, error: BaseException | None) -> None:
+        """Close the scope and give the connection back (with the error, if any, as the pool's block would see it)."""
+        conn = scope.conn
+        try:
+            scope.closed = True
+            if self.var_token is not None:
+                # ValueError: the block ended in another context (a generator closed by the garbage collector); the
+                # scope is closed, which is what every holder of it checks.
+                with contextlib.suppress(ValueError):
+                    self.client._scope.reset(self.var_token)
+            if not self.was_autocommit and not conn.closed:
+                try:
+                    conn.set_autocommit(False)
+                except Exception:
+                    conn.close()  # never back to the pool in a state it does not expect: the pool drops it
+        finally:
+            lease = self.lease
+            if type(lease) is Pool:
+                lease.release(conn, error is not None)
+            elif error is None:
+                lease.__exit__(None, None, None)
+            else:
+                lease.__exit__(type(error), error, error.__traceback__)
+
+
 class Sql:
     """``nile.sql``: statements in the active context, or, outside any, each in a transaction of its own."""
 
     def __init__(self, client: "Nile") -> None:
         self._client = client
 
-    @contextlib.contextmanager
-    def _cursor(self, query: Any, params: Params) -> Iterator[psycopg.Cursor[Any]]:
+    def _run(self, query: Any, params: Params) -> psycopg.Cursor[Any]:
+        """The statement's cursor (its rows are read already): in the active context, or outside any in a
+        transaction of its own."""
         scope = self._client._live_scope()
         if scope is not None:
-            yield scope.run(query, params)
-            return
+            return scope.run(query, params)
         with self._client._pool.connection() as conn:  # commits at the end of the block, rolls back on error
             # Outside a context the statement is a transaction of its own (autocommit), so whatever session state it
             # sets stays: a session-wide tenant context is cleared in the same round trip.
-            with conn.pipeline():
-                cur = conn.execute(query, params)
+            if c.classify(query)[1]:
+                cur = conn.execute(query, params)  # several statements: psycopg's simple protocol, on their own
                 conn.execute(c.RESET_SESSION_CONTEXT)
-            yield cur
+                return cur
+            cur = together(conn, ((query, params), (_pipeline.fixed(c.RESET_SESSION_CONTEXT), None)))[0]
+            return cur  # type: ignore[no-any-return]
 
     def execute(self, query: Any, params: Params = None) -> int:
         """Run one statement; returns the number of rows it affected (-1 when not applicable)."""
-        with self._cursor(query, params) as cur:
-            return cur.rowcount
+        return self._run(query, params).rowcount
 
     def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
         """The first row of a query, as a tuple, or None."""
-        with self._cursor(query, params) as cur:
-            return cur.fetchone()
+        return self._run(query, params).fetchone()  # type: ignore[no-any-return]
 
     def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
         """Every row of a query, as tuples."""
-        with self._cursor(query, params) as cur:
-            return cur.fetchall()
+        return self._run(query, params).fetchall()  # type: ignore[no-any-return]
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
@@ -272,8 +446,8 @@ class Usage:
         return self._rows(c.NOISY_NEIGHBOURS, [c.interval_text(recent)])
 
     def _rows(self, query: str, params: list[Any]) -> list[dict[str, Any]]:
-        with self._client.sql._cursor(query, params) as cur:
-            return c.as_dicts(cur.description, cur.fetchall())
+        cur = self._client.sql._run(query, params)
+        return c.as_dicts(cur.description, cur.fetchall())
 
 
 class Nile:
@@ -313,9 +487,8 @@ class Nile:
         self._own_pool = pool is None
         if pool is None:
             kwargs = c.pool_kwargs(prepared_statements, connect_kwargs)
-            pool = ConnectionPool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs, open=True,
-                                  name="nile_tenancy")
-        self._pool: ConnectionPool[Any] = pool
+            pool = Pool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs)
+        self._pool: ConnectionPool[Any] | Pool = pool
         self._reads = c.ReadPath(one_round_trip_reads)
         self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
             f"nile_tenancy_scope_{id(self)}", default=None
@@ -328,7 +501,7 @@ class Nile:
     # --- lifetime -----------------------------------------------------------------------------------------------------
 
     @property
-    def pool(self) -> ConnectionPool[Any]:
+    def pool(self) -> ConnectionPool[Any] | Pool:
         return self._pool
 
     @property
@@ -352,35 +525,16 @@ class Nile:
 
     # --- contexts -----------------------------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def tenant_context(
-        self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
-    ) -> Iterator["Nile"]:
+    def tenant_context(self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None) -> "_Block":
         """``with nile.tenant_context(tenant_id):`` (or ``token=``, a signed tenant token): the block is one unit of
         work in the tenant's context (one transaction from its first write on; reads before it each in a read-only
         transaction of their own unless ``one_round_trip_reads=False``); ``nile.sql`` runs in it."""
-        key = c.tenant_key(tenant_id, token)
-        current = self._open_scope()
-        if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
-            if token is not None and current is not None:
-                _verify_nested_token(current, token)
-            yield self
-            return
-        enter, read_only = (c.SET_TENANT_TOKEN, c.SET_TENANT_TOKEN_READ_ONLY) if token else (c.SET_TENANT,
-                                                                                        c.SET_TENANT_READ_ONLY)
-        with self._scoped("tenant", key, enter, read_only, token or key):
-            yield self
+        return _Block(self, "tenant", tenant_id, token, None)
 
-    @contextlib.contextmanager
-    def admin_context(self, reason: str | None = None) -> Iterator["Nile"]:
+    def admin_context(self, reason: str | None = None) -> "_Block":
         """``with nile.admin_context():`` the block is one transaction in the audited admin context (the role must be
         a member of ``nile_admin``). Without a reason, the caller's qualified function name is recorded."""
-        current = self._open_scope()
-        if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
-            yield self
-            return
-        with self._scoped("admin", None, c.ADMIN_CONTEXT, None, reason or c.caller_name()):
-            yield self
+        return _Block(self, "admin", None, None, reason)
 
     def _live_scope(self) -> _Scope | None:
         """The context this code runs in, or None outside any; ContextEnded when that context has ended (a thread or
@@ -395,64 +549,6 @@ class Nile:
         enter a context of its own)."""
         scope = self._scope.get()
         return None if scope is None or scope.closed else scope
-
-    @contextlib.contextmanager
-    def _scoped(
-        self, kind: str, key: str | None, enter_sql: str, read_only_sql: str | None, argument: Any
-    ) -> Iterator[_Scope]:
-        with self._pool.connection() as conn:
-            require_idle(conn)
-            # BEGIN is sent as a statement of a pipeline: psycopg's own implicit BEGIN (autocommit off) is
-            # synchronised alone, a round trip of its own; and a read is sent without BEGIN (autocommit on). The
-            # connection's autocommit setting is restored at the end (outside pipeline mode, where it costs nothing).
-            was_autocommit = conn.autocommit
-            scope = _Scope(kind, key, conn, self, enter_sql, argument,
-                           read_only_sql if c.reads_may_run_alone(conn) else None, c.begin_sql(conn))
-            token: contextvars.Token[_Scope | None] | None = None
-            try:
-                if not was_autocommit:
-                    conn.set_autocommit(True)
-                token = self._scope.set(scope)
-                yield scope
-                if not scope.used:
-                    # No statement in the block: the context is still entered (an unknown tenant raises), BEGIN, the
-                    # context and COMMIT in one round trip.
-                    scope.opened = True
-                    with conn.pipeline():
-                        conn.execute(scope.begin_sql)
-                        conn.execute(enter_sql, [argument])
-                        conn.execute("COMMIT")
-                elif not scope.opened:
-                    pass  # only reads, each in a read-only transaction of its own that has ended
-                elif conn.info.transaction_status == pq.TransactionStatus.INERROR:
-                    # COMMIT would answer ROLLBACK without an error: the block's writes would be lost silently.
-                    conn.rollback()
-                    raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
-                else:
-                    conn.commit()
-                if scope.needs_reset:
-                    conn.execute(c.RESET_SESSION_CONTEXT)
-            except BaseException:
-                # Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt),
-                # the connection goes back with no transaction open.
-                with contextlib.suppress(Exception):
-                    conn.rollback()
-                if scope.needs_reset:
-                    with contextlib.suppress(Exception):
-                        conn.execute(c.RESET_SESSION_CONTEXT)
-                raise
-            finally:
-                scope.closed = True
-                if token is not None:
-                    # ValueError: the block ended in another context (a generator closed by the garbage collector);
-                    # the scope is closed, which is what every holder of it checks.
-                    with contextlib.suppress(ValueError):
-                        self._scope.reset(token)
-                if not was_autocommit and not conn.closed:
-                    try:
-                        conn.set_autocommit(False)
-                    except Exception:
-                        conn.close()  # never back to the pool in a state it does not expect: the pool drops it
 
     @contextlib.contextmanager
     def _admin(self, reason: str) -> Iterator[psycopg.Connection[Any]]:
