@@ -59,15 +59,16 @@ class _Scope:
         async with self.lock:
             if self.closed:  # checked under the lock (see _sync._Scope.run)
                 raise errors.ContextEnded(c.CONTEXT_ENDED)
-            if c.may_enter_a_context(query):
+            enters, several, reads_only = c.classify(query)
+            if enters:
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
                 return await self.conn.execute(query, params)
-            if c.several_statements(query):
+            if several:
                 await self._open()
                 return await self.conn.execute(query, params)
             reads = self.client._reads
-            if self.read_only_sql is not None and reads.wants(query):
+            if reads_only and self.read_only_sql is not None and reads.wants(query):
                 if reads.enabled is None:
                     row = await (await self.conn.execute(c.HAS_READ_ONLY_CONTEXT)).fetchone()
                     reads.enabled = bool(row[0])  # type: ignore[index]

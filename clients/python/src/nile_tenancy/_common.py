@@ -89,18 +89,12 @@ def several_statements(query: Any) -> bool:
     return text is not None and ";" in text.rstrip().rstrip(";")
 
 
-def may_enter_a_context(query: Any) -> bool:
-    """Whether a statement may call the extension's context functions itself (``set_tenant(…, false)`` would keep a
-    context for the session): the block then clears any session-wide context before the connection goes back. A
-    statement that is not text (a psycopg.sql.Composed) may."""
-    text = _text(query)
-    return True if text is None else _names_a_context_function(text)
-
-
 def classify(query: Any) -> tuple[bool, bool, bool]:
     """What a block needs to know of a statement before sending it, in one look (remembered for the last 1024 texts):
-    whether it may enter a context itself (:func:`may_enter_a_context`), whether it holds several statements
-    (:func:`several_statements`), and whether it looks like a read (:func:`_looks_read_only`)."""
+    whether it may call the extension's context functions itself (``set_tenant(…, false)`` would keep a context for
+    the session: the block then clears any session-wide context before the connection goes back; a statement that is
+    not text, a psycopg.sql.Composed, may), whether it holds several statements (:func:`several_statements`), and
+    whether it looks like a read (:func:`_looks_read_only`)."""
     if isinstance(query, str):
         return _classify_text(query)
     text = _text(query)
@@ -109,13 +103,9 @@ def classify(query: Any) -> tuple[bool, bool, bool]:
 
 @functools.lru_cache(maxsize=1024)
 def _classify_text(text: str) -> tuple[bool, bool, bool]:
-    return _names_a_context_function(text), several_statements(text), _looks_read_only(text)
-
-
-@functools.lru_cache(maxsize=1024)
-def _names_a_context_function(query: str) -> bool:
-    lowered = query.lower()
-    return "set_tenant" in lowered or "admin_context" in lowered
+    lowered = text.lower()
+    names_a_context_function = "set_tenant" in lowered or "admin_context" in lowered
+    return names_a_context_function, several_statements(text), _looks_read_only(text)
 
 
 class ReadPath:

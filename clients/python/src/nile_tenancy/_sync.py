@@ -221,33 +221,26 @@ class _Block(contextlib.ContextDecorator):
             argument = self.token or key
         else:
             enter, read_only, argument = c.ADMIN_CONTEXT, None, self.reason or c.caller_name()
-        pool = client._pool
-        if type(pool) is Pool:
-            conn = pool.getconn()  # the client's own pool: no context manager in between (see _pool.py)
-            try:
-                self.lease = pool
-            except BaseException:  # an interrupt right here: the connection is not lost to the pool
-                pool.putconn(conn)
-                raise
-        else:
-            lease = pool.connection()
-            conn = lease.__enter__()
-            self.lease = lease
+        lease = self.lease = client._pool.connection()
+        conn = lease.__enter__()
         self.var_token = None
         # BEGIN is sent as a statement of a pipeline: psycopg's own implicit BEGIN (autocommit off) is synchronised
         # alone, a round trip of its own; and a read is sent without BEGIN (autocommit on). The connection's
         # autocommit setting is restored at the end (outside pipeline mode, where it costs nothing).
         self.was_autocommit = True
-        scope = self.scope = _Scope(self.kind, key, conn, client, enter, argument,
-                                    read_only if c.reads_may_run_alone(conn) else None)
         try:
+            scope = self.scope = _Scope(self.kind, key, conn, client, enter, argument,
+                                        read_only if c.reads_may_run_alone(conn) else None)
             require_idle(conn)
             self.was_autocommit = conn.autocommit
             if not self.was_autocommit:
                 conn.set_autocommit(True)
             self.var_token = client._scope.set(scope)
         except BaseException as error:
-            self._release(scope, error)
+            if self.scope is None:  # an interrupt before the scope existed: the connection still goes back
+                lease.__exit__(type(error), error, error.__traceback__)
+            else:
+                self._release(self.scope, error)
             raise
         return client
 
@@ -320,13 +313,10 @@ class _Block(contextlib.ContextDecorator):
                 except Exception:
                     conn.close()  # never back to the pool in a state it does not expect: the pool drops it
         finally:
-            lease = self.lease
-            if type(lease) is Pool:
-                lease.release(conn, error is not None)
-            elif error is None:
-                lease.__exit__(None, None, None)
+            if error is None:
+                self.lease.__exit__(None, None, None)
             else:
-                lease.__exit__(type(error), error, error.__traceback__)
+                self.lease.__exit__(type(error), error, error.__traceback__)
 
 
 class Sql:
