@@ -28,7 +28,9 @@
 # Writes bench/results.md and bench/results.png (bench/report.py); raw figures stay in $BENCH_DIR.
 #
 # Besides the run-by-run rounds, each workload but noisy is also measured interleaved (see interleave()): all the
-# variants in the same connections, transaction by transaction.
+# variants in the same connections, transaction by transaction. There tracking is set per transaction, by a second
+# call in the enter statement: c_off and d_on, and a_off and b2_off (a and b2 with the same second call, d_on's
+# baselines), so that the variants compared enter with statements of the same shape.
 # The machine's speed moves by ±10-20 % from one run to the next here; interleaving cancels that out.
 #
 # Client scaling (scale_run, scale_mix, scale_sliced): the point read and mixed with BENCH_SCALING_CLIENTS clients
@@ -166,18 +168,22 @@ VACUUM ANALYZE bench.big90_a, bench.big90_b2, bench.big90_nile;
 CHECKPOINT;
 SQL
 
-table_of() { case $1 in a) echo bench.items_a ;; b1) echo bench.items_b1 ;; b2) echo bench.items_b2 ;; *) echo bench.items_nile ;; esac; }
+table_of() { case ${1%_off} in a) echo bench.items_a ;; b1) echo bench.items_b1 ;; b2) echo bench.items_b2 ;; *) echo bench.items_nile ;; esac; }
 big90_of() { case $1 in a) echo bench.big90_a ;; b1 | b2) echo bench.big90_b2 ;; *) echo bench.big90_nile ;; esac; }
 # The variants a workload runs (run by run), and those its interleaved runs mix.
 variants_of() { case $1 in pipelined) echo a b2 c d ;; scan90) echo a b2 c ;; *) echo "${variants[@]}" ;; esac; }
 mix_of() {
-  case $1 in pipelined) echo a b2 c c_off d_on ;; scan90) echo a b2 c ;; *) echo a b1 b2 c c_off d_on ;; esac
+  case $1 in pipelined) echo a b2 c c_off d_on ;; scan90) echo a b2 c ;; *) echo a b1 b2 c c_off d_on a_off b2_off ;; esac
 }
-seq_of() { case $1 in a | b1 | b2) echo "bench.ids_$1" ;; *) echo bench.ids_nile ;; esac; }
+seq_of() { case ${1%_off} in a | b1 | b2) echo "bench.ids_${1%_off}" ;; *) echo bench.ids_nile ;; esac; }
 role_of() { if [ "$1" = d ]; then echo bench_metered; else echo bench_app; fi; }
 enter_of() { # the statement that enters tenant :t
   case $1 in
     a | b1 | b2) echo "SELECT set_config('app.tenant_id', bench.tid(:t)::text, true);" ;;
+    # a and b2 with d_on's shape (interleaved runs only): the same second call, leaving tracking off, so that d_on is
+    # compared with statements of the same shape (d / a and d / b2 in the report).
+    a_off | b2_off) echo "SELECT set_config('app.tenant_id', bench.tid(:t)::text, true)," \
+                         "set_config('nile.track_usage', 'off', true);" ;;
     # c and d in one connection (interleaved runs only): the same statement turns tracking off or on for the
     # transaction (bench_app may, through GRANT SET ON PARAMETER), so the two cost the same but for the tracking.
     c_off) echo "SELECT nile.set_tenant(bench.tid(:t)), set_config('nile.track_usage', 'off', true);" ;;
@@ -189,7 +195,7 @@ enter_of() { # the statement that enters tenant :t
     *) echo "SELECT nile.set_tenant(bench.tid(:t));" ;;
   esac
 }
-pred_of() { if [ "$1" = a ]; then echo "tenant_id = bench.tid(:t) AND "; fi; }
+pred_of() { if [ "${1%_off}" = a ]; then echo "tenant_id = bench.tid(:t) AND "; fi; }
 
 # Tenant choices: one tenant per connection (of the small ones), any tenant, or Zipf-distributed (1 the most frequent).
 own_tenant="\\set t 2 + (:client_id * 7919) % $((tenants - 1))"
@@ -221,7 +227,7 @@ script() {
   [ -z "$pipeline" ] || echo '\endpipeline'
 }
 
-for v in "${variants[@]}" c_off d_on cd; do
+for v in "${variants[@]}" c_off d_on cd a_off b2_off; do
   script "$v" point "$own_tenant" >"$dir/point_$v.sql"
   script "$v" pipelined "$own_tenant" >"$dir/pipelined_$v.sql"
   script "$v" scan90 "\\set t 1" >"$dir/scan90_$v.sql"
@@ -337,8 +343,9 @@ mean_latencies() {
 
 # interleave WORKLOAD ROUND: the variants in the same connections, pgbench choosing one of their scripts at random for
 # every transaction, so that all meet the same machine at the same moments. a, b1, b2 and c as in the rounds, and
-# c_off / d_on: c and d whose first statement also sets nile.track_usage for the transaction (mix_of: fewer for
-# pipelined and scan90). Appends the mean latency of each to interleaved.tsv.
+# c_off / d_on: c and d whose first statement also sets nile.track_usage for the transaction, and a_off / b2_off: a and
+# b2 whose first statement has the same second call (leaving tracking off), d_on's baselines in the report (mix_of:
+# fewer for pipelined and scan90). Appends the mean latency of each to interleaved.tsv.
 interleave() {
   local w=$1 r=$2 c=$clients files=() v mixed=($(mix_of "$1"))
   case $w in scan | scan90) c=1 ;; esac

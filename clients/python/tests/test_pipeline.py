@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 import psycopg
+import psycopg.rows
 import pytest
 from psycopg_pool import PoolClosed, PoolTimeout
 
@@ -364,6 +365,52 @@ def test_a_connection_with_another_cursor_factory_answers_as_psycopg_does(path: 
             assert nile.sql.fetch_one("SELECT %s::int + 1", [41]) == (42,)
         with nile.pool.connection() as conn:  # a ClientCursor never prepares: neither may the client for it
             assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+
+
+def test_a_statement_without_rows_is_refused_by_fetch_as_psycopg_refuses_it(
+    path: str, two_tenants: tuple[str, str]
+) -> None:
+    """The fast path answers with its own Result, not a psycopg cursor: the same rows, rowcount and refusals, whether
+    the statement went with the context (the block's first), in the block's open transaction (a psycopg cursor), or
+    outside any context."""
+    acme, _ = two_tenants
+    with Nile(dsn("app_user"), max_size=1) as nile:
+        for opened in (False, True):
+            with nile.tenant_context(acme):
+                if opened:
+                    nile.sql.execute("UPDATE public.users SET email = email")
+                refused = r"didn't produce records \(command status: UPDATE 1\)"
+                with pytest.raises(psycopg.ProgrammingError, match=refused):
+                    nile.sql.fetch_one("UPDATE public.users SET email = email")
+                with pytest.raises(psycopg.ProgrammingError, match="didn't produce records"):
+                    nile.sql.fetch_all("UPDATE public.users SET email = email")
+                assert nile.sql.execute("SELECT generate_series(1, 3)") == 3
+                assert nile.sql.execute("SELECT 1 WHERE false") == 0
+                assert nile.sql.fetch_all("SELECT generate_series(1, 3)") == [(1,), (2,), (3,)]
+        with pytest.raises(psycopg.ProgrammingError, match=r"command status: SET"):
+            nile.sql.fetch_one("SET application_name = 'x'")
+        assert nile.sql.execute("SELECT generate_series(1, 2)") == 2
+
+
+def test_a_connection_with_another_row_factory_still_gets_tuples_from_the_client(
+    path: str, two_tenants: tuple[str, str]
+) -> None:
+    """nile.sql answers with tuples, and the client reads its own statements' rows by position, whatever the
+    connection's row_factory (which applies to psycopg's own API, nile.sql.connection): with dict_row, the client's
+    own reads of the read path, of the tenants and of usage failed with KeyError: 0."""
+    acme, _ = two_tenants
+    with Nile(dsn("app_user"), max_size=1, row_factory=psycopg.rows.dict_row) as nile:
+        with nile.tenant_context(acme):
+            assert nile.sql.fetch_one(READ, ("nobody",)) == ("ada",)
+            assert nile.sql.fetch_all("SELECT %s::int AS n", [7]) == [(7,)]
+            nile.sql.execute("UPDATE public.users SET email = email")
+            assert nile.sql.fetch_one(READ, ("nobody",)) == ("ada",)  # in the block's open transaction
+            assert nile.sql.connection.execute("SELECT 1 AS one").fetchone() == {"one": 1}
+        assert nile.sql.fetch_one("SELECT 1 AS one") == (1,)
+    with Nile(dsn("sdk_admin"), max_size=1, row_factory=psycopg.rows.dict_row) as admin:
+        assert admin.tenants.get(acme)["tenant_id"] == acme  # type: ignore[index]
+        assert acme in [t["tenant_id"] for t in admin.tenants.list()]
+        assert admin.usage.tenant(acme)["statements"] >= 1  # type: ignore[index]
 
 
 def test_tenant_context_is_also_a_decorator(two_tenants: tuple[str, str]) -> None:

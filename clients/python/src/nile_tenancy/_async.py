@@ -54,8 +54,9 @@ class _Scope:
             await together(self.conn, ((_pipeline.fixed(self.begin_sql), None),
                                        (_pipeline.fixed(self.enter_sql), [self.argument])))
 
-    async def run(self, query: Any, params: Params) -> psycopg.AsyncCursor[Any]:
-        """See :meth:`nile_tenancy._sync._Scope.run`."""
+    async def run(self, query: Any, params: Params) -> Any:
+        """See :meth:`nile_tenancy._sync._Scope.run` (an :class:`~nile_tenancy._pipeline.AsyncResult` or an
+        AsyncCursor: their fetches are awaited)."""
         async with self.lock:
             if self.closed:  # checked under the lock (see _sync._Scope.run)
                 raise errors.ContextEnded(c.CONTEXT_ENDED)
@@ -63,14 +64,14 @@ class _Scope:
             if enters:
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
-                return await self.conn.execute(query, params)
+                return await c.tuples(self.conn).execute(query, params)
             if several:
                 await self._open()
-                return await self.conn.execute(query, params)
+                return await c.tuples(self.conn).execute(query, params)
             reads = self.client._reads
             if reads_only and self.read_only_sql is not None and reads.wants(query):
                 if reads.enabled is None:
-                    row = await (await self.conn.execute(c.HAS_READ_ONLY_CONTEXT)).fetchone()
+                    row = await (await c.tuples(self.conn).execute(c.HAS_READ_ONLY_CONTEXT)).fetchone()
                     reads.enabled = bool(row[0])  # type: ignore[index]
                 if reads.enabled:
                     try:
@@ -91,7 +92,7 @@ async def together(conn: psycopg.AsyncConnection[Any], statements: Sequence[tupl
         return await _pipeline.run_async(conn, statements)
     try:
         async with conn.pipeline():
-            cursors = [await conn.execute(query.text if isinstance(query, _pipeline.Fixed) else query, params)
+            cursors = [await c.tuples(conn).execute(query.text if isinstance(query, _pipeline.Fixed) else query, params)
                        for query, params in statements]
     except BaseException:
         if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -105,9 +106,9 @@ async def enter_tenant(
 ) -> None:
     """Enter a tenant's context for the transaction open on ``conn`` (see :func:`nile_tenancy.enter_tenant`)."""
     if token is not None:
-        await conn.execute(c.SET_TENANT_TOKEN, [token])
+        await c.tuples(conn).execute(c.SET_TENANT_TOKEN, [token])
     elif tenant_id is not None:
-        await conn.execute(c.SET_TENANT, [c.tenant_id_text(tenant_id)])
+        await c.tuples(conn).execute(c.SET_TENANT, [c.tenant_id_text(tenant_id)])
     else:
         raise TypeError("give a tenant_id or a token")
 
@@ -125,7 +126,7 @@ async def _verify_nested_token(scope: _Scope, token: str) -> None:
     async with scope.lock:
         await scope._open()
         async with scope.conn.transaction(force_rollback=True):
-            row = await (await scope.conn.execute(c.SET_TENANT_TOKEN, [token])).fetchone()
+            row = await (await c.tuples(scope.conn).execute(c.SET_TENANT_TOKEN, [token])).fetchone()
     c.check_verified_tenant(row, scope.key)
 
 
@@ -136,7 +137,7 @@ class AsyncSql:
         self._client = client
 
     @contextlib.asynccontextmanager
-    async def _cursor(self, query: Any, params: Params) -> AsyncIterator[psycopg.AsyncCursor[Any]]:
+    async def _cursor(self, query: Any, params: Params) -> AsyncIterator[Any]:
         scope = self._client._live_scope()
         if scope is not None:
             yield await scope.run(query, params)
@@ -145,7 +146,7 @@ class AsyncSql:
         async with pool.connection() as conn:
             # A session-wide context the statement set is cleared (see _sync.Sql).
             if c.classify(query)[1]:
-                cur = await conn.execute(query, params)
+                cur = await c.tuples(conn).execute(query, params)
                 await conn.execute(c.RESET_SESSION_CONTEXT)
             else:
                 cur = (await together(conn, ((query, params), (_pipeline.fixed(c.RESET_SESSION_CONTEXT), None))))[0]
@@ -184,18 +185,19 @@ class AsyncTenants:
     ) -> dict[str, Any]:
         tid = None if tenant_id is None else c.tenant_id_text(tenant_id)
         async with self._client._admin("nile_tenancy: tenants.create") as conn:
-            created = await (await conn.execute(c.CREATE_TENANT, [name, tid, c.metadata_json(metadata)])).fetchone()
-            row = await (await conn.execute(c.GET_TENANT, [created[0] if created else None])).fetchone()
+            cur = await c.tuples(conn).execute(c.CREATE_TENANT, [name, tid, c.metadata_json(metadata)])
+            created = await cur.fetchone()
+            row = await (await c.tuples(conn).execute(c.GET_TENANT, [created[0] if created else None])).fetchone()
         return c.tenant_row(row)  # type: ignore[return-value]
 
     async def get(self, tenant_id: uuid.UUID | str) -> dict[str, Any] | None:
         tid = c.tenant_id_text(tenant_id)
         async with self._client._admin("nile_tenancy: tenants.get") as conn:
-            return c.tenant_row(await (await conn.execute(c.GET_TENANT, [tid])).fetchone())
+            return c.tenant_row(await (await c.tuples(conn).execute(c.GET_TENANT, [tid])).fetchone())
 
     async def list(self) -> list[dict[str, Any]]:
         async with self._client._admin("nile_tenancy: tenants.list") as conn:
-            rows = await (await conn.execute(c.LIST_TENANTS)).fetchall()
+            rows = await (await c.tuples(conn).execute(c.LIST_TENANTS)).fetchall()
         return [c.tenant_row(r) for r in rows]  # type: ignore[misc]
 
     async def update(self, tenant_id: uuid.UUID | str, changes: dict[str, Any]) -> dict[str, Any]:
@@ -413,7 +415,8 @@ class AsyncNile:
         after: str | None = None
         while True:
             async with self._admin("nile_tenancy: for_each_tenant") as conn:
-                rows = await (await conn.execute(c.ACTIVE_TENANTS_PAGE, [after, after, batch_size])).fetchall()
+                cur = await c.tuples(conn).execute(c.ACTIVE_TENANTS_PAGE, [after, after, batch_size])
+                rows = await cur.fetchall()
             page = [str(r[0]) for r in rows]
             tenants += page
             if len(page) < batch_size:

@@ -14,6 +14,7 @@ import uuid
 from typing import Any, Sequence
 
 import psycopg
+from psycopg.rows import tuple_row
 
 from . import errors
 
@@ -82,6 +83,13 @@ def _text(query: Any) -> str | None:
     return query if isinstance(query, str) else None
 
 
+def tuples(conn: Any) -> Any:
+    """A cursor of ``conn`` (sync or async) whose rows are tuples whatever the connection's ``row_factory``: the
+    clients' own statements read their rows by position, and ``nile.sql`` answers with tuples (a row factory applies
+    to psycopg's own API: ``nile.sql.connection``)."""
+    return conn.cursor(row_factory=tuple_row)
+
+
 def several_statements(query: Any) -> bool:
     """Whether a statement's text holds several statements (a ';' before its end; maybe one in a literal): a pipeline
     takes one per string (the extended protocol), so it is sent on its own, where psycopg uses the simple protocol."""
@@ -120,9 +128,14 @@ class ReadPath:
         self.refused: set[str] = set()
 
     def wants(self, query: Any) -> bool:
-        """Whether to send ``query`` in a read-only transaction of its own (given that the database has them)."""
+        """Whether to send ``query``, which :func:`classify` found to look like a read, in a read-only transaction of
+        its own (given that the database has them)."""
+        if self.enabled is False:
+            return False
+        if query.__class__ is str:  # the usual case, without a call
+            return query not in self.refused
         text = _text(query)
-        return self.enabled is not False and text is not None and _looks_read_only(text) and text not in self.refused
+        return text is not None and text not in self.refused
 
     def refused_by_server(self, query: Any, error: Exception) -> None:
         """The server refused ``query`` in a read-only transaction: 25000 (the isolation level) turns the reads off for

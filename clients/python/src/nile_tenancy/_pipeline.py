@@ -8,11 +8,13 @@ read back in one wait.
 
 Design:
 - psycopg does everything else as it does for any statement: its query conversion (``%s`` placeholders, dumpers), its
-  prepared-statement manager (the connection's ``prepare_threshold``), its cursors (rows, ``rowcount``,
-  ``description``) and its error classes (so :mod:`nile_tenancy.errors`, by SQLSTATE). Only sending and waiting are
-  done here.
+  prepared-statement manager (the connection's ``prepare_threshold``), its loaders (rows) and its error classes (so
+  :mod:`nile_tenancy.errors`, by SQLSTATE). Only sending and waiting are done here, and a statement's answer is a
+  :class:`Result` rather than a psycopg cursor: making a cursor and giving it its results cost a tenth of a whole
+  point read here (docs/performance.md). Its rows are tuples, whatever the connection's ``row_factory``, as every
+  answer of ``nile.sql`` is (_common.tuples).
 - Those parts of psycopg are internals (``_queries.PostgresQuery``, ``Connection._prepared``,
-  ``BaseCursor._set_results``, ...). :data:`ENABLED` says whether they are there as this module knows them (checked
+  ``BaseCursor._raise_for_result``, ...). :data:`ENABLED` says whether they are there as this module knows them (checked
   once, at import); where they are not, or :func:`usable` says no for a connection, the clients send the same
   statements through ``Connection.pipeline()``: the same answers and errors, one round trip, more waiting.
 - The statements up to the Sync are one transaction: an implicit one, unless one of them is BEGIN. The first error
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 from typing import Any, Generator, Sequence
 
 import psycopg
@@ -40,9 +43,11 @@ try:
     from psycopg.adapt import Transformer
     from psycopg.generators import fetch_many, send
 
-    _INTERNALS = all(
-        callable(getattr(BaseCursor, name, None)) for name in ("_set_results", "_check_results", "_raise_for_result")
-    ) and callable(getattr(PrepareManager, "maybe_add_to_cache", None))
+    _INTERNALS = (
+        callable(getattr(BaseCursor, "_raise_for_result", None))
+        and all(callable(getattr(PrepareManager, name, None)) for name in ("get", "maybe_add_to_cache", "validate"))
+        and all(callable(getattr(Transformer, name, None)) for name in ("set_pgresult", "load_row", "load_rows"))
+    )
 except ImportError:  # another psycopg than those this module knows: Connection.pipeline() instead
     _INTERNALS = False
 
@@ -53,8 +58,9 @@ ENABLED: bool = _INTERNALS and psycopg.Pipeline.is_supported()
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
-_DONE = (pq.ExecStatus.COMMAND_OK, pq.ExecStatus.TUPLES_OK)
 _COPY = (pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH)
+_TUPLES_OK = pq.ExecStatus.TUPLES_OK
+_ANSWERS = (pq.ExecStatus.TUPLES_OK, pq.ExecStatus.COMMAND_OK, pq.ExecStatus.EMPTY_QUERY)
 
 Statement = tuple[Any, Any]  # (query, params): a query as psycopg takes it, or a Fixed one
 
@@ -102,45 +108,133 @@ class _Bound:
 
 
 _BOUND: dict[tuple[Fixed, tuple[str, ...]], _Bound] = {}
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
-def _bound(fixed: Fixed, args: tuple[str, ...]) -> _Bound:
-    if any(len(a) != 36 for a in args):
-        return _Bound(fixed, args)  # only tenant ids are kept: not tokens (credentials) nor admin reasons
+def _bound(fixed: Fixed, params: Sequence[Any] | None) -> _Bound | None:
+    """``fixed`` with its arguments, or None when one is not plain text (ASCII without NUL; psycopg converts the
+    statement then). Kept for arguments that are all tenant ids in their canonical text (what the clients send): never
+    tokens (credentials) nor admin reasons."""
+    args = () if params is None else tuple(params)
     key = (fixed, args)
-    bound = _BOUND.get(key)
-    if bound is None:
+    try:
+        bound = _BOUND.get(key)
+    except TypeError:  # an argument that cannot be a dictionary key is not plain text either
+        return None
+    if bound is not None:
+        return bound
+    keep = True
+    for a in args:
+        if not (isinstance(a, str) and a.isascii() and "\x00" not in a):
+            return None
+        keep = keep and _CANONICAL_UUID.fullmatch(a) is not None
+    bound = _Bound(fixed, args)
+    if keep:
         if len(_BOUND) >= 4096:
             _BOUND.clear()
-        bound = _BOUND[key] = _Bound(fixed, args)
+        _BOUND[key] = bound
     return bound
+
+
+class Column:
+    """A column of a :class:`Result`: its name, as in psycopg's ``cursor.description``."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+class Result:
+    """A statement's answer, read as a psycopg cursor reads it (psycopg's loaders, the connection's adapters), with
+    what the clients need of a cursor: :meth:`fetchone`, :meth:`fetchall`, ``rowcount``, ``description``. Rows are
+    tuples. Sends and receives nothing: readable after the connection went back to its pool (its Transformer keeps
+    the connection's adapters and encoding, as a psycopg cursor's does)."""
+
+    __slots__ = ("_tx", "_res", "_pos", "rowcount")
+
+    def __init__(self, tx: Any, res: Any) -> None:
+        self._tx = tx
+        self._res = res
+        self._pos = 0
+        tx.set_pgresult(res)
+        if res.status == _TUPLES_OK:
+            self.rowcount: int = res.ntuples
+        else:
+            count = res.command_tuples
+            self.rowcount = -1 if count is None else count
+
+    def _rows(self) -> Any:
+        res = self._res
+        if res.status != _TUPLES_OK:  # the words of psycopg's cursor
+            status = res.command_status
+            detail = (f"command status: {status.decode()}" if status
+                      else f"result status: {pq.ExecStatus(res.status).name}")
+            raise psycopg.ProgrammingError(f"the last operation didn't produce records ({detail})")
+        return res
+
+    def fetchone(self) -> tuple[Any, ...] | None:
+        """The next row, or None when there are no more."""
+        if self._pos < self._rows().ntuples:
+            self._pos += 1
+            return self._tx.load_row(self._pos - 1, tuple)  # type: ignore[no-any-return]
+        return None
+
+    def fetchall(self) -> list[tuple[Any, ...]]:
+        """Every row not fetched yet."""
+        n = self._rows().ntuples
+        rows = self._tx.load_rows(self._pos, n, tuple)
+        self._pos = n
+        return rows  # type: ignore[no-any-return]
+
+    @property
+    def description(self) -> list[Column] | None:
+        """The columns (None for a statement that returns no rows), with their names."""
+        res = self._res
+        if res.status != _TUPLES_OK:
+            return None
+        encoding = self._tx.encoding
+        return [Column((res.fname(i) or b"").decode(encoding)) for i in range(res.nfields)]
+
+
+class AsyncResult(Result):
+    """:class:`Result` for the async client, whose callers await the fetches as they would an AsyncCursor's."""
+
+    __slots__ = ()
+
+    async def fetchone(self) -> tuple[Any, ...] | None:  # type: ignore[override]
+        return Result.fetchone(self)
+
+    async def fetchall(self) -> list[tuple[Any, ...]]:  # type: ignore[override]
+        return Result.fetchall(self)
 
 
 class Batch:
     """Statements for one connection, converted as psycopg converts them; sent by :meth:`start`, read back by
-    :meth:`communicate`, answered by :meth:`finish` (a cursor per statement, None for a Fixed one; or the first
-    error)."""
+    :meth:`communicate`, answered by :meth:`finish` (per statement a :class:`Result`, None for a Fixed one; or the
+    first error)."""
 
-    __slots__ = ("conn", "cursors", "queries", "plans", "prepare_results")
+    __slots__ = ("conn", "result_cls", "readers", "queries", "plans", "prepare_results")
 
-    def __init__(self, conn: Any, statements: Sequence[Statement]) -> None:
+    def __init__(self, conn: Any, statements: Sequence[Statement], result_cls: type[Result] = Result) -> None:
         # Converting the parameters may raise (a value psycopg cannot dump): before anything is sent.
         self.conn = conn
-        self.cursors: list[Any] = []
+        self.result_cls = result_cls
+        # Per statement: None (a Fixed one) or the psycopg Transformer that converts it and reads its answer.
+        self.readers: list[Any] = []
         self.queries: list[Any] = []
         for query, params in statements:
             if isinstance(query, Fixed):
-                if params is None or all(isinstance(a, str) and a.isascii() and "\x00" not in a for a in params):
-                    self.cursors.append(None)
-                    self.queries.append(_bound(query, tuple(params or ())))
+                bound = _bound(query, params)
+                if bound is not None:
+                    self.readers.append(None)
+                    self.queries.append(bound)
                     continue
                 query = query.text  # not ASCII (an admin context's reason): converted by psycopg
-            cur = conn.cursor()
-            cur._tx = Transformer(cur)
-            pgq = PostgresQuery(cur._tx)
+            tx = Transformer(conn)
+            pgq = PostgresQuery(tx)
             pgq.convert(query, params)
-            cur._query = pgq
-            self.cursors.append(cur)
+            self.readers.append(tx)
             self.queries.append(pgq)
         self.plans: list[tuple[Any, Any, bytes]] = []  # per statement: (prepared-cache key or None, Prepare, name)
         self.prepare_results: list[list[Any]] = []  # per statement: the result of its Parse, if it was prepared now
@@ -152,13 +246,13 @@ class Batch:
         pg = conn.pgconn
         prepared = conn._prepared
         pg.enter_pipeline_mode()
-        for cur, pgq in zip(self.cursors, self.queries):
-            if not pgq.params and cur is None:  # BEGIN, COMMIT: nothing to gain from preparing them
+        for reader, pgq in zip(self.readers, self.queries):
+            if not pgq.params and reader is None:  # BEGIN, COMMIT: nothing to gain from preparing them
                 pg.send_query_params(pgq.query, None, result_format=pq.Format.TEXT)
                 self.plans.append((None, Prepare.NO, b""))
                 continue
             prep, name = prepared.get(pgq, None)
-            fmt = pq.Format.TEXT if cur is None else cur.format
+            fmt = pq.Format.TEXT
             if prep is Prepare.NO:
                 pg.send_query_params(pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types,
                                      result_format=fmt)
@@ -185,13 +279,13 @@ class Batch:
                 raise psycopg.NotSupportedError("COPY cannot be sent with a tenant or admin context's statement: "
                                                 "use nile.sql.connection.cursor().copy() inside the context")
             groups.append(results)
-        while not any(r.status == _SYNC for r in (yield from fetch_many(pg))):
-            pass
-        return groups
+        while True:  # up to the Sync (a plain loop: this runs for every unit of work)
+            for r in (yield from fetch_many(pg)):
+                if r.status == _SYNC:
+                    return groups
 
     def finish(self, groups: list[list[Any]]) -> list[Any]:
-        """Leave pipeline mode; update psycopg's prepared-statement cache; raise the first error, else give every
-        statement's cursor its results."""
+        """Update psycopg's prepared-statement cache; raise the first error, else every statement's answer."""
         conn = self.conn
         prepared = conn._prepared
         first_error: Any = None
@@ -203,24 +297,25 @@ class Batch:
                 # think it was.
                 prepared._names.pop(PrepareManager.key(pgq), None)
             if first_error is None:
-                first_error = next((r for r in parsed + results if r.status == _FATAL), None)
+                for r in parsed + results:
+                    if r.status == _FATAL:
+                        first_error = r
+                        break
         if first_error is not None:
             conn.cursor()._raise_for_result(first_error)
-        for cur, results in zip(self.cursors, groups):
-            if cur is None:
-                if not results:
-                    raise psycopg.InternalError("got no result from the query")
-                if results[-1].status not in _DONE:
-                    conn.cursor()._raise_for_result(results[-1])
-            else:
-                cur._check_results(results)
-                cur._set_results(results)
-        return self.cursors
+        answers: list[Any] = []
+        for reader, results in zip(self.readers, groups):
+            if not results:
+                raise psycopg.InternalError("got no result from the query")
+            if results[-1].status not in _ANSWERS:
+                conn.cursor()._raise_for_result(results[-1])
+            answers.append(None if reader is None else self.result_cls(reader, results[0]))
+        return answers
 
 
-def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[psycopg.Cursor[Any]]:
-    """Send ``statements`` to ``conn`` in one round trip; their cursors, or the first error raised (psycopg's class
-    for its SQLSTATE). Only when :func:`usable` says so."""
+def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[Result | None]:
+    """Send ``statements`` to ``conn`` in one round trip; their answers (see :meth:`Batch.finish`), or the first error
+    raised (psycopg's class for its SQLSTATE). Only when :func:`usable` says so."""
     batch = Batch(conn, statements)
     with conn.lock:
         try:
@@ -238,8 +333,8 @@ def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[
 
 
 async def run_async(conn: psycopg.AsyncConnection[Any], statements: Sequence[Statement]) -> list[Any]:
-    """:func:`run` for an AsyncConnection."""
-    batch = Batch(conn, statements)
+    """:func:`run` for an AsyncConnection (its answers are :class:`AsyncResult`)."""
+    batch = Batch(conn, statements, AsyncResult)
     async with conn.lock:
         try:
             batch.start()

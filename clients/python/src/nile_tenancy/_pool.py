@@ -13,8 +13,9 @@ Design:
 - ``connection()`` ends like psycopg_pool's: a transaction left open is committed (rolled back if the block raised).
   A connection comes back only idle and working: broken, closed, or in any other transaction state, it is closed and
   dropped (another is opened when one is needed).
-- Locking: one ``threading.Condition`` guards the stack and the count of open connections; connecting and closing
-  happen outside it.
+- Locking: one lock guards the stack and the count of open connections (taken bare on the paths every unit of work
+  takes, through its ``threading.Condition`` where a caller may wait or be woken); connecting and closing happen
+  outside it.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from psycopg_pool import PoolClosed, PoolTimeout
 
 _IDLE = pq.TransactionStatus.IDLE
 _OK = pq.ConnStatus.OK
+_OFF = pq.PipelineStatus.OFF
 
 
 class Pool:
@@ -49,7 +51,8 @@ class Pool:
         self._idle: list[psycopg.Connection[Any]] = []
         self._open = 0  # connections open or being opened, idle or not
         self._waiting = 0  # callers waiting for a connection to come back
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
         try:
             for _ in range(min_size):
                 self._open += 1
@@ -73,9 +76,10 @@ class Pool:
 
     def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
         """A connection; give it back with :meth:`putconn`."""
-        with self._cond:
+        with self._lock:
             if self._idle and not self.closed:
                 return self._idle.pop()
+        with self._cond:
             deadline = None
             while True:
                 if self.closed:
@@ -106,9 +110,9 @@ class Pool:
         """Give back a connection of :meth:`getconn`: kept if idle and working, else closed and dropped."""
         pgconn = conn.pgconn
         if (pgconn.status == _OK and pgconn.transaction_status == _IDLE and not self.closed
-                and pgconn.pipeline_status == pq.PipelineStatus.OFF and conn._pipeline is None):
-            with self._cond:
-                if any(c is conn for c in self._idle):
+                and pgconn.pipeline_status == _OFF and conn._pipeline is None):
+            with self._lock:
+                if conn in self._idle:  # by identity: a connection is equal only to itself
                     raise ValueError("this connection is back in the pool already")
                 if not self.closed:
                     self._idle.append(conn)
@@ -169,4 +173,8 @@ class _Lease:
         return self.conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self.pool.release(self.conn, exc_type is not None)
+        conn = self.conn
+        if conn.pgconn.transaction_status == _IDLE:
+            self.pool.putconn(conn)  # no transaction to end: straight back
+        else:
+            self.pool.release(conn, exc_type is not None)

@@ -89,8 +89,10 @@ class _Scope:
             self.opened = self.used = True  # set first: if entering fails, the end of the block rolls back
             together(self.conn, self.begin_and_enter())
 
-    def run(self, query: Any, params: Params) -> psycopg.Cursor[Any]:
-        """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes)."""
+    def run(self, query: Any, params: Params) -> Any:
+        """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes).
+        Its answer: a :class:`~nile_tenancy._pipeline.Result` or a psycopg cursor of tuples (``fetchone()``,
+        ``fetchall()``, ``rowcount``, ``description``), its rows read already."""
         with self.lock:
             if self.closed:
                 # Checked again under the lock: a thread that found the scope live may have waited here while the
@@ -100,14 +102,14 @@ class _Scope:
             if enters:
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
             if self.opened:
-                return self.conn.execute(query, params)
+                return c.tuples(self.conn).execute(query, params)
             if several:
                 self._open()  # BEGIN and the context, then the statements on their own
-                return self.conn.execute(query, params)
+                return c.tuples(self.conn).execute(query, params)
             reads = self.client._reads
             if reads_only and self.read_only_sql is not None and reads.wants(query):
                 if reads.enabled is None:
-                    row = self.conn.execute(c.HAS_READ_ONLY_CONTEXT).fetchone()
+                    row = c.tuples(self.conn).execute(c.HAS_READ_ONLY_CONTEXT).fetchone()
                     reads.enabled = bool(row[0])  # type: ignore[index]
                 if reads.enabled:
                     try:
@@ -122,12 +124,12 @@ class _Scope:
 
 def together(conn: psycopg.Connection[Any], statements: Sequence[tuple[Any, Params]]) -> list[Any]:
     """Send ``statements`` in one round trip (see _pipeline.py; psycopg's pipeline where that cannot be used); their
-    cursors (None for a Fixed statement), or the first error."""
+    answers (see :meth:`_Scope.run`; None for a Fixed statement on _pipeline.py's path), or the first error."""
     if _pipeline.usable(conn):
         return _pipeline.run(conn, statements)
     try:
         with conn.pipeline():
-            cursors = [conn.execute(query.text if isinstance(query, _pipeline.Fixed) else query, params)
+            cursors = [c.tuples(conn).execute(query.text if isinstance(query, _pipeline.Fixed) else query, params)
                        for query, params in statements]
     except BaseException:
         if conn.pgconn.pipeline_status != pq.PipelineStatus.OFF:
@@ -142,9 +144,9 @@ def enter_tenant(
     """Enter a tenant's context for the transaction open on ``conn`` (``nile.set_tenant()`` or, with ``token``,
     ``nile.set_tenant_token()``). For integrations that run their own transactions (SQLAlchemy, Django)."""
     if token is not None:
-        conn.execute(c.SET_TENANT_TOKEN, [token])
+        c.tuples(conn).execute(c.SET_TENANT_TOKEN, [token])
     elif tenant_id is not None:
-        conn.execute(c.SET_TENANT, [c.tenant_id_text(tenant_id)])
+        c.tuples(conn).execute(c.SET_TENANT, [c.tenant_id_text(tenant_id)])
     else:
         raise TypeError("give a tenant_id or a token")
 
@@ -179,7 +181,7 @@ def _verify_nested_token(scope: _Scope, token: str) -> None:
     with scope.lock:
         scope._open()
         with scope.conn.transaction(force_rollback=True):
-            row = scope.conn.execute(c.SET_TENANT_TOKEN, [token]).fetchone()
+            row = c.tuples(scope.conn).execute(c.SET_TENANT_TOKEN, [token]).fetchone()
     c.check_verified_tenant(row, scope.key)
 
 
@@ -211,7 +213,7 @@ class _Block(contextlib.ContextDecorator):
         client = self.client
         key = c.tenant_key(self.tenant_id, self.token) if self.kind == "tenant" else None
         current = client._open_scope()
-        if c.joins_active_context(current and current.kind, current and current.key, self.kind, key):
+        if current is not None and c.joins_active_context(current.kind, current.key, self.kind, key):
             if self.token is not None and current is not None:
                 _verify_nested_token(current, self.token)
             return client
@@ -303,10 +305,11 @@ class _Block(contextlib.ContextDecorator):
         try:
             scope.closed = True
             if self.var_token is not None:
-                # ValueError: the block ended in another context (a generator closed by the garbage collector); the
-                # scope is closed, which is what every holder of it checks.
-                with contextlib.suppress(ValueError):
+                try:
                     self.client._scope.reset(self.var_token)
+                except ValueError:
+                    pass  # the block ended in another context (a generator closed by the garbage collector); the
+                    # scope is closed, which is what every holder of it checks
             if not self.was_autocommit and not conn.closed:
                 try:
                     conn.set_autocommit(False)
@@ -325,9 +328,9 @@ class Sql:
     def __init__(self, client: "Nile") -> None:
         self._client = client
 
-    def _run(self, query: Any, params: Params) -> psycopg.Cursor[Any]:
-        """The statement's cursor (its rows are read already): in the active context, or outside any in a
-        transaction of its own."""
+    def _run(self, query: Any, params: Params) -> Any:
+        """The statement's answer (see :meth:`_Scope.run`): in the active context, or outside any in a transaction of
+        its own."""
         scope = self._client._live_scope()
         if scope is not None:
             return scope.run(query, params)
@@ -335,7 +338,8 @@ class Sql:
             # Outside a context the statement is a transaction of its own (autocommit), so whatever session state it
             # sets stays: a session-wide tenant context is cleared in the same round trip.
             if c.classify(query)[1]:
-                cur = conn.execute(query, params)  # several statements: psycopg's simple protocol, on their own
+                # Several statements: psycopg's simple protocol, on their own.
+                cur = c.tuples(conn).execute(query, params)
                 conn.execute(c.RESET_SESSION_CONTEXT)
                 return cur
             cur = together(conn, ((query, params), (_pipeline.fixed(c.RESET_SESSION_CONTEXT), None)))[0]
@@ -377,20 +381,20 @@ class Tenants:
         """Create a tenant; returns ``{"tenant_id", "name", "status", "created_at", "metadata"}``."""
         tid = None if tenant_id is None else c.tenant_id_text(tenant_id)
         with self._client._admin("nile_tenancy: tenants.create") as conn:
-            created = conn.execute(c.CREATE_TENANT, [name, tid, c.metadata_json(metadata)]).fetchone()
-            row = conn.execute(c.GET_TENANT, [created[0] if created else None]).fetchone()
+            created = c.tuples(conn).execute(c.CREATE_TENANT, [name, tid, c.metadata_json(metadata)]).fetchone()
+            row = c.tuples(conn).execute(c.GET_TENANT, [created[0] if created else None]).fetchone()
         return c.tenant_row(row)  # type: ignore[return-value]
 
     def get(self, tenant_id: uuid.UUID | str) -> dict[str, Any] | None:
         """The tenant, or None if there is none with this id."""
         tid = c.tenant_id_text(tenant_id)
         with self._client._admin("nile_tenancy: tenants.get") as conn:
-            return c.tenant_row(conn.execute(c.GET_TENANT, [tid]).fetchone())
+            return c.tenant_row(c.tuples(conn).execute(c.GET_TENANT, [tid]).fetchone())
 
     def list(self) -> list[dict[str, Any]]:
         """Every tenant (deleted ones included, with their status), oldest first."""
         with self._client._admin("nile_tenancy: tenants.list") as conn:
-            return [c.tenant_row(r) for r in conn.execute(c.LIST_TENANTS).fetchall()]  # type: ignore[misc]
+            return [c.tenant_row(r) for r in c.tuples(conn).execute(c.LIST_TENANTS).fetchall()]  # type: ignore[misc]
 
     def update(self, tenant_id: uuid.UUID | str, changes: dict[str, Any]) -> dict[str, Any]:
         """Apply ``{"name": ..., "status": ..., "metadata": ...}``; returns the tenant as it is now."""
@@ -561,7 +565,8 @@ class Nile:
         after: str | None = None
         while True:
             with self._admin("nile_tenancy: for_each_tenant") as conn:
-                page = [str(r[0]) for r in conn.execute(c.ACTIVE_TENANTS_PAGE, [after, after, batch_size]).fetchall()]
+                rows = c.tuples(conn).execute(c.ACTIVE_TENANTS_PAGE, [after, after, batch_size]).fetchall()
+                page = [str(r[0]) for r in rows]
             yield from page
             if len(page) < batch_size:
                 return
