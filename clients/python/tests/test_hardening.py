@@ -210,6 +210,31 @@ def test_ctrl_c_reports_the_tenants_that_finished(admin: Nile, two_tenants: tupl
     assert result.remaining == [globex]
 
 
+def test_ctrl_c_as_soon_as_a_tenant_starts_still_reports_it(admin: Nile, two_tenants: tuple[str, str]) -> None:
+    """Ctrl-C from the first tenant's thread before it sends anything: the main thread can still be starting that
+    thread (inside the executor's submit) when the KeyboardInterrupt lands, before it knows the future. The tenant
+    commits all the same, so it must be reported done, never remaining (CI caught this once; repeated to catch it)."""
+    acme, globex = two_tenants
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for attempt in range(25):
+            written: list[str] = []
+
+            def work(tenant: str) -> None:
+                if tenant == acme:
+                    os.kill(os.getpid(), signal.SIGINT)
+                admin.sql.execute("UPDATE public.users SET last_login_at = now()")
+                written.append(tenant)
+
+            plan = ForEachTenantResult(remaining=[acme, globex])
+            result = admin.for_each_tenant(work, concurrency=1, resume=plan, progress=False)
+            assert result.interrupted, attempt
+            assert written == [acme], attempt
+            assert (result.done, result.remaining) == ([acme], [globex]), attempt
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_cancelling_the_async_for_each_tenant_is_not_swallowed(two_tenants: tuple[str, str]) -> None:
     acme, globex = two_tenants
 

@@ -26,11 +26,9 @@ Design:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import contextvars
 import datetime as _dt
-import itertools
 import threading
 import uuid
 from typing import Any, Callable, Iterator, Sequence
@@ -572,6 +570,10 @@ class Nile:
                 return
             after = page[-1]
 
+    def _run_in_context(self, tenant: str, fn: Callable[[str], Any]) -> None:
+        with self.tenant_context(tenant):
+            fn(tenant)
+
     def for_each_tenant(
         self,
         fn: Callable[[str], Any],
@@ -591,37 +593,66 @@ class Nile:
         result = c.ForEachTenantResult()
         bar = c.Progress(len(tenants), progress)
 
-        def run(tenant: str) -> None:
-            with self.tenant_context(tenant):
-                fn(tenant)
+        # Each worker thread takes the next tenant itself and records what became of it, so the outcome of a tenant
+        # never depends on the main thread: a Ctrl-C can land anywhere in it, even while it is starting a thread.
+        # Under ``state``: ``active`` counts the tenants taken and not yet recorded, ``alive`` the workers not yet
+        # finished; once ``stopped`` is set no tenant is taken.
+        left = iter(tenants)
+        state = threading.Condition()
+        threads = min(concurrency, len(tenants))
+        active, alive, stopped = 0, threads, False
 
-        def record(future: concurrent.futures.Future[None], tenant: str) -> None:
-            error = future.exception()
-            if error is None:
-                result.done.append(tenant)
-            else:
-                result.failed[tenant] = error
-            bar.step(error is not None)
+        def take() -> str | None:
+            nonlocal active
+            with state:
+                tenant = None if stopped else next(left, None)
+                active += tenant is not None
+                return tenant
 
-        pending = iter(tenants)
-        running: dict[concurrent.futures.Future[None], str] = {}
+        def work() -> None:
+            nonlocal active, alive
+            try:
+                while (tenant := take()) is not None:
+                    error: BaseException | None = None
+                    try:
+                        contextvars.Context().run(self._run_in_context, tenant, fn)  # no scope of the caller leaks in
+                    except BaseException as raised:  # collected, as an executor would
+                        error = raised
+                    with state:
+                        try:
+                            if error is None:
+                                result.done.append(tenant)
+                            else:
+                                result.failed[tenant] = error
+                            bar.step(error is not None)
+                        finally:
+                            active -= 1
+                            state.notify_all()
+            finally:
+                with state:
+                    alive -= 1
+                    state.notify_all()
+
+        def stop_and_wait() -> None:
+            """No tenant is started any more; wait for the ones taken (each commits or rolls back and is recorded)."""
+            nonlocal stopped
+            with state:
+                stopped = True
+                while active:
+                    state.wait()
+
         try:
-            with concurrent.futures.ThreadPoolExecutor(max_workers=concurrency) as pool:
-                for t in itertools.islice(pending, concurrency):
-                    running[pool.submit(contextvars.Context().run, run, t)] = t
-                while running:
-                    finished, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
-                    for future in finished:
-                        record(future, running.pop(future))
-                        for t in itertools.islice(pending, 1):
-                            running[pool.submit(contextvars.Context().run, run, t)] = t
+            for n in range(threads):
+                threading.Thread(target=work, name=f"nile-for-each-tenant-{n}").start()
+            with state:
+                while alive:
+                    state.wait()
         except KeyboardInterrupt:
-            # Leaving the executor waited for the tenants already started: each committed or rolled back, and is
-            # reported as such (done, or failed), never as remaining.
             result.interrupted = True
-            for future, tenant in running.items():
-                if future.done() and not future.cancelled():
-                    record(future, tenant)
+            stop_and_wait()
+        except BaseException:  # a thread that could not start, say: the tenants taken still finish first
+            stop_and_wait()
+            raise
         finally:
             bar.close()
         finished_or_failed = set(result.done) | set(result.failed)
