@@ -173,7 +173,11 @@ big90_of() { case $1 in a) echo bench.big90_a ;; b1 | b2) echo bench.big90_b2 ;;
 # The variants a workload runs (run by run), and those its interleaved runs mix.
 variants_of() { case $1 in pipelined) echo a b2 c d ;; scan90) echo a b2 c ;; *) echo "${variants[@]}" ;; esac; }
 mix_of() {
-  case $1 in pipelined) echo a b2 c c_off d_on ;; scan90) echo a b2 c ;; *) echo a b1 b2 c c_off d_on a_off b2_off ;; esac
+  case $1 in
+    pipelined) echo a b2 c c_off d_on a_off b2_off ;;
+    scan90) echo a b2 c ;;
+    *) echo a b1 b2 c c_off d_on a_off b2_off ;;
+  esac
 }
 seq_of() { case ${1%_off} in a | b1 | b2) echo "bench.ids_${1%_off}" ;; *) echo bench.ids_nile ;; esac; }
 role_of() { if [ "$1" = d ]; then echo bench_metered; else echo bench_app; fi; }
@@ -345,7 +349,7 @@ mean_latencies() {
 # every transaction, so that all meet the same machine at the same moments. a, b1, b2 and c as in the rounds, and
 # c_off / d_on: c and d whose first statement also sets nile.track_usage for the transaction, and a_off / b2_off: a and
 # b2 whose first statement has the same second call (leaving tracking off), d_on's baselines in the report (mix_of:
-# fewer for pipelined and scan90). Appends the mean latency of each to interleaved.tsv.
+# no b1 for pipelined, only a, b2 and c for scan90). Appends the mean latency of each to interleaved.tsv.
 interleave() {
   local w=$1 r=$2 c=$clients files=() v mixed=($(mix_of "$1"))
   case $w in scan | scan90) c=1 ;; esac

@@ -242,6 +242,31 @@ def test_the_pool_ends_a_transaction_left_open_and_drops_a_broken_connection() -
         pool.close()
 
 
+def test_a_broken_connection_given_back_twice_is_refused_and_counted_once() -> None:
+    """Each connection given back counts once: a closed one given back a second time (or one this pool never gave
+    out) is refused, and the pool can still open max_size connections (the second return used to lower the count of
+    open connections once more, so the pool opened one more than max_size)."""
+    pool = Pool(dsn("app_user"), min_size=0, max_size=2, kwargs={"autocommit": True}, timeout=0.2)
+    stranger = psycopg.Connection.connect(dsn("app_user"), autocommit=True)
+    try:
+        a = pool.getconn()
+        a.close()
+        pool.putconn(a)  # dropped, and no longer counted
+        with pytest.raises(ValueError):
+            pool.putconn(a)
+        with pytest.raises(ValueError):
+            pool.putconn(stranger)
+        assert not stranger.closed  # not the pool's to close
+        held = [pool.getconn(), pool.getconn()]
+        with pytest.raises(PoolTimeout):
+            pool.getconn()  # still at most max_size open
+        for conn in held:
+            pool.putconn(conn)
+    finally:
+        pool.close()
+        stranger.close()
+
+
 def test_a_wrong_dsn_fails_when_the_client_is_made() -> None:
     with pytest.raises(psycopg.OperationalError):
         Nile(dsn("no_such_role_here"))

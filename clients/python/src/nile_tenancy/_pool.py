@@ -13,7 +13,9 @@ Design:
 - ``connection()`` ends like psycopg_pool's: a transaction left open is committed (rolled back if the block raised).
   A connection comes back only idle and working: broken, closed, or in any other transaction state, it is closed and
   dropped (another is opened when one is needed).
-- Locking: one lock guards the stack and the count of open connections (taken bare on the paths every unit of work
+- A connection given back must be one the pool gave out and has not had back since (ValueError otherwise): each
+  counts once, so the pool never opens more than ``max_size``, and a caller's own connection is never closed by it.
+- Locking: one lock guards the stack, the connections given out and the count of open connections (taken bare on the paths every unit of work
   takes, through its ``threading.Condition`` where a caller may wait or be woken); connecting and closing happen
   outside it.
 """
@@ -49,6 +51,7 @@ class Pool:
         self.timeout = timeout
         self.closed = False
         self._idle: list[psycopg.Connection[Any]] = []
+        self._out: set[psycopg.Connection[Any]] = set()  # given out and not back yet (by identity)
         self._open = 0  # connections open or being opened, idle or not
         self._waiting = 0  # callers waiting for a connection to come back
         self._lock = threading.Lock()
@@ -78,14 +81,18 @@ class Pool:
         """A connection; give it back with :meth:`putconn`."""
         with self._lock:
             if self._idle and not self.closed:
-                return self._idle.pop()
+                conn = self._idle.pop()
+                self._out.add(conn)
+                return conn
         with self._cond:
             deadline = None
             while True:
                 if self.closed:
                     raise PoolClosed("the pool is closed")
                 if self._idle:
-                    return self._idle.pop()
+                    conn = self._idle.pop()
+                    self._out.add(conn)
+                    return conn
                 if self._open < self.max_size:
                     self._open += 1
                     break
@@ -101,6 +108,8 @@ class Pool:
                 finally:
                     self._waiting -= 1
         conn = self._connect()
+        with self._lock:
+            self._out.add(conn)
         if self.closed:
             self.putconn(conn)  # closes it, and the count
             raise PoolClosed("the pool is closed")
@@ -109,16 +118,17 @@ class Pool:
     def putconn(self, conn: psycopg.Connection[Any]) -> None:
         """Give back a connection of :meth:`getconn`: kept if idle and working, else closed and dropped."""
         pgconn = conn.pgconn
-        if (pgconn.status == _OK and pgconn.transaction_status == _IDLE and not self.closed
-                and pgconn.pipeline_status == _OFF and conn._pipeline is None):
-            with self._lock:
-                if conn in self._idle:  # by identity: a connection is equal only to itself
-                    raise ValueError("this connection is back in the pool already")
-                if not self.closed:
-                    self._idle.append(conn)
-                    if self._waiting:
-                        self._cond.notify()
-                    return
+        working = (pgconn.status == _OK and pgconn.transaction_status == _IDLE
+                   and pgconn.pipeline_status == _OFF and conn._pipeline is None)
+        with self._lock:
+            if conn not in self._out:
+                raise ValueError("this connection is not out of this pool: given back already, or not the pool's")
+            self._out.discard(conn)
+            if working and not self.closed:
+                self._idle.append(conn)
+                if self._waiting:
+                    self._cond.notify()
+                return
         try:
             conn.close()
         finally:
