@@ -212,8 +212,8 @@ def test_ctrl_c_reports_the_tenants_that_finished(admin: Nile, two_tenants: tupl
 
 def test_ctrl_c_as_soon_as_a_tenant_starts_still_reports_it(admin: Nile, two_tenants: tuple[str, str]) -> None:
     """Ctrl-C from the first tenant's thread before it sends anything: the main thread can still be starting that
-    thread (inside the executor's submit) when the KeyboardInterrupt lands, before it knows the future. The tenant
-    commits all the same, so it must be reported done, never remaining (CI caught this once; repeated to catch it)."""
+    thread when the KeyboardInterrupt lands. The tenant commits all the same, so it must be reported done, never
+    remaining, and the call must not return before it ends (CI caught this once; repeated to catch it)."""
     acme, globex = two_tenants
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:

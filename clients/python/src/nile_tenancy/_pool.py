@@ -15,9 +15,9 @@ Design:
   dropped (another is opened when one is needed).
 - A connection given back must be one the pool gave out and has not had back since (ValueError otherwise): each
   counts once, so the pool never opens more than ``max_size``, and a caller's own connection is never closed by it.
-- Locking: one lock guards the stack, the connections given out and the count of open connections (taken bare on the paths every unit of work
-  takes, through its ``threading.Condition`` where a caller may wait or be woken); connecting and closing happen
-  outside it.
+- Locking: one lock guards the stack, the connections given out and the count of open connections (taken bare on
+  the paths every unit of work takes, through its ``threading.Condition`` where a caller may wait or be woken);
+  connecting and closing happen outside it.
 """
 
 from __future__ import annotations
@@ -81,18 +81,14 @@ class Pool:
         """A connection; give it back with :meth:`putconn`."""
         with self._lock:
             if self._idle and not self.closed:
-                conn = self._idle.pop()
-                self._out.add(conn)
-                return conn
+                return self._take_idle()
         with self._cond:
             deadline = None
             while True:
                 if self.closed:
                     raise PoolClosed("the pool is closed")
                 if self._idle:
-                    conn = self._idle.pop()
-                    self._out.add(conn)
-                    return conn
+                    return self._take_idle()
                 if self._open < self.max_size:
                     self._open += 1
                     break
@@ -115,15 +111,24 @@ class Pool:
             raise PoolClosed("the pool is closed")
         return conn
 
+    def _take_idle(self) -> psycopg.Connection[Any]:
+        """The most recently returned idle connection, now given out (under the lock)."""
+        conn = self._idle.pop()
+        self._out.add(conn)
+        return conn
+
     def putconn(self, conn: psycopg.Connection[Any]) -> None:
         """Give back a connection of :meth:`getconn`: kept if idle and working, else closed and dropped."""
         pgconn = conn.pgconn
         working = (pgconn.status == _OK and pgconn.transaction_status == _IDLE
                    and pgconn.pipeline_status == _OFF and conn._pipeline is None)
         with self._lock:
-            if conn not in self._out:
-                raise ValueError("this connection is not out of this pool: given back already, or not the pool's")
-            self._out.discard(conn)
+            try:
+                self._out.remove(conn)
+            except KeyError:
+                raise ValueError(
+                    "this connection is not out of this pool: given back already, or not the pool's"
+                ) from None
             if working and not self.closed:
                 self._idle.append(conn)
                 if self._waiting:
