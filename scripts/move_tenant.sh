@@ -52,7 +52,28 @@ tenant=${tenant,,}
 psql_bin=${PSQL:-psql}
 command -v "$psql_bin" >/dev/null || die "psql not found (set PSQL)"
 
+# On exit: give the tenant back its status on the source if the move failed after freezing it (below), and remove the
+# work directory made here, whatever stopped the script (set before anything can fail after the mktemp).
+restore_status() {
+  if [ "$status" = active ]; then
+    source_sql <<<"SELECT nile.reactivate_tenant(:'tenant')" >/dev/null && say "tenant reactivated on the source"
+  fi
+}
+cleanup() {
+  local rc=$?
+  if [ $rc -ne 0 ] && [ "${target_committed:-false}" = true ] && [ "${frozen:-false}" = true ]; then
+    # Reactivating now would leave the tenant writable in both databases.
+    say "the purge failed after the target committed: the tenant stays inactive on the source; purge it there, or"
+    say "reactivate it (SELECT nile.reactivate_tenant('$tenant')) and delete the target's copy"
+  elif [ $rc -ne 0 ] && [ "${frozen:-false}" = true ]; then
+    say "the move failed: nothing was purged; restoring the tenant's status on the source"
+    restore_status || say "could not reactivate the tenant on the source: run SELECT nile.reactivate_tenant('$tenant')"
+  fi
+  [ "$remove_workdir" = true ] && rm -rf "$workdir"
+  exit $rc
+}
 remove_workdir=false
+trap cleanup EXIT
 if [ -z "$workdir" ]; then
   workdir=$(mktemp -d -t nile_move_tenant.XXXXXX)
   remove_workdir=true
@@ -99,26 +120,7 @@ SQL
 status=$(printf '%s' "$tenant_json" | python3 -c 'import json, sys; print(json.load(sys.stdin)["status"])')
 say "tenant $tenant: $tenant_json"
 
-# 1. Freeze the tenant on the source; give it back its status if anything below fails.
-restore_status() {
-  if [ "$status" = active ]; then
-    source_sql <<<"SELECT nile.reactivate_tenant(:'tenant')" >/dev/null && say "tenant reactivated on the source"
-  fi
-}
-cleanup() {
-  local rc=$?
-  if [ $rc -ne 0 ] && [ "${target_committed:-false}" = true ] && [ "${frozen:-false}" = true ]; then
-    # Reactivating now would leave the tenant writable in both databases.
-    say "the purge failed after the target committed: the tenant stays inactive on the source; purge it there, or"
-    say "reactivate it (SELECT nile.reactivate_tenant('$tenant')) and delete the target's copy"
-  elif [ $rc -ne 0 ] && [ "${frozen:-false}" = true ]; then
-    say "the move failed: nothing was purged; restoring the tenant's status on the source"
-    restore_status || say "could not reactivate the tenant on the source: run SELECT nile.reactivate_tenant('$tenant')"
-  fi
-  [ "$remove_workdir" = true ] && rm -rf "$workdir"
-  exit $rc
-}
-trap cleanup EXIT
+# 1. Freeze the tenant on the source (cleanup gives it back its status if anything below fails).
 frozen=false
 if [ "$status" = active ]; then
   source_sql <<<"SELECT nile.deactivate_tenant(:'tenant')" >/dev/null

@@ -14,14 +14,21 @@
 //! (grouping, joins on it) see the same smaller number of distinct values, which is what they are inside one tenant's
 //! context. The statistics' values are read as tenant ids only when they are of type `uuid`.
 //!
-//! Such a plan is as correct for any other tenant as any plan (the policy's InitPlan still decides which rows are
-//! visible), but it may be slow for a small one. So it carries a plan-cache invalidation item of its own (a syscache
-//! item no catalog change sends), and when this backend's tenant context switches to another tenant, the plans built
-//! for the big one are marked for re-planning: one local `CallSyscacheCallbacks()`, made only while such plans exist,
-//! from the context guard's switch listener. Plans built for ordinary tenants carry no item: Postgres plans a statement
-//! without parameters once, so a big tenant reuses a plan cached for an ordinary one; statements planned at each
-//! execution (the simple protocol, unnamed statements parsed each time, custom plans of statements with parameters)
-//! always get their tenant's plan. docs/performance.md explains it for users.
+//! The tenant is planned for as if it were one more parameter of the statement: a plan made for the statement's values
+//! (a statement without parameters, or a custom plan made for the parameters' values) is made for the big tenant; the
+//! generic plan of a statement with parameters (one plan for any values, which the plan cache keeps once it costs no
+//! more than the custom plans) is made for an average tenant, as Postgres plans `WHERE tenant_id = $1`. Made for the
+//! big tenant, a generic plan's estimates for the unknown values cost it above the custom plans whenever they count
+//! more than one row, and the plan cache then planned the statement again at every execution.
+//!
+//! A plan made for a big tenant is as correct for any other tenant as any plan (the policy's InitPlan still decides
+//! which rows are visible), but it may be slow for a small one. So it carries a plan-cache invalidation item of its own
+//! (a syscache item no catalog change sends), and when this backend's tenant context switches to another tenant, the
+//! plans built for the big one are marked for re-planning: one local `CallSyscacheCallbacks()`, made only while such
+//! plans exist, from the context guard's switch listener. Plans built for ordinary tenants carry no item: Postgres
+//! plans a statement without parameters once, so a big tenant reuses a plan cached for an ordinary one; statements
+//! planned at each execution (the simple protocol, unnamed statements parsed each time, custom plans of statements
+//! with parameters) always get their tenant's plan. docs/performance.md explains it for users.
 
 use crate::context::guard;
 use crate::context::tenant::effective_tenant;
@@ -149,6 +156,10 @@ unsafe fn override_for_big_tenant(
     let Some(tenant) = effective_tenant() else {
         return false;
     };
+    // SAFETY (caller): root is the planner's valid PlannerInfo.
+    if unsafe { generic_plan_with_parameters(root) } {
+        return false;
+    }
     // SAFETY: a syscache lookup with valid keys; released below or handed over.
     let stats = unsafe {
         pg_sys::SearchSysCache3(
@@ -184,6 +195,55 @@ unsafe fn override_for_big_tenant(
         mark_plan(root, tenant);
     }
     true
+}
+
+/// Whether this planning makes the generic plan of a statement with parameters: one plan for any values of them,
+/// which the plan cache keeps and compares with the custom plans made for the values. Such a plan is made for an
+/// average tenant, as Postgres plans `WHERE tenant_id = $1`, the tenant being one more value the plan is not made for.
+/// Made for the big tenant instead, its estimates for the other parameters' unknown values (rows of the big tenant,
+/// no longer clamped to one) often cost it above the custom plans, and the plan cache would then plan the statement
+/// again at every execution for as long as the session works for that tenant (a point read by key took twice as long).
+///
+/// # Safety
+/// `root` is the planner's valid PlannerInfo.
+unsafe fn generic_plan_with_parameters(root: *mut pg_sys::PlannerInfo) -> bool {
+    // SAFETY (caller): root, its parents and their global state are the planner's valid structures; a custom plan
+    // (or any planning given the parameters' values) has boundParams set.
+    unsafe {
+        let glob = (*root).glob;
+        if glob.is_null() || !(*glob).boundParams.is_null() {
+            return false;
+        }
+        let mut top = root;
+        while !(*top).parent_root.is_null() {
+            top = (*top).parent_root;
+        }
+        let query = (*top).parse;
+        !query.is_null() && external_parameter_in(query.cast(), std::ptr::null_mut())
+    }
+}
+
+/// A tree walker: whether the node, or any node below it (subqueries included), is a parameter of the statement.
+#[pg_guard]
+unsafe extern "C-unwind" fn external_parameter_in(
+    node: *mut pg_sys::Node,
+    context: *mut std::ffi::c_void,
+) -> bool {
+    if node.is_null() {
+        return false;
+    }
+    // SAFETY: node is a valid node of a query tree; the walkers visit its children with this function.
+    unsafe {
+        match (*node).type_ {
+            pg_sys::NodeTag::T_Param => {
+                (*(node as *mut pg_sys::Param)).paramkind == pg_sys::ParamKind::PARAM_EXTERN
+            }
+            pg_sys::NodeTag::T_Query => {
+                pg_sys::query_tree_walker(node.cast(), Some(external_parameter_in), context, 0)
+            }
+            _ => pg_sys::expression_tree_walker(node, Some(external_parameter_in), context),
+        }
+    }
 }
 
 /// Releases the adjusted copy of the statistics (the planner calls it when it is done with the variable).

@@ -267,13 +267,20 @@ fn empty_database(name: &str) {
         .unwrap();
 }
 
+/// Runs scripts/move_tenant.sh with a temporary directory of its own, and asserts that the script left nothing in
+/// it, whether it succeeded or failed (its work directory leaked when it stopped at a check before the move began).
 fn move_tenant(args: &[&str]) -> (bool, String) {
+    static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/move_tenant.sh");
     let bindir =
         std::env::var("NILE_TEST_BINDIR").expect("NILE_TEST_BINDIR is set by scripts/test.sh");
+    let run = RUNS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = std::env::temp_dir().join(format!("nile-it-move-{}-{run}", std::process::id()));
+    std::fs::create_dir_all(&tmp).expect("create the script's temporary directory");
     let output = Command::new(script)
         .args(args)
         .env("PSQL", format!("{bindir}/psql"))
+        .env("TMPDIR", &tmp)
         .output()
         .expect("run scripts/move_tenant.sh");
     let text = format!(
@@ -281,6 +288,15 @@ fn move_tenant(args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .expect("read the script's temporary directory")
+        .filter_map(|e| e.ok().map(|e| e.file_name()))
+        .collect();
+    assert!(
+        left.is_empty(),
+        "move_tenant.sh left {left:?} in its temporary directory: {text}"
+    );
+    std::fs::remove_dir(&tmp).expect("remove the script's temporary directory");
     (output.status.success(), text)
 }
 

@@ -73,6 +73,52 @@ EXECUTE report;
 COMMIT;
 DEALLOCATE report;
 
+-- A statement with parameters: its generic plan (one plan for any values, which the plan cache keeps once it costs
+-- no more than the custom plans made for the values) is made for an average tenant, as Postgres plans
+-- `WHERE tenant_id = $1`, and so is kept for the big tenant too; its custom plans see the big tenant. Made for the
+-- big tenant, the generic plan's estimate for an unknown key (rows of the big tenant, where an average tenant has
+-- at most one) cost it above the custom plans' estimate for a key that is not a common one, and the plan cache
+-- planned the statement again at every execution. The keys: 1 to 50 in every tenant, up to 3 000 in the big one.
+\c - postgres
+CREATE TABLE keys (LIKE big90 INCLUDING ALL);
+INSERT INTO keys SELECT big_tid(1), i, md5(i::text) FROM generate_series(1, 3000) i;
+INSERT INTO keys SELECT big_tid(t), i, md5(t || ':' || i) FROM generate_series(2, 71) t, generate_series(1, 50) i;
+ALTER TABLE keys ALTER COLUMN id SET (n_distinct = 300);
+ANALYZE keys;
+GRANT SELECT ON keys TO regress_big_app;
+\c - regress_big_app
+SET max_parallel_workers_per_gather = 0;
+PREPARE point(int) AS SELECT payload FROM keys WHERE id = $1;
+BEGIN;
+SELECT nile.set_tenant(big_tid(1)) IS NOT NULL AS big_tenant;
+EXECUTE point(2001) \gset
+EXECUTE point(2002) \gset
+EXECUTE point(2003) \gset
+EXECUTE point(2004) \gset
+EXECUTE point(2005) \gset
+EXECUTE point(2006) \gset
+EXECUTE point(2007) \gset
+EXECUTE point(2008) \gset
+EXECUTE point(2009) \gset
+EXECUTE point(2010) \gset
+SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE name = 'point';
+EXECUTE point(2011);
+COMMIT;
+DEALLOCATE point;
+-- A report with a parameter: a custom plan is made for the big tenant (the sequential scan), the generic plan for an
+-- average one.
+PREPARE report_from(int) AS SELECT count(*), max(payload) FROM big90 WHERE id >= $1;
+BEGIN;
+SELECT nile.set_tenant(big_tid(1)) IS NOT NULL AS big_tenant;
+SET LOCAL plan_cache_mode = force_custom_plan;
+SELECT scans_of($q$EXECUTE report_from(1)$q$);
+EXECUTE report_from(1);
+SET LOCAL plan_cache_mode = force_generic_plan;
+SELECT scans_of($q$EXECUTE report_from(1)$q$);
+EXECUTE report_from(1);
+COMMIT;
+DEALLOCATE report_from;
+
 -- A policy merely named like a generated one, on a column that is not a uuid, is not a tenant policy: the estimate
 -- never reads its statistics as tenant ids (it did, and crashed the server).
 CREATE TEMP TABLE big_numbers (n bigint);
@@ -90,7 +136,7 @@ DROP TABLE big_numbers;
 
 -- Clean up.
 \c - postgres
-DROP TABLE big90, big30, big90_plain, big30_plain;
+DROP TABLE big90, big30, big90_plain, big30_plain, keys;
 DROP FUNCTION big_tid(int), scans_of(text);
 SELECT count(nile.delete_tenant(id, purge => true)) FROM nile.tenants WHERE name LIKE 'Big %';
 DROP ROLE regress_big_app;
