@@ -345,15 +345,24 @@ def test_a_thread_of_an_ended_block_cannot_run_in_the_next_block(
 
     acme, globex = two_tenants
     with Nile(dsn("app_user"), max_size=1) as nile:
-        real = nile._live_scope
+        real = nile._scope
 
-        def slow_live_scope():  # type: ignore[no-untyped-def]
-            scope = real()
-            if threading.current_thread().name == "late":
-                time.sleep(0.3)
-            return scope
+        class SlowScopeVar:
+            """The client's ContextVar, whose get() in the thread "late" waits after finding the scope."""
 
-        monkeypatch.setattr(nile, "_live_scope", slow_live_scope)
+            def get(self):  # type: ignore[no-untyped-def]
+                scope = real.get()
+                if threading.current_thread().name == "late":
+                    time.sleep(0.3)
+                return scope
+
+            def set(self, value):  # type: ignore[no-untyped-def]
+                return real.set(value)
+
+            def reset(self, token):  # type: ignore[no-untyped-def]
+                real.reset(token)
+
+        monkeypatch.setattr(nile, "_scope", SlowScopeVar())
         out: list[object] = []
 
         def late() -> None:

@@ -59,6 +59,10 @@ CONTEXT_ENDED = (
     "the tenant or admin context this code was started in has ended (a thread or task started inside its with block "
     "outlived it): its connection is back in the pool, so nothing runs; enter a context of its own"
 )
+TRANSACTION_IN_PROGRESS = (
+    "a tenant or admin context is a transaction of its own and cannot start inside an open transaction: commit or "
+    "roll back first (entered inside it, the context would outlive the with block)"
+)
 TRANSACTION_ABORTED = (
     "a statement of this context failed and its error was caught inside the with block: PostgreSQL had aborted the "
     "transaction, so nothing of the block was committed (let the error leave the block, or use a savepoint: "
@@ -116,6 +120,10 @@ def _classify_text(text: str) -> tuple[bool, bool, bool]:
     return names_a_context_function, several_statements(text), _looks_read_only(text)
 
 
+#: :func:`classify` of a ``str``, for the clients' path of every statement (a call fewer).
+classify_text = _classify_text
+
+
 class ReadPath:
     """A client's one-round-trip reads (see _sync.py): whether they are on (None: not yet known whether the database
     has them), and the statements the server refused in a read-only transaction, which go to the block's transaction
@@ -164,11 +172,14 @@ def begin_sql(conn: Any) -> str:
     return " ".join(parts)
 
 
+#: The isolation levels of a connection whose transactions may be READ COMMITTED (None: the server's default).
+READ_COMMITTED_OR_BELOW = (None, psycopg.IsolationLevel.READ_UNCOMMITTED, psycopg.IsolationLevel.READ_COMMITTED)
+
+
 def reads_may_run_alone(conn: Any) -> bool:
     """Whether the connection's transactions may be READ COMMITTED, where a read in a transaction of its own sees what
     it would have seen in the block's (the server refuses it at any other level the connection does not name)."""
-    return conn.isolation_level in (None, psycopg.IsolationLevel.READ_UNCOMMITTED,
-                                    psycopg.IsolationLevel.READ_COMMITTED)
+    return conn.isolation_level in READ_COMMITTED_OR_BELOW
 
 
 _READ_KEYWORDS = ("select", "values", "table")
@@ -346,6 +357,8 @@ def pool_kwargs(prepared_statements: bool, connect_kwargs: dict[str, Any]) -> di
 def tenant_key(tenant_id: uuid.UUID | str | None, token: str | None) -> str | None:
     """The tenant a ``tenant_context(tenant_id)`` or ``tenant_context(token=...)`` is for (None: a token that cannot
     be read); TypeError unless exactly one is given."""
+    if token is None and tenant_id.__class__ is str:  # the usual case: a tenant id's text, seen before
+        return _canonical_uuid(tenant_id)
     if (tenant_id is None) == (token is None):
         raise TypeError("give either a tenant_id or token=")
     return tenant_id_text(tenant_id) if tenant_id is not None else token_tenant(token or "")

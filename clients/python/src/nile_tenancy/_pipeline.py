@@ -55,6 +55,8 @@ except ImportError:  # another psycopg than those this module knows: Connection.
 #: The tests turn it off to run the clients through ``Connection.pipeline()``.
 ENABLED: bool = _INTERNALS and psycopg.Pipeline.is_supported()
 
+_OK = pq.ConnStatus.OK
+_TEXT = pq.Format.TEXT
 _FATAL = pq.ExecStatus.FATAL_ERROR
 _SYNC = pq.ExecStatus.PIPELINE_SYNC
 _COMMAND_OK = pq.ExecStatus.COMMAND_OK
@@ -66,12 +68,24 @@ Statement = tuple[Any, Any]  # (query, params): a query as psycopg takes it, or 
 
 
 def usable(conn: Any) -> bool:
-    """Whether statements may go to ``conn`` this way now: :data:`ENABLED`, and the connection is not in psycopg's own
-    pipeline mode (``conn.pipeline()`` of a caller that has the raw connection)."""
+    """Whether statements may go to ``conn`` this way now: :data:`ENABLED`, the connection is not in psycopg's own
+    pipeline mode (``conn.pipeline()`` of a caller that has the raw connection), and its cursor class converts and
+    prepares statements as psycopg's own do (checked once per class)."""
+    if not ENABLED or getattr(conn, "_pipeline", True) is not None:
+        return False
     factory = getattr(conn, "cursor_factory", None)
-    return (ENABLED and getattr(conn, "_pipeline", True) is None
-            and getattr(factory, "_query_cls", None) is PostgresQuery
-            and getattr(factory, "_get_prepared", None) is BaseCursor._get_prepared)
+    try:
+        return _FACTORIES[factory]
+    except (KeyError, TypeError):  # TypeError: a factory that cannot be a dictionary key, asked every time
+        known = (getattr(factory, "_query_cls", None) is PostgresQuery
+                 and getattr(factory, "_get_prepared", None) is BaseCursor._get_prepared)
+        with contextlib.suppress(TypeError):
+            if len(_FACTORIES) < 64:
+                _FACTORIES[factory] = known
+        return known
+
+
+_FACTORIES: dict[Any, bool] = {}  # cursor class -> whether usable() takes it
 
 
 class Fixed:
@@ -175,9 +189,13 @@ class Result:
 
     def fetchone(self) -> tuple[Any, ...] | None:
         """The next row, or None when there are no more."""
-        if self._pos < self._rows().ntuples:
-            self._pos += 1
-            return self._tx.load_row(self._pos - 1, tuple)  # type: ignore[no-any-return]
+        res = self._res
+        if res.status != _TUPLES_OK:
+            self._rows()  # raises
+        pos = self._pos
+        if pos < res.ntuples:
+            self._pos = pos + 1
+            return self._tx.load_row(pos, tuple)  # type: ignore[no-any-return]
         return None
 
     def fetchall(self) -> list[tuple[Any, ...]]:
@@ -207,6 +225,10 @@ class AsyncResult(Result):
 
     async def fetchall(self) -> list[tuple[Any, ...]]:  # type: ignore[override]
         return Result.fetchall(self)
+
+
+#: The plan of a statement that is not prepared (see Batch.plans).
+_NOT_PREPARED: tuple[Any, Any, bytes] = (None, Prepare.NO if _INTERNALS else None, b"")
 
 
 class Batch:
@@ -242,25 +264,33 @@ class Batch:
     def start(self) -> None:
         """Queue every statement and the Sync in libpq's pipeline mode (sent by :meth:`communicate`)."""
         conn = self.conn
-        conn._check_connection_ok()
         pg = conn.pgconn
+        if pg.status != _OK:
+            conn._check_connection_ok()  # raises
         prepared = conn._prepared
+        # Without prepared statements (the clients' default), psycopg's manager would answer Prepare.NO and cache
+        # nothing: asked only when it may prepare.
+        preparing = prepared.prepare_threshold is not None
+        plans = self.plans
         pg.enter_pipeline_mode()
         for reader, pgq in zip(self.readers, self.queries):
             if not pgq.params and reader is None:  # BEGIN, COMMIT: nothing to gain from preparing them
-                pg.send_query_params(pgq.query, None, result_format=pq.Format.TEXT)
-                self.plans.append((None, Prepare.NO, b""))
-                continue
-            prep, name = prepared.get(pgq, None)
-            fmt = pq.Format.TEXT
-            if prep is Prepare.NO:
+                pg.send_query_params(pgq.query, None, result_format=_TEXT)
+                plans.append(_NOT_PREPARED)
+            elif not preparing:
                 pg.send_query_params(pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types,
-                                     result_format=fmt)
+                                     result_format=_TEXT)
+                plans.append(_NOT_PREPARED)
             else:
-                if prep is Prepare.SHOULD:
-                    pg.send_prepare(name, pgq.query, param_types=pgq.types)
-                pg.send_query_prepared(name, pgq.params, param_formats=pgq.formats, result_format=fmt)
-            self.plans.append((prepared.maybe_add_to_cache(pgq, prep, name), prep, name))
+                prep, name = prepared.get(pgq, None)
+                if prep is Prepare.NO:
+                    pg.send_query_params(pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types,
+                                         result_format=_TEXT)
+                else:
+                    if prep is Prepare.SHOULD:
+                        pg.send_prepare(name, pgq.query, param_types=pgq.types)
+                    pg.send_query_prepared(name, pgq.params, param_formats=pgq.formats, result_format=_TEXT)
+                plans.append((prepared.maybe_add_to_cache(pgq, prep, name), prep, name))
         pg.pipeline_sync()
 
     def communicate(self) -> Generator[Any, Any, list[list[Any]]]:

@@ -80,8 +80,10 @@ class Pool:
     def getconn(self, timeout: float | None = None) -> psycopg.Connection[Any]:
         """A connection; give it back with :meth:`putconn`."""
         with self._lock:
-            if self._idle and not self.closed:
-                return self._take_idle()
+            if self._idle and not self.closed:  # the usual case, without a call
+                conn = self._idle.pop()
+                self._out.add(conn)
+                return conn
         with self._cond:
             deadline = None
             while True:
@@ -141,6 +143,15 @@ class Pool:
                 self._open -= 1
                 self._cond.notify()
 
+    def give_back(self, conn: psycopg.Connection[Any], failed: bool) -> None:
+        """The end of ``connection()``'s block (``failed``: it raised), for callers that took the connection with
+        :meth:`getconn` (the clients' blocks, without a :class:`_Lease`): straight back when no transaction is open,
+        else through :meth:`release`."""
+        if conn.pgconn.transaction_status == _IDLE:
+            self.putconn(conn)  # no transaction to end: straight back
+        else:
+            self.release(conn, failed)
+
     def release(self, conn: psycopg.Connection[Any], failed: bool) -> None:
         """The end of ``connection()``'s block (``failed``: it raised): a transaction left open is committed, or
         rolled back, then the connection is given back (:meth:`putconn`)."""
@@ -188,8 +199,4 @@ class _Lease:
         return self.conn
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        conn = self.conn
-        if conn.pgconn.transaction_status == _IDLE:
-            self.pool.putconn(conn)  # no transaction to end: straight back
-        else:
-            self.pool.release(conn, exc_type is not None)
+        self.pool.give_back(self.conn, exc_type is not None)

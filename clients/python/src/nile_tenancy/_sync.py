@@ -44,85 +44,15 @@ from .tokens import Tokens
 
 Params = Sequence[Any] | dict[str, Any] | None
 
-
-class _Scope:
-    """The active context of this thread or task: its kind and key, and its connection."""
-
-    __slots__ = ("kind", "key", "conn", "client", "enter_sql", "argument", "read_only_sql", "opened", "used",
-                 "closed", "needs_reset", "lock")
-
-    def __init__(
-        self, kind: str, key: str | None, conn: psycopg.Connection[Any], client: "Nile", enter_sql: str,
-        argument: Any, read_only_sql: str | None,
-    ) -> None:
-        self.kind = kind  # "tenant" or "admin"
-        self.key = key  # the tenant id (a token's tenant for a token context); None for admin
-        self.conn = conn
-        self.client = client
-        self.enter_sql = enter_sql  # enters the context inside the block's transaction
-        self.argument = argument  # its one parameter (the id, the token or the reason)
-        # Enters it for one read-only implicit transaction; None: every statement in the block's transaction.
-        self.read_only_sql = None if read_only_sql is None else _pipeline.fixed(read_only_sql)
-        self.opened = False  # BEGIN and the context have been sent: the block's transaction is open
-        self.used = False  # a statement ran (in the block's transaction or in one of its own)
-        self.closed = False  # the block has ended: a thread or task that kept the scope gets ContextEnded
-        self.needs_reset = False  # the block had the raw connection: clear any session-wide context at the end
-        # Held while a statement goes out with what it needs (a pipeline) and the flags change: threads that share
-        # the scope (contextvars.copy_context()) must not interleave their pipelines.
-        self.lock = threading.Lock()
-
-    def begin_and_enter(self) -> tuple[tuple[Any, Params], tuple[Any, Params]]:
-        """BEGIN (with the characteristics the connection asks psycopg for) and the context, as statements."""
-        return (_pipeline.fixed(c.begin_sql(self.conn)), None), (_pipeline.fixed(self.enter_sql), [self.argument])
-
-    def open(self) -> None:
-        """Open the block's transaction (BEGIN and the context, one round trip) unless it is open."""
-        with self.lock:
-            self._open()
-
-    def _open(self) -> None:
-        if self.closed:  # checked under the lock: the block may have ended since the caller looked
-            raise errors.ContextEnded(c.CONTEXT_ENDED)
-        if not self.opened:
-            self.opened = self.used = True  # set first: if entering fails, the end of the block rolls back
-            together(self.conn, self.begin_and_enter())
-
-    def run(self, query: Any, params: Params) -> Any:
-        """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes).
-        Its answer: a :class:`~nile_tenancy._pipeline.Result` or a psycopg cursor of tuples (``fetchone()``,
-        ``fetchall()``, ``rowcount``, ``description``), its rows read already."""
-        with self.lock:
-            if self.closed:
-                # Checked again under the lock: a thread that found the scope live may have waited here while the
-                # block ended and its connection went to another tenant's block.
-                raise errors.ContextEnded(c.CONTEXT_ENDED)
-            enters, several, reads_only = c.classify(query)
-            if enters:
-                self.needs_reset = True  # see RESET_SESSION_CONTEXT
-            if self.opened:
-                return c.tuples(self.conn).execute(query, params)
-            if several:
-                self._open()  # BEGIN and the context, then the statements on their own
-                return c.tuples(self.conn).execute(query, params)
-            reads = self.client._reads
-            if reads_only and self.read_only_sql is not None and reads.wants(query):
-                if reads.enabled is None:
-                    row = c.tuples(self.conn).execute(c.HAS_READ_ONLY_CONTEXT).fetchone()
-                    reads.enabled = bool(row[0])  # type: ignore[index]
-                if reads.enabled:
-                    try:
-                        cur = together(self.conn, ((self.read_only_sql, (self.argument,)), (query, params)))[1]
-                        self.used = True
-                        return cur
-                    except c.RUN_IN_TRANSACTION as e:
-                        reads.refused_by_server(query, e)  # nothing of it stayed: run it in the block's transaction
-            self.opened = self.used = True
-            return together(self.conn, (*self.begin_and_enter(), (query, params)))[2]
+_IDLE = pq.TransactionStatus.IDLE
+# The statements that enter a tenant's context for one read-only implicit transaction, made once.
+_READ_ONLY = _pipeline.fixed(c.SET_TENANT_READ_ONLY)
+_TOKEN_READ_ONLY = _pipeline.fixed(c.SET_TENANT_TOKEN_READ_ONLY)
 
 
 def together(conn: psycopg.Connection[Any], statements: Sequence[tuple[Any, Params]]) -> list[Any]:
     """Send ``statements`` in one round trip (see _pipeline.py; psycopg's pipeline where that cannot be used); their
-    answers (see :meth:`_Scope.run`; None for a Fixed statement on _pipeline.py's path), or the first error."""
+    answers (see :meth:`_Block.run`; None for a Fixed statement on _pipeline.py's path), or the first error."""
     if _pipeline.usable(conn):
         return _pipeline.run(conn, statements)
     try:
@@ -151,11 +81,8 @@ def enter_tenant(
 
 def require_idle(conn: psycopg.Connection[Any]) -> None:
     """Raise TransactionInProgress unless ``conn`` is idle (no transaction open)."""
-    if conn.pgconn.transaction_status != pq.TransactionStatus.IDLE:
-        raise errors.TransactionInProgress(
-            "a tenant or admin context is a transaction of its own and cannot start inside an open transaction: "
-            "commit or roll back first (entered inside it, the context would outlive the with block)"
-        )
+    if conn.pgconn.transaction_status != _IDLE:
+        raise errors.TransactionInProgress(c.TRANSACTION_IN_PROGRESS)
 
 
 @contextlib.contextmanager
@@ -171,7 +98,7 @@ def tenant_transaction(
         yield conn
 
 
-def _verify_nested_token(scope: _Scope, token: str) -> None:
+def _verify_nested_token(scope: "_Block", token: str) -> None:
     """A token context nested in the context of the tenant the token names joins it only once the server has
     verified the token: in a savepoint rolled back at once, so the outer context (and its user id) stays as it was.
     Nothing is trusted from the token's unverified payload. Under the scope's lock: a statement of a thread sharing the
@@ -185,97 +112,156 @@ def _verify_nested_token(scope: _Scope, token: str) -> None:
 
 class _Block(contextlib.ContextDecorator):
     """``with nile.tenant_context(...)`` or ``with nile.admin_context(...)``: takes a connection from the pool and
-    makes the block's scope the active one; at the end, COMMIT (ROLLBACK if the block raised), and the connection goes
-    back with no transaction open and no session-wide context. A class, not a generator: it is on the path of every
-    unit of work. Checks its arguments when the block starts. Also a decorator (each call a block of its own)."""
+    becomes the active context (the scope of this thread or task: its kind and key, and its connection); at the end,
+    COMMIT (ROLLBACK if the block raised), and the connection goes back with no transaction open and no session-wide
+    context. Checks its arguments when the block starts. Also a decorator (each call a block of its own).
 
-    __slots__ = ("client", "kind", "tenant_id", "token", "reason", "scope", "lease", "var_token", "was_autocommit")
+    It is on the path of every unit of work, so it is one object (the block is its own scope), a class rather than a
+    generator, and takes the usual case with as few calls as it can: the client's own pool without a lease object, a
+    statement's text classified once, a block that only read ends without :meth:`_end`."""
+
+    __slots__ = ("client", "kind", "tenant_id", "token", "reason", "joined", "conn", "lease", "var_token",
+                 "was_autocommit", "key", "enter_sql", "argument", "read_only_sql", "opened", "used", "closed",
+                 "needs_reset", "lock")
+    conn: psycopg.Connection[Any]  # None until __enter__ takes it
+    var_token: contextvars.Token[_Block | None] | None
+    was_autocommit: bool
+    key: str | None
+    enter_sql: str
+    argument: Any
+    read_only_sql: _pipeline.Fixed | None
+    opened: bool
+    used: bool
+    closed: bool
+    needs_reset: bool
+    lock: threading.Lock
 
     def __init__(
         self, client: "Nile", kind: str, tenant_id: uuid.UUID | str | None, token: str | None, reason: str | None
     ) -> None:
         self.client = client
-        self.kind = kind
+        self.kind = kind  # "tenant" or "admin"
         self.tenant_id = tenant_id
         self.token = token
         self.reason = reason
-        self.scope: _Scope | None = None  # None: the block joined the active context (or has not started)
-        self.lease: Any = None
+        self.joined = False  # the block joined the active context (the same one), which ends it
+        self.conn = None  # type: ignore[assignment]  # taken by __enter__  # the block's connection, once taken
+        self.lease: Any = None  # the pool's context manager, for a pool that is not the client's own (Pool)
+        # The rest is set by __enter__ before the block becomes the active context: key (the tenant id, a token's
+        # tenant for a token context; None for admin), enter_sql (enters the context inside the block's transaction)
+        # and argument (its one parameter: the id, the token or the reason), read_only_sql (enters it for one
+        # read-only implicit transaction; None: every statement in the block's transaction), and the flags below.
 
     def _recreate_cm(self) -> "_Block":
         return _Block(self.client, self.kind, self.tenant_id, self.token, self.reason)
 
+    # --- the block ----------------------------------------------------------------------------------------------------
+
     def __enter__(self) -> "Nile":
-        if self.lease is not None or self.scope is not None:
+        if self.conn is not None or self.lease is not None:
             raise RuntimeError("this context is in use already: call tenant_context() or admin_context() again")
         client = self.client
-        key = c.tenant_key(self.tenant_id, self.token) if self.kind == "tenant" else None
-        current = client._open_scope()
-        if current is not None and c.joins_active_context(current.kind, current.key, self.kind, key):
-            if self.token is not None and current is not None:
-                _verify_nested_token(current, self.token)
+        kind = self.kind
+        token = self.token
+        key = c.tenant_key(self.tenant_id, token) if kind == "tenant" else None
+        current = client._scope.get()
+        # The active context, for nesting: one that has ended counts as none (a thread or task that outlived its block
+        # may enter a context of its own).
+        if (current is not None and not current.closed
+                and c.joins_active_context(current.kind, current.key, kind, key)):
+            if token is not None:
+                _verify_nested_token(current, token)
+            self.joined = True
             return client
-        if self.kind == "tenant":
-            enter, read_only = (c.SET_TENANT_TOKEN, c.SET_TENANT_TOKEN_READ_ONLY) if self.token else (
-                c.SET_TENANT, c.SET_TENANT_READ_ONLY)
-            argument = self.token or key
+        self.joined = False
+        read_only: _pipeline.Fixed | None
+        if kind == "tenant":
+            enter, read_only = (c.SET_TENANT_TOKEN, _TOKEN_READ_ONLY) if token else (c.SET_TENANT, _READ_ONLY)
+            argument = token or key
         else:
             enter, read_only, argument = c.ADMIN_CONTEXT, None, self.reason or c.caller_name()
-        lease = self.lease = client._pool.connection()
-        conn = lease.__enter__()
+        self.key = key
+        self.enter_sql = enter
+        self.argument = argument
+        self.opened = False  # BEGIN and the context have been sent: the block's transaction is open
+        self.used = False  # a statement ran (in the block's transaction or in one of its own)
+        self.closed = False  # the block has ended: a thread or task that kept the scope gets ContextEnded
+        self.needs_reset = False  # the block had the raw connection: clear any session-wide context at the end
+        # Held while a statement goes out with what it needs (a pipeline) and the flags change: threads that share
+        # the scope (contextvars.copy_context()) must not interleave their pipelines.
+        self.lock = threading.Lock()
         self.var_token = None
         # BEGIN is sent as a statement of a pipeline: psycopg's own implicit BEGIN (autocommit off) is synchronised
         # alone, a round trip of its own; and a read is sent without BEGIN (autocommit on). The connection's
         # autocommit setting is restored at the end (outside pipeline mode, where it costs nothing).
         self.was_autocommit = True
+        pool = client._fast_pool
+        if pool is not None:
+            conn = self.conn = pool.getconn()
+        else:
+            lease = self.lease = client._pool.connection()
+            conn = self.conn = lease.__enter__()
         try:
-            scope = self.scope = _Scope(self.kind, key, conn, client, enter, argument,
-                                        read_only if c.reads_may_run_alone(conn) else None)
-            require_idle(conn)
-            self.was_autocommit = conn.autocommit
-            if not self.was_autocommit:
+            # A read in a transaction of its own only where the connection's transactions may be READ COMMITTED
+            # (c.reads_may_run_alone).
+            self.read_only_sql = read_only if conn.isolation_level in c.READ_COMMITTED_OR_BELOW else None
+            if conn.pgconn.transaction_status != _IDLE:
+                require_idle(conn)  # raises
+            if not conn.autocommit:
+                self.was_autocommit = False
                 conn.set_autocommit(True)
-            self.var_token = client._scope.set(scope)
+            self.var_token = client._scope.set(self)
         except BaseException as error:
-            if self.scope is None:  # an interrupt before the scope existed: the connection still goes back
-                lease.__exit__(type(error), error, error.__traceback__)
-            else:
-                self._release(self.scope, error)
+            self._release(error)
             raise
         return client
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
-        scope = self.scope
-        if scope is None or scope.closed:
+        if self.joined or self.conn is None or self.closed:
             return  # joined the active context (that one ends it), or ended already
-        with scope.lock:
+        with self.lock:
             # From now on no thread sharing the scope can start a statement (run() checks under the lock); one that is
             # running has finished.
-            scope.closed = True
+            self.closed = True
+        if exc is None and self.used and not self.opened and not self.needs_reset:
+            # The usual end of a block that only read: each read was a read-only transaction of its own that has
+            # ended, so there is nothing to commit (what _end() would find).
+            pool = self.client._fast_pool
+            if pool is not None and self.was_autocommit and self.var_token is not None:
+                # _release() in short, for the client's own pool: the connection has no transaction open (were it
+                # otherwise, putconn() would close it rather than keep it).
+                try:
+                    self.client._scope.reset(self.var_token)
+                except ValueError:
+                    pass  # see _release()
+                finally:
+                    pool.putconn(self.conn)
+                return
+            self._release(None)
+            return
         error = exc
         try:
             if error is None:
                 try:
-                    self._end(scope)
+                    self._end()
                 except BaseException as e:
                     error = e
-                    self._undo(scope)
+                    self._undo()
                     raise
             else:
-                self._undo(scope)
+                self._undo()
         finally:
-            self._release(scope, error)
+            self._release(error)
 
-    @staticmethod
-    def _end(scope: _Scope) -> None:
+    def _end(self) -> None:
         """The block ended without an error: its transaction, if any, is committed."""
-        conn = scope.conn
-        if not scope.used:
+        conn = self.conn
+        if not self.used:
             # No statement in the block: the context is still entered (an unknown tenant raises), BEGIN, the
             # context and COMMIT in one round trip.
-            scope.opened = True
-            together(conn, (*scope.begin_and_enter(), (_pipeline.fixed("COMMIT"), None)))
-        elif not scope.opened:
+            self.opened = True
+            together(conn, (*self.begin_and_enter(), (_pipeline.fixed("COMMIT"), None)))
+        elif not self.opened:
             pass  # only reads, each in a read-only transaction of its own that has ended
         elif conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
             # COMMIT would answer ROLLBACK without an error: the block's writes would be lost silently.
@@ -283,25 +269,26 @@ class _Block(contextlib.ContextDecorator):
             raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
         else:
             conn.commit()
-        if scope.needs_reset:
+        if self.needs_reset:
             conn.execute(c.RESET_SESSION_CONTEXT)
 
-    @staticmethod
-    def _undo(scope: _Scope) -> None:
+    def _undo(self) -> None:
         """Whatever happened (an error of the block, of entering the context, of COMMIT, or an interrupt), the
         connection goes back with no transaction open."""
-        conn = scope.conn
+        conn = self.conn
         with contextlib.suppress(Exception):
             conn.rollback()
-        if scope.needs_reset:
+        if self.needs_reset:
             with contextlib.suppress(Exception):
                 conn.execute(c.RESET_SESSION_CONTEXT)
 
-    def _release(self, scope: _Scope, error: BaseException | None) -> None:
-        """Close the scope and give the connection back (with the error, if any, as the pool's block would see it)."""
-        conn = scope.conn
+    def _release(self, error: BaseException | None) -> None:
+        """Close the scope and give the connection back to its pool, as the end of the pool's ``connection()`` block
+        would (with the error, if any): a transaction still open is committed, or rolled back after an error (the
+        block has ended it already)."""
+        conn = self.conn
         try:
-            scope.closed = True
+            self.closed = True
             if self.var_token is not None:
                 try:
                     self.client._scope.reset(self.var_token)
@@ -314,10 +301,69 @@ class _Block(contextlib.ContextDecorator):
                 except Exception:
                     conn.close()  # never back to the pool in a state it does not expect: the pool drops it
         finally:
-            if error is None:
-                self.lease.__exit__(None, None, None)
+            lease = self.lease
+            if lease is None:
+                self.client._fast_pool.give_back(conn, error is not None)  # type: ignore[union-attr]
+            elif error is None:
+                lease.__exit__(None, None, None)
             else:
-                self.lease.__exit__(type(error), error, error.__traceback__)
+                lease.__exit__(type(error), error, error.__traceback__)
+
+    # --- the scope: the block's statements ----------------------------------------------------------------------------
+
+    def begin_and_enter(self) -> tuple[tuple[Any, Params], tuple[Any, Params]]:
+        """BEGIN (with the characteristics the connection asks psycopg for) and the context, as statements."""
+        return (_pipeline.fixed(c.begin_sql(self.conn)), None), (_pipeline.fixed(self.enter_sql), [self.argument])
+
+    def open(self) -> None:
+        """Open the block's transaction (BEGIN and the context, one round trip) unless it is open."""
+        with self.lock:
+            self._open()
+
+    def _open(self) -> None:
+        if self.closed:  # checked under the lock: the block may have ended since the caller looked
+            raise errors.ContextEnded(c.CONTEXT_ENDED)
+        if not self.opened:
+            self.opened = self.used = True  # set first: if entering fails, the end of the block rolls back
+            together(self.conn, self.begin_and_enter())
+
+    def run(self, query: Any, params: Params) -> Any:
+        """Run one statement of the block, in one round trip with whatever it still needs (see the module's notes).
+        Its answer: a :class:`~nile_tenancy._pipeline.Result` or a psycopg cursor of tuples (``fetchone()``,
+        ``fetchall()``, ``rowcount``, ``description``), its rows read already."""
+        with self.lock:
+            if self.closed:
+                # Checked again under the lock: a thread that found the scope live (or kept it) may have waited here
+                # while the block ended and its connection went to another tenant's block.
+                raise errors.ContextEnded(c.CONTEXT_ENDED)
+            # A statement's text is classified once (a str, the usual case, without a call of classify()).
+            enters, several, reads_only = (c.classify_text(query) if query.__class__ is str
+                                           else c.classify(query))
+            if enters:
+                self.needs_reset = True  # see RESET_SESSION_CONTEXT
+            conn = self.conn
+            if self.opened:
+                return c.tuples(conn).execute(query, params)
+            if several:
+                self._open()  # BEGIN and the context, then the statements on their own
+                return c.tuples(conn).execute(query, params)
+            reads = self.client._reads
+            if (reads_only and self.read_only_sql is not None and reads.enabled is not False
+                    and (query not in reads.refused if query.__class__ is str else reads.wants(query))):
+                if reads.enabled is None:
+                    row = c.tuples(conn).execute(c.HAS_READ_ONLY_CONTEXT).fetchone()
+                    reads.enabled = bool(row[0])  # type: ignore[index]
+                if reads.enabled:
+                    statements = ((self.read_only_sql, (self.argument,)), (query, params))
+                    try:
+                        answer = (_pipeline.run(conn, statements) if _pipeline.usable(conn)
+                                  else together(conn, statements))[1]
+                        self.used = True
+                        return answer
+                    except c.RUN_IN_TRANSACTION as e:
+                        reads.refused_by_server(query, e)  # nothing of it stayed: run it in the block's transaction
+            self.opened = self.used = True
+            return together(conn, (*self.begin_and_enter(), (query, params)))[2]
 
 
 class Sql:
@@ -327,11 +373,16 @@ class Sql:
         self._client = client
 
     def _run(self, query: Any, params: Params) -> Any:
-        """The statement's answer (see :meth:`_Scope.run`): in the active context, or outside any in a transaction of
-        its own."""
-        scope = self._client._live_scope()
+        """The statement's answer (see :meth:`_Block.run`): in the active context, or outside any in a transaction of
+        its own. (:meth:`execute`, :meth:`fetch_one` and :meth:`fetch_all` take the active context's path themselves,
+        a call fewer per statement.)"""
+        scope = self._client._scope.get()
         if scope is not None:
-            return scope.run(query, params)
+            return scope.run(query, params)  # ContextEnded if it has ended (checked under its lock)
+        return self._run_alone(query, params)
+
+    def _run_alone(self, query: Any, params: Params) -> Any:
+        """The statement's answer outside any context: a transaction of its own."""
         with self._client._pool.connection() as conn:  # commits at the end of the block, rolls back on error
             # Outside a context the statement is a transaction of its own (autocommit), so whatever session state it
             # sets stays: a session-wide tenant context is cleared in the same round trip.
@@ -345,15 +396,21 @@ class Sql:
 
     def execute(self, query: Any, params: Params = None) -> int:
         """Run one statement; returns the number of rows it affected (-1 when not applicable)."""
-        return self._run(query, params).rowcount
+        scope = self._client._scope.get()
+        cur = self._run_alone(query, params) if scope is None else scope.run(query, params)
+        return cur.rowcount  # type: ignore[no-any-return]
 
     def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
         """The first row of a query, as a tuple, or None."""
-        return self._run(query, params).fetchone()  # type: ignore[no-any-return]
+        scope = self._client._scope.get()
+        cur = self._run_alone(query, params) if scope is None else scope.run(query, params)
+        return cur.fetchone()  # type: ignore[no-any-return]
 
     def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
         """Every row of a query, as tuples."""
-        return self._run(query, params).fetchall()  # type: ignore[no-any-return]
+        scope = self._client._scope.get()
+        cur = self._run_alone(query, params) if scope is None else scope.run(query, params)
+        return cur.fetchall()  # type: ignore[no-any-return]
 
     @property
     def connection(self) -> psycopg.Connection[Any]:
@@ -481,8 +538,10 @@ class Nile:
             kwargs = c.pool_kwargs(prepared_statements, connect_kwargs)
             pool = Pool(dsn or "", min_size=min_size, max_size=max_size, kwargs=kwargs)
         self._pool: ConnectionPool[Any] | Pool = pool
+        # The client's own kind of pool: blocks take and give back its connections without a lease object.
+        self._fast_pool: Pool | None = pool if isinstance(pool, Pool) else None
         self._reads = c.ReadPath(one_round_trip_reads)
-        self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+        self._scope: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
             f"nile_tenancy_scope_{id(self)}", default=None
         )
         self.sql = Sql(self)
@@ -528,19 +587,13 @@ class Nile:
         a member of ``nile_admin``). Without a reason, the caller's qualified function name is recorded."""
         return _Block(self, "admin", None, None, reason)
 
-    def _live_scope(self) -> _Scope | None:
+    def _live_scope(self) -> _Block | None:
         """The context this code runs in, or None outside any; ContextEnded when that context has ended (a thread or
         task started inside the block that outlived it must not use a connection that is back in the pool)."""
         scope = self._scope.get()
         if scope is not None and scope.closed:
             raise errors.ContextEnded(c.CONTEXT_ENDED)
         return scope
-
-    def _open_scope(self) -> _Scope | None:
-        """The active context, for nesting: one that has ended counts as none (a task that outlived the block may
-        enter a context of its own)."""
-        scope = self._scope.get()
-        return None if scope is None or scope.closed else scope
 
     @contextlib.contextmanager
     def _admin(self, reason: str) -> Iterator[psycopg.Connection[Any]]:
