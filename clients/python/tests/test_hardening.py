@@ -293,3 +293,30 @@ def test_contexts_in_threads_still_work_side_by_side(nile: Nile, two_tenants: tu
         thread.join()
         seen[acme] = usernames(nile)
     assert seen == {acme: ["ada"], globex: ["grace"]}
+
+
+def test_an_asyncio_task_that_runs_while_the_block_ends_cannot_run_after_it(two_tenants: tuple[str, str]) -> None:
+    """A task started inside the block that runs a statement while the block is ending (awaiting its COMMIT) must get
+    ContextEnded, as a thread sharing a sync block does: not run after the COMMIT, outside the block's transaction,
+    on a connection that goes back to the pool (and to the next block, another tenant's)."""
+    acme, globex = two_tenants
+
+    async def main() -> None:
+        async with AsyncNile(dsn("app_user"), max_size=1) as nile:
+            out: list[object] = []
+
+            async def late() -> None:
+                try:
+                    out.append(await nile.sql.fetch_one("SELECT nile.current_tenant()::text"))
+                except errors.ContextEnded as e:
+                    out.append(e)
+
+            async with nile.tenant_context(acme):
+                await nile.sql.execute("UPDATE public.users SET email = email")
+                task = asyncio.create_task(late())  # runs once the block awaits its COMMIT
+            async with nile.tenant_context(globex):
+                await nile.sql.execute("UPDATE public.users SET email = email")
+                await task
+            assert len(out) == 1 and isinstance(out[0], errors.ContextEnded), out
+
+    asyncio.run(main())

@@ -1,14 +1,16 @@
 """The asynchronous client, :class:`AsyncNile`: the same API as :class:`~nile_tenancy.Nile` with ``async with`` and
 ``await`` (psycopg's AsyncConnection and psycopg_pool's AsyncConnectionPool). The design notes of _sync.py apply:
 a context's first statement goes with the context in one round trip (a read before any write in a read-only
-transaction of its own), and the context is kept per asyncio task in a ContextVar."""
+transaction of its own), and the context is kept per asyncio task in a ContextVar. The block is a class, as the sync
+one, with the same fast paths where they apply (the pool is psycopg_pool's): it is its own scope, a statement's text is
+classified once, ``nile.sql``'s statements in a context take no context manager, and its end is decided under the
+scope's lock, so a task started inside the block cannot run a statement once the block has begun to end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import datetime as _dt
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
@@ -24,66 +26,219 @@ from .tokens import Tokens
 Params = Sequence[Any] | dict[str, Any] | None
 
 
-@dataclasses.dataclass
-class _Scope:
-    kind: str
+_IDLE = pq.TransactionStatus.IDLE
+# See _sync.py: the statements that enter a tenant's context for one read-only implicit transaction, made once.
+_READ_ONLY = _pipeline.fixed(c.SET_TENANT_READ_ONLY)
+_TOKEN_READ_ONLY = _pipeline.fixed(c.SET_TENANT_TOKEN_READ_ONLY)
+
+
+class _Block(contextlib.AsyncContextDecorator):
+    """``async with nile.tenant_context(...)`` or ``async with nile.admin_context(...)``: the block and its scope, as
+    :class:`nile_tenancy._sync._Block` (the same rules and the same fast paths), with psycopg_pool's
+    AsyncConnectionPool (``pool.connection()``) and an asyncio lock shared by the tasks created inside the block."""
+
+    __slots__ = ("client", "kind", "tenant_id", "token", "reason", "joined", "conn", "lease", "var_token",
+                 "was_autocommit", "key", "enter_sql", "argument", "read_only_sql", "opened", "used", "closed",
+                 "needs_reset", "lock")
+    conn: psycopg.AsyncConnection[Any]  # None until __aenter__ takes it
+    var_token: contextvars.Token[_Block | None] | None
+    was_autocommit: bool
     key: str | None
-    conn: psycopg.AsyncConnection[Any]
-    client: "AsyncNile"
-    enter_sql: str  # see _sync._Scope
+    enter_sql: str
     argument: Any
-    read_only_sql: str | None
-    begin_sql: str
-    opened: bool = False
-    used: bool = False
-    closed: bool = False
-    needs_reset: bool = False
-    # Tasks created inside the block share the scope: their pipelines must not interleave (see _sync._Scope).
-    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    read_only_sql: _pipeline.Fixed | None
+    opened: bool
+    used: bool
+    closed: bool
+    needs_reset: bool
+    lock: asyncio.Lock
+
+    def __init__(
+        self, client: "AsyncNile", kind: str, tenant_id: uuid.UUID | str | None, token: str | None,
+        reason: str | None,
+    ) -> None:
+        self.client = client
+        self.kind = kind  # see _sync._Block
+        self.tenant_id = tenant_id
+        self.token = token
+        self.reason = reason
+        self.joined = False
+        self.conn = None  # type: ignore[assignment]  # taken by __enter__
+        self.lease: Any = None  # the pool's connection() context manager, once entered
+
+    def _recreate_cm(self) -> "_Block":
+        return _Block(self.client, self.kind, self.tenant_id, self.token, self.reason)
+
+    # --- the block ----------------------------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "AsyncNile":
+        if self.conn is not None or self.lease is not None:
+            raise RuntimeError("this context is in use already: call tenant_context() or admin_context() again")
+        client = self.client
+        kind = self.kind
+        token = self.token
+        key = c.tenant_key(self.tenant_id, token) if kind == "tenant" else None
+        current = client._scope.get()
+        if (current is not None and not current.closed
+                and c.joins_active_context(current.kind, current.key, kind, key)):
+            if token is not None:
+                await _verify_nested_token(current, token)
+            self.joined = True
+            return client
+        self.joined = False
+        read_only: _pipeline.Fixed | None
+        if kind == "tenant":
+            enter, read_only = (c.SET_TENANT_TOKEN, _TOKEN_READ_ONLY) if token else (c.SET_TENANT, _READ_ONLY)
+            argument = token or key
+        else:
+            enter, read_only, argument = c.ADMIN_CONTEXT, None, self.reason or c.caller_name()
+        self.key = key
+        self.enter_sql = enter
+        self.argument = argument
+        self.opened = self.used = self.closed = self.needs_reset = False
+        self.lock = asyncio.Lock()
+        self.var_token = None
+        self.was_autocommit = True
+        pool = client._pool if client._opened else await client._opened_pool()
+        lease = self.lease = pool.connection()
+        conn = self.conn = await lease.__aenter__()
+        try:
+            self.read_only_sql = read_only if conn.isolation_level in c.READ_COMMITTED_OR_BELOW else None
+            if conn.pgconn.transaction_status != _IDLE:
+                require_idle(conn)  # raises
+            if not conn.autocommit:
+                self.was_autocommit = False
+                await conn.set_autocommit(True)
+            self.var_token = client._scope.set(self)
+        except BaseException as error:
+            await self._release(error)
+            raise
+        return client
+
+    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if self.joined or self.conn is None or self.closed:
+            return  # joined the active context (that one ends it), or ended already
+        async with self.lock:
+            # From now on no task sharing the scope can start a statement (run() checks under the lock); one that is
+            # running has finished.
+            self.closed = True
+        error = exc
+        if exc is None and self.used and not self.opened and not self.needs_reset:
+            pass  # the usual end of a block that only read: nothing to commit (what _end() would find)
+        else:
+            try:
+                if error is None:
+                    try:
+                        await self._end()
+                    except BaseException as e:
+                        error = e
+                        await self._undo()
+                        raise
+                else:
+                    await self._undo()
+            finally:
+                await self._release(error)
+            return
+        await self._release(None)
+
+    async def _end(self) -> None:
+        """See :meth:`nile_tenancy._sync._Block._end`."""
+        conn = self.conn
+        if not self.used:
+            self.opened = True
+            await together(conn, (*self.begin_and_enter(), (_pipeline.fixed("COMMIT"), None)))
+        elif not self.opened:
+            pass  # only reads, each in a read-only transaction of its own that has ended
+        elif conn.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            await conn.rollback()
+            raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
+        else:
+            await conn.commit()
+        if self.needs_reset:
+            await conn.execute(c.RESET_SESSION_CONTEXT)
+
+    async def _undo(self) -> None:
+        """See :meth:`nile_tenancy._sync._Block._undo`."""
+        conn = self.conn
+        with contextlib.suppress(Exception):
+            await conn.rollback()
+        if self.needs_reset:
+            with contextlib.suppress(Exception):
+                await conn.execute(c.RESET_SESSION_CONTEXT)
+
+    async def _release(self, error: BaseException | None) -> None:
+        """Close the scope and give the connection back through the pool's ``connection()`` block (with the error,
+        if any)."""
+        conn = self.conn
+        try:
+            self.closed = True
+            if self.var_token is not None:
+                try:
+                    self.client._scope.reset(self.var_token)
+                except ValueError:
+                    pass  # ended in another context (an abandoned generator): the scope is closed
+            if not self.was_autocommit and not conn.closed:
+                try:
+                    await conn.set_autocommit(False)
+                except Exception:
+                    await conn.close()
+        finally:
+            if error is None:
+                await self.lease.__aexit__(None, None, None)
+            else:
+                await self.lease.__aexit__(type(error), error, error.__traceback__)
+
+    # --- the scope: the block's statements ----------------------------------------------------------------------------
+
+    def begin_and_enter(self) -> tuple[tuple[Any, Params], tuple[Any, Params]]:
+        """BEGIN (with the characteristics the connection asks psycopg for) and the context, as statements."""
+        return (_pipeline.fixed(c.begin_sql(self.conn)), None), (_pipeline.fixed(self.enter_sql), [self.argument])
 
     async def open(self) -> None:
-        """See :meth:`nile_tenancy._sync._Scope.open`."""
+        """See :meth:`nile_tenancy._sync._Block.open`."""
         async with self.lock:
             await self._open()
 
     async def _open(self) -> None:
-        if self.closed:  # checked under the lock (see _sync._Scope.run)
+        if self.closed:  # checked under the lock (see _sync._Block.run)
             raise errors.ContextEnded(c.CONTEXT_ENDED)
         if not self.opened:
             self.opened = self.used = True
-            await together(self.conn, ((_pipeline.fixed(self.begin_sql), None),
-                                       (_pipeline.fixed(self.enter_sql), [self.argument])))
+            await together(self.conn, self.begin_and_enter())
 
     async def run(self, query: Any, params: Params) -> Any:
-        """See :meth:`nile_tenancy._sync._Scope.run` (an :class:`~nile_tenancy._pipeline.AsyncResult` or an
+        """See :meth:`nile_tenancy._sync._Block.run` (an :class:`~nile_tenancy._pipeline.AsyncResult` or an
         AsyncCursor: their fetches are awaited)."""
         async with self.lock:
-            if self.closed:  # checked under the lock (see _sync._Scope.run)
+            if self.closed:  # checked under the lock (see _sync._Block.run)
                 raise errors.ContextEnded(c.CONTEXT_ENDED)
-            enters, several, reads_only = c.classify(query)
+            enters, several, reads_only = (c.classify_text(query) if query.__class__ is str
+                                           else c.classify(query))
             if enters:
                 self.needs_reset = True  # see RESET_SESSION_CONTEXT
+            conn = self.conn
             if self.opened:
-                return await c.tuples(self.conn).execute(query, params)
+                return await c.tuples(conn).execute(query, params)
             if several:
                 await self._open()
-                return await c.tuples(self.conn).execute(query, params)
+                return await c.tuples(conn).execute(query, params)
             reads = self.client._reads
-            if reads_only and self.read_only_sql is not None and reads.wants(query):
+            if (reads_only and self.read_only_sql is not None and reads.enabled is not False
+                    and (query not in reads.refused if query.__class__ is str else reads.wants(query))):
                 if reads.enabled is None:
-                    row = await (await c.tuples(self.conn).execute(c.HAS_READ_ONLY_CONTEXT)).fetchone()
+                    row = await (await c.tuples(conn).execute(c.HAS_READ_ONLY_CONTEXT)).fetchone()
                     reads.enabled = bool(row[0])  # type: ignore[index]
                 if reads.enabled:
+                    statements = ((self.read_only_sql, (self.argument,)), (query, params))
                     try:
-                        cur = (await together(self.conn, ((_pipeline.fixed(self.read_only_sql), (self.argument,)),
-                                                          (query, params))))[1]
+                        answer = (await (_pipeline.run_async(conn, statements) if _pipeline.usable(conn)
+                                         else together(conn, statements)))[1]
                         self.used = True
-                        return cur  # type: ignore[no-any-return]
+                        return answer
                     except c.RUN_IN_TRANSACTION as e:
                         reads.refused_by_server(query, e)
             self.opened = self.used = True
-            return (await together(self.conn, ((_pipeline.fixed(self.begin_sql), None),  # type: ignore[no-any-return]
-                                               (_pipeline.fixed(self.enter_sql), [self.argument]), (query, params))))[2]
+            return (await together(conn, (*self.begin_and_enter(), (query, params))))[2]
 
 
 async def together(conn: psycopg.AsyncConnection[Any], statements: Sequence[tuple[Any, Params]]) -> list[Any]:
@@ -114,14 +269,11 @@ async def enter_tenant(
 
 
 def require_idle(conn: psycopg.AsyncConnection[Any]) -> None:
-    if conn.info.transaction_status != pq.TransactionStatus.IDLE:
-        raise errors.TransactionInProgress(
-            "a tenant or admin context is a transaction of its own and cannot start inside an open transaction: "
-            "commit or roll back first (entered inside it, the context would outlive the with block)"
-        )
+    if conn.pgconn.transaction_status != _IDLE:
+        raise errors.TransactionInProgress(c.TRANSACTION_IN_PROGRESS)
 
 
-async def _verify_nested_token(scope: _Scope, token: str) -> None:
+async def _verify_nested_token(scope: _Block, token: str) -> None:
     """See :func:`nile_tenancy._sync._verify_nested_token` (under the scope's lock, too)."""
     async with scope.lock:
         await scope._open()
@@ -138,10 +290,18 @@ class AsyncSql:
 
     @contextlib.asynccontextmanager
     async def _cursor(self, query: Any, params: Params) -> AsyncIterator[Any]:
-        scope = self._client._live_scope()
+        """The statement's answer, for a caller that reads it inside (outside any context: while the statement's
+        connection is out of the pool)."""
+        scope = self._client._scope.get()
         if scope is not None:
-            yield await scope.run(query, params)
+            yield await scope.run(query, params)  # ContextEnded if it has ended (checked under its lock)
             return
+        async with self._alone(query, params) as cur:
+            yield cur
+
+    @contextlib.asynccontextmanager
+    async def _alone(self, query: Any, params: Params) -> AsyncIterator[Any]:
+        """The statement outside any context: a transaction of its own (see _sync.Sql)."""
         pool = await self._client._opened_pool()
         async with pool.connection() as conn:
             # A session-wide context the statement set is cleared (see _sync.Sql).
@@ -152,17 +312,28 @@ class AsyncSql:
                 cur = (await together(conn, ((query, params), (_pipeline.fixed(c.RESET_SESSION_CONTEXT), None))))[0]
             yield cur
 
+    # In the active context (the usual case), without a context manager: a statement's answer is read already.
+
     async def execute(self, query: Any, params: Params = None) -> int:
-        async with self._cursor(query, params) as cur:
-            return cur.rowcount
+        scope = self._client._scope.get()
+        if scope is not None:
+            return (await scope.run(query, params)).rowcount  # type: ignore[no-any-return]
+        async with self._alone(query, params) as cur:
+            return cur.rowcount  # type: ignore[no-any-return]
 
     async def fetch_one(self, query: Any, params: Params = None) -> tuple[Any, ...] | None:
-        async with self._cursor(query, params) as cur:
-            return await cur.fetchone()
+        scope = self._client._scope.get()
+        if scope is not None:
+            return await (await scope.run(query, params)).fetchone()  # type: ignore[no-any-return]
+        async with self._alone(query, params) as cur:
+            return await cur.fetchone()  # type: ignore[no-any-return]
 
     async def fetch_all(self, query: Any, params: Params = None) -> list[tuple[Any, ...]]:
-        async with self._cursor(query, params) as cur:
-            return await cur.fetchall()
+        scope = self._client._scope.get()
+        if scope is not None:
+            return await (await scope.run(query, params)).fetchall()  # type: ignore[no-any-return]
+        async with self._alone(query, params) as cur:
+            return await cur.fetchall()  # type: ignore[no-any-return]
 
     async def connection(self) -> psycopg.AsyncConnection[Any]:
         """The active context's connection (``await nile.sql.connection()``), only inside a context."""
@@ -273,7 +444,7 @@ class AsyncNile:
         self._pool: AsyncConnectionPool[Any] = pool
         self._reads = c.ReadPath(one_round_trip_reads)
         self._opened = not self._own_pool
-        self._scope: contextvars.ContextVar[_Scope | None] = contextvars.ContextVar(
+        self._scope: contextvars.ContextVar[_Block | None] = contextvars.ContextVar(
             f"nile_tenancy_async_scope_{id(self)}", default=None
         )
         self.sql = AsyncSql(self)
@@ -312,90 +483,21 @@ class AsyncNile:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @contextlib.asynccontextmanager
-    async def tenant_context(
-        self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None
-    ) -> AsyncIterator["AsyncNile"]:
-        key = c.tenant_key(tenant_id, token)
-        current = self._open_scope()
-        if c.joins_active_context(current and current.kind, current and current.key, "tenant", key):
-            if token is not None and current is not None:
-                await _verify_nested_token(current, token)
-            yield self
-            return
-        enter, read_only = (c.SET_TENANT_TOKEN, c.SET_TENANT_TOKEN_READ_ONLY) if token else (c.SET_TENANT,
-                                                                                        c.SET_TENANT_READ_ONLY)
-        async with self._scoped("tenant", key, enter, read_only, token or key):
-            yield self
+    def tenant_context(self, tenant_id: uuid.UUID | str | None = None, *, token: str | None = None) -> "_Block":
+        """``async with nile.tenant_context(tenant_id):`` (or ``token=``): see
+        :meth:`nile_tenancy.Nile.tenant_context`."""
+        return _Block(self, "tenant", tenant_id, token, None)
 
-    @contextlib.asynccontextmanager
-    async def admin_context(self, reason: str | None = None) -> AsyncIterator["AsyncNile"]:
-        current = self._open_scope()
-        if c.joins_active_context(current and current.kind, current and current.key, "admin", None):
-            yield self
-            return
-        async with self._scoped("admin", None, c.ADMIN_CONTEXT, None, reason or c.caller_name()):
-            yield self
+    def admin_context(self, reason: str | None = None) -> "_Block":
+        """``async with nile.admin_context():`` see :meth:`nile_tenancy.Nile.admin_context`."""
+        return _Block(self, "admin", None, None, reason)
 
-    def _live_scope(self) -> _Scope | None:
+    def _live_scope(self) -> _Block | None:
         """See :meth:`nile_tenancy.Nile._live_scope`."""
         scope = self._scope.get()
         if scope is not None and scope.closed:
             raise errors.ContextEnded(c.CONTEXT_ENDED)
         return scope
-
-    def _open_scope(self) -> _Scope | None:
-        scope = self._scope.get()
-        return None if scope is None or scope.closed else scope
-
-    @contextlib.asynccontextmanager
-    async def _scoped(
-        self, kind: str, key: str | None, enter_sql: str, read_only_sql: str | None, argument: Any
-    ) -> AsyncIterator[_Scope]:
-        pool = await self._opened_pool()
-        async with pool.connection() as conn:
-            require_idle(conn)
-            # See _sync.Nile._scoped: nothing sent until the first statement, autocommit restored, the scope closed at
-            # the end.
-            was_autocommit = conn.autocommit
-            scope = _Scope(kind, key, conn, self, enter_sql, argument,
-                           read_only_sql if c.reads_may_run_alone(conn) else None, c.begin_sql(conn))
-            token: contextvars.Token[_Scope | None] | None = None
-            try:
-                if not was_autocommit:
-                    await conn.set_autocommit(True)
-                token = self._scope.set(scope)
-                yield scope
-                if not scope.used:
-                    scope.opened = True
-                    await together(conn, ((_pipeline.fixed(scope.begin_sql), None),
-                                          (_pipeline.fixed(enter_sql), [argument]), (_pipeline.fixed("COMMIT"), None)))
-                elif not scope.opened:
-                    pass  # only reads, each in a read-only transaction of its own that has ended
-                elif conn.info.transaction_status == pq.TransactionStatus.INERROR:
-                    await conn.rollback()
-                    raise errors.TransactionAborted(c.TRANSACTION_ABORTED)
-                else:
-                    await conn.commit()
-                if scope.needs_reset:
-                    await conn.execute(c.RESET_SESSION_CONTEXT)
-            except BaseException:
-                with contextlib.suppress(Exception):
-                    await conn.rollback()
-                if scope.needs_reset:
-                    with contextlib.suppress(Exception):
-                        await conn.execute(c.RESET_SESSION_CONTEXT)
-                raise
-            finally:
-                scope.closed = True
-                if token is not None:
-                    with contextlib.suppress(ValueError):  # ended in another context (an abandoned generator)
-                        self._scope.reset(token)
-                if not was_autocommit and not conn.closed:
-                    try:
-                        await conn.set_autocommit(False)
-                    except Exception:
-                        await conn.close()
 
     @contextlib.asynccontextmanager
     async def _admin(self, reason: str) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
