@@ -18,8 +18,9 @@
 //! (a statement without parameters, or a custom plan made for the parameters' values) is made for the big tenant; the
 //! generic plan of a statement with parameters (one plan for any values, which the plan cache keeps once it costs no
 //! more than the custom plans) is made for an average tenant, as Postgres plans `WHERE tenant_id = $1`. Made for the
-//! big tenant, a generic plan's estimates for the unknown values cost it above the custom plans whenever they count
-//! more than one row, and the plan cache then planned the statement again at every execution.
+//! big tenant, a generic plan's estimates for the unknown values could cost it above the custom plans (once they count
+//! more than one row, an unknown key is often estimated at more rows than a known one), and the plan cache then
+//! planned the statement again at every execution.
 //!
 //! A plan made for a big tenant is as correct for any other tenant as any plan (the policy's InitPlan still decides
 //! which rows are visible), but it may be slow for a small one. So it carries a plan-cache invalidation item of its own

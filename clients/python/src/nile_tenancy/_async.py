@@ -27,9 +27,6 @@ Params = Sequence[Any] | dict[str, Any] | None
 
 
 _IDLE = pq.TransactionStatus.IDLE
-# See _sync.py: the statements that enter a tenant's context for one read-only implicit transaction, made once.
-_READ_ONLY = _pipeline.fixed(c.SET_TENANT_READ_ONLY)
-_TOKEN_READ_ONLY = _pipeline.fixed(c.SET_TENANT_TOKEN_READ_ONLY)
 
 
 class _Block(contextlib.AsyncContextDecorator):
@@ -86,12 +83,7 @@ class _Block(contextlib.AsyncContextDecorator):
             self.joined = True
             return client
         self.joined = False
-        read_only: _pipeline.Fixed | None
-        if kind == "tenant":
-            enter, read_only = (c.SET_TENANT_TOKEN, _TOKEN_READ_ONLY) if token else (c.SET_TENANT, _READ_ONLY)
-            argument = token or key
-        else:
-            enter, read_only, argument = c.ADMIN_CONTEXT, None, self.reason or c.caller_name()
+        enter, read_only, argument = c.context_statements(kind, key, token, self.reason)
         self.key = key
         self.enter_sql = enter
         self.argument = argument

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import psycopg
 from psycopg.rows import tuple_row
 
-from . import errors
+from . import _pipeline, errors
 
 # The extension's functions, all schema-qualified (no search_path is trusted).
 SET_TENANT = "SELECT nile.set_tenant(%s::uuid)"
@@ -280,6 +280,24 @@ def interval_text(recent: str | _dt.timedelta) -> str:
     if isinstance(recent, _dt.timedelta):
         return f"{recent.total_seconds()} seconds"
     return recent
+
+
+# The statements that enter a tenant's context for one read-only implicit transaction, made once.
+_READ_ONLY = _pipeline.fixed(SET_TENANT_READ_ONLY)
+_TOKEN_READ_ONLY = _pipeline.fixed(SET_TENANT_TOKEN_READ_ONLY)
+
+
+def context_statements(
+    kind: str, key: str | None, token: str | None, reason: str | None
+) -> tuple[str, "_pipeline.Fixed | None", Any]:
+    """A block's context statements (the sync and the async block alike): the one that enters it, the one that enters
+    it for one read-only implicit transaction (None for the admin context, which has none), and their one argument
+    (the tenant's id, the token, or the reason: the caller's qualified name when none was given)."""
+    if kind == "tenant":
+        if token:
+            return SET_TENANT_TOKEN, _TOKEN_READ_ONLY, token
+        return SET_TENANT, _READ_ONLY, key
+    return ADMIN_CONTEXT, None, reason or caller_name()
 
 
 def caller_name(skip_modules: Sequence[str] = ("contextlib", "nile_tenancy")) -> str:
