@@ -5,6 +5,7 @@ usage lock's waits, the goals, the set_tenant() cost, the plans) and OUT_DIR/res
 variant; tps per client count). Ratios are medians of per-round ratios: each round runs every variant back to back."""
 
 import csv
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -73,7 +74,12 @@ def main(raw_dir, out_dir):
     interleaved = {}
     il_path = raw_dir / "interleaved.tsv"
     for row in read_tsv(il_path) if il_path.exists() else []:
-        interleaved.setdefault((row["workload"], row["measure"], row["variant"]), {})[int(row["round"])] = float(row["mean_us"])
+        mean_us = float(row["mean_us"])
+        if math.isnan(mean_us):
+            # A round where pgbench chose none of this variant's transactions (the one-client reports run few per
+            # round): no figure for it, and its ratios skip that round.
+            continue
+        interleaved.setdefault((row["workload"], row["measure"], row["variant"]), {})[int(row["round"])] = mean_us
 
     def interleaved_ratios(w, v, base="a"):
         """Per-round speed of v relative to base, from mean latencies. d is d_on (nile with tracking on, entering with

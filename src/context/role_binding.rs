@@ -10,6 +10,7 @@
 
 use crate::context::tenant_cache::require_usable_tenant;
 use crate::pg::errors::{raise, require_not_null, Problem};
+use crate::pg::local_map::LocalMap;
 use crate::pg::own_tables::NileTable;
 use crate::pg::privilege::{as_extension_owner, require_role};
 use crate::pg::spi_util::execute;
@@ -17,12 +18,11 @@ use crate::pg::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use pgrx::Uuid;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 use std::ffi::CString;
 
 thread_local! {
     /// role oid -> tenant, as last read from nile.role_bindings (None: not read since the last change).
-    static BINDINGS: RefCell<Option<HashMap<pg_sys::Oid, [u8; 16]>>> = const { RefCell::new(None) };
+    static BINDINGS: RefCell<Option<LocalMap<pg_sys::Oid, [u8; 16]>>> = const { RefCell::new(None) };
     /// The oid of nile.role_bindings when it was last read, to recognise its invalidations.
     static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
 }
@@ -75,7 +75,7 @@ pub(super) fn refuse_if_bound(what: &str) {
     }
 }
 
-fn with_bindings<R>(f: impl FnOnce(&HashMap<pg_sys::Oid, [u8; 16]>) -> R) -> R {
+fn with_bindings<R>(f: impl FnOnce(&LocalMap<pg_sys::Oid, [u8; 16]>) -> R) -> R {
     // Invalidations are only accepted outside parallel mode (see tenant_cache).
     let parallel = crate::pg::unguarded::is_in_parallel_mode();
     if !parallel {
@@ -92,13 +92,13 @@ fn with_bindings<R>(f: impl FnOnce(&HashMap<pg_sys::Oid, [u8; 16]>) -> R) -> R {
     }
     BINDINGS.with(|b| match b.borrow().as_ref() {
         Some(bindings) => f(bindings),
-        None => f(&HashMap::new()),
+        None => f(&LocalMap::default()),
     })
 }
 
 /// Every row of nile.role_bindings (a small table: one row per bound role), read with a heap scan.
-fn read_bindings() -> HashMap<pg_sys::Oid, [u8; 16]> {
-    let mut bindings = HashMap::new();
+fn read_bindings() -> LocalMap<pg_sys::Oid, [u8; 16]> {
+    let mut bindings = LocalMap::default();
     let Some(table) = NileTable::open(c"role_bindings") else {
         return bindings;
     };

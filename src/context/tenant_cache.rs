@@ -7,11 +7,11 @@
 //! statement, and the callback registered here empties the cache.
 
 use crate::pg::errors::{NileCode, Problem};
+use crate::pg::local_map::LocalMap;
 use crate::pg::own_tables::{scan_key, NileTable};
 use crate::pg::uuid_text::format_uuid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum TenantStatus {
@@ -47,7 +47,7 @@ struct TenantsRelation {
 }
 
 thread_local! {
-    static CACHE: RefCell<HashMap<[u8; 16], TenantInfo>> = RefCell::new(HashMap::new());
+    static CACHE: RefCell<LocalMap<[u8; 16], TenantInfo>> = RefCell::new(LocalMap::default());
     static RELATION: Cell<Option<TenantsRelation>> = const { Cell::new(None) };
 }
 

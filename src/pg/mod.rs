@@ -1,6 +1,6 @@
 //! pg — Postgres plumbing that every other concern uses and that knows nothing of tenants' rules: errors with their
 //! SQLSTATE, settings written the way `SET` does, role checks and running the extension's own SQL with its rights,
-//! SPI, reading the extension's own tables and any table's heap without SPI, the `ProcessUtility` hook chain, and UUID
+//! SPI, backend-local hash maps, reading the extension's own tables and any table's heap without SPI, the `ProcessUtility` hook chain, and UUID
 //! text.
 //!
 //! - `errors`: the one error builder (`raise`, `Problem`), the NT codes, and Rust backtraces kept out of messages
@@ -11,6 +11,7 @@
 //! - `heap_scan`: a table's rows read without planner, policies or expressions
 //! - `hook_chain`: the next `ProcessUtility`, planner and executor hooks (or the standard functions), and the one
 //!   `ProcessUtility` hook that runs the registered statement checks
+//! - `local_map`: the backend's own hash maps, with a cheaper seeded hash than SipHash for their short keys
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
 //! - `unguarded`: the few Postgres functions that cannot raise, called without pgrx's `sigsetjmp` guard
 //!
@@ -20,6 +21,7 @@ pub mod errors;
 pub mod guc;
 pub mod heap_scan;
 pub mod hook_chain;
+pub mod local_map;
 pub mod own_tables;
 pub mod privilege;
 pub mod spi_util;

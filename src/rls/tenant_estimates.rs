@@ -33,10 +33,10 @@
 
 use crate::context::guard;
 use crate::context::tenant::effective_tenant;
+use crate::pg::local_map::LocalMap;
 use crate::rls::policies::tenant_column;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
 
 /// The share of a table a tenant must hold to be planned for as itself (at most 20 tenants of a table can), and how
 /// many times the average tenant's share.
@@ -48,7 +48,7 @@ static mut PREV_RELATION_STATS_HOOK: pg_sys::get_relation_stats_hook_type = None
 thread_local! {
     /// Per table (by oid), its tenant column's attribute number, or None for a table without generated policies; read
     /// from the relcache entry's policies and forgotten when the table's relcache entry is invalidated.
-    static TENANT_COLUMNS: RefCell<HashMap<pg_sys::Oid, Option<i16>>> = RefCell::new(HashMap::new());
+    static TENANT_COLUMNS: RefCell<LocalMap<pg_sys::Oid, Option<i16>>> = RefCell::new(LocalMap::default());
     /// The big tenant that cached plans of this backend were built for, if any.
     static PLANNED_FOR: Cell<Option<[u8; 16]>> = const { Cell::new(None) };
 }

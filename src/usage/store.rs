@@ -11,6 +11,7 @@
 //! Only the postmaster creates the memory (shared_preload_libraries); without preloading `available()` is false.
 
 use crate::pg::errors::Problem;
+use crate::pg::local_map::{LocalMap, LocalSet};
 use pgrx::prelude::*;
 use std::ffi::CStr;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -410,8 +411,8 @@ static mut CREATED_HERE: bool = false;
 thread_local! {
     /// Tenants this backend found no room for, valid while the shared generation is unchanged: their statements go
     /// straight to the overflow row instead of taking the EXCLUSIVE lock every time.
-    static OVERFLOWED: std::cell::RefCell<(u64, std::collections::HashSet<[u8; 16]>)> =
-        std::cell::RefCell::new((0, std::collections::HashSet::new()));
+    static OVERFLOWED: std::cell::RefCell<(u64, LocalSet<[u8; 16]>)> =
+        std::cell::RefCell::new((0, LocalSet::default()));
 }
 
 fn capacity() -> u64 {
@@ -649,8 +650,8 @@ thread_local! {
     /// Rows this backend recorded into, by key, valid while the shared generation is unchanged (every removal of a row
     /// bumps it under the EXCLUSIVE lock, and the pointers are only used under the SHARED lock): a transaction's usage
     /// reaches its row without a lookup in the shared table. Dropped whole past `ROW_CACHE_SIZE` keys.
-    static ROW_CACHE: std::cell::RefCell<(u64, std::collections::HashMap<UsageKey, usize>)> =
-        std::cell::RefCell::new((0, std::collections::HashMap::new()));
+    static ROW_CACHE: std::cell::RefCell<(u64, LocalMap<UsageKey, usize>)> =
+        std::cell::RefCell::new((0, LocalMap::default()));
 }
 const ROW_CACHE_SIZE: usize = 4096;
 
