@@ -39,6 +39,19 @@ def read_tsv(path):
         return list(csv.DictReader(f, delimiter="\t"))
 
 
+def read_interleaved(path):
+    """The interleaved runs' mean latencies: (workload, measure, variant) -> {round: µs}. A round in which pgbench
+    chose none of a variant's transactions (the one-client reports run few per round) has no figure for it (its
+    `-nan` is left out), and the ratios skip that round."""
+    interleaved = {}
+    for row in read_tsv(path):
+        mean_us = float(row["mean_us"])
+        if math.isnan(mean_us):
+            continue
+        interleaved.setdefault((row["workload"], row["measure"], row["variant"]), {})[int(row["round"])] = mean_us
+    return interleaved
+
+
 def fmt(x, digits=3):
     return f"{x:.{digits}f}"
 
@@ -71,15 +84,8 @@ def main(raw_dir, out_dir):
         values.setdefault((row["workload"], row["variant"]), {})[int(row["round"])] = value
     workloads = [w for w in WORKLOADS if (w, "a") in values]
     # Interleaved runs: (workload, measure, variant) -> {round: mean latency in µs}
-    interleaved = {}
     il_path = raw_dir / "interleaved.tsv"
-    for row in read_tsv(il_path) if il_path.exists() else []:
-        mean_us = float(row["mean_us"])
-        if math.isnan(mean_us):
-            # A round where pgbench chose none of this variant's transactions (the one-client reports run few per
-            # round): no figure for it, and its ratios skip that round.
-            continue
-        interleaved.setdefault((row["workload"], row["measure"], row["variant"]), {})[int(row["round"])] = mean_us
+    interleaved = read_interleaved(il_path) if il_path.exists() else {}
 
     def interleaved_ratios(w, v, base="a"):
         """Per-round speed of v relative to base, from mean latencies. d is d_on (nile with tracking on, entering with

@@ -52,6 +52,9 @@ python3 scripts/check_sql.py
 say "the layout check (scripts/check_layout.py): no import cycle between the modules of src/"
 python3 scripts/check_layout.py
 
+say "the benchmark report's reading of its raw figures (bench/test_report.py)"
+python3 bench/test_report.py
+
 say "the make-run survival check: a server started by scripts/run.sh answers a query every 0.2 s from now on"
 NILE_RUN_PROFILE=debug scripts/run.sh "$major" "$work/run" >"$work/run.log" 2>&1 \
   || { tail -n 30 "$work/run.log"; exit 1; }
