@@ -45,8 +45,9 @@
 # backends by state and wait event; the goal's figure is the share of the active ones' samples that wait on the usage
 # store's LWLock (tranche `nile_tenancy usage`).
 #
-# Run time: BENCH_QUICK=1 about 3 minutes once built; the full run about 45 minutes (25-30 for the workloads at 2
-# clients, about 13 for scaling, 5 for pipelined, scan90 and their dataset).
+# Run time: BENCH_QUICK=1 about 3 minutes once built; the full run about 48 minutes (25-30 for the workloads at 2
+# clients, about 13 for scaling, 5 for pipelined, scan90 and their dataset; the interleaved rounds of scan and scan90
+# run four times as long as the others).
 #
 # Environment: BENCH_QUICK=1 (small datasets, 2 rounds of 1 s, 1 interleaved, scaling of point at 16 and 64 clients),
 #   BENCH_ROUNDS (default 6), BENCH_INTERLEAVED_ROUNDS (default 6), BENCH_SECONDS per run (default 4), BENCH_WARMUP
@@ -352,7 +353,11 @@ mean_latencies() {
 # no b1 for pipelined, only a, b2 and c for scan90). Appends the mean latency of each to interleaved.tsv.
 interleave() {
   local w=$1 r=$2 c=$clients files=() v mixed=($(mix_of "$1"))
-  case $w in scan | scan90) c=1 ;; esac
+  # The reports take 60-200 ms each and run on one client: four times as long a run, so that each variant gets a few
+  # dozen of them per round rather than a dozen (or, once, none: 2026-12-06's full run), which pgbench_as reads
+  # through bash's dynamic scope.
+  local seconds=$seconds
+  case $w in scan | scan90) c=1 seconds=$((seconds * 4)) ;; esac
   for v in "${mixed[@]}"; do workload_files files "$w" "$v"; done
   rm -f "$dir"/il_*
   pgbench_as bench_app "$c" "$dir/pgbench.log" "${files[@]}" -l --log-prefix="$dir/il_mix"
