@@ -3,148 +3,147 @@
 //!
 //! Their keys are short and fixed: 16-byte tenant ids, oids, usage keys. SipHash-1-3 (std's default) costs about as
 //! much per lookup as the rest of the lookup, and the extension looks one up several times per transaction
-//! (`perf`: 0.2-0.3 µs per transaction in `sip::Hasher::write`). Here each 8-byte word is folded in with a rotate, an
-//! xor and a multiply, and the result is mixed once (MurmurHash3's finaliser, so that the top bits the hash table
-//! uses for its control bytes depend on every bit). The starting state is random per process (taken once from std's
-//! RandomState), so that tenant ids chosen to collide in one backend do not collide in another; a map here holds only
-//! what its own backend looked up, so the worst an adversary can do is slow that backend's lookups down.
+//! (`perf`: 0.2-0.3 µs per transaction in `sip::Hasher::write`). Here the hash is foldhash's fast one (the crate that
+//! hashbrown itself defaults to): a 16-byte key goes through one 64 × 64 → 128-bit multiply of its two words, each
+//! xored with a secret seed, folded back to 64 bits, so that how two keys' hashes differ depends on the seeds
+//! (a hash that mixes one word at a time with a fixed multiplier lets a chosen tenant id collide with another for any
+//! seed: flipping a word's top bit survives the multiply unchanged and can be cancelled by the next word).
+//!
+//! The seeds are random per backend: drawn from the kernel (`getrandom`) by the first map a process makes, and drawn
+//! again by a process whose id differs from the one that drew them (a backend forked from a postmaster that had made
+//! a map), so that ids chosen to collide cannot be tried out in one backend and used in another. A map holds only what
+//! its own backend looked up.
 
-use std::collections::hash_map::RandomState;
+use foldhash::fast::FoldHasher;
+use foldhash::SharedSeed;
+use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
-use std::hash::{BuildHasher, Hasher};
-use std::sync::OnceLock;
+use std::hash::BuildHasher;
 
 /// A HashMap with the hasher below.
 pub type LocalMap<K, V> = HashMap<K, V, LocalHash>;
 /// A HashSet with the hasher below.
 pub type LocalSet<K> = HashSet<K, LocalHash>;
 
-/// Builds [`LocalHasher`]s that start from this process's random seed.
-#[derive(Clone, Copy)]
+/// Builds foldhash's fast hashers with this process's seeds (see the module comment).
+#[derive(Clone)]
 pub struct LocalHash {
-    seed: u64,
+    per_hasher: u64,
+    shared: SharedSeed,
+}
+
+thread_local! {
+    /// (process id, the two seeds) once drawn.
+    static SEEDS: Cell<Option<(u32, u64, u64)>> = const { Cell::new(None) };
 }
 
 impl Default for LocalHash {
     fn default() -> Self {
-        static SEED: OnceLock<u64> = OnceLock::new();
-        let seed = *SEED.get_or_init(|| RandomState::new().hash_one(0x6e69_6c65_u64));
-        LocalHash { seed }
+        let pid = std::process::id();
+        let (per_hasher, shared) = SEEDS.with(|seeds| match seeds.get() {
+            Some((drawn_by, a, b)) if drawn_by == pid => (a, b),
+            _ => {
+                let (a, b) = (random_u64(), random_u64());
+                seeds.set(Some((pid, a, b)));
+                (a, b)
+            }
+        });
+        LocalHash {
+            per_hasher,
+            shared: SharedSeed::from_u64(shared),
+        }
     }
 }
 
 impl BuildHasher for LocalHash {
-    type Hasher = LocalHasher;
+    type Hasher = FoldHasher;
 
     #[inline]
-    fn build_hasher(&self) -> LocalHasher {
-        LocalHasher(self.seed)
+    fn build_hasher(&self) -> FoldHasher {
+        FoldHasher::with_seed(self.per_hasher, &self.shared)
     }
 }
 
-/// The hasher: see the module comment.
-pub struct LocalHasher(u64);
-
-const MULTIPLIER: u64 = 0x9e37_79b9_7f4a_7c15;
-
-impl LocalHasher {
-    #[inline]
-    fn add(&mut self, word: u64) {
-        self.0 = (self.0.rotate_left(26) ^ word).wrapping_mul(MULTIPLIER);
+/// 64 random bits from the kernel; should `getrandom` fail (it does not on Linux 3.17 and later once the pool is
+/// initialised), std's RandomState keys mixed with the process id and the time.
+fn random_u64() -> u64 {
+    let mut bytes = [0u8; 8];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer we own.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got == bytes.len() as isize {
+        return u64::from_le_bytes(bytes);
     }
-}
-
-impl Hasher for LocalHasher {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.add(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            // The length in the top byte: "ab" and "ab\0" differ.
-            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 56));
-        }
-    }
-
-    #[inline]
-    fn write_u8(&mut self, i: u8) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u16(&mut self, i: u16) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u32(&mut self, i: u32) {
-        self.add(u64::from(i));
-    }
-
-    #[inline]
-    fn write_u64(&mut self, i: u64) {
-        self.add(i);
-    }
-
-    #[inline]
-    fn write_usize(&mut self, i: usize) {
-        self.add(i as u64);
-    }
-
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = self.0;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
-    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    std::collections::hash_map::RandomState::new().hash_one((std::process::id(), nanos))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn hash(value: impl std::hash::Hash) -> u64 {
-        LocalHash::default().hash_one(value)
+    fn hash(builder: &LocalHash, value: impl std::hash::Hash) -> u64 {
+        builder.hash_one(value)
+    }
+
+    fn words(w0: u64, w1: u64) -> [u8; 16] {
+        let mut k = [0u8; 16];
+        k[..8].copy_from_slice(&w0.to_le_bytes());
+        k[8..].copy_from_slice(&w1.to_le_bytes());
+        k
     }
 
     #[test]
     fn equal_keys_hash_equal_and_near_keys_apart() {
+        let builder = LocalHash::default();
         let a = [7u8; 16];
         let mut b = a;
         b[15] ^= 1;
-        assert_eq!(hash(a), hash(a));
-        assert_ne!(hash(a), hash(b));
-        // Ids that differ in one bit spread over the top 7 bits (hashbrown's control bytes) too.
-        let tops: LocalSet<u64> = (0..16u8)
-            .map(|i| {
-                let mut k = [0u8; 16];
-                k[0] = i;
-                hash(k) >> 57
-            })
+        assert_eq!(hash(&builder, a), hash(&builder, a));
+        assert_ne!(hash(&builder, a), hash(&builder, b));
+    }
+
+    #[test]
+    fn chosen_ids_do_not_collide_whatever_the_seed() {
+        // The family that made a word-at-a-time multiply-rotate hash collide for every seed (fbffc98, found in
+        // review): the top k bits of the first word against bits 26-k..25 of the second. 2^16 such ids had 256
+        // distinct hashes there; here every one is distinct.
+        let builder = LocalHash::default();
+        let base = (0x0123_4567_89ab_cdef_u64, 0x0fed_cba9_8765_4321_u64);
+        let mut seen = LocalSet::default();
+        for top in 0..256u64 {
+            for low in 0..256u64 {
+                let key = words(base.0 ^ (top << 56), base.1 ^ (low << 18));
+                seen.insert(hash(&builder, key));
+            }
+        }
+        assert_eq!(seen.len(), 65_536);
+        // And the top 7 bits (hashbrown's control bytes) spread over ids that differ in one byte.
+        let tops: LocalSet<u64> = (0..64u64)
+            .map(|i| hash(&builder, words(i, 0)) >> 57)
             .collect();
-        assert!(tops.len() > 8, "{} distinct top bits of 16", tops.len());
+        assert!(tops.len() > 32, "{} distinct top bits of 64", tops.len());
     }
 
     #[test]
     fn a_map_works_as_a_map() {
         let mut map: LocalMap<[u8; 16], u32> = LocalMap::default();
         for i in 0..10_000u32 {
-            let mut k = [0u8; 16];
-            k[..4].copy_from_slice(&i.to_le_bytes());
-            map.insert(k, i);
+            map.insert(words(u64::from(i), 0), i);
         }
         assert_eq!(map.len(), 10_000);
-        let mut k = [0u8; 16];
-        k[..4].copy_from_slice(&4242u32.to_le_bytes());
-        assert_eq!(map.get(&k), Some(&4242));
+        assert_eq!(map.get(&words(4242, 0)), Some(&4242));
+    }
+
+    #[test]
+    fn seeds_are_drawn_again_by_another_process() {
+        // A process id that is not this one's: the next map draws new seeds (as a backend forked from a postmaster
+        // that had made a map does).
+        SEEDS.with(|s| s.set(Some((std::process::id().wrapping_add(1), 1, 2))));
+        let builder = LocalHash::default();
+        assert_ne!(builder.per_hasher, 1);
+        let (pid, a, _) = SEEDS.with(Cell::get).expect("drawn");
+        assert_eq!((pid, a), (std::process::id(), builder.per_hasher));
     }
 }

@@ -1,7 +1,7 @@
 //! pg — Postgres plumbing that every other concern uses and that knows nothing of tenants' rules: errors with their
 //! SQLSTATE, settings written the way `SET` does, role checks and running the extension's own SQL with its rights,
-//! SPI, backend-local hash maps, reading the extension's own tables and any table's heap without SPI, the `ProcessUtility` hook chain, and UUID
-//! text.
+//! SPI, reading the extension's own tables and any table's heap without SPI, the `ProcessUtility` hook chain, UUID
+//! text, and the hash maps of ids a backend keeps for itself.
 //!
 //! - `errors`: the one error builder (`raise`, `Problem`), the NT codes, and Rust backtraces kept out of messages
 //! - `guc`: `set_setting()` with its scope, and how a check hook refuses a value
@@ -11,7 +11,7 @@
 //! - `heap_scan`: a table's rows read without planner, policies or expressions
 //! - `hook_chain`: the next `ProcessUtility`, planner and executor hooks (or the standard functions), and the one
 //!   `ProcessUtility` hook that runs the registered statement checks
-//! - `local_map`: the backend's own hash maps, with a cheaper seeded hash than SipHash for their short keys
+//! - `local_map`: the backend's own hash maps of ids, with a cheaper seeded hash than SipHash
 //! - `uuid_text`: canonical UUID text and UUIDv7 generation
 //! - `unguarded`: the few Postgres functions that cannot raise, called without pgrx's `sigsetjmp` guard
 //!
