@@ -142,6 +142,9 @@ def test_an_interrupted_round_trip_closes_the_connection(path: str, two_tenants:
             nile.sql.fetch_one("SELECT 1")
         with nile.pool.connection() as conn:
             first = conn.info.backend_pid
+        # Python's own SIGINT handler, whatever the suite was started with: a shell runs a background job with SIGINT
+        # ignored, and then no KeyboardInterrupt would come (this test failed so under `nohup make test &`).
+        previous = signal.signal(signal.SIGINT, signal.default_int_handler)
         timer = threading.Timer(0.3, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
         timer.start()
         try:
@@ -150,6 +153,7 @@ def test_an_interrupted_round_trip_closes_the_connection(path: str, two_tenants:
                     nile.sql.fetch_one("SELECT pg_sleep(5)")
         finally:
             timer.cancel()
+            signal.signal(signal.SIGINT, previous)
         with nile.tenant_context(acme):
             assert usernames(nile) == ["ada"]
         with nile.pool.connection() as conn:
