@@ -13,6 +13,7 @@
 //!
 //! The assign hooks keep a parsed copy of the tenant id in backend memory, so the policy functions never parse text.
 
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::NileCode;
 use crate::pg::guc::{proposed_string, refuse, set_own_setting, Scope};
 use crate::pg::uuid_text::{parse_canonical_uuid, uuid_c_text};
@@ -34,21 +35,20 @@ static TENANT_ID: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::n
 /// `nile.admin_active`: whether `nile.admin_context()` is in force for this transaction. Written only by that function.
 static ADMIN_ACTIVE: GucSetting<bool> = GucSetting::<bool>::new(false);
 
-thread_local! {
-    /// The parsed value of `nile.tenant_id`, kept in step by its assign hook.
-    static CURRENT_TENANT: Cell<Option<[u8; 16]>> = const { Cell::new(None) };
-    /// Whether the admin context is in force, kept in step by the assign hook of `nile.admin_active`.
-    static ADMIN_IN_FORCE: Cell<bool> = const { Cell::new(false) };
-    /// The one tenant-id value (its canonical text) the check hook will accept, set only while `set_tenant_context`
-    /// applies it.
-    static AUTHORIZED_TENANT: Cell<Option<[u8; 36]>> = const { Cell::new(None) };
-    /// Whether `nile.user_id` is not empty, kept in step by its assign hook.
-    static USER_ID_SET: Cell<bool> = const { Cell::new(false) };
-    /// The one user-id value the check hook will accept, set only while `set_tenant_context` applies it.
-    static AUTHORIZED_USER: RefCell<Option<CString>> = const { RefCell::new(None) };
-    /// Whether the check hook will accept `nile.admin_active = on`, set only while `set_admin_context` applies it.
-    static AUTHORIZED_ADMIN: Cell<bool> = const { Cell::new(false) };
-}
+/// The parsed value of `nile.tenant_id`, kept in step by its assign hook.
+static CURRENT_TENANT: BackendLocal<Cell<Option<[u8; 16]>>> = BackendLocal::new(Cell::new(None));
+/// Whether the admin context is in force, kept in step by the assign hook of `nile.admin_active`.
+static ADMIN_IN_FORCE: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
+/// The one tenant-id value (its canonical text) the check hook will accept, set only while `set_tenant_context`
+/// applies it.
+static AUTHORIZED_TENANT: BackendLocal<Cell<Option<[u8; 36]>>> = BackendLocal::new(Cell::new(None));
+/// Whether `nile.user_id` is not empty, kept in step by its assign hook.
+static USER_ID_SET: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
+/// The one user-id value the check hook will accept, set only while `set_tenant_context` applies it.
+static AUTHORIZED_USER: BackendLocal<RefCell<Option<CString>>> =
+    BackendLocal::new(RefCell::new(None));
+/// Whether the check hook will accept `nile.admin_active = on`, set only while `set_admin_context` applies it.
+static AUTHORIZED_ADMIN: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
 
 /// Defines the three guarded settings (called from `context::init()`).
 pub(super) fn init() {
@@ -94,10 +94,9 @@ pub(super) fn init() {
     }
 }
 
-thread_local! {
-    /// Told the new tenant whenever `nile.tenant_id` takes another value (see `on_tenant_switch`).
-    static SWITCH_LISTENER: Cell<Option<fn(Option<[u8; 16]>)>> = const { Cell::new(None) };
-}
+/// Told the new tenant whenever `nile.tenant_id` takes another value (see `on_tenant_switch`).
+static SWITCH_LISTENER: BackendLocal<Cell<Option<fn(Option<[u8; 16]>)>>> =
+    BackendLocal::new(Cell::new(None));
 
 /// Call `listener` with the new tenant (None: no context) whenever this backend's tenant context changes to another
 /// value: entered, switched, cleared, or restored by the end of a transaction or a rollback to a savepoint. Registered
@@ -117,11 +116,9 @@ pub fn admin_in_force() -> bool {
     ADMIN_IN_FORCE.with(Cell::get)
 }
 
-thread_local! {
-    /// Whether a tenant context or the admin context was entered in the current transaction (src/context/pool_guard.rs
-    /// resets it when the transaction ends).
-    static CONTEXT_ENTERED: Cell<bool> = const { Cell::new(false) };
-}
+/// Whether a tenant context or the admin context was entered in the current transaction (src/context/pool_guard.rs
+/// resets it when the transaction ends).
+static CONTEXT_ENTERED: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
 
 /// Whether a tenant context or the admin context was entered since `forget_context_entered()`.
 pub(super) fn context_entered() -> bool {
@@ -196,12 +193,9 @@ fn apply(name: &'static CStr, value: &CStr, is_local: bool) {
 }
 
 /// Withdraws an authorization when dropped, including when an ERROR unwinds through `apply`.
-struct Authorized(&'static std::thread::LocalKey<RefCell<Option<CString>>>);
+struct Authorized(&'static BackendLocal<RefCell<Option<CString>>>);
 impl Authorized {
-    fn grant(
-        slot: &'static std::thread::LocalKey<RefCell<Option<CString>>>,
-        value: CString,
-    ) -> Self {
+    fn grant(slot: &'static BackendLocal<RefCell<Option<CString>>>, value: CString) -> Self {
         slot.with(|a| *a.borrow_mut() = Some(value));
         Authorized(slot)
     }

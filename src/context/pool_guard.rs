@@ -12,13 +12,13 @@
 
 use super::guard;
 use crate::context::tenant::effective_tenant;
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::Problem;
 use pgrx::prelude::*;
 
-thread_local! {
-    /// The names of the cursors WITH HOLD the current transaction declared.
-    static HOLDABLE_DECLARED: std::cell::RefCell<Vec<std::ffi::CString>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// The names of the cursors WITH HOLD the current transaction declared.
+static HOLDABLE_DECLARED: BackendLocal<std::cell::RefCell<Vec<std::ffi::CString>>> =
+    BackendLocal::new(std::cell::RefCell::new(Vec::new()));
 
 pub(super) fn init() {
     crate::pg::hook_chain::check_before_running(check_cursor_declaration);

@@ -23,19 +23,18 @@
 //! Nothing is shared between backends, so there is no lock. Erring on the side of refusing costs the client a round
 //! trip, never a lost write.
 
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::Problem;
 use crate::pg::hook_chain::{next_executor_run, next_executor_start};
 use pgrx::prelude::*;
 use std::cell::Cell;
 
-thread_local! {
-    /// The transaction nesting level at which the read-only context was entered; 0 when there is none.
-    static ENTERED_AT: Cell<i32> = const { Cell::new(0) };
-    /// Whether the transaction had an id when the context was entered (a write before it, in an explicit block).
-    static HAD_XID: Cell<bool> = const { Cell::new(false) };
-    /// The first thing the context's transaction did that it must not commit.
-    static NOTED: Cell<Option<&'static str>> = const { Cell::new(None) };
-}
+/// The transaction nesting level at which the read-only context was entered; 0 when there is none.
+static ENTERED_AT: BackendLocal<Cell<i32>> = BackendLocal::new(Cell::new(0));
+/// Whether the transaction had an id when the context was entered (a write before it, in an explicit block).
+static HAD_XID: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
+/// The first thing the context's transaction did that it must not commit.
+static NOTED: BackendLocal<Cell<Option<&'static str>>> = BackendLocal::new(Cell::new(None));
 
 static mut PREV_EXECUTOR_START: pg_sys::ExecutorStart_hook_type = None;
 static mut PREV_EXECUTOR_RUN: pg_sys::ExecutorRun_hook_type = None;

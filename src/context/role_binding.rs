@@ -9,6 +9,7 @@
 //! relcache invalidation, as for `nile.tenants` (src/context/tenant_cache.rs).
 
 use crate::context::tenant_cache::require_usable_tenant;
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::{raise, require_not_null, Problem};
 use crate::pg::local_map::LocalMap;
 use crate::pg::own_tables::NileTable;
@@ -20,12 +21,11 @@ use pgrx::Uuid;
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 
-thread_local! {
-    /// role oid -> tenant, as last read from nile.role_bindings (None: not read since the last change).
-    static BINDINGS: RefCell<Option<LocalMap<pg_sys::Oid, [u8; 16]>>> = const { RefCell::new(None) };
-    /// The oid of nile.role_bindings when it was last read, to recognise its invalidations.
-    static TABLE: Cell<pg_sys::Oid> = const { Cell::new(pg_sys::InvalidOid) };
-}
+/// role oid -> tenant, as last read from nile.role_bindings (None: not read since the last change).
+static BINDINGS: BackendLocal<RefCell<Option<LocalMap<pg_sys::Oid, [u8; 16]>>>> =
+    BackendLocal::new(RefCell::new(None));
+/// The oid of nile.role_bindings when it was last read, to recognise its invalidations.
+static TABLE: BackendLocal<Cell<pg_sys::Oid>> = BackendLocal::new(Cell::new(pg_sys::InvalidOid));
 
 pub(super) fn init() {
     // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.

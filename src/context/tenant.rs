@@ -11,6 +11,7 @@
 use super::guard;
 use crate::context::role_binding::{bound_tenant, refuse_if_bound};
 use crate::context::tenant_cache::{self, require_usable_tenant, TenantStatus};
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::{raise, NileCode, Problem};
 use crate::pg::privilege::in_transaction_block;
 use crate::settings::{self, MissingTenant};
@@ -197,11 +198,10 @@ fn enter_tenant_checked(id: [u8; 16], user: Option<&str>, is_local: bool, entry:
     guard::set_tenant_context(Some(id), user, is_local);
 }
 
-thread_local! {
-    /// The last role `refuse_if_bypassing_rls` looked up, and whether it refuses it (BYPASSRLS without superuser):
-    /// one catalog lookup per role instead of two per call. Forgotten whenever any role's pg_authid row changes.
-    static REFUSED_FOR_BYPASSING_RLS: Cell<Option<(pg_sys::Oid, bool)>> = const { Cell::new(None) };
-}
+/// The last role `refuse_if_bypassing_rls` looked up, and whether it refuses it (BYPASSRLS without superuser):
+/// one catalog lookup per role instead of two per call. Forgotten whenever any role's pg_authid row changes.
+static REFUSED_FOR_BYPASSING_RLS: BackendLocal<Cell<Option<(pg_sys::Oid, bool)>>> =
+    BackendLocal::new(Cell::new(None));
 
 /// Registers the invalidation of the BYPASSRLS answer (called from `context::init()`).
 pub(super) fn init() {
@@ -267,10 +267,9 @@ pub fn effective_tenant() -> Option<[u8; 16]> {
         .or_else(guard::current_tenant)
 }
 
-thread_local! {
-    /// The tenant whose rows `while_purging` is deleting.
-    static PURGING_TENANT: std::cell::Cell<Option<[u8; 16]>> = const { std::cell::Cell::new(None) };
-}
+/// The tenant whose rows `while_purging` is deleting.
+static PURGING_TENANT: BackendLocal<std::cell::Cell<Option<[u8; 16]>>> =
+    BackendLocal::new(std::cell::Cell::new(None));
 
 fn purging_tenant() -> Option<[u8; 16]> {
     PURGING_TENANT.with(|p| p.get())

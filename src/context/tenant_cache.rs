@@ -6,6 +6,7 @@
 //! table (see sql/tenants.sql) sends a relcache invalidation, which every backend processes before its next
 //! statement, and the callback registered here empties the cache.
 
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::{NileCode, Problem};
 use crate::pg::local_map::LocalMap;
 use crate::pg::own_tables::{scan_key, NileTable};
@@ -47,9 +48,10 @@ struct TenantsRelation {
 }
 
 thread_local! {
+    /// A thread-local, not a pg::backend_local static: a map with a random seed has no const constructor.
     static CACHE: RefCell<LocalMap<[u8; 16], TenantInfo>> = RefCell::new(LocalMap::default());
-    static RELATION: Cell<Option<TenantsRelation>> = const { Cell::new(None) };
 }
+static RELATION: BackendLocal<Cell<Option<TenantsRelation>>> = BackendLocal::new(Cell::new(None));
 
 pub(super) fn init() {
     // SAFETY: registering a callback during _PG_init; the callback never raises an ERROR.

@@ -26,6 +26,7 @@
 //! One limit: an NT error raised inside a query that the extension's own Rust code runs through SPI (an administrator's
 //! function, not an application's statement) is turned into XX000 by pgrx on its way out; the message stays.
 
+use super::backend_local::BackendLocal;
 use pgrx::pg_sys::panic::{CaughtError, ErrorReport, ErrorReportWithLevel};
 use pgrx::prelude::*;
 use std::cell::Cell;
@@ -86,10 +87,8 @@ impl NileCode {
     }
 }
 
-thread_local! {
-    /// The NT error being raised: (the standard code it was raised with, the NT code to put in its place).
-    static PENDING_CODE: Cell<Option<(i32, i32)>> = const { Cell::new(None) };
-}
+/// The NT error being raised: (the standard code it was raised with, the NT code to put in its place).
+static PENDING_CODE: BackendLocal<Cell<Option<(i32, i32)>>> = BackendLocal::new(Cell::new(None));
 
 extern "C-unwind" {
     // Excluded from pgrx's bindings (like its other err*() functions); sets the code of the error being reported.

@@ -3,6 +3,7 @@
 //! Used by the context guard (src/context/guard.rs), the plain settings (src/settings.rs) and by every piece of code
 //! that pins a setting for the SQL it runs (src/pg/privilege.rs opens a GUC nesting level around it).
 
+use super::backend_local::BackendLocal;
 use pgrx::prelude::*;
 use std::ffi::{c_char, CStr};
 
@@ -68,10 +69,9 @@ pub fn set_own_setting(name: &'static CStr, value: &CStr, scope: Scope) {
 }
 
 #[cfg(any(feature = "pg17", feature = "pg18"))]
-thread_local! {
-    /// The handles `set_own_setting` has looked up, by the address of their setting's static name.
-    static OWN_HANDLES: std::cell::RefCell<Vec<(usize, usize)>> = const { std::cell::RefCell::new(Vec::new()) };
-}
+/// The handles `set_own_setting` has looked up, by the address of their setting's static name.
+static OWN_HANDLES: BackendLocal<std::cell::RefCell<Vec<(usize, usize)>>> =
+    BackendLocal::new(std::cell::RefCell::new(Vec::new()));
 
 /// The handle of setting `name` (NULL if there is no such setting), looked up once per backend.
 #[cfg(any(feature = "pg17", feature = "pg18"))]

@@ -3,15 +3,17 @@
 //!
 //! Their keys are short and fixed: 16-byte tenant ids, oids, usage keys. SipHash-1-3 (std's default) costs about as
 //! much per lookup as the rest of the lookup, and the extension looks one up several times per transaction
-//! (`perf`: 0.2-0.3 µs per transaction in `sip::Hasher::write`). Here the hash is foldhash's fast one (the crate that
-//! hashbrown itself defaults to): a 16-byte key goes through one 64 × 64 → 128-bit multiply of its two words, each
-//! xored with a secret seed, folded back to 64 bits, so that how two keys' hashes differ depends on the seeds
-//! (a hash that mixes one word at a time with a fixed multiplier lets a chosen tenant id collide with another for any
-//! seed: flipping a word's top bit survives the multiply unchanged and can be cancelled by the next word).
+//! (`perf`: 0.3-0.5 µs per transaction in SipHash). Here the hash is foldhash's fast one (the crate that hashbrown
+//! itself defaults to): a 16-byte key goes through a 64 × 64 → 128-bit multiply of its two words, each xored with a
+//! secret seed, folded back to 64 bits (and a second such multiply with the length at the end), so that how two keys'
+//! hashes differ depends on the seeds (a hash that mixes one word at a time with a fixed multiplier lets a chosen
+//! tenant id collide with another for any seed: flipping a word's top bit survives the multiply unchanged and can be
+//! cancelled by the next word).
 //!
 //! The seeds are random per backend: drawn from the kernel (`getrandom`) by the first map a process makes, and drawn
 //! again by a process whose id differs from the one that drew them (a backend forked from a postmaster that had made
-//! a map), so that ids chosen to collide cannot be tried out in one backend and used in another. A map holds only what
+//! a map; a map inherited from the postmaster would keep its seeds, but the maps are made lazily, in backends), so
+//! that ids chosen to collide cannot be tried out in one backend and used in another. A map holds only what
 //! its own backend looked up.
 
 use foldhash::fast::FoldHasher;
@@ -33,7 +35,8 @@ pub struct LocalHash {
 }
 
 thread_local! {
-    /// (process id, the two seeds) once drawn.
+    /// (process id, the two seeds) once drawn. (A thread-local, not a pg::backend_local static: the unit tests run
+    /// on threads of their own.)
     static SEEDS: Cell<Option<(u32, u64, u64)>> = const { Cell::new(None) };
 }
 
@@ -108,22 +111,45 @@ mod tests {
     fn chosen_ids_do_not_collide_whatever_the_seed() {
         // The family that made a word-at-a-time multiply-rotate hash collide for every seed (fbffc98, found in
         // review): the top k bits of the first word against bits 26-k..25 of the second. 2^16 such ids had 256
-        // distinct hashes there; here every one is distinct.
-        let builder = LocalHash::default();
+        // distinct hashes there; here every one is distinct, for each of these seeds and for this process's own.
         let base = (0x0123_4567_89ab_cdef_u64, 0x0fed_cba9_8765_4321_u64);
-        let mut seen = LocalSet::default();
-        for top in 0..256u64 {
-            for low in 0..256u64 {
-                let key = words(base.0 ^ (top << 56), base.1 ^ (low << 18));
-                seen.insert(hash(&builder, key));
+        // Arbitrary seeds as getrandom gives them (not 0, for which foldhash, like any multiply-based hash, folds
+        // small keys together: the kernel's 64 random bits are never that).
+        let fixed = [
+            (0x243f_6a88_85a3_08d3_u64, 0x1319_8a2e_0370_7344_u64),
+            (0xa409_3822_299f_31d0, 0x082e_fa98_ec4e_6c89),
+            (0x4528_21e6_38d0_1377, 0xbe54_66cf_34e9_0c6c),
+            (0xc0ac_29b7_c97c_50dd, 0x3f84_d5b5_b547_0917),
+        ];
+        let builders = fixed
+            .iter()
+            .map(|&(a, b)| LocalHash {
+                per_hasher: a,
+                shared: SharedSeed::from_u64(b),
+            })
+            .chain(std::iter::once(LocalHash::default()));
+        for (i, builder) in builders.enumerate() {
+            let mut seen = LocalSet::default();
+            for top in 0..256u64 {
+                for low in 0..256u64 {
+                    seen.insert(hash(
+                        &builder,
+                        words(base.0 ^ (top << 56), base.1 ^ (low << 18)),
+                    ));
+                }
             }
+            assert_eq!(seen.len(), 65_536, "seeds {:?}", fixed.get(i));
+            // And the top 7 bits (hashbrown's control bytes) spread over ids that differ in one byte.
+            let tops: LocalSet<u64> = (0..64u64)
+                .map(|i| hash(&builder, words(i, 0)) >> 57)
+                .collect();
+            assert!(
+                tops.len() > 32,
+                "{} distinct top bits of 64, seeds {:?}",
+                tops.len(),
+                fixed.get(i)
+            );
         }
-        assert_eq!(seen.len(), 65_536);
-        // And the top 7 bits (hashbrown's control bytes) spread over ids that differ in one byte.
-        let tops: LocalSet<u64> = (0..64u64)
-            .map(|i| hash(&builder, words(i, 0)) >> 57)
-            .collect();
-        assert!(tops.len() > 32, "{} distinct top bits of 64", tops.len());
     }
 
     #[test]
@@ -145,5 +171,7 @@ mod tests {
         assert_ne!(builder.per_hasher, 1);
         let (pid, a, _) = SEEDS.with(Cell::get).expect("drawn");
         assert_eq!((pid, a), (std::process::id(), builder.per_hasher));
+        // The same process's next map reuses them.
+        assert_eq!(LocalHash::default().per_hasher, builder.per_hasher);
     }
 }

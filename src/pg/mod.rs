@@ -3,6 +3,7 @@
 //! SPI, reading the extension's own tables and any table's heap without SPI, the `ProcessUtility` hook chain, UUID
 //! text, and the hash maps of ids a backend keeps for itself.
 //!
+//! - `backend_local`: a backend's own state in plain statics (one thread per backend), not thread-locals
 //! - `errors`: the one error builder (`raise`, `Problem`), the NT codes, and Rust backtraces kept out of messages
 //! - `guc`: `set_setting()` with its scope, and how a check hook refuses a value
 //! - `privilege`: who may call what, and the extension's own SQL run with the right role and a safe `search_path`
@@ -17,6 +18,7 @@
 //!
 //! Nothing here imports another folder of src/; every other folder may import this one.
 
+pub mod backend_local;
 pub mod errors;
 pub mod guc;
 pub mod heap_scan;

@@ -5,6 +5,7 @@
 //! Reads use the newest snapshot (this transaction's own changes included), so a change made a moment ago is seen;
 //! in parallel mode, which may not take snapshots, they use the statement's.
 
+use super::backend_local::BackendLocal;
 use pgrx::prelude::*;
 use std::ffi::CStr;
 
@@ -116,10 +117,9 @@ impl Drop for NileTable {
     }
 }
 
-thread_local! {
-    /// What `nile_namespace()` last found (None: not looked up since the last change to any schema).
-    static NILE_NAMESPACE: std::cell::Cell<Option<Option<pg_sys::Oid>>> = const { std::cell::Cell::new(None) };
-}
+/// What `nile_namespace()` last found (None: not looked up since the last change to any schema).
+static NILE_NAMESPACE: BackendLocal<std::cell::Cell<Option<Option<pg_sys::Oid>>>> =
+    BackendLocal::new(std::cell::Cell::new(None));
 
 /// Registers the invalidation of `nile_namespace()`'s answer (called from `pg::init()`).
 pub(super) fn init() {

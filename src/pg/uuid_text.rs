@@ -57,7 +57,8 @@ fn hex_value(c: u8) -> Option<u8> {
 
 thread_local! {
     /// (unix milliseconds, 12-bit sequence) of the last UUIDv7 this backend generated: ids stay strictly increasing
-    /// within a backend even when the clock does not move or steps back.
+    /// within a backend even when the clock does not move or steps back. (A thread-local, not a pg::backend_local
+    /// static: the unit tests generate ids on threads of their own.)
     static LAST_V7: Cell<(u64, u16)> = const { Cell::new((0, 0)) };
 }
 

@@ -33,6 +33,7 @@
 
 use crate::context::guard;
 use crate::context::tenant::effective_tenant;
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::local_map::LocalMap;
 use crate::rls::policies::tenant_column;
 use pgrx::prelude::*;
@@ -49,9 +50,9 @@ thread_local! {
     /// Per table (by oid), its tenant column's attribute number, or None for a table without generated policies; read
     /// from the relcache entry's policies and forgotten when the table's relcache entry is invalidated.
     static TENANT_COLUMNS: RefCell<LocalMap<pg_sys::Oid, Option<i16>>> = RefCell::new(LocalMap::default());
-    /// The big tenant that cached plans of this backend were built for, if any.
-    static PLANNED_FOR: Cell<Option<[u8; 16]>> = const { Cell::new(None) };
 }
+/// The big tenant that cached plans of this backend were built for, if any.
+static PLANNED_FOR: BackendLocal<Cell<Option<[u8; 16]>>> = BackendLocal::new(Cell::new(None));
 
 pub(super) fn init() {
     // SAFETY: _PG_init runs once per backend before any query; the previous hook is saved and chained to. The

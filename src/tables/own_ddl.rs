@@ -5,12 +5,11 @@
 //! Design: a per-backend depth counter (own operations nest), restored on every way out of the closure, unwinding
 //! included.
 
+use crate::pg::backend_local::BackendLocal;
 use std::cell::Cell;
 
-thread_local! {
-    /// How many of the extension's own DDL operations are running in this backend (they nest).
-    static OWN_DDL_DEPTH: Cell<u32> = const { Cell::new(0) };
-}
+/// How many of the extension's own DDL operations are running in this backend (they nest).
+static OWN_DDL_DEPTH: BackendLocal<Cell<u32>> = BackendLocal::new(Cell::new(0));
 
 /// Run the extension's own DDL: the event triggers ignore what happens inside.
 pub fn own_ddl<R>(f: impl FnOnce() -> R) -> R {

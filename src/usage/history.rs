@@ -8,6 +8,7 @@
 //! session, or the background worker in usage/flusher.rs) starts from exactly what this one wrote. A flush that rolls
 //! back, wholly or to a savepoint, leaves the flushed copies as they were.
 
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::errors::{OrInternal, Problem};
 use crate::pg::privilege::require_role;
 use crate::usage::store::{self, CounterValues, FlushView, RowKind, UsageKey};
@@ -34,11 +35,10 @@ enum AtCommit {
     },
 }
 
-thread_local! {
-    /// This transaction's changes for commit time, each with the subtransaction that made it.
-    static AT_COMMIT: RefCell<Vec<(pg_sys::SubTransactionId, AtCommit)>> = const { RefCell::new(Vec::new()) };
-    static CALLBACKS_REGISTERED: Cell<bool> = const { Cell::new(false) };
-}
+/// This transaction's changes for commit time, each with the subtransaction that made it.
+static AT_COMMIT: BackendLocal<RefCell<Vec<(pg_sys::SubTransactionId, AtCommit)>>> =
+    BackendLocal::new(RefCell::new(Vec::new()));
+static CALLBACKS_REGISTERED: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
 
 /// One period of one row: what it did between `start` and `end`.
 pub(super) struct Period {

@@ -16,6 +16,7 @@
 //! and a top-level statement still open when its transaction aborts is recorded there as a failed statement.
 
 use crate::context::guard;
+use crate::pg::backend_local::BackendLocal;
 use crate::pg::hook_chain::{
     next_executor_end, next_executor_finish, next_executor_run, next_executor_start, next_planner,
 };
@@ -46,26 +47,28 @@ struct Measured {
     since: Option<Buffers>,
 }
 
-thread_local! {
-    /// How deep inside a top-level statement the executor currently is (0: at top level).
-    static NESTING: Cell<u32> = const { Cell::new(0) };
-    /// Above 0 while the extension does its own bookkeeping (see `not_counted`).
-    static OWN_WORK: Cell<u32> = const { Cell::new(0) };
-    /// Top-level executor statements started and not ended (usually one; more with interleaved portals).
-    static OPEN: RefCell<Vec<Measured>> = const { RefCell::new(Vec::new()) };
-    /// Finished statements of this transaction, per row, recorded when it ends.
-    static PENDING: RefCell<Vec<(UsageKey, CounterValues)>> = const { RefCell::new(Vec::new()) };
-    /// This process's CPU time (user, system) at the last reading, and when that was; None before any tracked work.
-    static CPU_READ: Cell<Option<((u64, u64), Instant)>> = const { Cell::new(None) };
-    /// Execution time per row since that reading: the CPU used meanwhile is shared out in these proportions.
-    static CPU_DEBT: RefCell<Vec<(UsageKey, u64)>> = const { RefCell::new(Vec::new()) };
-    /// Whether this backend's exit callback (which settles the CPU debt) is registered.
-    static EXIT_CALLBACK: Cell<bool> = const { Cell::new(false) };
-    /// The nesting level at the start of each open subtransaction, restored if it aborts.
-    /// (nesting level, open top-level statements) at the start of each open subtransaction: what an abort of it puts
-    /// back.
-    static AT_SUBXACT_START: RefCell<Vec<(u32, usize)>> = const { RefCell::new(Vec::new()) };
-}
+/// How deep inside a top-level statement the executor currently is (0: at top level).
+static NESTING: BackendLocal<Cell<u32>> = BackendLocal::new(Cell::new(0));
+/// Above 0 while the extension does its own bookkeeping (see `not_counted`).
+static OWN_WORK: BackendLocal<Cell<u32>> = BackendLocal::new(Cell::new(0));
+/// Top-level executor statements started and not ended (usually one; more with interleaved portals).
+static OPEN: BackendLocal<RefCell<Vec<Measured>>> = BackendLocal::new(RefCell::new(Vec::new()));
+/// Finished statements of this transaction, per row, recorded when it ends.
+static PENDING: BackendLocal<RefCell<Vec<(UsageKey, CounterValues)>>> =
+    BackendLocal::new(RefCell::new(Vec::new()));
+/// This process's CPU time (user, system) at the last reading, and when that was; None before any tracked work.
+static CPU_READ: BackendLocal<Cell<Option<((u64, u64), Instant)>>> =
+    BackendLocal::new(Cell::new(None));
+/// Execution time per row since that reading: the CPU used meanwhile is shared out in these proportions.
+static CPU_DEBT: BackendLocal<RefCell<Vec<(UsageKey, u64)>>> =
+    BackendLocal::new(RefCell::new(Vec::new()));
+/// Whether this backend's exit callback (which settles the CPU debt) is registered.
+static EXIT_CALLBACK: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
+/// The nesting level at the start of each open subtransaction, restored if it aborts.
+/// (nesting level, open top-level statements) at the start of each open subtransaction: what an abort of it puts
+/// back.
+static AT_SUBXACT_START: BackendLocal<RefCell<Vec<(u32, usize)>>> =
+    BackendLocal::new(RefCell::new(Vec::new()));
 
 pub fn init() {
     if !usage_store_possible() {
