@@ -1,8 +1,8 @@
 //! pg/backend_local — the extension's per-backend state, as plain statics instead of Rust thread-locals.
 //!
 //! A Postgres backend is one process that runs the extension's code on one thread: Postgres is not thread-safe, the
-//! extension starts no thread and installs no signal handler (pgrx's own thread check covers only calls into
-//! Postgres). So the state a backend keeps for itself (the tenant context's flags, the usage hooks' nesting and open
+//! extension starts no thread, and its only signal handlers (pgrx's, in the usage flusher worker) set flags of their
+//! own (pgrx's thread check covers only calls into Postgres). So the state a backend keeps for itself (the tenant context's flags, the usage hooks' nesting and open
 //! statements) needs no thread-local storage. In a shared library a `thread_local!` costs a call of `__tls_get_addr`
 //! at every access: 0.56-0.86 µs per point-read transaction in `perf`, more than any function of the extension's own.
 //! A [`BackendLocal`] is a static: an access is a plain load. Debug builds (the tests' `#[pg_test]`s and
@@ -20,8 +20,9 @@ use std::cell::RefCell;
 pub struct BackendLocal<T>(T);
 
 // SAFETY: a Postgres backend runs extension code on its one thread only (Postgres is not thread-safe; the extension
-// starts no thread and installs no signal handler; its plain `#[test]`s touch no BackendLocal), so the wrapped Cell /
-// RefCell is never reached from two threads. Debug builds check it (`same_thread`).
+// starts no thread; its only signal handlers, pgrx's in the flusher worker, touch no BackendLocal; its plain
+// `#[test]`s touch none either), so the wrapped Cell / RefCell is never reached from two threads, nor from a signal
+// handler. Debug builds check the thread (`same_thread`).
 unsafe impl<T> Sync for BackendLocal<T> {}
 
 /// Debug builds: panic unless the caller is the thread that first touched a BackendLocal in this process (a forked
