@@ -2,11 +2,12 @@
 //!
 //! A Postgres backend is one process that runs the extension's code on one thread: Postgres is not thread-safe, the
 //! extension starts no thread, and its only signal handlers (pgrx's, in the usage flusher worker) set flags of their
-//! own (pgrx's thread check covers only calls into Postgres). So the state a backend keeps for itself (the tenant context's flags, the usage hooks' nesting and open
-//! statements) needs no thread-local storage. In a shared library a `thread_local!` costs a call of `__tls_get_addr`
-//! at every access: 0.56-0.86 µs per point-read transaction in `perf`, more than any function of the extension's own.
-//! A [`BackendLocal`] is a static: an access is a plain load. Debug builds (the tests' `#[pg_test]`s and
-//! integration suites) assert at every access that it is the thread that first touched any of them.
+//! own (pgrx's thread check covers only calls into Postgres). So the state a backend keeps for itself (the tenant
+//! context's flags, the usage hooks' nesting and open statements) needs no thread-local storage. In a shared library
+//! a `thread_local!` costs a call of `__tls_get_addr` at every access: 0.56-0.86 µs per point-read transaction in
+//! `perf`, more than any function of the extension's own. A [`BackendLocal`] is a static: an access is a plain load.
+//! Debug builds (the tests' `#[pg_test]`s and integration suites) assert at every access that it is the thread that
+//! first touched any of them.
 //!
 //! It keeps `thread_local!`'s shape (`X.with(|x| …)`, and for a `RefCell` `with_borrow` / `with_borrow_mut`), so the
 //! state's users read the same. Only the thread-safety assertion changes: `Sync` is asserted for the wrapper, on the
