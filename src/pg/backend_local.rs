@@ -12,7 +12,9 @@
 //! It keeps `thread_local!`'s shape (`X.with(|x| …)`, and for a `RefCell` `with_borrow` / `with_borrow_mut`), so the
 //! state's users read the same. Only the thread-safety assertion changes: `Sync` is asserted for the wrapper, on the
 //! grounds above. The wrapped value must be const-constructible (a `Cell` or `RefCell` of plain data, a `Vec`, an
-//! `Option`); values that need a runtime constructor (a hash map with a random seed) stay in `thread_local!`.
+//! `Option`): a value that needs a runtime constructor (a hash map with a random seed) goes in as an `Option` filled
+//! on first use (context/role_binding.rs's bindings), or stays in `thread_local!` (the tenant cache, the usage store's
+//! row cache).
 //! A forked backend starts with a copy of the postmaster's values, as it would with thread-locals.
 
 use std::cell::RefCell;

@@ -64,7 +64,6 @@ static CPU_DEBT: BackendLocal<RefCell<Vec<(UsageKey, u64)>>> =
     BackendLocal::new(RefCell::new(Vec::new()));
 /// Whether this backend's exit callback (which settles the CPU debt) is registered.
 static EXIT_CALLBACK: BackendLocal<Cell<bool>> = BackendLocal::new(Cell::new(false));
-/// The nesting level at the start of each open subtransaction, restored if it aborts.
 /// (nesting level, open top-level statements) at the start of each open subtransaction: what an abort of it puts
 /// back.
 static AT_SUBXACT_START: BackendLocal<RefCell<Vec<(u32, usize)>>> =
