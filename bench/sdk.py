@@ -12,9 +12,9 @@ Variants, each a loop of one point read (a random tenant, a random row of it) on
   sdk_begin   the same with `Nile(one_round_trip_reads=False)`: BEGIN, the context and the read pipelined, then COMMIT
 Both with psycopg's server-side prepared statements (the default: prepare_threshold 5 for raw psycopg,
 prepared_statements=True for the SDK) and without (prepare_threshold None for raw psycopg, the SDK's default, which
-PgBouncer 1.18 needs). Each round interleaves the variants operation by operation (A B C, then B C A, then C A B,
-...), so that all meet the machine in the same state (its loopback latency moves by a factor of two over seconds here); the report is
-the median of each variant's per-round mean latency, and its ratio to raw.
+PgBouncer 1.18 needs). Each round interleaves the variants operation by operation, in an order shuffled anew each
+time (see measure_round), so that all meet the machine in the same state (its loopback latency moves by a factor of two
+over seconds here); the report is the median of each variant's per-round mean latency, and its ratio to raw.
 
 BENCH_BREAKDOWN=1 adds, to see where the SDK's time goes, on connections of their own in autocommit: raw_pipe (the raw
 read alone in psycopg's own pipeline mode, Connection.pipeline(), which the SDK no longer uses), and through the SDK's
@@ -141,22 +141,23 @@ def breakdown(threshold: int | None, pick: Callable[[], tuple[str, int]]) -> Run
 
 
 def measure_round(runs: dict[str, Callable[[], None]], offset: int) -> dict[str, float]:
-    """One round: OPS operations of every variant, interleaved operation by operation in an order that rotates (A B C,
-    then B C A, then C A B, ...), so that all meet the machine in the same state (its loopback latency here moves by
-    a factor of two over seconds, with the load of the machine) and none runs twice in a row (a reversed order, A B C
-    then C B A, runs the first and last variants twice in a row every other time: their server processes are warm,
-    which favoured them by 0.1-0.3 x). Returns each variant's mean latency in microseconds (after 200 operations of
-    warm-up each)."""
+    """One round: OPS operations of every variant, interleaved operation by operation in an order shuffled anew each
+    time (seeded by the round), so that all meet the machine in the same state (its loopback latency here moves by a
+    factor of two over seconds, with the load of the machine) and each follows every other equally often. A rotating
+    order (A B C, then B C A, ...) kept the same neighbours: a variant always ran right after the same one, which moved
+    the SDK's ratio by 0.04 between two copies of the same code. Returns each variant's mean latency in microseconds
+    (after 200 operations of warm-up each)."""
     names = list(runs)
     for name in names:
         for _ in range(200):
             runs[name]()
     total = dict.fromkeys(names, 0.0)
     clock = time.perf_counter
-    n = len(names)
-    orders = [names[r:] + names[:r] for r in range(n)]
-    for i in range(OPS):
-        for name in orders[(i + offset) % n]:
+    shuffle = random.Random(offset).shuffle
+    order = list(names)
+    for _ in range(OPS):
+        shuffle(order)
+        for name in order:
             started = clock()
             runs[name]()
             total[name] += clock() - started

@@ -320,3 +320,28 @@ def test_an_asyncio_task_that_runs_while_the_block_ends_cannot_run_after_it(two_
             assert len(out) == 1 and isinstance(out[0], errors.ContextEnded), out
 
     asyncio.run(main())
+
+
+def test_a_str_subclass_cannot_make_a_tenants_text_enter_another_tenant(
+    nile: Nile, two_tenants: tuple[str, str]
+) -> None:
+    """The canonical text of a tenant id is remembered per text (_common.CANONICAL_TEXTS, shared by every client). A
+    str subclass equal to one tenant's text that parses as another tenant's (uuid.UUID calls its replace()) must not be
+    remembered for that text: the next context for the plain text would enter the other tenant. (Found by the review
+    of the dictionary that replaced an lru_cache, which kept a subclass's entries apart; failed before the fix.)"""
+    acme, globex = two_tenants
+    text = "{" + acme.upper() + "}"  # a spelling of acme's id not seen before
+
+    class Disguised(str):
+        def replace(self, old: str, new: str, count: int = -1) -> str:  # type: ignore[override]
+            return str.replace(globex, old, new, count)
+
+    with nile.tenant_context(acme):
+        expected = usernames(nile)
+    with nile.tenant_context(globex):
+        assert usernames(nile) != expected
+    with nile.tenant_context(Disguised(text)):  # the caller's own object, parsed as it says
+        pass
+    with nile.tenant_context(text):
+        assert usernames(nile) == expected
+

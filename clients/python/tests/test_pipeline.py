@@ -112,6 +112,44 @@ def test_prepared_statements_are_used_when_asked(two_tenants: tuple[str, str]) -
     assert any("username <> $1" in s for s in prepared), prepared
 
 
+def test_statements_prepared_already_keep_psycopgs_cache_true(two_tenants: tuple[str, str]) -> None:
+    """A statement prepared on the connection already goes out without psycopg's calls (_pipeline.Batch.start does
+    what they would: its name, and the statement moved to the recent end of psycopg's cache). With a cache of one
+    statement and three statements in turn, psycopg evicts and deallocates prepared statements all the time: every
+    read still answers, and every name psycopg keeps is prepared on the server (a stale one fails with 'prepared
+    statement does not exist'). With room, a statement sent again moves to the recent end: the context, sent with a
+    third statement, passes the read it was prepared with."""
+    acme, _ = two_tenants
+    count = "SELECT count(*) FROM public.users WHERE username <> %s"
+
+    def server_has_psycopgs_names(nile: Nile) -> list[bytes]:
+        with nile.pool.connection() as conn:
+            names = conn._prepared._names
+            prepared = {r[0] for r in conn.execute("SELECT name FROM pg_prepared_statements").fetchall()}
+            assert {n.decode() for n in names.values()} <= prepared, (names, prepared)
+            return [key[0] for key in names]
+
+    with Nile(dsn("app_user", server=True), max_size=1, prepared_statements=True) as nile:
+        with nile.pool.connection() as conn:
+            conn._prepared.prepared_max = 1
+        for _ in range(12):
+            with nile.tenant_context(acme):
+                assert nile.sql.fetch_all(READ, ("nobody",)) == [("ada",)]
+            with nile.tenant_context(acme):
+                assert nile.sql.fetch_one(count, ("x",)) == (1,)
+            server_has_psycopgs_names(nile)
+    with Nile(dsn("app_user", server=True), max_size=1, prepared_statements=True) as nile:
+        for _ in range(8):  # the context and the read prepared, in that order
+            with nile.tenant_context(acme):
+                assert nile.sql.fetch_all(READ, ("nobody",)) == [("ada",)]
+        for _ in range(8):
+            with nile.tenant_context(acme):
+                assert nile.sql.fetch_one(count, ("x",)) == (1,)
+        queries = server_has_psycopgs_names(nile)
+        assert [b"username <> $1" in queries[0], b"set_tenant_read_only" in queries[1], b"count(*)" in queries[2]] \
+            == [True, True, True], queries
+
+
 def test_copy_is_refused_and_leaves_nothing_behind(path: str, two_tenants: tuple[str, str]) -> None:
     """COPY needs the connection to itself (COPY mode), which a statement sent with BEGIN and the context cannot
     have: refused by the client (not by the server), and the connection, left in COPY mode inside a pipeline, is

@@ -227,10 +227,24 @@ def tenant_id_text(tenant_id: uuid.UUID | str) -> str:
     raise TypeError(f"a tenant id is a uuid.UUID or its text, not {type(tenant_id).__name__}")
 
 
-@functools.lru_cache(maxsize=4096)
+#: The canonical text of each tenant-id text seen (at most 4 096, then emptied): the same tenants come back request
+#: after request, and a sync block looks its tenant up here before it calls anything (_sync.py). Only exact ``str``
+#: texts go in: a str subclass is equal to the plain text it holds, but uuid.UUID() parses it with its own methods,
+#: and what it parses as must not become the answer for that plain text. Nothing else writes to it.
+CANONICAL_TEXTS: dict[str, str] = {}
+
+
 def _canonical_uuid(text: str) -> str:
-    """tenant_id_text of a text (remembered for the last 4096: the same tenants come back request after request)."""
-    return str(uuid.UUID(text))
+    """tenant_id_text of a text (remembered in CANONICAL_TEXTS when it is an exact ``str``)."""
+    if text.__class__ is not str:
+        return str(uuid.UUID(text))
+    canonical = CANONICAL_TEXTS.get(text)
+    if canonical is None:
+        canonical = str(uuid.UUID(text))
+        if len(CANONICAL_TEXTS) >= 4096:
+            CANONICAL_TEXTS.clear()
+        CANONICAL_TEXTS[text] = canonical
+    return canonical
 
 
 def token_tenant(token: str) -> str | None:

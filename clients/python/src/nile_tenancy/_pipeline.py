@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import re
+from collections import OrderedDict
 from typing import Any, Generator, Sequence
 
 import psycopg
@@ -48,6 +49,13 @@ try:
         and all(callable(getattr(PrepareManager, name, None)) for name in ("get", "maybe_add_to_cache", "validate"))
         and all(callable(getattr(Transformer, name, None)) for name in ("set_pgresult", "load_row", "load_rows"))
     )
+    try:  # what Batch.start reads of psycopg's cache of prepared statements: its map, and the key of a statement
+        _INTERNALS = _INTERNALS and (
+            isinstance(getattr(PrepareManager(), "_names", None), OrderedDict)
+            and PrepareManager.key(PostgresQuery(Transformer())) == (b"", ())  # (query, types)
+        )
+    except Exception:  # another psycopg, whose classes are made otherwise: Connection.pipeline() instead
+        _INTERNALS = False
 except ImportError:  # another psycopg than those this module knows: Connection.pipeline() instead
     _INTERNALS = False
 
@@ -112,13 +120,14 @@ class _Bound:
     """A Fixed statement with its arguments, shaped as psycopg's PostgresQuery for its prepared-statement manager.
     Made once per statement and arguments (:func:`_bound`: the same tenants come back request after request)."""
 
-    __slots__ = ("query", "params", "types", "formats")
+    __slots__ = ("query", "params", "types", "formats", "key")
 
     def __init__(self, fixed: Fixed, args: tuple[str, ...]) -> None:
         self.query = fixed.query
         self.params = [a.encode("ascii") for a in args]
         self.types = (0,) * fixed.nparams
         self.formats = [pq.Format.TEXT] * fixed.nparams
+        self.key = (self.query, self.types)  # PrepareManager.key() of it, made once
 
 
 _BOUND: dict[tuple[Fixed, tuple[str, ...]], _Bound] = {}
@@ -229,6 +238,7 @@ class AsyncResult(Result):
 
 #: The plan of a statement that is not prepared (see Batch.plans).
 _NOT_PREPARED: tuple[Any, Any, bytes] = (None, Prepare.NO if _INTERNALS else None, b"")
+_YES = Prepare.YES if _INTERNALS else None
 
 
 class Batch:
@@ -236,7 +246,7 @@ class Batch:
     :meth:`communicate`, answered by :meth:`finish` (per statement a :class:`Result`, None for a Fixed one; or the
     first error)."""
 
-    __slots__ = ("conn", "result_cls", "readers", "queries", "plans", "prepare_results")
+    __slots__ = ("conn", "result_cls", "readers", "queries", "plans", "prepare_results", "bookkeeping")
 
     def __init__(self, conn: Any, statements: Sequence[Statement], result_cls: type[Result] = Result) -> None:
         # Converting the parameters may raise (a value psycopg cannot dump): before anything is sent.
@@ -260,6 +270,9 @@ class Batch:
             self.queries.append(pgq)
         self.plans: list[tuple[Any, Any, bytes]] = []  # per statement: (prepared-cache key or None, Prepare, name)
         self.prepare_results: list[list[Any]] = []  # per statement: the result of its Parse, if it was prepared now
+        # Whether psycopg's prepared-statement cache has anything to learn from the results (a statement that was not
+        # prepared on the connection already, with prepared statements on): see finish().
+        self.bookkeeping = False
 
     def start(self) -> None:
         """Queue every statement and the Sync in libpq's pipeline mode (sent by :meth:`communicate`)."""
@@ -271,6 +284,7 @@ class Batch:
         # Without prepared statements (the clients' default), psycopg's manager would answer Prepare.NO and cache
         # nothing: asked only when it may prepare.
         preparing = prepared.prepare_threshold is not None
+        names = prepared._names
         plans = self.plans
         pg.enter_pipeline_mode()
         for reader, pgq in zip(self.readers, self.queries):
@@ -281,7 +295,15 @@ class Batch:
                 pg.send_query_params(pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types,
                                      result_format=_TEXT)
                 plans.append(_NOT_PREPARED)
+            elif (name := names.get(key := pgq.key if reader is None else (pgq.query, pgq.types))) is not None:
+                # Prepared on this connection already (the usual case): what prepared.get() and
+                # maybe_add_to_cache() do for it (Prepare.YES; the statement moves to the recent end of psycopg's
+                # cache, which a statement that psycopg has prepared is never in the counts of), without the calls.
+                names.move_to_end(key)
+                pg.send_query_prepared(name, pgq.params, param_formats=pgq.formats, result_format=_TEXT)
+                plans.append((None, _YES, name))
             else:
+                self.bookkeeping = True
                 prep, name = prepared.get(pgq, None)
                 if prep is Prepare.NO:
                     pg.send_query_params(pgq.query, pgq.params, param_formats=pgq.formats, param_types=pgq.types,
@@ -317,20 +339,29 @@ class Batch:
     def finish(self, groups: list[list[Any]]) -> list[Any]:
         """Update psycopg's prepared-statement cache; raise the first error, else every statement's answer."""
         conn = self.conn
-        prepared = conn._prepared
         first_error: Any = None
-        for pgq, (key, prep, name), parsed, results in zip(self.queries, self.plans, self.prepare_results, groups):
-            if key is not None:
-                prepared.validate(key, prep, name, results)
-            if prep is Prepare.SHOULD and not (parsed and parsed[0].status == _COMMAND_OK):
-                # Never prepared on the server (its Parse failed, or an earlier error aborted it): psycopg must not
-                # think it was.
-                prepared._names.pop(PrepareManager.key(pgq), None)
-            if first_error is None:
-                for r in parsed + results:
+        if self.bookkeeping:
+            prepared = conn._prepared
+            for pgq, (key, prep, name), parsed, results in zip(self.queries, self.plans, self.prepare_results, groups):
+                if key is not None:
+                    prepared.validate(key, prep, name, results)
+                if prep is Prepare.SHOULD and not (parsed and parsed[0].status == _COMMAND_OK):
+                    # Never prepared on the server (its Parse failed, or an earlier error aborted it): psycopg must
+                    # not think it was.
+                    prepared._names.pop(PrepareManager.key(pgq), None)
+                if first_error is None:
+                    for r in parsed + results:
+                        if r.status == _FATAL:
+                            first_error = r
+                            break
+        else:  # no statement was prepared now (so no Parse results), none has anything to tell psycopg's cache
+            for results in groups:
+                for r in results:
                     if r.status == _FATAL:
                         first_error = r
                         break
+                if first_error is not None:
+                    break
         if first_error is not None:
             conn.cursor()._raise_for_result(first_error)
         answers: list[Any] = []

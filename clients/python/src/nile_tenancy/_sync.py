@@ -160,7 +160,13 @@ class _Block(contextlib.ContextDecorator):
         client = self.client
         kind = self.kind
         token = self.token
-        key = c.tenant_key(self.tenant_id, token) if kind == "tenant" else None
+        tenant_id = self.tenant_id
+        if kind != "tenant":
+            key = None
+        elif token is None and tenant_id.__class__ is str and (known := c.CANONICAL_TEXTS.get(tenant_id)) is not None:
+            key = known  # the usual case, a tenant seen before, without a call
+        else:
+            key = c.tenant_key(tenant_id, token)
         current = client._scope.get()
         # The active context, for nesting: one that has ended counts as none (a thread or task that outlived its block
         # may enter a context of its own).
