@@ -715,7 +715,8 @@ fn remember_overflowed(key: &UsageKey) {
 }
 
 /// Add each row's statements to it (creating rows as needed; a tenant beyond capacity goes to the overflow row). The
-/// rows that exist are found under one SHARED lock acquisition; only missing ones take the lock EXCLUSIVE.
+/// rows that exist are found under one SHARED lock acquisition, and so is the overflow row of a tenant that has none
+/// while the table has no room for another tenant; only rows to create take the lock EXCLUSIVE.
 pub fn record(rows: &[(UsageKey, CounterValues)]) {
     if !available() || rows.is_empty() {
         return;
@@ -738,9 +739,23 @@ pub fn record(rows: &[(UsageKey, CounterValues)]) {
         {
             let _shared = Locked::acquire(pg_sys::LWLockMode::LW_SHARED);
             for (key, usage) in rows {
-                let entry = find_cached(&target(key));
+                let target = target(key);
+                let mut entry = find_cached(&target);
+                if entry.is_null()
+                    && target.kind() == RowKind::Tenant
+                    && (*SHARED).tenant_rows >= capacity()
+                {
+                    // No room for another tenant's row, and none can be made while this SHARED lock is held (rows are
+                    // removed only EXCLUSIVE): the usage goes to the database's overflow row, where entry_for_new
+                    // would send it, without queueing for the EXCLUSIVE lock. (Once per backend and tenant, but new
+                    // backends of tenants beyond capacity, 64 clients on 2 cores, made convoys on the lock.)
+                    entry = find_cached(&target.overflow_of());
+                    if !entry.is_null() {
+                        remember_overflowed(&target);
+                    }
+                }
                 if entry.is_null() {
-                    missing.push((target(key), usage));
+                    missing.push((target, usage));
                 } else {
                     (*entry)
                         .counters
