@@ -580,7 +580,7 @@ unsafe fn insert(key: &UsageKey) -> *mut Entry {
     unsafe {
         let shared = SHARED;
         if (*shared).all_rows >= table_rows() as u64
-            || (key.kind() == RowKind::Tenant && (*shared).tenant_rows >= capacity())
+            || (key.kind() == RowKind::Tenant && no_room_for_tenants())
         {
             return std::ptr::null_mut();
         }
@@ -604,6 +604,17 @@ unsafe fn insert(key: &UsageKey) -> *mut Entry {
         }
         entry
     }
+}
+
+/// Whether the table has as many tenant rows as `nile.max_tracked_tenants` allows (so a tenant without a row goes to
+/// the overflow row).
+///
+/// # Safety
+/// The shared memory exists and the caller holds the table lock (SHARED or EXCLUSIVE): the count changes only under
+/// the EXCLUSIVE lock.
+unsafe fn no_room_for_tenants() -> bool {
+    // SAFETY (caller): as above.
+    unsafe { (*SHARED).tenant_rows >= capacity() }
 }
 
 /// `key`'s row, inserting it if needed: a tenant that does not fit goes to its database's overflow row (remembered by
@@ -741,10 +752,7 @@ pub fn record(rows: &[(UsageKey, CounterValues)]) {
             for (key, usage) in rows {
                 let target = target(key);
                 let mut entry = find_cached(&target);
-                if entry.is_null()
-                    && target.kind() == RowKind::Tenant
-                    && (*SHARED).tenant_rows >= capacity()
-                {
+                if entry.is_null() && target.kind() == RowKind::Tenant && no_room_for_tenants() {
                     // No room for another tenant's row, and none can be made while this SHARED lock is held (rows are
                     // removed only EXCLUSIVE): the usage goes to the database's overflow row, where entry_for_new
                     // would send it, without queueing for the EXCLUSIVE lock. (Once per backend and tenant, but new

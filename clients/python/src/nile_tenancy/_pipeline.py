@@ -339,8 +339,7 @@ class Batch:
     def finish(self, groups: list[list[Any]]) -> list[Any]:
         """Update psycopg's prepared-statement cache; raise the first error, else every statement's answer."""
         conn = self.conn
-        first_error: Any = None
-        if self.bookkeeping:
+        if self.bookkeeping:  # else no statement has anything to tell psycopg's cache
             prepared = conn._prepared
             for pgq, (key, prep, name), parsed, results in zip(self.queries, self.plans, self.prepare_results, groups):
                 if key is not None:
@@ -349,19 +348,7 @@ class Batch:
                     # Never prepared on the server (its Parse failed, or an earlier error aborted it): psycopg must
                     # not think it was.
                     prepared._names.pop(PrepareManager.key(pgq), None)
-                if first_error is None:
-                    for r in parsed + results:
-                        if r.status == _FATAL:
-                            first_error = r
-                            break
-        else:  # no statement was prepared now (so no Parse results), none has anything to tell psycopg's cache
-            for results in groups:
-                for r in results:
-                    if r.status == _FATAL:
-                        first_error = r
-                        break
-                if first_error is not None:
-                    break
+        first_error = _first_error(self.prepare_results, groups)
         if first_error is not None:
             conn.cursor()._raise_for_result(first_error)
         answers: list[Any] = []
@@ -372,6 +359,16 @@ class Batch:
                 conn.cursor()._raise_for_result(results[-1])
             answers.append(None if reader is None else self.result_cls(reader, results[0]))
         return answers
+
+
+def _first_error(parse_groups: list[list[Any]], groups: list[list[Any]]) -> Any:
+    """The first FATAL_ERROR result, statement by statement (its Parse's results, then its own), or None."""
+    for parsed, results in zip(parse_groups, groups):
+        for group in (parsed, results):
+            for r in group:
+                if r.status == _FATAL:
+                    return r
+    return None
 
 
 def run(conn: psycopg.Connection[Any], statements: Sequence[Statement]) -> list[Result | None]:
